@@ -1,0 +1,193 @@
+"""Name masking: server names are replaced before the model sees the bytes.
+
+nDPI's labels come from names (TLS SNI, certificates, HTTP Host, DNS queries). A model that reads them
+learns the labeller, not the traffic, and fails once names are hidden (ECH, DoH, a new domain). Names are
+overwritten in place with '*' so that lengths and framing, which real traffic keeps, stay intact.
+Parsers here are tolerant: payload chunks are truncated prefixes, and anything unparsable is left as is.
+QUIC v1/v2 Initial packets carry the SNI encrypted, so nothing is visible to mask there; gQUIC's
+cleartext CHLO SNI tag is masked.
+"""
+
+from __future__ import annotations
+
+STAR = 0x2A
+_STRING_TAGS = {0x0C, 0x13, 0x14, 0x16, 0x1E, 0x1C, 0x12}
+_OID_CN = bytes.fromhex("0603550403")
+_OID_SAN = bytes.fromhex("0603551d11")
+_DNS_PORTS = {53, 5353, 5355}
+
+
+def _fill(buf: bytearray, start: int, end: int) -> None:
+    end = min(end, len(buf))
+    if start < end:
+        buf[start:end] = b"*" * (end - start)
+
+
+def _u16(b: bytearray, i: int) -> int:
+    return (b[i] << 8) | b[i + 1]
+
+
+def mask_tls_client_hello(buf: bytearray) -> bool:
+    """Mask the server_name extension of a (possibly truncated) TLS ClientHello. True if masked."""
+    if len(buf) < 6 or buf[0] != 0x16 or buf[1] != 3 or buf[5] != 1:
+        return False
+    i = 5 + 4 + 2 + 32  # record hdr, handshake hdr, version, random
+    try:
+        i += 1 + buf[i]  # session id
+        i += 2 + _u16(buf, i)  # cipher suites
+        i += 1 + buf[i]  # compression methods
+        ext_end = i + 2 + _u16(buf, i)
+        i += 2
+    except IndexError:
+        return False
+    masked = False
+    while i + 4 <= min(ext_end, len(buf)):
+        etype, elen = _u16(buf, i), _u16(buf, i + 2)
+        body = i + 4
+        if etype == 0:  # server_name: list_len(2) then entries type(1) len(2) name
+            j = body + 2
+            while j + 3 <= min(body + elen, len(buf)):
+                nlen = _u16(buf, j + 1)
+                _fill(buf, j + 3, j + 3 + nlen)
+                masked = True
+                j += 3 + nlen
+            if j < len(buf) and j + 3 > len(buf):
+                pass
+            # A truncated name: mask what is there.
+            if not masked and body + 5 < len(buf):
+                _fill(buf, body + 5, body + elen)
+                masked = True
+        i = body + elen
+    if not masked and ext_end > len(buf):
+        # Extensions cut off before server_name was reached: nothing of a name is visible.
+        return False
+    return masked
+
+
+def mask_cert_names(buf: bytearray) -> bool:
+    """Mask X.509 commonName and subjectAltName dNSName values wherever they appear in the chunk."""
+    masked = False
+    start = 0
+    while (k := buf.find(_OID_CN, start)) >= 0:
+        v = k + len(_OID_CN)
+        if v + 2 <= len(buf) and buf[v] in _STRING_TAGS and buf[v + 1] < 0x80:
+            _fill(buf, v + 2, v + 2 + buf[v + 1])
+            masked = True
+        start = v
+    start = 0
+    while (k := buf.find(_OID_SAN, start)) >= 0:
+        j = k + len(_OID_SAN)
+        if j < len(buf) and buf[j] == 0x01:  # critical flag
+            j += 3
+        # OCTET STRING { SEQUENCE { GeneralName* } }: skip the two headers (short or long form).
+        for _ in range(2):
+            if j + 2 > len(buf):
+                break
+            ln = buf[j + 1]
+            j += 2 + (ln & 0x7F if ln & 0x80 else 0)
+        while j + 2 <= len(buf) and buf[j] in (0x82, 0x81, 0x87, 0x86, 0xA0, 0xA4):
+            ln = buf[j + 1]
+            if ln & 0x80:
+                break
+            if buf[j] in (0x82, 0x81, 0x86):
+                _fill(buf, j + 2, j + 2 + ln)
+                masked = True
+            j += 2 + ln
+        start = k + len(_OID_SAN)
+    return masked
+
+
+def mask_http_host(buf: bytearray) -> bool:
+    """Mask the value of an HTTP/1.x Host header (and CONNECT/absolute-URI authority)."""
+    head = bytes(buf[:8])
+    if not any(head.startswith(m) for m in (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"CONNECT ", b"OPTIONS ",
+                                             b"DELETE ", b"PATCH ")):
+        return False
+    masked = False
+    low = bytes(buf).lower()
+    k = low.find(b"\nhost:")
+    if k >= 0:
+        v = k + 6
+        end = low.find(b"\r", v)
+        _fill(buf, v, end if end >= 0 else len(buf))
+        masked = True
+    sp = low.find(b" ")
+    for scheme in (b"http://", b"https://"):
+        if low.startswith(scheme, sp + 1):
+            a = sp + 1 + len(scheme)
+            e = min([x for x in (low.find(b"/", a), low.find(b" ", a)) if x >= 0] or [len(buf)])
+            _fill(buf, a, e)
+            masked = True
+    if head.startswith(b"CONNECT "):
+        e = low.find(b" ", 8)
+        _fill(buf, 8, e if e >= 0 else len(buf))
+        masked = True
+    return masked
+
+
+def mask_dns(buf: bytearray, offset: int = 0) -> bool:
+    """Mask the label bytes of DNS question names (length bytes stay, so the shape survives)."""
+    if len(buf) < offset + 12:
+        return False
+    qd = _u16(buf, offset + 4)
+    if qd == 0 or qd > 16:
+        return False
+    i = offset + 12
+    masked = False
+    for _ in range(qd):
+        while i < len(buf):
+            ln = buf[i]
+            if ln == 0:
+                i += 1
+                break
+            if ln & 0xC0:
+                i += 2
+                break
+            _fill(buf, i + 1, i + 1 + ln)
+            masked = True
+            i += 1 + ln
+        i += 4
+    return masked
+
+
+def mask_gquic_sni(buf: bytearray) -> bool:
+    """Mask the SNI value of a cleartext gQUIC CHLO (tag-value map: tags, end offsets, then values)."""
+    k = buf.find(b"CHLO")
+    if k < 0 or k + 8 > len(buf):
+        return False
+    ntags = buf[k + 4] | (buf[k + 5] << 8)
+    if ntags > 64:
+        return False
+    tags = k + 8
+    values = tags + 8 * ntags
+    prev = 0
+    for t in range(ntags):
+        e = tags + 8 * t
+        if e + 8 > len(buf):
+            break
+        end = int.from_bytes(buf[e + 4:e + 8], "little")
+        if bytes(buf[e:e + 4]) == b"SNI\x00":
+            _fill(buf, values + prev, values + end)
+            return True
+        prev = end
+    return False
+
+
+def mask_payload(data: bytes, proto: str, orig_p: int, resp_p: int) -> bytes:
+    """Return `data` with every server name we know how to find replaced by '*'."""
+    if not data:
+        return data
+    buf = bytearray(data)
+    if proto == "udp" and (resp_p in _DNS_PORTS or orig_p in _DNS_PORTS):
+        mask_dns(buf)
+    elif proto == "tcp" and (resp_p == 53 or orig_p == 53):
+        mask_dns(buf, offset=2)
+    elif buf[0] == 0x16:
+        mask_tls_client_hello(buf)
+        mask_cert_names(buf)
+    elif proto == "tcp":
+        if not mask_http_host(buf):
+            mask_cert_names(buf)  # a certificate can start mid-segment
+    elif proto == "udp":
+        mask_gquic_sni(buf)
+    return bytes(buf)
