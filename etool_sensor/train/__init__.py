@@ -1,0 +1,1 @@
+"""Training: tokenizer inputs, encoder, instruction tasks, LLM teacher, distillation (needs the `train` extra)."""

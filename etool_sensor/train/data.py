@@ -1,0 +1,162 @@
+"""Labelled and unlabelled flow sets built from captures with the same reader the sensor path uses.
+
+Labels come from nDPI's verdicts (labels.csv): one row per flow, matched to our flow records by the
+5-tuple in either direction (nDPI's client side need not be Zeek's originator). Every connection our
+reader splits from one nDPI flow (port reuse, UDP timeouts) inherits that flow's label.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from ..context import Context, ContextTracker
+from ..flows import FlowParams, FlowRecord
+from ..pcap import PcapError, read_flows
+
+Key = tuple[str, frozenset]
+
+
+def _addr(a: str) -> str:
+    try:
+        return ipaddress.ip_address(a).compressed
+    except ValueError:
+        return a
+
+
+def flow_key(proto: str, a: str, ap: int | str, b: str, bp: int | str) -> Key:
+    """Direction-free 5-tuple key."""
+    return (proto.lower(), frozenset({(_addr(a), int(ap)), (_addr(b), int(bp))}))
+
+
+@dataclass
+class LabelledSet:
+    """Parallel lists, one entry per matched flow."""
+
+    records: list[FlowRecord] = field(default_factory=list)
+    contexts: list[Context] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # the chosen label column
+    service: list[str] = field(default_factory=list)  # nDPI category
+    app: list[str] = field(default_factory=list)
+    pcap: list[str] = field(default_factory=list)
+    encrypted: list[bool] = field(default_factory=list)
+    label_column: str = "category"
+    unmatched_rows: int = 0  # CSV rows with no flow in the capture
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def subset(self, idx: Iterable[int]) -> "LabelledSet":
+        idx = list(idx)
+        out = LabelledSet(label_column=self.label_column)
+        for name in ("records", "contexts", "labels", "service", "app", "pcap", "encrypted"):
+            src = getattr(self, name)
+            setattr(out, name, [src[i] for i in idx])
+        return out
+
+
+def read_with_context(path: str | Path, params: FlowParams, window: float = 1.0, bursts: int = 3
+                      ) -> tuple[list[FlowRecord], list[Context]]:
+    """All flow records of one capture and their BURST contexts, in arrival order."""
+    tracker = ContextTracker(window=window, bursts=bursts)
+    records, contexts = [], []
+    for r in read_flows(path, params):
+        contexts.append(tracker.observe(r))
+        records.append(r)
+    return records, contexts
+
+
+def _progress(items: Sequence, enabled: bool, desc: str) -> Iterable:
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return items
+    return tqdm(items, desc=desc, file=sys.stderr, leave=False)
+
+
+def load_labelled(data_dir: str | Path, labels_csv: str | Path, *, label_column: str = "category",
+                  encrypted_only: bool = False, params: FlowParams = FlowParams(), window: float = 1.0,
+                  bursts: int = 3, pcaps: Sequence[str] | None = None, progress: bool = False,
+                  on_error: Callable[[str, Exception], None] | None = None) -> LabelledSet:
+    """Flows of every capture named in `labels_csv` that match a row with a non-empty label.
+
+    `pcaps` restricts to some captures (tests use it to stay fast). Captures that cannot be read are
+    reported to `on_error` (default: a line on stderr) and skipped; nothing else is dropped silently.
+    """
+    if label_column not in ("category", "app", "label", "master"):
+        raise ValueError(f"label_column must be category, app, label or master, got {label_column!r}")
+    rows_by_pcap: dict[str, dict[Key, dict]] = defaultdict(dict)
+    with open(labels_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if pcaps is not None and row["pcap"] not in pcaps:
+                continue
+            if row["l4"].upper() not in ("TCP", "UDP"):
+                continue
+            k = flow_key(row["l4"], row["src"], row["sport"], row["dst"], row["dport"])
+            rows_by_pcap[row["pcap"]].setdefault(k, row)
+    out = LabelledSet(label_column=label_column)
+    data_dir = Path(data_dir)
+    for name in _progress(sorted(rows_by_pcap), progress, "captures"):
+        rows = rows_by_pcap[name]
+        try:
+            records, contexts = read_with_context(data_dir / name, params, window, bursts)
+        except (PcapError, OSError) as e:
+            (on_error or (lambda n, e: print(f"etool: skipping {n}: {e}", file=sys.stderr)))(name, e)
+            out.unmatched_rows += len(rows)
+            continue
+        seen: set[Key] = set()
+        for r, c in zip(records, contexts):
+            k = flow_key(r.proto, r.orig_h, r.orig_p, r.resp_h, r.resp_p)
+            row = rows.get(k)
+            if row is None:
+                continue
+            seen.add(k)
+            label = row[label_column]
+            enc = row["encrypted"] == "Encrypted"
+            if not label or (encrypted_only and not enc):
+                continue
+            out.records.append(r)
+            out.contexts.append(c)
+            out.labels.append(label)
+            out.service.append(row["category"])
+            out.app.append(row["app"])
+            out.pcap.append(name)
+            out.encrypted.append(enc)
+        out.unmatched_rows += len(rows) - len(seen)
+    return out
+
+
+def capture_files(*roots: str | Path) -> list[Path]:
+    """Every capture-looking file under the given directories (pcap, pcapng, cap, gz), sorted."""
+    exts = {".pcap", ".pcapng", ".cap", ".gz", ".trace", ".dump"}
+    files: list[Path] = []
+    for root in roots:
+        root = Path(root)
+        files += [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts]
+    return sorted(files)
+
+
+def load_unlabelled(paths: Iterable[str | Path], params: FlowParams = FlowParams(), *, window: float = 1.0,
+                    bursts: int = 3, progress: bool = False
+                    ) -> tuple[list[FlowRecord], list[Context], list[str]]:
+    """Flow records (+ contexts and capture name) of many captures for self-supervised training.
+
+    Unreadable files are skipped quietly: the Zeek trace corpus holds deliberately broken captures.
+    """
+    records, contexts, names = [], [], []
+    for p in _progress(list(paths), progress, "captures"):
+        try:
+            rs, cs = read_with_context(p, params, window, bursts)
+        except (PcapError, OSError):
+            continue
+        records += rs
+        contexts += cs
+        names += [str(p)] * len(rs)
+    return records, contexts, names
