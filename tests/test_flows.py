@@ -1,0 +1,59 @@
+"""Flow record contract v1: validation, JSON form, uids."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from etool_sensor.flows import Chunk, FlowCollector, FlowError, FlowParams, FlowRecord, Packet, make_uid
+
+
+def sample() -> FlowRecord:
+    c = FlowCollector(100.0, FlowParams(packets=3, payload_bytes=4, payload_packets=1))
+    assert not c.add(100.0, True, 60, b"", 0, 0x02)
+    assert not c.add(100.1, False, 60, b"", 0, 0x12)
+    assert c.add(100.2, True, 57, b"\x16\x03\x01\x00\xff", 5, 0x18)
+    assert not c.add(100.3, False, 60, b"x", 1, 0x10)  # past N: ignored
+    return c.record(make_uid("t", 1), "10.0.0.1", 40000, "2001:db8::1", 443, "tcp", final=False)
+
+
+def test_collector_keeps_first_n_and_first_payload_bytes():
+    r = sample().validate(FlowParams(packets=3, payload_bytes=4, payload_packets=1))
+    assert [p.tcp_flags for p in r.packets] == [0x02, 0x12, 0x18]
+    assert [round(p.dt, 6) for p in r.packets] == [0.0, 0.1, 0.2]
+    assert r.payload == [Chunk(True, b"\x16\x03\x01\x00")]
+
+
+def test_json_round_trip():
+    r = sample()
+    d = r.to_dict()
+    assert d["payload"] == [[True, "16030100"]] and d["schema"] == 1
+    assert FlowRecord.from_dict(d) == r
+
+
+@pytest.mark.parametrize("mutate, msg", [
+    (lambda d: d.update(proto="icmp"), "proto"),
+    (lambda d: d.update(orig_p=70000), "orig_p"),
+    (lambda d: d.update(packets=[]), "at least one packet"),
+    (lambda d: d["packets"].reverse(), "back in time"),
+    (lambda d: d.update(packets=[[0, True, 60, 0, 999]]), "tcp_flags"),
+])
+def test_validate_rejects(mutate, msg):
+    d = sample().to_dict()
+    mutate(d)
+    with pytest.raises(FlowError, match=msg):
+        FlowRecord.from_dict(d).validate()
+
+
+@pytest.mark.parametrize("bad", [{}, {"uid": "x"}, {**sample().to_dict(), "payload": [[True, "zz"]]},
+                                 {**sample().to_dict(), "schema": 2}])
+def test_from_dict_malformed_is_flow_error(bad):
+    with pytest.raises(FlowError):
+        FlowRecord.from_dict(bad)
+
+
+def test_uid_zeek_format_and_deterministic():
+    u = make_uid("capture-sha", 7)
+    assert re.fullmatch(r"C[0-9A-Za-z]{17}", u)
+    assert u == make_uid("capture-sha", 7) != make_uid("capture-sha", 8)
