@@ -1,0 +1,428 @@
+"""The `etool-sensor` command: argument handling and dispatch, nothing more.
+
+`classify` is implemented here as a thin pipeline (pcap reader -> context -> model -> Zeek logs).
+The other subcommands live in their own modules and are imported only when asked for, so `classify`
+never imports torch and a missing optional part gives a one-line error instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__
+
+PROG = "etool-sensor"
+
+# Exit codes (also in README.md and the --help epilog).
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # unexpected error (a bug): one line, ETOOL_DEBUG=1 shows the traceback
+EXIT_INPUT = 2  # bad usage, missing file, not a capture, bad config, bad model package, missing component
+EXIT_TRUNCATED = 3  # a capture ended mid-packet: what was read is classified and logged
+EXIT_OUTPUT = 4  # the logs could not be written (disk full, permissions): rows not written are counted
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success
+  1    internal error (set ETOOL_DEBUG=1 for a traceback)
+  2    bad input: usage, missing file, not a capture, bad config, bad model, missing component
+  3    a capture was truncated: what was read was classified and logged
+  4    the output could not be written (e.g. disk full); the message counts the rows not written
+  130  interrupted
+"""
+
+BATCH = 512  # flows per model call in classify
+
+
+class CliError(Exception):
+    """An error reported as one line on stderr with the given exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------------------------ lazy commands
+@dataclass(frozen=True)
+class LazyCommand:
+    modules: tuple[str, ...]  # tried in order
+    add_arguments: str
+    main: str
+    help: str
+    extra: str = ""  # pip extra that provides its dependencies
+    takes_config: bool = False
+
+
+LAZY: dict[str, LazyCommand] = {
+    "serve": LazyCommand(("etool_sensor.daemon",), "add_serve_arguments", "serve_main",
+                         "classify flows sent by Zeek over its WebSocket API (the sensor daemon)", "",
+                         takes_config=True),
+    "eval": LazyCommand(("etool_sensor.evaluate",), "add_eval_arguments", "eval_main",
+                        "score a model against labelled captures"),
+    "train": LazyCommand(("etool_sensor.train.cli",), "add_train_arguments", "train_main",
+                         "train a model (needs the train extra)", "train"),
+    "export": LazyCommand(("etool_sensor.export", "etool_sensor.export.cli", "export"), "add_export_arguments",
+                          "export_main", "export a trained model to an ONNX model package (needs the train extra)",
+                          "train"),
+    "bench": LazyCommand(("etool_sensor.bench",), "add_bench_arguments", "bench_main",
+                         "measure classification throughput and latency"),
+}
+
+
+def _load_lazy(name: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]:
+    """Import a subcommand's module; raise CliError (one line) when it or its dependencies are missing."""
+    spec = LAZY[name]
+    missing: list[str] = []
+    for modname in spec.modules:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name and (modname == e.name or modname.startswith(e.name + ".")):
+                missing.append(modname)
+                continue  # this candidate module does not exist; try the next
+            hint = f"; install it with: pip install 'etool-sensor[{spec.extra}]'" if spec.extra else ""
+            raise CliError(f"'{name}' needs the Python module {e.name!r}, which is not installed{hint}") from None
+        except ImportError as e:
+            raise CliError(f"'{name}' cannot be loaded: {e}") from None
+        add = getattr(mod, spec.add_arguments, None)
+        run = getattr(mod, spec.main, None)
+        if callable(add) and callable(run):
+            return add, run
+        missing.append(f"{modname} (no {spec.add_arguments}/{spec.main})")
+    raise CliError(f"'{name}' is not available in this build: missing {', '.join(missing)}")
+
+
+# ------------------------------------------------------------------------------------------- parser
+def _first_command(argv: Sequence[str]) -> str | None:
+    for a in argv:
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def build_parser(load: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only the subcommand named by ``load`` imports its module."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="etool: classify encrypted connections (service and app) from their first packets.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser(
+        "classify", help="classify the connections of pcap/pcapng captures into etool.log and conn.log",
+        description="Classify every TCP/UDP connection of the captures. Several captures give one etool.log "
+                    "and one conn.log (Zeek format) in the output directory.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng file(s)")
+    c.add_argument("-o", "--output", metavar="DIR", help="output directory (default: log.dir of the config, '.')")
+    c.add_argument("--config", metavar="FILE", help="etool.yaml (default: built-in defaults, or $ETOOL_CONFIG)")
+    c.add_argument("--format", choices=("tsv", "json"), help="log format (default: log.format of the config, tsv)")
+    c.add_argument("--model", metavar="DIR", help="model package directory (default: the bundled model)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
+
+    for name, spec in LAZY.items():
+        if name != load:
+            sub.add_parser(name, help=spec.help, add_help=False, prefix_chars="\0")
+            continue
+        add, _ = _load_lazy(name)
+        sp = sub.add_parser(name, help=spec.help, description=spec.help, epilog=EXIT_CODES_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter, conflict_handler="resolve")
+        if spec.takes_config:
+            sp.add_argument("--config", metavar="FILE", help="etool.yaml (default: built-in defaults, or $ETOOL_CONFIG)")
+        add(sp)
+    return p
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from .config import ConfigError, load_config
+
+    path = getattr(args, "config", None) or os.environ.get("ETOOL_CONFIG") or None
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+
+
+# ------------------------------------------------------------------------------------------ classify
+@dataclass
+class Counts:
+    files: int = 0
+    packets: int = 0
+    flows: int = 0
+    classified: int = 0
+    unknown: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    conns: int = 0
+
+
+def _verdict_row(rec: Any, v: Any, model_id: str, top_k: int) -> dict[str, Any]:
+    ok = v.status == "ok"
+    return {
+        "ts": rec.ts,
+        "uid": rec.uid,
+        "id.orig_h": rec.orig_h,
+        "id.orig_p": rec.orig_p,
+        "id.resp_h": rec.resp_h,
+        "id.resp_p": rec.resp_p,
+        "proto": rec.proto,
+        "service": v.service or None,
+        "app": v.app or None,
+        "confidence": v.confidence if ok and v.confidence is not None else None,
+        "alternatives": list(v.alternatives or [])[:top_k],
+        "unknown": bool(v.unknown),
+        "status": v.status,
+        "model": v.model or model_id,
+    }
+
+
+def _conn_row(c: Any) -> dict[str, Any]:
+    g = lambda name, default=None: getattr(c, name, default)  # noqa: E731
+    return {
+        "ts": c.ts,
+        "uid": c.uid,
+        "id.orig_h": c.orig_h,
+        "id.orig_p": c.orig_p,
+        "id.resp_h": c.resp_h,
+        "id.resp_p": c.resp_p,
+        "proto": c.proto,
+        "service": g("service") or None,
+        "duration": g("duration"),
+        "orig_bytes": g("orig_bytes"),
+        "resp_bytes": g("resp_bytes"),
+        "conn_state": g("conn_state"),
+        "local_orig": g("local_orig"),
+        "local_resp": g("local_resp"),
+        "missed_bytes": g("missed_bytes", 0),
+        "history": g("history"),
+        "orig_pkts": g("orig_pkts"),
+        "orig_ip_bytes": g("orig_ip_bytes"),
+        "resp_pkts": g("resp_pkts"),
+        "resp_ip_bytes": g("resp_ip_bytes"),
+        "tunnel_parents": g("tunnel_parents"),
+    }
+
+
+def _import_runtime_parts() -> tuple[Any, Any, Any]:
+    try:
+        pcap = importlib.import_module("etool_sensor.pcap")
+        runtime = importlib.import_module("etool_sensor.runtime")
+        ContextTracker = importlib.import_module("etool_sensor.context").ContextTracker
+    except ModuleNotFoundError as e:
+        raise CliError(f"classify cannot run: the module {e.name!r} is missing from this installation") from None
+    return pcap, runtime, ContextTracker
+
+
+def _check_inputs(paths: Sequence[str]) -> None:
+    for p in paths:
+        if not os.path.exists(p):
+            raise CliError(f"{p}: no such file")
+        if os.path.isdir(p):
+            raise CliError(f"{p}: is a directory, not a capture")
+        if not os.access(p, os.R_OK):
+            raise CliError(f"{p}: permission denied")
+
+
+def _summary(counts: Counts, stats: Any, outputs: Sequence[Path]) -> str:
+    parts = [f"{counts.files} file{'s' if counts.files != 1 else ''}",
+             f"{counts.packets} packets", f"{counts.flows} flows",
+             f"{counts.classified} classified", f"{counts.unknown} unknown"]
+    for status, n in sorted(counts.statuses.items()):
+        if status != "ok":
+            parts.append(f"{n} {status.replace('_', ' ')}")
+    skipped = dict(getattr(stats, "skipped_linktypes", None) or {})
+    if skipped:
+        n = sum(skipped.values())
+        kinds = ", ".join(f"linktype {lt}" for lt in sorted(skipped))
+        parts.append(f"skipped {n} packets of unsupported link type ({kinds})")
+    else:
+        parts.append("skipped 0")
+    for attr, word in (("non_ip", "non-IP packets"), ("malformed", "malformed packets")):
+        v = getattr(stats, attr, 0) or 0
+        if v:
+            parts.append(f"{v} {word}")
+    return f"{PROG}: " + ", ".join(parts) + " -> " + ", ".join(str(o) for o in outputs)
+
+
+def classify_main(args: argparse.Namespace, cfg: Any) -> int:
+    from .zeeklog import CONN_FIELDS, ETOOL_FIELDS, LogWriteError, open_log
+
+    _check_inputs(args.captures)
+    pcap, runtime, ContextTracker = _import_runtime_parts()
+
+    model_path = args.model or cfg.model.path
+    try:
+        model = runtime.load_model(model_path, threads=cfg.model.threads)
+    except runtime.ModelError as e:
+        raise CliError(f"model: {e}") from None
+    model_id = f"{model.name}@{model.version}"
+
+    outdir = Path(args.output or cfg.log.dir)
+    fmt = args.format or cfg.log.format
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"{outdir}: cannot create output directory: {e.strerror or e}", EXIT_OUTPUT) from None
+
+    stats = pcap.ReadStats()
+    counts = Counts(files=len(args.captures))
+    tracker = ContextTracker(window=cfg.context.window, bursts=cfg.context.bursts)
+    thresholds = cfg.thresholds
+    top_k = cfg.classify.top_k
+
+    show_progress = not args.quiet and sys.stderr.isatty()
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        total = sum(os.path.getsize(p) for p in args.captures)
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                   desc="classify", leave=False, dynamic_ncols=True)
+
+    writers: list[Any] = []
+    try:
+        etool_w = open_log(outdir, "etool", ETOOL_FIELDS, fmt)
+        writers.append(etool_w)
+        conn_w = open_log(outdir, "conn", CONN_FIELDS, fmt)
+        writers.append(conn_w)
+    except LogWriteError as e:
+        for w in writers:
+            w.abort()
+        raise CliError(str(e), EXIT_OUTPUT) from None
+
+    def on_conn(c: Any) -> None:
+        counts.conns += 1
+        conn_w.write(_conn_row(c))
+
+    def progress(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
+    batch: list[Any] = []
+    contexts: list[Any] = []
+
+    def flush_batch() -> None:
+        if not batch:
+            return
+        verdicts = model.classify(batch, contexts, thresholds, mask_names=cfg.privacy.mask_names,
+                                  min_packets=cfg.flow.min_packets)
+        if len(verdicts) != len(batch):
+            raise RuntimeError(f"model returned {len(verdicts)} verdicts for {len(batch)} flows")
+        for rec, v in zip(batch, verdicts):
+            counts.statuses[v.status] = counts.statuses.get(v.status, 0) + 1
+            if v.status == "ok":
+                counts.classified += 1
+                counts.unknown += bool(v.unknown)
+            etool_w.write(_verdict_row(rec, v, model_id, top_k))
+        batch.clear()
+        contexts.clear()
+
+    def unwritten_detail(e: LogWriteError) -> str:
+        pending = len(batch)
+        extra = f", {pending} classified flows not logged" if pending else ""
+        return f"{e}{extra}; stopped after {counts.flows} flows"
+
+    try:
+        try:
+            for rec in pcap.read_flows(args.captures, cfg.flow_params, stats=stats, on_conn=on_conn,
+                                       progress=progress):
+                counts.flows += 1
+                contexts.append(tracker.observe(rec))
+                batch.append(rec)
+                if len(batch) >= BATCH:
+                    flush_batch()
+            flush_batch()
+        except pcap.PcapError as e:
+            # Logs keep what was classified before the bad file; the error names the file.
+            flush_batch()
+            raise CliError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        for w in writers:
+            w.close()
+    except LogWriteError as e:
+        for w in writers:
+            w.abort()
+        raise CliError(unwritten_detail(e), EXIT_OUTPUT) from None
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+    counts.packets = getattr(stats, "packets", 0) or 0
+    if not args.quiet:
+        print(_summary(counts, stats, [w.path for w in writers]), file=sys.stderr)
+    if getattr(stats, "truncated", False):
+        which = getattr(stats, "truncated_files", None)
+        names = f" ({', '.join(map(str, which))})" if which else ""
+        print(f"{PROG}: warning: truncated capture{names}: classified the {counts.flows} flows read before "
+              f"the cut", file=sys.stderr)
+        return EXIT_TRUNCATED
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- main
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "classify":
+        return classify_main(args, _config_from_args(args))
+    spec = LAZY[args.command]
+    _, run = _load_lazy(args.command)
+    if spec.takes_config:
+        return int(run(args, _config_from_args(args)) or 0)
+    try:
+        wants_cfg = len(inspect.signature(run).parameters) >= 2
+    except (TypeError, ValueError):
+        wants_cfg = False
+    if wants_cfg:
+        return int(run(args, _config_from_args(args)) or 0)
+    return int(run(args) or 0)
+
+
+def _err(msg: str) -> None:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cmd = _first_command(argv)
+        parser = build_parser(load=cmd if cmd in LAZY else None)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2)
+            return int(e.code or 0) if not isinstance(e.code, str) else EXIT_INPUT
+        if not args.command:
+            parser.print_help(sys.stderr)
+            return EXIT_INPUT
+        return _dispatch(args)
+    except CliError as e:
+        _err(str(e))
+        return e.code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback unless asked
+        from .config import ConfigError
+
+        if isinstance(e, ConfigError):
+            _err(str(e))
+            return EXIT_INPUT
+        if os.environ.get("ETOOL_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        _err(f"internal error: {type(e).__name__}{': ' + msg if msg else ''} (set ETOOL_DEBUG=1 for a traceback)")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Zeek log writers: the ASCII (TSV) format of Zeek's Ascii writer and its JSON-lines format.
+
+A writer takes a field spec (``[(name, zeek_type), ...]``) and rows (a mapping by field name or a sequence
+in field order; ``None`` or a missing key is an unset field). It writes what a Zeek logger would write:
+
+* ASCII: the ``#separator``/``#set_separator``/``#empty_field``/``#unset_field``/``#path``/``#open``/
+  ``#fields``/``#types`` header, tab-separated rows, ``#close`` at the end. ``time`` and ``interval`` as
+  ``%.6f``; ``double`` with trailing zeros trimmed; ``bool`` as ``T``/``F``; sets and vectors joined by
+  ``,`` (``(empty)`` when empty); an empty string is ``(empty)``, an unset value ``-``. Non-printable
+  characters, backslash, the separator and (inside containers) the set separator are escaped ``\\xNN``;
+  a value that is exactly ``-`` or ``(empty)`` has its first character escaped.
+* JSON: one object per line with Zeek's flattened names (``id.orig_h``), ``time`` as epoch seconds,
+  unset fields left out, containers as arrays.
+
+Rows are buffered and flushed every ``flush_rows`` rows or ``flush_seconds`` seconds. A failing write
+(disk full, ENOSPC, or any OSError) raises ``LogWriteError`` with how many rows reached the file and how
+many did not; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+Field = tuple[str, str]  # (name, zeek type) e.g. ("id.orig_h", "addr")
+
+SEPARATOR = "\t"
+SET_SEPARATOR = ","
+EMPTY_FIELD = "(empty)"
+UNSET_FIELD = "-"
+
+_SCALAR_TYPES = {"time", "interval", "double", "count", "int", "port", "addr", "subnet", "string", "enum", "bool"}
+
+
+class LogWriteError(OSError):
+    """A log could not be written; ``written``/``unwritten`` count rows."""
+
+    def __init__(self, path: str, reason: str, written: int, unwritten: int, errno_: int | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        self.written = written
+        self.unwritten = unwritten
+        super().__init__(errno_, f"cannot write {path}: {reason} ({written} rows written, {unwritten} not written)")
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.reason} ({self.written} rows written, {self.unwritten} not written)"
+
+
+def _check_type(t: str) -> str:
+    base = t
+    for prefix in ("set[", "vector["):
+        if t.startswith(prefix) and t.endswith("]"):
+            base = t[len(prefix):-1]
+    if base not in _SCALAR_TYPES:
+        raise ValueError(f"unsupported zeek type {t!r}")
+    return base
+
+
+def _is_container(t: str) -> bool:
+    return t.startswith("set[") or t.startswith("vector[")
+
+
+# ------------------------------------------------------------------------------------------ ASCII
+def escape(s: str, extra: str = SEPARATOR) -> str:
+    """Zeek's ODesc escaping (UTF-8 output): non-printables, backslash and the separators as ``\\xNN``."""
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch == "\\" or ch in extra or o < 0x20 or o == 0x7F or (0x80 <= o < 0xA0):
+            out.append(f"\\x{o:02x}" if o < 0x100 else ch)
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte that was not valid UTF-8 (surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _escape_reserved(s: str) -> str:
+    # A value equal to the unset/empty marker gets its first character escaped so it stays unambiguous.
+    if s == UNSET_FIELD or s == EMPTY_FIELD:
+        return f"\\x{ord(s[0]):02x}" + s[1:]
+    return s
+
+
+def format_double(v: float) -> str:
+    """Zeek's ``double`` rendering: up to 6 decimals, trailing zeros trimmed, at least one decimal."""
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    s = f"{v:.6f}".rstrip("0")
+    if s.endswith("."):
+        s += "0"
+    if s == "-0.0":
+        s = "0.0"
+    return s
+
+
+def _scalar_ascii(base: str, v: Any, in_container: bool) -> str:
+    if base in ("time", "interval"):
+        return f"{float(v):.6f}"
+    if base == "double":
+        return format_double(float(v))
+    if base == "bool":
+        return "T" if v else "F"
+    if base in ("count", "int", "port"):
+        return str(int(v))
+    if base in ("addr", "subnet"):
+        return str(v)
+    s = v.decode("utf-8", "surrogateescape") if isinstance(v, (bytes, bytearray)) else str(v)
+    if not s:
+        return EMPTY_FIELD
+    s = escape(s, SEPARATOR + SET_SEPARATOR if in_container else SEPARATOR)
+    return _escape_reserved(s)
+
+
+def format_ascii(ztype: str, v: Any) -> str:
+    """One field value as Zeek's Ascii writer prints it."""
+    if v is None:
+        return UNSET_FIELD
+    base = _check_type(ztype)
+    if _is_container(ztype):
+        items = list(v)
+        if not items:
+            return EMPTY_FIELD
+        return SET_SEPARATOR.join(UNSET_FIELD if x is None else _scalar_ascii(base, x, True) for x in items)
+    return _scalar_ascii(base, v, False)
+
+
+# ------------------------------------------------------------------------------------------- JSON
+def _scalar_json(base: str, v: Any) -> Any:
+    if base in ("time", "interval", "double"):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if base == "bool":
+        return bool(v)
+    if base in ("count", "int", "port"):
+        return int(v)
+    if isinstance(v, (bytes, bytearray)):
+        return v.decode("utf-8", "backslashreplace")
+    return str(v)
+
+
+def format_json(ztype: str, v: Any) -> Any:
+    base = _check_type(ztype)
+    if _is_container(ztype):
+        return [_scalar_json(base, x) for x in v]
+    return _scalar_json(base, v)
+
+
+# ----------------------------------------------------------------------------------------- writers
+def _open_stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(t))
+
+
+class LogWriter:
+    """Base: buffered, counted writes to one file. Use ``open_log`` or the subclasses; a context manager."""
+
+    ext = ".log"
+
+    def __init__(self, path: str | Path, fields: Sequence[Field], *, log_path: str | None = None,
+                 flush_rows: int = 1000, flush_seconds: float = 1.0, open_time: float | None = None) -> None:
+        self.path = str(path)
+        self.fields = [(str(n), str(t)) for n, t in fields]
+        for _, t in self.fields:
+            _check_type(t)
+        self.names = [n for n, _ in self.fields]
+        self.log_path = log_path or Path(self.path).name.split(".")[0]
+        self.flush_rows = max(1, flush_rows)
+        self.flush_seconds = flush_seconds
+        self.open_time = time.time() if open_time is None else open_time
+        self.written = 0  # rows known to be in the file
+        self.unwritten = 0  # rows given to us that never reached the file
+        self.closed = False
+        self._failed: LogWriteError | None = None
+        self._buf: list[bytes] = []
+        self._buf_rows: list[bool] = []  # True where the buffered chunk is a row (False: header/footer)
+        self._last_flush = time.monotonic()
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as e:
+            self.closed = True
+            raise LogWriteError(self.path, e.strerror or str(e), 0, 0, e.errno) from None
+        header = self._header()
+        if header:
+            self._queue(header, is_row=False)
+
+    # subclasses
+    def _header(self) -> str:
+        return ""
+
+    def _footer(self) -> str:
+        return ""
+
+    def _format(self, row: Sequence[Any]) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # public
+    @property
+    def pending(self) -> int:
+        return sum(self._buf_rows)
+
+    def _values(self, row: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        if isinstance(row, Mapping):
+            unknown = set(row) - set(self.names)
+            if unknown:
+                raise KeyError(f"{self.log_path}: unknown field(s) {sorted(unknown)}")
+            return [row.get(n) for n in self.names]
+        vals = list(row)
+        if len(vals) != len(self.names):
+            raise ValueError(f"{self.log_path}: row has {len(vals)} values, the log has {len(self.names)} fields")
+        return vals
+
+    def write(self, row: Mapping[str, Any] | Sequence[Any]) -> None:
+        """Add one row (a mapping by field name, or a sequence in field order)."""
+        if self._failed is not None:
+            self._failed.unwritten += 1
+            self.unwritten += 1
+            raise self._failed
+        if self.closed:
+            raise ValueError(f"{self.path}: write to a closed log")
+        self._queue(self._format(self._values(row)) + "\n", is_row=True)
+        if len(self._buf) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def write_many(self, rows: Iterable[Mapping[str, Any] | Sequence[Any]]) -> None:
+        for r in rows:
+            self.write(r)
+
+    def _queue(self, text: str, *, is_row: bool) -> None:
+        self._buf.append(text.encode("utf-8", "surrogateescape"))
+        self._buf_rows.append(is_row)
+
+    def flush(self) -> None:
+        """Write buffered rows; on failure count what did not reach the file and raise LogWriteError."""
+        if self._failed is not None:
+            raise self._failed
+        if not self._buf:
+            return
+        data = b"".join(self._buf)
+        done = 0
+        try:
+            while done < len(data):
+                n = os.write(self._fd, data[done:])
+                if n <= 0:  # pragma: no cover - not expected from a regular file
+                    raise OSError(0, "short write")
+                done += n
+        except OSError as e:
+            ok = off = 0
+            for chunk, is_row in zip(self._buf, self._buf_rows):
+                off += len(chunk)
+                if off <= done and is_row:
+                    ok += 1
+            lost = self.pending - ok
+            self.written += ok
+            self.unwritten += lost
+            self._buf.clear()
+            self._buf_rows.clear()
+            self._failed = LogWriteError(self.path, e.strerror or str(e), self.written, self.unwritten, e.errno)
+            self._close_fd()
+            raise self._failed from None
+        self.written += self.pending
+        self._buf.clear()
+        self._buf_rows.clear()
+        self._last_flush = time.monotonic()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        self.closed = True
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Flush, write the footer and close. Raises LogWriteError if rows could not be written."""
+        if self._failed is not None:
+            self._close_fd()
+            raise self._failed
+        if self.closed:
+            return
+        footer = self._footer()
+        if footer:
+            self._queue(footer, is_row=False)
+        try:
+            self.flush()
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                pass  # not every file supports fsync (pipes, /dev/full): the data was written
+        finally:
+            self._close_fd()
+
+    def abort(self) -> None:
+        """Close without raising (after another error); buffered rows are flushed if possible."""
+        try:
+            self.close()
+        except LogWriteError:
+            pass
+
+    def __enter__(self) -> "LogWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class AsciiLogWriter(LogWriter):
+    """Zeek's default TSV log format, header and footer included."""
+
+    def _header(self) -> str:
+        return "\n".join([
+            "#separator \\x09",
+            f"#set_separator{SEPARATOR}{SET_SEPARATOR}",
+            f"#empty_field{SEPARATOR}{EMPTY_FIELD}",
+            f"#unset_field{SEPARATOR}{UNSET_FIELD}",
+            f"#path{SEPARATOR}{self.log_path}",
+            f"#open{SEPARATOR}{_open_stamp(self.open_time)}",
+            "#fields" + SEPARATOR + SEPARATOR.join(self.names),
+            "#types" + SEPARATOR + SEPARATOR.join(t for _, t in self.fields),
+        ]) + "\n"
+
+    def _footer(self) -> str:
+        return f"#close{SEPARATOR}{_open_stamp(time.time())}\n"
+
+    def _format(self, row: Sequence[Any]) -> str:
+        return SEPARATOR.join(format_ascii(t, v) for (_, t), v in zip(self.fields, row))
+
+
+class JsonLogWriter(LogWriter):
+    """Zeek's JSON-lines format (``LogAscii::use_json=T``): no header, unset fields left out."""
+
+    def _format(self, row: Sequence[Any]) -> str:
+        obj = {}
+        for (name, t), v in zip(self.fields, row):
+            if v is None:
+                continue
+            jv = format_json(t, v)
+            if jv is None:
+                continue
+            obj[name] = jv
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def open_log(directory: str | Path, name: str, fields: Sequence[Field], fmt: str = "tsv", **kw: Any) -> LogWriter:
+    """Open ``DIR/NAME.log`` in the given format (tsv or json); ``#path`` is NAME."""
+    cls = {"tsv": AsciiLogWriter, "json": JsonLogWriter}.get(fmt)
+    if cls is None:
+        raise ValueError(f"unknown log format {fmt!r}; allowed: tsv, json")
+    return cls(Path(directory) / f"{name}.log", fields, log_path=name, **kw)
+
+
+# ------------------------------------------------------------------------------------------ reading
+def read_ascii_log(path: str | Path) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Parse a Zeek ASCII log into (header, rows as {field: raw string}); for tests and tooling."""
+    header: dict[str, str] = {}
+    rows: list[dict[str, str]] = []
+    fields: list[str] = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith("#"):
+                if line.startswith("#separator "):
+                    header["separator"] = line.split(" ", 1)[1]
+                    continue
+                key, _, val = line[1:].partition(SEPARATOR)
+                header[key] = val
+                if key == "fields":
+                    fields = val.split(SEPARATOR)
+                continue
+            rows.append(dict(zip(fields, line.split(SEPARATOR))))
+    return header, rows
+
+
+def read_json_log(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# --------------------------------------------------------------------------------------- field specs
+#: etool.log, as written by `etool-sensor classify` (the Zeek script writes the same columns online).
+ETOOL_FIELDS: list[Field] = [
+    ("ts", "time"),
+    ("uid", "string"),
+    ("id.orig_h", "addr"),
+    ("id.orig_p", "port"),
+    ("id.resp_h", "addr"),
+    ("id.resp_p", "port"),
+    ("proto", "enum"),
+    ("service", "string"),
+    ("app", "string"),
+    ("confidence", "double"),
+    ("alternatives", "vector[string]"),
+    ("unknown", "bool"),
+    ("status", "string"),
+    ("model", "string"),
+]
+
+#: conn.log: Zeek's columns that a capture reader can fill (service, local_*, tunnel_parents stay unset).
+CONN_FIELDS: list[Field] = [
+    ("ts", "time"),
+    ("uid", "string"),
+    ("id.orig_h", "addr"),
+    ("id.orig_p", "port"),
+    ("id.resp_h", "addr"),
+    ("id.resp_p", "port"),
+    ("proto", "enum"),
+    ("service", "string"),
+    ("duration", "interval"),
+    ("orig_bytes", "count"),
+    ("resp_bytes", "count"),
+    ("conn_state", "string"),
+    ("local_orig", "bool"),
+    ("local_resp", "bool"),
+    ("missed_bytes", "count"),
+    ("history", "string"),
+    ("orig_pkts", "count"),
+    ("orig_ip_bytes", "count"),
+    ("resp_pkts", "count"),
+    ("resp_ip_bytes", "count"),
+    ("tunnel_parents", "set[string]"),
+]
