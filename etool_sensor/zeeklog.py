@@ -179,6 +179,7 @@ class LogWriter:
         self._failed: LogWriteError | None = None
         self._buf: list[bytes] = []
         self._buf_rows: list[bool] = []  # True where the buffered chunk is a row (False: header/footer)
+        self._pending = 0
         self._last_flush = time.monotonic()
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -202,7 +203,8 @@ class LogWriter:
     # public
     @property
     def pending(self) -> int:
-        return sum(self._buf_rows)
+        """Rows buffered, not yet in the file."""
+        return self._pending
 
     def _values(self, row: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
         if isinstance(row, Mapping):
@@ -224,7 +226,7 @@ class LogWriter:
         if self.closed:
             raise ValueError(f"{self.path}: write to a closed log")
         self._queue(self._format(self._values(row)) + "\n", is_row=True)
-        if len(self._buf) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+        if self.pending >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def write_many(self, rows: Iterable[Mapping[str, Any] | Sequence[Any]]) -> None:
@@ -234,6 +236,7 @@ class LogWriter:
     def _queue(self, text: str, *, is_row: bool) -> None:
         self._buf.append(text.encode("utf-8", "surrogateescape"))
         self._buf_rows.append(is_row)
+        self._pending += is_row
 
     def flush(self) -> None:
         """Write buffered rows; on failure count what did not reach the file and raise LogWriteError."""
@@ -260,12 +263,14 @@ class LogWriter:
             self.unwritten += lost
             self._buf.clear()
             self._buf_rows.clear()
+            self._pending = 0
             self._failed = LogWriteError(self.path, e.strerror or str(e), self.written, self.unwritten, e.errno)
             self._close_fd()
             raise self._failed from None
         self.written += self.pending
         self._buf.clear()
         self._buf_rows.clear()
+        self._pending = 0
         self._last_flush = time.monotonic()
 
     def _close_fd(self) -> None:
