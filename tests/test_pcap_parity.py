@@ -1,0 +1,165 @@
+"""Zeek parity: our connections vs. the conn.log real Zeek wrote for Zeek's own test traces.
+
+For every baseline in shared/reference/zeek-conn-baselines/index.csv we run read_flows over the
+trace and compare, per connection, the 5-tuple, the orig/resp direction and the ConnSize counters
+(orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes). Baselines whose columns lack the 5-tuple
+(zeek-cut extracts of uid/history/service only) cannot be compared per connection and are listed
+as such. Every remaining miss is named in EXCEPTIONS with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from etool_sensor.pcap import read_flows, ReadStats
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BASE = SHARED / "reference" / "zeek-conn-baselines"
+TRACES = SHARED / "data" / "zeek-traces"
+
+pytestmark = pytest.mark.skipif(not (BASE / "index.csv").exists(), reason="../shared not present")
+
+_ALIASES = {
+    "orig_h": ("id.orig_h", "id_orig_h", "src", "src_ip"),
+    "orig_p": ("id.orig_p", "id_orig_p", "src_port"),
+    "resp_h": ("id.resp_h", "id_resp_h", "dst", "dst_ip"),
+    "resp_p": ("id.resp_p", "id_resp_p", "dst_port"),
+}
+COUNTERS = ("orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes")
+
+#: Baselines whose Zeek run changes connection semantics (BPF filters, scripts that drop packets or
+#: reconfigure analysis), so the trace alone does not determine conn.log. Whole baseline excepted.
+BASELINE_EXCEPTIONS = {
+    "core.pcap.read-trace-with-filter.conn.log": "Zeek ran with a BPF filter (-f), packets are dropped before analysis",
+    "core.pcap.dynamic-filter.conn.log": "script installs a BPF filter at runtime (precompile_pcap_filter/install)",
+    "scripts.base.frameworks.netcontrol.packetfilter.conn.log": "NetControl drops packets via the packet filter",
+}
+
+#: Individual connections (baseline, (orig_h, orig_p, resp_h, resp_p, proto)) -> why they differ.
+EXCEPTIONS: dict[tuple[str, tuple], str] = {}
+
+
+def load_conn_log(path: Path) -> list[dict]:
+    rows = []
+    fields = None
+    for line in path.read_text(errors="replace").splitlines():
+        if not line or line.startswith("###"):
+            continue
+        if line.startswith("{"):
+            rows.append(json.loads(line))
+            continue
+        if line.startswith("#fields"):
+            fields = line.split("\t")[1:]
+            continue
+        if line.startswith("#"):
+            continue
+        if fields is None:  # zeek-cut output: first line is the header
+            fields = line.split("\t")
+            continue
+        rows.append(dict(zip(fields, line.split("\t"))))
+    out = []
+    for r in rows:
+        d = dict(r)
+        for k, al in _ALIASES.items():
+            for a in al:
+                if a in r:
+                    d[k] = r[a]
+                    break
+        if "id" in r and isinstance(r["id"], dict):  # nested JSON
+            d.update(orig_h=r["id"]["orig_h"], orig_p=r["id"]["orig_p"], resp_h=r["id"]["resp_h"],
+                     resp_p=r["id"]["resp_p"])
+        out.append(d)
+    return out
+
+
+def _int(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def compare_baseline(baseline: str, trace: str) -> dict:
+    rows = load_conn_log(BASE / baseline)
+    res = {"baseline": baseline, "trace": trace, "total": 0, "match": 0, "excepted": 0, "misses": [],
+           "comparable": True}
+    if not rows or "orig_h" not in rows[0]:
+        res["comparable"] = False
+        return res
+    conns = []
+    st = ReadStats()
+    for _ in read_flows(TRACES / trace, stats=st, on_conn=conns.append):
+        pass
+    ours = defaultdict(list)
+    for c in conns:
+        ours[(c.orig_h, c.orig_p, c.resp_h, c.resp_p, c.proto)].append(c)
+    for r in rows:
+        proto = r.get("proto")
+        if proto not in ("tcp", "udp"):
+            continue
+        key = (r["orig_h"], _int(r["orig_p"]), r["resp_h"], _int(r["resp_p"]), proto)
+        tp = r.get("tunnel_parents")
+        if tp not in (None, "-", "(empty)", []) and (baseline, key) not in EXCEPTIONS:
+            res["excepted"] += 1
+            res["total"] += 1
+            res.setdefault("tunnel", []).append(key)
+            continue
+        res["total"] += 1
+        if (baseline, key) in EXCEPTIONS:
+            res["excepted"] += 1
+            continue
+        cand = ours.get(key)
+        if not cand:
+            rev = (key[2], key[3], key[0], key[1], key[4])
+            why = "reversed direction" if ours.get(rev) else "missing"
+            res["misses"].append((key, why, {k: r.get(k) for k in COUNTERS}, None))
+            continue
+        c = cand.pop(0)
+        want = {k: _int(r.get(k)) for k in COUNTERS}
+        got = {k: getattr(c, k) for k in COUNTERS}
+        if all(want[k] is None or want[k] == got[k] for k in COUNTERS):
+            res["match"] += 1
+        else:
+            res["misses"].append((key, "counters", want, got))
+    return res
+
+
+def all_results() -> list[dict]:
+    with open(BASE / "index.csv") as f:
+        idx = list(csv.DictReader(f))
+    out = []
+    for row in idx:
+        b, t = row["baseline"], row["trace"]
+        if b in BASELINE_EXCEPTIONS:
+            continue
+        if not (TRACES / t).exists() or not (BASE / b).exists():
+            continue
+        out.append(compare_baseline(b, t))
+    return out
+
+
+def test_zeek_conn_parity(pytestconfig):
+    results = all_results()
+    total = sum(r["total"] for r in results)
+    exc = sum(r["excepted"] for r in results)
+    match = sum(r["match"] for r in results)
+    misses = [(r["baseline"], m) for r in results for m in r["misses"]]
+    not_cmp = [r["baseline"] for r in results if not r["comparable"]]
+    rate = match / max(1, total - exc)
+    lines = [f"Zeek conn.log parity: {match}/{total - exc} = {100 * rate:.1f}% of non-excepted TCP/UDP "
+             f"connections over {len(results) - len(not_cmp)} baselines ({exc} excepted: tunnelled inner "
+             f"connections; {len(BASELINE_EXCEPTIONS)} baselines excepted; {len(not_cmp)} baselines lack 5-tuple columns)"]
+    for b, (key, why, want, got) in misses:
+        lines.append(f"  MISS {b} {key}: {why} want={want} got={got}")
+    tr = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line("")
+        for ln in lines[:60]:
+            tr.write_line(ln)
+    print("\n".join(lines))
+    assert not misses, "\n".join(lines[:60])
