@@ -173,13 +173,14 @@ def _verdict_row(rec: Any, v: Any, model_id: str, top_k: int) -> dict[str, Any]:
         "id.resp_h": rec.resp_h,
         "id.resp_p": rec.resp_p,
         "proto": rec.proto,
-        "service": v.service or None,
-        "app": v.app or None,
+        "service": (v.service or None) if ok else None,
+        "app": (v.app or None) if ok else None,
         "confidence": v.confidence if ok and v.confidence is not None else None,
-        "alternatives": list(v.alternatives or [])[:top_k],
-        "unknown": bool(v.unknown),
-        "status": v.status,
+        "unknown": bool(v.unknown) if ok else None,
+        "alternatives": list(v.alternatives or [])[:top_k] if ok else None,
         "model": v.model or model_id,
+        "latency": None,  # online only: publish-to-verdict time
+        "status": v.status,
     }
 
 

@@ -391,7 +391,9 @@ def read_json_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------- field specs
-#: etool.log, as written by `etool-sensor classify` (the Zeek script writes the same columns online).
+#: etool.log, as written by `etool-sensor classify`: the columns (and order) of the Zeek package's
+#: ETooL::Info (zeek-plugin/scripts/main.zeek), so offline and online logs read the same. Offline,
+#: latency is unset and status is ok or too_few_packets (online: ok or timeout).
 ETOOL_FIELDS: list[Field] = [
     ("ts", "time"),
     ("uid", "string"),
@@ -403,10 +405,11 @@ ETOOL_FIELDS: list[Field] = [
     ("service", "string"),
     ("app", "string"),
     ("confidence", "double"),
-    ("alternatives", "vector[string]"),
     ("unknown", "bool"),
-    ("status", "string"),
+    ("alternatives", "vector[string]"),
     ("model", "string"),
+    ("latency", "interval"),
+    ("status", "string"),
 ]
 
 #: conn.log: Zeek's columns that a capture reader can fill (service, local_*, tunnel_parents stay unset).

@@ -1,0 +1,313 @@
+"""`etool-sensor classify` end to end on real captures, and every kind of bad input."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from etool_sensor import __version__
+from etool_sensor.cli import EXIT_INPUT, EXIT_OUTPUT, EXIT_TRUNCATED, LAZY, LazyCommand, main
+from etool_sensor.pcap import ReadStats, read_flows
+from etool_sensor.zeeklog import CONN_FIELDS, ETOOL_FIELDS, read_ascii_log, read_json_log
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PCAPS = SHARED / "data" / "ndpi" / "pcap"
+SAMPLE = REPO / "etool_sensor" / "data" / "sample.pcap"
+
+needs_shared = pytest.mark.skipif(not PCAPS.is_dir(), reason="../shared/data/ndpi not present")
+
+#: A mix: TLS over IPv4 (pcap), QUIC, IPv6, pcapng, UDP chat, VPN.
+REAL = ["chrome.pcap", "quic_q50.pcap", "http_ipv6.pcap", "lru_ipv6_caches.pcapng", "threema.pcap",
+        "protonvpn.pcap", "whatsapp_login_chat.pcap", "signal.pcap"]
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def reader_flows(paths) -> tuple[list, list, ReadStats]:
+    conns: list = []
+    st = ReadStats()
+    flows = list(read_flows([str(p) for p in paths], stats=st, on_conn=conns.append))
+    return flows, conns, st
+
+
+def assert_one_line_error(err: str, *needles: str) -> None:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("etool-sensor: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, err)
+
+
+# ------------------------------------------------------------------------------------------- basics
+def test_version(capsys) -> None:
+    rc, out, err = run(["--version"], capsys)
+    assert rc == 0 and out.strip() == f"etool-sensor {__version__}"
+
+
+def test_help_documents_exit_codes(capsys) -> None:
+    rc, out, _ = run(["classify", "--help"], capsys)
+    assert rc == 0
+    for code in ("0 ", "1 ", "2 ", "3 ", "4 "):
+        assert f"\n  {code}" in out
+    assert "truncated" in out and "disk full" in out
+
+
+def test_no_command_is_usage_error(capsys) -> None:
+    rc, _, err = run([], capsys)
+    assert rc == EXIT_INPUT and "usage:" in err
+
+
+def test_module_entry_point() -> None:
+    r = subprocess.run([sys.executable, "-m", "etool_sensor", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and __version__ in r.stdout
+
+
+def test_classify_does_not_import_torch(tmp_path: Path) -> None:
+    code = ("import sys; from etool_sensor.cli import main; "
+            f"rc = main(['classify', '-q', {str(SAMPLE)!r}, '-o', {str(tmp_path)!r}]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+# -------------------------------------------------------------------------------------- real output
+def test_classify_bundled_sample(tmp_path: Path, capsys) -> None:
+    rc, out, err = run(["classify", SAMPLE, "-o", tmp_path], capsys)
+    assert rc == 0, err
+    flows, conns, st = reader_flows([SAMPLE])
+    header, rows = read_ascii_log(tmp_path / "etool.log")
+    assert header["path"] == "etool"
+    assert header["fields"].split("\t") == [n for n, _ in ETOOL_FIELDS]
+    assert len(rows) == len(flows) == 9
+    assert [r["uid"] for r in rows] == [f.uid for f in flows]
+    for r, f in zip(rows, flows):
+        assert (r["id.orig_h"], int(r["id.orig_p"]), r["id.resp_h"], int(r["id.resp_p"]), r["proto"]) == f.key
+        assert r["status"] in ("ok", "too_few_packets")
+        if r["status"] == "ok":
+            assert r["service"] != "-" and r["app"] != "-" and 0.0 <= float(r["confidence"]) <= 1.0
+            assert r["unknown"] in ("T", "F")
+            alts = [] if r["alternatives"] == "(empty)" else r["alternatives"].split(",")
+            assert len(alts) <= 3 and all(":" in a for a in alts)
+        assert "@" in r["model"]
+    conn_header, conn_rows = read_ascii_log(tmp_path / "conn.log")
+    assert conn_header["path"] == "conn" and conn_header["fields"].split("\t") == [n for n, _ in CONN_FIELDS]
+    assert len(conn_rows) == len(conns)
+    assert {r["uid"] for r in rows} <= {r["uid"] for r in conn_rows}  # etool.log joins conn.log on uid
+    # one summary line on stderr
+    summary = [ln for ln in err.splitlines() if ln.startswith("etool-sensor: ")]
+    assert len(summary) == 1 and "1 file," in summary[0] and "9 flows" in summary[0], err
+    assert f"{st.packets} packets" in summary[0]
+
+
+@needs_shared
+def test_classify_many_real_captures_one_log(tmp_path: Path, capsys) -> None:
+    paths = [PCAPS / p for p in REAL]
+    rc, _, err = run(["classify", "-q", *paths, "-o", tmp_path], capsys)
+    assert rc == 0 and err == ""
+    flows, conns, _ = reader_flows(paths)
+    _, rows = read_ascii_log(tmp_path / "etool.log")
+    _, conn_rows = read_ascii_log(tmp_path / "conn.log")
+    # a row for every TCP/UDP flow the reader yields, in the same order, and a conn.log row per connection
+    assert len(flows) > 100
+    assert [r["uid"] for r in rows] == [f.uid for f in flows]
+    assert len(conn_rows) == len(conns)
+    conn_by_uid = {r["uid"]: r for r in conn_rows}
+    for r in rows:
+        c = conn_by_uid[r["uid"]]
+        for k in ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto"):
+            assert r[k] == c[k], (k, r, c)
+    assert {r["proto"] for r in rows} == {"tcp", "udp"}
+    assert any(":" in r["id.orig_h"] for r in rows)  # IPv6 made it through
+    statuses = {r["status"] for r in rows}
+    assert "ok" in statuses and statuses <= {"ok", "too_few_packets"}
+    # re-running gives the same uids (deterministic), so logs of two runs still join
+    out2 = tmp_path / "again"
+    assert main(["classify", "-q", *map(str, paths), "-o", str(out2)]) == 0
+    assert [r["uid"] for r in read_ascii_log(out2 / "etool.log")[1]] == [r["uid"] for r in rows]
+
+
+def test_json_format(tmp_path: Path, capsys) -> None:
+    rc, _, err = run(["classify", "-q", "--format", "json", SAMPLE, "-o", tmp_path], capsys)
+    assert rc == 0, err
+    rows = read_json_log(tmp_path / "etool.log")
+    conns = read_json_log(tmp_path / "conn.log")
+    assert len(rows) == 9 and len(conns) >= 9
+    r = rows[0]
+    assert isinstance(r["ts"], float) and isinstance(r["id.orig_p"], int) and "id.orig_h" in r
+    assert isinstance(r["alternatives"], list) and isinstance(r["unknown"], bool)
+    assert {x["uid"] for x in rows} <= {c["uid"] for c in conns}
+
+
+def test_config_file_is_used(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "etool.yaml"
+    cfg.write_text(f"log:\n  format: json\n  dir: {tmp_path / 'from-config'}\nclassify:\n  top_k: 1\n"
+                   "flow:\n  min_packets: 1000\n  packets: 1000\n")
+    rc, _, err = run(["classify", "-q", "--config", cfg, SAMPLE], capsys)
+    assert rc == 0, err
+    rows = read_json_log(tmp_path / "from-config" / "etool.log")
+    assert len(rows) == 9
+    assert all(r["status"] == "too_few_packets" for r in rows)  # min_packets above every flow's length
+    assert all(len(r.get("alternatives", [])) <= 1 for r in rows)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_missing_file(tmp_path: Path, capsys) -> None:
+    rc, _, err = run(["classify", tmp_path / "nope.pcap", "-o", tmp_path], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "nope.pcap", "no such file")
+
+
+def test_directory_instead_of_capture(tmp_path: Path, capsys) -> None:
+    rc, _, err = run(["classify", tmp_path, "-o", tmp_path / "o"], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "directory")
+
+
+def test_not_a_capture(tmp_path: Path, capsys) -> None:
+    rc, _, err = run(["classify", REPO / "etool.yaml", "-o", tmp_path], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "etool.yaml", "not a capture")
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(b"")
+    rc, _, err = run(["classify", empty, "-o", tmp_path], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "empty.pcap")
+
+
+def test_truncated_capture_classifies_what_was_read(tmp_path: Path, capsys) -> None:
+    data = SAMPLE.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) * 2 // 3 + 7])  # ends inside a packet record
+    rc, _, err = run(["classify", cut, "-o", tmp_path / "o"], capsys)
+    assert rc == EXIT_TRUNCATED, err
+    assert "Traceback" not in err
+    assert "warning: truncated capture" in err and "cut.pcap" in err
+    flows, _, st = reader_flows([cut])
+    assert st.truncated and 0 < len(flows)
+    _, rows = read_ascii_log(tmp_path / "o" / "etool.log")
+    assert [r["uid"] for r in rows] == [f.uid for f in flows]
+
+
+def _pcap_with_linktype(path: Path, linktype: int, src: Path, n: int = 20) -> None:
+    """A classic pcap with the given link-layer type holding the first n records of a real capture."""
+    data = src.read_bytes()
+    assert struct.unpack("<I", data[:4])[0] == 0xA1B2C3D4
+    header = bytearray(data[:24])
+    header[20:24] = struct.pack("<I", linktype)
+    out, off = bytearray(header), 24
+    for _ in range(n):
+        incl = struct.unpack("<I", data[off + 8: off + 12])[0]
+        out += data[off: off + 16 + incl]
+        off += 16 + incl
+    path.write_bytes(bytes(out))
+
+
+def test_unsupported_link_type_is_skipped_and_counted(tmp_path: Path, capsys) -> None:
+    odd = tmp_path / "dlt147.pcap"
+    _pcap_with_linktype(odd, 147, SAMPLE)  # DLT_USER0: nothing we can parse
+    rc, _, err = run(["classify", odd, SAMPLE, "-o", tmp_path / "o"], capsys)
+    assert rc == 0, err
+    summary = [ln for ln in err.splitlines() if ln.startswith("etool-sensor: ")][-1]
+    assert "2 files" in summary and "linktype 147" in summary and "skipped 20 packets" in summary, summary
+    _, rows = read_ascii_log(tmp_path / "o" / "etool.log")
+    assert len(rows) == 9  # the sample's flows; none from the skipped file
+
+
+def test_bad_config_names_the_key(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "etool.yaml"
+    cfg.write_text("flow:\n  packets: 0\n")
+    rc, _, err = run(["classify", "--config", cfg, SAMPLE, "-o", tmp_path], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "flow.packets", "1..1024")
+    cfg.write_text("clasify:\n  top_k: 2\n")
+    rc, _, err = run(["classify", "--config", cfg, SAMPLE, "-o", tmp_path], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "clasify", "unknown key", "classify")
+    rc, _, err = run(["classify", "--config", tmp_path / "missing.yaml", SAMPLE], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "missing.yaml")
+
+
+def test_bad_model_dir(tmp_path: Path, capsys) -> None:
+    rc, _, err = run(["classify", "--model", tmp_path / "no-model", SAMPLE, "-o", tmp_path], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "model")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_disk_full_is_reported_not_lost(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "etool.log").symlink_to("/dev/full")  # every write: ENOSPC
+    rc, _, err = run(["classify", SAMPLE, "-o", out], capsys)
+    assert rc == EXIT_OUTPUT
+    assert_one_line_error(err, "etool.log", "No space left on device", "not written")
+    assert "0 rows written" in err
+
+
+def test_unwritable_output_dir(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, _, err = run(["classify", SAMPLE, "-o", blocker / "sub"], capsys)
+    assert rc == EXIT_OUTPUT
+    assert_one_line_error(err, "cannot create output directory")
+
+
+def test_quiet_prints_nothing(tmp_path: Path, capsys) -> None:
+    rc, out, err = run(["classify", "--quiet", SAMPLE, "-o", tmp_path], capsys)
+    assert rc == 0 and out == "" and err == ""
+
+
+# ---------------------------------------------------------------------------------- other commands
+def test_missing_subcommand_module_is_a_clean_error(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(LAZY, "bench", LazyCommand(("etool_sensor.no_such_module",), "add_x", "x_main", "b"))
+    rc, _, err = run(["bench", "--anything"], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "'bench' is not available")
+
+
+def test_subcommand_missing_dependency_names_the_extra(monkeypatch, tmp_path: Path, capsys) -> None:
+    pkg = tmp_path / "fakecmd_mod.py"
+    pkg.write_text("import definitely_not_installed_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(LAZY, "train", LazyCommand(("fakecmd_mod",), "add_train_arguments", "train_main",
+                                                   "t", "train"))
+    rc, _, err = run(["train"], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "definitely_not_installed_xyz", "etool-sensor[train]")
+
+
+def test_lazy_subcommand_is_dispatched(monkeypatch, tmp_path: Path, capsys) -> None:
+    (tmp_path / "fake_serve_mod.py").write_text(
+        "def add_serve_arguments(p):\n    p.add_argument('--zeek-url')\n"
+        "def serve_main(args, cfg):\n    print(args.zeek_url, cfg.serve.batch_size)\n    return 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(LAZY, "serve", LazyCommand(("fake_serve_mod",), "add_serve_arguments", "serve_main", "s",
+                                                   takes_config=True))
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text("serve: {batch_size: 8}\n")
+    rc, out, _ = run(["serve", "--zeek-url", "ws://x:1/v1/messages/json", "--config", cfg], capsys)
+    assert rc == 7 and out.strip() == "ws://x:1/v1/messages/json 8"
+
+
+# ------------------------------------------------------------------------------------------- docs/CI
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    cmd = "pip install -e '.[train,test]' && python -m pytest -q tests"
+    assert cmd in readme
+    assert any(line.strip() == cmd for line in ci.splitlines())
+    assert "etool-sensor classify etool_sensor/data/sample.pcap -o out/" in readme
+    for code in ("| 0 |", "| 2 |", "| 3 |", "| 4 |"):
+        assert code in readme
