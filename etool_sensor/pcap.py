@@ -81,7 +81,7 @@ _LSP_TCP = {
     5432, 6379, 6666, 6667, 6668, 6669, 8000, 8080, 8888, 20000,
 }
 _LSP_UDP = {
-    53, 67, 68, 69, 88, 123, 137, 161, 162, 389, 443, 500, 514, 750, 1812, 2123, 2152, 3389, 3544, 4500,
+    53, 67, 69, 88, 123, 137, 161, 162, 389, 443, 500, 514, 750, 1812, 2123, 2152, 3389, 3544, 4500,
     4789, 5060, 5072, 5353, 5355, 6081, 20000,
 }
 LIKELY_SERVER_PORTS = {"tcp": frozenset(_LSP_TCP), "udp": frozenset(_LSP_UDP)}
@@ -216,7 +216,11 @@ def _seq_delta(a: int, b: int) -> int:
 class _Tracker:
     """Connection table with Zeek's TCP/UDP session semantics."""
 
-    def __init__(self, params: FlowParams, stats: ReadStats, on_conn, uid_base: str, checksums: bool):
+    def __init__(self, params: FlowParams, stats: ReadStats, on_conn, uid_base: str, checksums: bool,
+                 lsp=None):
+        lsp = LIKELY_SERVER_PORTS if lsp is None else lsp
+        self.lsp_tcp = frozenset(lsp.get("tcp", ()))
+        self.lsp_udp = frozenset(lsp.get("udp", ()))
         self.params = params
         self.stats = stats
         self.on_conn = on_conn
@@ -414,9 +418,6 @@ class _Tracker:
         if vhl >> 4 != 4 or ihl < 20 or tot < ihl or end - o < ihl:
             st.malformed += 1
             return
-        if tot > wirelen_rem:
-            st.malformed += 1  # truncated_IP (wire length shorter than the IP length)
-            return
         if self.checksums and not reassembled and int.from_bytes(buf[o:o + ihl], "big") % 65535 != 0:
             st.bad_checksums += 1
             return
@@ -490,7 +491,8 @@ class _Tracker:
                 self.stats.malformed += 1
                 return
             pkt = bytearray(hdr) + payload
-            struct.pack_into(">HH", pkt, 2, n, 0)
+            struct.pack_into(">H", pkt, 2, n)
+            struct.pack_into(">H", pkt, 6, 0)
             self.ip4(ts, bytes(pkt), 0, n, n, reassembled=True)
         else:
             hdr, nxt = hdr
@@ -508,9 +510,6 @@ class _Tracker:
             return
         plen = _u16(buf, o + 4)[0]
         nxt = buf[o + 6]
-        if plen + 40 > wirelen_rem:
-            st.malformed += 1
-            return
         src = bytes(buf[o + 8:o + 24])
         dst = bytes(buf[o + 24:o + 40])
         ip_end = o + 40 + plen
@@ -585,9 +584,6 @@ class _Tracker:
                 return
             sp, dp, seq, ack, off, flags = _tcp_seq(buf, t)
             hl = (off >> 4) << 2
-            if hl < 20 or hl > seg_len or t + hl > cap_end:
-                st.malformed += 1
-                return
             plen = seg_len - hl
         else:
             if cap_end - t < 8 or seg_len < 8:
@@ -613,14 +609,19 @@ class _Tracker:
         if c is None:
             rkey = dst + src + dp.to_bytes(2, "big") + sp.to_bytes(2, "big") + key[-1:]
             if proto == 6:
+                lsp_tcp = self.lsp_tcp
                 flip = False
                 if not (flags & SYN) or flags & ACK:
-                    if sp in _LSP_TCP:
-                        flip = (not (flags & SYN) and sp < dp) if dp in _LSP_TCP else True
+                    if sp in lsp_tcp:
+                        flip = (not (flags & SYN) and sp < dp) if dp in lsp_tcp else True
                 c = self._new(key, rkey, "tcp", ts, src, sp, dst, dp, flip)
             else:
-                c = self._new(key, rkey, "udp", ts, src, sp, dst, dp, sp in _LSP_UDP and dp not in _LSP_UDP)
+                c = self._new(key, rkey, "udp", ts, src, sp, dst, dp, sp in self.lsp_udp and dp not in self.lsp_udp)
         is_orig = key == c.okey
+        if proto == 6 and (hl < 20 or hl > seg_len or t + hl > cap_end):
+            st.malformed += 1  # bad_TCP_header_len / truncated_header: connection exists, packet not counted
+            c.pkt_t = ts
+            return
         # checksum (only when the whole segment was captured)
         if self.checksums and cap_end >= ip_end:
             if ver == 4:
@@ -1095,6 +1096,14 @@ def _dispatch(tr: _Tracker, lt: int, ts: float, buf, o: int, end: int, wire: int
             st.malformed += 1
             return
         et = (buf[o + 12] << 8) | buf[o + 13]
+        if et == 0x8903:  # Cisco FabricPath: 16-byte outer header, then a full Ethernet frame
+            if end - o < 30:
+                st.malformed += 1
+                return
+            o += 16
+            base = o
+            wire -= 16
+            et = (buf[o + 12] << 8) | buf[o + 13]
         o += 14
         while True:
             if et == 0x0800:
@@ -1269,23 +1278,25 @@ def _dispatch(tr: _Tracker, lt: int, ts: float, buf, o: int, end: int, wire: int
 
 def read_flows(paths: str | Path | Sequence[str | Path], params: FlowParams = FlowParams(), *,
                stats: ReadStats | None = None, on_conn: Callable[[ConnSummary], None] | None = None,
-               progress: Callable[[int], None] | None = None, checksums: bool = True) -> Iterator[FlowRecord]:
+               progress: Callable[[int], None] | None = None, checksums: bool = True,
+               likely_server_ports: dict[str, set[int]] | None = None) -> Iterator[FlowRecord]:
     """Yield a FlowRecord for every TCP/UDP connection in the capture(s).
 
     A record is yielded as soon as its connection has N packets (final=False), otherwise when the
     connection ends (final=True). on_conn gets the ConnSummary of every connection when it ends (also
     at end of input). progress(delta) is called with raw file bytes consumed. Each file is its own
     Zeek run: connection state does not carry over between files. checksums=False skips Zeek's
-    checksum validation (Zeek's ignore_checksums=T).
+    checksum validation (Zeek's ignore_checksums=T / zeek -C). likely_server_ports overrides Zeek's
+    default well-known ports ({"tcp": {...}, "udp": {...}}), e.g. {} to mimic a bare-mode (-b) Zeek.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     st = stats if stats is not None else ReadStats()
     for idx, p in enumerate(paths):
-        yield from _read_one(Path(p), idx, params, st, on_conn, progress, checksums)
+        yield from _read_one(Path(p), idx, params, st, on_conn, progress, checksums, likely_server_ports)
 
 
-def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, progress, checksums):
+def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, progress, checksums, lsp=None):
     src = _Source(path)
     try:
         head = src.read(4)
@@ -1304,7 +1315,7 @@ def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, 
             raise PcapError(f"{path}: not a pcap or pcapng capture (magic {head.hex()})")
         st.files += 1
         uid_base = f"{_file_identity(path)}:{idx}"
-        tr = _Tracker(params, st, on_conn, uid_base, checksums)
+        tr = _Tracker(params, st, on_conn, uid_base, checksums, lsp)
         out = tr.out
         dispatch = _dispatch
         next_sweep = None
