@@ -885,8 +885,13 @@ class ZeekClient:
         ws = await connect(self.url, additional_headers=headers, ssl=self.ssl, max_size=self.max_size,
                            open_timeout=self.open_timeout, ping_interval=self.ping_interval,
                            close_timeout=5, compression=None, max_queue=64)
+        from websockets.exceptions import ConnectionClosed
+
         try:
-            await ws.send(dumps(self.topics))
+            try:
+                await ws.send(dumps(self.topics))
+            except ConnectionClosed:
+                pass  # Zeek may refuse (error message + close) before reading: read what it said
             frame = await asyncio.wait_for(ws.recv(), self.open_timeout)
             m = parse_message(frame, self.max_size)
             if isinstance(m, ErrorMessage):

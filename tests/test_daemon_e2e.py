@@ -1,0 +1,457 @@
+"""The serve daemon against the Zeek-like peer (tests/zeek_peer.py) on loopback.
+
+Tests that need a model use the real one (``runtime.load_model()``) and skip with the reason when it
+cannot be loaded; ETOOL_E2E_STUB=1 runs them with a fixed-answer stand-in (tests/stub_daemon.py)
+instead, for work on the daemon while no model package is installed. The pipeline-mechanics tests
+(slow model, failing model) always use a stand-in: they are about queues, not answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from etool_sensor import zeekws as z
+from etool_sensor.daemon import Daemon, ServeSettings
+from etool_sensor.flows import Verdict
+from tests.stub_daemon import StubModel
+from tests.zeek_peer import ERR_BAD_URI, ZeekPeer, flows_from_captures
+
+ROOT = Path(__file__).resolve().parents[1]
+STUB = os.environ.get("ETOOL_E2E_STUB") == "1"
+
+_model_cache: dict[str, object] = {}
+
+
+def _real_model():
+    if "m" not in _model_cache:
+        try:
+            from etool_sensor.runtime import load_model
+
+            _model_cache["m"] = load_model()
+        except Exception as e:  # noqa: BLE001
+            _model_cache["m"] = None
+            _model_cache["why"] = f"{type(e).__name__}: {e}"
+    return _model_cache["m"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = _real_model()
+    if m is not None:
+        return m
+    if STUB:
+        return StubModel()
+    pytest.skip(f"no model: load_model() failed ({_model_cache['why']}); set ETOOL_E2E_STUB=1 to use a stand-in")
+
+
+@pytest.fixture(scope="module")
+def flows():
+    fl = flows_from_captures(limit=400)
+    if len(fl) < 50:
+        pytest.skip("real captures (../shared/data/ndpi/pcap) are not present")
+    return fl
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(coro, timeout: float = 120):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+@asynccontextmanager
+async def serving(peer: ZeekPeer, model, **kw):
+    s = ServeSettings(zeek_url=kw.pop("url", peer.url), metrics_port=free_port(), reconnect_min_s=0.05,
+                      reconnect_max_s=0.5, **kw)
+    d = Daemon(s, model)
+    task = asyncio.create_task(d.run())
+    try:
+        yield d
+    finally:
+        d.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    def get():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+    return await asyncio.to_thread(get)
+
+
+def uids(peer: ZeekPeer) -> list[str]:
+    return [v.uid for _, v, _ in peer.verdicts]
+
+
+# ------------------------------------------------------------------------------------- happy path
+def test_one_verdict_per_uid_on_the_reply_topic(model, flows):
+    async def main():
+        async with ZeekPeer() as peer, serving(peer, model) as d:
+            assert await peer.wait_connected()
+            assert peer.app_names[-1] == "etool-sensor"
+            st, body = await http_get(d.metrics_port, "/healthz")
+            assert st == 200 and json.loads(body)["connected"] is True
+            sel = flows[:300]
+            for i, r in enumerate(sel):
+                await peer.publish_flow(r, reply_topic=f"etool/verdicts/worker-{i % 2}/")
+            assert await peer.wait_verdicts(len(sel), 30), (len(peer.verdicts), d.counts())
+            await asyncio.sleep(0.3)  # nothing more arrives
+            got = uids(peer)
+            assert sorted(got) == sorted(r.uid for r in sel)  # exactly one verdict per uid
+            want_topic = {r.uid: f"etool/verdicts/worker-{i % 2}/" for i, r in enumerate(sel)}
+            for topic, v, _ in peer.verdicts:
+                assert topic == want_topic[v.uid]
+                assert isinstance(v, Verdict) and 0.0 <= v.confidence <= 1.0  # the peer type-checked it
+                assert all(isinstance(a, str) for a in v.alternatives) and v.model
+            assert not peer.errors_sent  # Zeek accepted every event
+            c = d.counts()
+            assert c["flows_in"] == c["verdicts_out"] == len(sel)
+            st, body = await http_get(d.metrics_port, "/metrics")
+            assert st == 200 and b"etool_verdict_latency_seconds_bucket" in body and b"etool_batch_size" in body
+            print("counts:", json.dumps(c, sort_keys=True))
+    run(main())
+
+
+def test_pipeline_with_stand_in_model(flows):
+    """Always runs (no model package needed): decode -> context -> batch -> classify -> publish."""
+    async def main():
+        async with ZeekPeer() as peer, serving(peer, StubModel(), batch_size=16) as d:
+            assert await peer.wait_connected()
+            for r in flows[:100]:
+                await peer.publish_flow(r)
+            assert await peer.wait_verdicts(100, 20)
+            assert sorted(uids(peer)) == sorted(r.uid for r in flows[:100])
+            assert d.counts()["verdicts_out"] == 100
+    run(main())
+
+
+# ---------------------------------------------------------------------------------------- hostile
+def _bad_flow_frames(rec) -> dict[str, str]:
+    good = json.loads(z.encode_flow("etool/flows/", rec, "etool/verdicts/"))
+    wrong = json.loads(json.dumps(good))
+    wrong["data"][2]["data"][1]["data"][0]["data"][0] = {"@data-type": "count", "data": 7}  # uid: count
+    depth = 5000
+    nested = '{"@data-type":"vector","data":[' * depth + "]}" * depth
+    return {
+        "wrong_arg_types": json.dumps(wrong),
+        "foreign_event": z.encode_event("etool/flows/", "ping", ["hi", z.Count(1)]),
+        "broken_json": '{"type":"data-message","topic":"etool/flows/","@data-type":"vector","data":[{',
+        "not_json": "How is it going?",
+        "deep_nesting": '{"type":"data-message","topic":"etool/flows/","@data-type":"vector","data":[' + nested + "]}",
+        "lone_surrogate": json.dumps(good).replace(rec.uid, "\\ud800x", 1),
+        "wrong_arity": z.encode_event("etool/flows/", "ETooL::flow", []),
+        "not_an_event": json.dumps({"type": "data-message", "topic": "etool/flows/", "@data-type": "count",
+                                    "data": 1}),
+        "unknown_message": json.dumps({"type": "surprise"}),
+    }
+
+
+def test_hostile_input_is_counted_and_serving_goes_on(model, flows):
+    async def main():
+        async with ZeekPeer() as peer, serving(peer, model, max_message_bytes=256 * 1024) as d:
+            assert await peer.wait_connected()
+            good = iter(flows)
+            n_good = 0
+
+            async def prove_alive():
+                nonlocal n_good
+                r = next(good)
+                await peer.publish_flow(r)
+                n_good += 1
+                assert await peer.wait_verdicts(n_good, 15), (n_good, d.counts())
+                assert uids(peer)[-1] == r.uid
+
+            await prove_alive()
+            for name, frame in _bad_flow_frames(flows[0]).items():
+                assert await peer.send_raw(frame) == 1, name
+                await prove_alive()
+            await peer.send_raw(b"\x00\x01binary")  # a binary frame: v1 is text only
+            await prove_alive()
+            # peer answers with error messages (as Zeek does for what it cannot use)
+            await peer.send_error_all("deserialization_failed", "failed to create Zeek event")
+            await prove_alive()
+            c = d.counts()
+            for reason in ("type", "foreign_event", "json", "envelope", "event", "encoding", "binary"):
+                assert c.get(f"decode_errors.{reason}", 0) >= 1, (reason, c)
+            assert sum(v for k, v in c.items() if k.startswith("decode_errors.")) >= 10
+            assert c["server_errors.deserialization_failed"] == 1
+            # a huge frame and invalid UTF-8 cost the session (websockets closes 1009 / 1007): counted,
+            # the daemon reconnects and serves on
+            before = peer.connections
+            await peer.send_raw("x" * (300 * 1024))
+            assert await peer.wait_for(lambda: peer.connections > before and len(peer.subscribers("etool/flows/")) == 1, 15)
+            await prove_alive()
+            before = peer.connections
+            await peer.send_raw(b'{"type":"error","code":"\xff\xfe","context":"x"}', text=True)
+            assert await peer.wait_for(lambda: peer.connections > before and len(peer.subscribers("etool/flows/")) == 1, 15)
+            await prove_alive()
+            c = d.counts()
+            assert c["decode_errors.too_big"] == 1 and c["decode_errors.encoding"] >= 2, c
+            assert c["reconnects"] >= 2
+            assert c["verdicts_out"] == n_good and sorted(uids(peer)) == sorted(set(uids(peer)))
+            print("counts:", json.dumps(c, sort_keys=True))
+    run(main())
+
+
+# ------------------------------------------------------------------------------------------ faults
+def test_peer_restart_reconnect_and_resume(model, flows):
+    async def main():
+        peer = await ZeekPeer().start()
+        port = peer.port
+        async with serving(peer, model) as d:
+            assert await peer.wait_connected()
+            for r in flows[:50]:
+                await peer.publish_flow(r)
+            assert await peer.wait_verdicts(50, 20)
+            await peer.stop()  # 1001 Terminating, listener gone
+            await asyncio.sleep(0.3)
+            st, body = await http_get(d.metrics_port, "/healthz")
+            assert st == 503 and json.loads(body)["connected"] is False
+            peer2 = await ZeekPeer(port=port).start()
+            try:
+                assert await peer2.wait_connected(timeout=15), d.counts()
+                for r in flows[50:120]:
+                    await peer2.publish_flow(r)
+                assert await peer2.wait_verdicts(70, 20)
+                assert sorted(uids(peer2)) == sorted(r.uid for r in flows[50:120])
+                st, _ = await http_get(d.metrics_port, "/healthz")
+                assert st == 200
+                assert d.counts()["reconnects"] >= 1
+            finally:
+                await peer2.stop()
+    run(main())
+
+
+def test_handshake_errors_are_counted_and_retried(model):
+    async def main():
+        async with ZeekPeer() as peer:
+            bad_url = peer.url.replace("/v1/messages/json", "/v2/messages/json")
+            async with serving(peer, model, url=bad_url) as d:
+                assert await peer.wait_for(lambda: len(peer.errors_sent) >= 2, 10)
+                assert all((e[1], e[2]) == ERR_BAD_URI for e in peer.errors_sent)
+                c = d.counts()
+                assert c["server_errors.invalid_uri"] >= 2 and c["reconnects"] >= 2
+                st, _ = await http_get(d.metrics_port, "/healthz")
+                assert st == 503
+    run(main())
+
+
+class _Slow(StubModel):
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+
+
+def test_slow_model_full_queue_drops_are_counted(flows):
+    async def main():
+        async with ZeekPeer() as peer, serving(peer, _Slow(0.2), batch_size=8, queue_size=20) as d:
+            assert await peer.wait_connected()
+            sent = flows[:300]
+            for r in sent:
+                await peer.publish_flow(r)
+            await peer.wait_for(lambda: d.counts()["flows_in"] >= len(sent), 20)
+            c = d.counts()
+            assert c["drops.queue_full"] > 0
+            # let the backlog finish; then every flow is either answered or counted as dropped
+            await peer.wait_for(lambda: d.queue.qsize() == 0, 30)
+            await asyncio.sleep(0.6)
+            c = d.counts()
+            assert c["verdicts_out"] + c["drops.queue_full"] == len(sent), c
+            assert len(peer.verdicts) == c["verdicts_out"]
+            st, body = await http_get(d.metrics_port, "/metrics")
+            assert b'etool_drops_total{reason="queue_full"}' in body
+            print("counts:", json.dumps(c, sort_keys=True))
+    run(main())
+
+
+class _Broken(StubModel):
+    def classify(self, records, *a, **k):
+        if any(r.uid.endswith("7") for r in records):
+            raise RuntimeError("boom")
+        return super().classify(records, *a, **k)
+
+
+def test_model_failure_costs_the_batch_not_the_daemon(flows):
+    async def main():
+        async with ZeekPeer() as peer, serving(peer, _Broken(), batch_size=1) as d:
+            assert await peer.wait_connected()
+            sel = [dataclasses.replace(r, uid=f"CX{i:015d}") for i, r in enumerate(flows[:20])]
+            for r in sel:
+                await peer.publish_flow(r)
+            await peer.wait_for(lambda: d.counts()["verdicts_out"] + d.counts()["drops.model_error"] >= 20, 20)
+            c = d.counts()
+            assert c["drops.model_error"] == 2 and c["verdicts_out"] == 18
+    run(main())
+
+
+# --------------------------------------------------------------------------------- subprocess daemon
+def daemon_cmd(tmp: Path, url: str, metrics_port: int, extra: dict | None = None, delay: float = 0.0) -> list[str]:
+    serve = {"metrics_port": metrics_port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5}
+    serve.update(extra or {})
+    cfg = tmp / "etool.yaml"
+    cfg.write_text(json.dumps({"serve": serve}))  # JSON is YAML
+    if _real_model() is not None:
+        return [sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url", url]
+    if STUB:
+        return [sys.executable, str(ROOT / "tests" / "stub_daemon.py"), "--config", str(cfg), "--zeek-url", url,
+                "--delay", str(delay)]
+    pytest.skip(f"no model: load_model() failed ({_model_cache['why']}); set ETOOL_E2E_STUB=1 to use a stand-in")
+
+
+def _stopped_counts(stderr: str) -> dict:
+    for line in stderr.splitlines():
+        if "stopped: {" in line:
+            return json.loads(line.split("stopped: ", 1)[1])
+    raise AssertionError("no 'stopped:' line in the daemon's log:\n" + stderr[-3000:])
+
+
+def test_sigterm_during_a_batch_answers_what_is_in_hand(tmp_path, flows):
+    async def main():
+        async with ZeekPeer(validate_data=0) as peer:
+            port = free_port()
+            cmd = daemon_cmd(tmp_path, peer.url, port, {"batch_size": 64, "batch_deadline_ms": 50}, delay=0.05)
+            proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stderr=subprocess.PIPE,
+                                                        stdout=subprocess.DEVNULL)
+            try:
+                assert await peer.wait_connected(timeout=60)
+                for r in flows[:400]:
+                    await peer.publish_flow(r)
+                await peer.wait_for(lambda: len(peer.verdicts) >= 1, 30)  # batches are in flight
+                proc.send_signal(signal.SIGTERM)
+                _, err = await asyncio.wait_for(proc.communicate(), 30)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+            assert proc.returncode == 0, err.decode()[-2000:]
+            c = _stopped_counts(err.decode())
+            await asyncio.sleep(0.2)
+            # every flow the daemon took in was answered before it closed; nothing was answered twice
+            assert c["verdicts_out"] == c["flows_in"] - c.get("drops.queue_full", 0), c
+            assert len(peer.verdicts) == c["verdicts_out"] and len(set(uids(peer))) == len(peer.verdicts)
+            assert c["flows_in"] > 0
+            print("counts:", json.dumps(c, sort_keys=True))
+    run(main())
+
+
+# ----------------------------------------------------------------------------------------- soak
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def _scrape(port: int) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = s.name + "".join(f".{v}" for v in s.labels.values())
+            out[key] = s.value
+    return out
+
+
+def frame_factory(rec, reply_topic: str = "etool/verdicts/"):
+    """Cheap distinct-uid frames: encode once, substitute the uid."""
+    tmpl = z.encode_flow("etool/flows/", dataclasses.replace(rec, uid="CUIDUIDUIDUIDUIDUI"), reply_topic,
+                         network_time=time.time())
+    return lambda uid: tmpl.replace("CUIDUIDUIDUIDUIDUI", uid, 1)
+
+
+@pytest.mark.slow
+def test_soak_twice_the_sustainable_rate(tmp_path, flows):
+    """Bounded soak (~35 s): calibrate, then 20 s at 2x the rate the daemon sustains; RSS stays bounded,
+    every flow is answered or counted, and the daemon recovers (no drops) once the load is back to normal."""
+    psutil = pytest.importorskip("psutil")  # noqa: F841
+    soak_s = float(os.environ.get("ETOOL_SOAK_S", "20"))
+
+    async def main():
+        async with ZeekPeer(validate_data=0) as peer:
+            port = free_port()
+            cmd = daemon_cmd(tmp_path, peer.url, port, {"queue_size": 2000})
+            proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stderr=subprocess.PIPE,
+                                                        stdout=subprocess.DEVNULL)
+            err_task = asyncio.create_task(proc.stderr.read())
+            try:
+                assert await peer.wait_connected(timeout=60)
+                makers = [frame_factory(r) for r in flows[:64]]
+                seq = 0
+
+                async def blast(rate: float, seconds: float) -> int:
+                    nonlocal seq
+                    t0 = time.perf_counter()
+                    n = 0
+                    while (el := time.perf_counter() - t0) < seconds:
+                        due = int(el * rate) - n
+                        for _ in range(min(due, 500)):
+                            await peer.publish("etool/flows/", makers[seq % len(makers)](f"S{seq:017d}"))
+                            seq += 1
+                            n += 1
+                        await asyncio.sleep(0.002)
+                    return n
+
+                # calibrate: offer a lot for 3 s, measure what is answered
+                v0 = len(peer.verdicts)
+                t0 = time.perf_counter()
+                await blast(20000, 3.0)
+                await asyncio.sleep(1.0)
+                sustainable = max(200.0, (len(peer.verdicts) - v0) / (time.perf_counter() - t0))
+                rss0 = await asyncio.to_thread(_rss_mb, proc.pid)
+                rss_max = rss0
+                sent = 0
+                t1 = time.perf_counter()
+                while time.perf_counter() - t1 < soak_s:
+                    sent += await blast(2 * sustainable, 2.0)
+                    rss_max = max(rss_max, await asyncio.to_thread(_rss_mb, proc.pid))
+                await peer.wait_for(lambda: False, 3.0)  # let the backlog drain
+                m = await asyncio.to_thread(_scrape, port)
+                # recovery: normal load again -> every flow answered, no new drops
+                drops_before = sum(v for k, v in m.items() if k.startswith("etool_drops_total"))
+                v1 = len(peer.verdicts)
+                rec_n = await blast(min(100.0, sustainable / 4), 2.0)
+                ok = await peer.wait_verdicts(v1 + rec_n, 15)
+                m2 = await asyncio.to_thread(_scrape, port)
+                drops_after = sum(v for k, v in m2.items() if k.startswith("etool_drops_total"))
+                summary = {"sustainable_flows_per_s": round(sustainable), "offered_per_s": round(2 * sustainable),
+                           "sent": sent, "flows_in": m["etool_flows_in_total"],
+                           "verdicts_out": m["etool_verdicts_out_total"],
+                           "drops": {k: v for k, v in m.items() if k.startswith("etool_drops_total") and v},
+                           "rss_mb_start": round(rss0), "rss_mb_max": round(rss_max),
+                           "recovery_flows": rec_n, "recovery_ok": ok}
+                print("soak:", json.dumps(summary))
+                assert ok and drops_after == drops_before, summary
+                assert rss_max < 600 and rss_max - rss0 < 250, summary
+                total_in = m2["etool_flows_in_total"]
+                answered = m2["etool_verdicts_out_total"]
+                dropped = sum(v for k, v in m2.items() if k.startswith("etool_drops_total"))
+                assert abs(total_in - answered - dropped) <= 1, summary  # accounted (queue empty)
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        await asyncio.wait_for(proc.wait(), 30)
+                    except (asyncio.TimeoutError, TimeoutError):
+                        proc.kill()
+                await err_task
+    run(main(), timeout=180)
