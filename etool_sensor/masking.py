@@ -98,19 +98,22 @@ def mask_cert_names(buf: bytearray) -> bool:
 
 
 def mask_http_host(buf: bytearray) -> bool:
-    """Mask the value of an HTTP/1.x Host header (and CONNECT/absolute-URI authority)."""
+    """Mask HTTP/1.x Host header values (also in continuation segments) and request authorities."""
     head = bytes(buf[:8])
-    if not any(head.startswith(m) for m in (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"CONNECT ", b"OPTIONS ",
-                                             b"DELETE ", b"PATCH ")):
-        return False
-    masked = False
+    is_request = any(head.startswith(m) for m in (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"CONNECT ",
+                                                   b"OPTIONS ", b"DELETE ", b"PATCH "))
     low = bytes(buf).lower()
-    k = low.find(b"\nhost:")
-    if k >= 0:
+    masked = False
+    start = 0
+    while (k := low.find(b"\nhost:", start)) >= 0:
         v = k + 6
         end = low.find(b"\r", v)
-        _fill(buf, v, end if end >= 0 else len(buf))
+        end = end if end >= 0 else len(buf)
+        _fill(buf, v, end)
         masked = True
+        start = end
+    if not is_request:
+        return masked
     sp = low.find(b" ")
     for scheme in (b"http://", b"https://"):
         if low.startswith(scheme, sp + 1):
@@ -125,29 +128,51 @@ def mask_http_host(buf: bytearray) -> bool:
     return masked
 
 
+def _mask_name(buf: bytearray, i: int) -> int:
+    """Mask one (possibly compressed) DNS name starting at i; return the offset after it."""
+    while i < len(buf):
+        ln = buf[i]
+        if ln == 0:
+            return i + 1
+        if ln & 0xC0:
+            return i + 2
+        _fill(buf, i + 1, i + 1 + ln)
+        i += 1 + ln
+    return i
+
+
+# Offset of the (first) name inside rdata: NS, CNAME, SOA, PTR, MX, SRV, DNAME, RRSIG (signer), NSEC.
+_NAME_RDATA = {2: 0, 5: 0, 6: 0, 12: 0, 15: 2, 33: 6, 39: 0, 46: 18, 47: 0}
+
+
 def mask_dns(buf: bytearray, offset: int = 0) -> bool:
-    """Mask the label bytes of DNS question names (length bytes stay, so the shape survives)."""
+    """Mask the label bytes of every DNS name in the message: questions, record owners, and the names
+    inside NS/CNAME/PTR/MX/SRV data. Length bytes stay, so the message keeps its shape."""
     if len(buf) < offset + 12:
         return False
     qd = _u16(buf, offset + 4)
-    if qd == 0 or qd > 16:
-        return False
+    rr = _u16(buf, offset + 6) + _u16(buf, offset + 8) + _u16(buf, offset + 10)
+    qd = max(qd, 1)  # a name right after the header is masked even when the count says none
     i = offset + 12
-    masked = False
-    for _ in range(qd):
-        while i < len(buf):
-            ln = buf[i]
-            if ln == 0:
-                i += 1
-                break
-            if ln & 0xC0:
-                i += 2
-                break
-            _fill(buf, i + 1, i + 1 + ln)
-            masked = True
-            i += 1 + ln
-        i += 4
-    return masked
+    # Counts may lie (malformed or hostile messages): walk while there are bytes, within a cap.
+    for _ in range(min(qd, 64)):
+        if i >= len(buf):
+            break
+        i = _mask_name(buf, i) + 4
+    for _ in range(min(rr, 256)):
+        if i >= len(buf):
+            break
+        i = _mask_name(buf, i)
+        if i + 10 > len(buf):
+            break
+        rtype, rdlen = _u16(buf, i), _u16(buf, i + 8)
+        i += 10
+        if rtype in _NAME_RDATA:
+            j = _mask_name(buf, i + _NAME_RDATA[rtype])
+            if rtype == 6:  # SOA: mname then rname
+                _mask_name(buf, j)
+        i += rdlen
+    return True
 
 
 def mask_gquic_sni(buf: bytearray) -> bool:
