@@ -530,3 +530,72 @@ def test_app_name_and_tls():
     assert z.make_ssl_context("ws://127.0.0.1:1/v1/messages/json") is None
     with pytest.raises(ValueError):
         z.ZeekClient("http://x/")
+
+
+# ------------------------------------------------------------------ the test peer vs Zeek's baselines
+def _baseline_lines(name: str) -> list[str]:
+    return [line for line in (_need_ref() / "baselines" / name).read_text().splitlines() if not line.startswith("###")]
+
+
+def test_peer_reproduces_zeek_baselines():
+    """Replay Zeek's own btest clients (bad-event-args, bad-subscriptions, bad-url) against tests/zeek_peer.py;
+    it must print exactly what the baselines expect from real Zeek."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    from tests.zeek_peer import ZeekPeer
+
+    def make_ping(args):
+        return json.dumps({"type": "data-message", "topic": "/zeek/event/my_topic", "@data-type": "vector", "data": [
+            {"@data-type": "count", "data": 1}, {"@data-type": "count", "data": 1},
+            {"@data-type": "vector", "data": [{"@data-type": "string", "data": "ping"},
+                                              {"@data-type": "vector", "data": args}]}]})
+
+    async def pong(peer, ev, value):
+        await peer.publish_event("/zeek/event/my_topic", "pong", value, network_time=1.0)
+
+    async def main():
+        out: list[str] = []
+        async with ZeekPeer(handlers={"ping": pong}) as peer:
+            async with connect(peer.url) as ws:
+                out.append("Connected!")
+                await ws.send(json.dumps(["/zeek/event/my_topic"]))
+                ack = json.loads(await ws.recv())
+                assert ack["type"] == "ack" and "endpoint" in ack and "version" in ack
+                await ws.send(make_ping(42))
+                out.append(f"err1 {json.loads(await ws.recv())}")
+                await ws.send(make_ping([{"@data-type": "string", "data": "Hello"}]))
+                out.append(f"err2 {json.loads(await ws.recv())}")
+                await ws.send(make_ping([{"@data-type": "count", "data": 42}, {"@data-type": "string", "data": "Hello"}]))
+                out.append(f"err3 {json.loads(await ws.recv())}")
+                await ws.send(make_ping([{"@data-type": "string", "data": "Hello"}, {"@data-type": "count", "data": 42}]))
+                name, args, _ = json.loads(await ws.recv())["data"][2]["data"]
+                out.append(f"pong {name} {args}")
+                await ws.send(make_ping([{"@data-type": "money", "data": 0}]))
+                out.append(f"err4 {json.loads(await ws.recv())}")
+            assert out == _baseline_lines("cluster.websocket.bad-event-args__..client.out")
+
+            out = []
+            for label, sub in [("broken array response", '["broken", "brrr'), ("non string error", "[1, 2]"),
+                               ("mix error", '[1, "/my_topic"]')]:
+                async with connect(peer.url) as ws:
+                    await ws.send(sub)
+                    out.append(f"{label} {json.loads(await ws.recv())}")
+            async with connect(peer.url) as ws:
+                await ws.send('["/topic/good", "/duplicate", "/duplicate", "/is/okay"]')
+                out.append(f"ack {json.loads(await ws.recv())['type'] == 'ack'}")
+            assert out == _baseline_lines("cluster.websocket.bad-subscriptions__..client.out")
+
+            out = []
+            async with connect(peer.url, additional_headers={"X-Application-Name": "hello-good"}) as ws:
+                out.append("Connected ws_good!")
+                await ws.send("[]")
+                assert json.loads(await ws.recv())["type"] == "ack"
+            async with connect(peer.url.replace("/v1/messages/json", "/v1/messages/jsonX")) as ws:
+                out.append("Connected ws_bad!")
+                out.append(f"Error for ws_bad {json.loads(await ws.recv())}")
+            assert out == _baseline_lines("cluster.websocket.bad-url__..client.out")
+            assert peer.app_names[-2] == "hello-good"
+
+    asyncio.run(asyncio.wait_for(main(), 30))
