@@ -58,6 +58,7 @@ class LazyCommand:
     help: str
     extra: str = ""  # pip extra that provides its dependencies
     takes_config: bool = False
+    checkout: bool = False  # may live in the source checkout beside etool_sensor/ (not installed)
 
 
 LAZY: dict[str, LazyCommand] = {
@@ -68,9 +69,10 @@ LAZY: dict[str, LazyCommand] = {
                         "score a model against labelled captures"),
     "train": LazyCommand(("etool_sensor.train.cli",), "add_train_arguments", "train_main",
                          "train a model (needs the train extra)", "train"),
-    "export": LazyCommand(("etool_sensor.export", "etool_sensor.export.cli", "export"), "add_export_arguments",
-                          "export_main", "export a trained model to an ONNX model package (needs the train extra)",
-                          "train"),
+    # export/ lives at the top of a source checkout (not installed): found there when run from one.
+    "export": LazyCommand(("etool_sensor.export", "export.package"), "add_export_arguments", "export_main",
+                          "export a trained model to an ONNX model package (needs the train extra and a "
+                          "source checkout)", "train", checkout=True),
     "bench": LazyCommand(("etool_sensor.bench",), "add_bench_arguments", "bench_main",
                          "measure classification throughput and latency"),
 }
@@ -80,6 +82,10 @@ def _load_lazy(name: str) -> tuple[Callable[[argparse.ArgumentParser], None], Ca
     """Import a subcommand's module; raise CliError (one line) when it or its dependencies are missing."""
     spec = LAZY[name]
     missing: list[str] = []
+    if spec.checkout:
+        root = str(Path(__file__).resolve().parents[1])
+        if root not in sys.path and any((Path(root) / m.split(".")[0]).is_dir() for m in spec.modules):
+            sys.path.append(root)
     for modname in spec.modules:
         try:
             mod = importlib.import_module(modname)
@@ -118,8 +124,8 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "classify", help="classify the connections of pcap/pcapng captures into etool.log and conn.log",
-        description="Classify every TCP/UDP connection of the captures. Several captures give one etool.log "
-                    "and one conn.log (Zeek format) in the output directory.",
+        description="Classify every TCP/UDP connection of the captures. Several captures give one\n"
+                    "etool.log and one conn.log (Zeek format) in the output directory.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng file(s)")
     c.add_argument("-o", "--output", metavar="DIR", help="output directory (default: log.dir of the config, '.')")
@@ -277,6 +283,10 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
     tracker = ContextTracker(window=cfg.context.window, bursts=cfg.context.bursts)
     thresholds = cfg.thresholds
     top_k = cfg.classify.top_k
+    try:
+        classify_kw = {"top_k": top_k} if "top_k" in inspect.signature(model.classify).parameters else {}
+    except (TypeError, ValueError):
+        classify_kw = {}
 
     show_progress = not args.quiet and sys.stderr.isatty()
     bar = None
@@ -313,7 +323,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
         if not batch:
             return
         verdicts = model.classify(batch, contexts, thresholds, mask_names=cfg.privacy.mask_names,
-                                  min_packets=cfg.flow.min_packets)
+                                  min_packets=cfg.flow.min_packets, **classify_kw)
         if len(verdicts) != len(batch):
             raise RuntimeError(f"model returned {len(verdicts)} verdicts for {len(batch)} flows")
         for rec, v in zip(batch, verdicts):
