@@ -139,7 +139,7 @@ def test_json_lines(tmp_path: Path) -> None:
     text = (tmp_path / "etool.log").read_text()
     assert not text.startswith("#")
     (obj,) = read_json_log(tmp_path / "etool.log")
-    assert list(obj) == [n for n, _ in ETOOL_FIELDS if n != "app"]  # unset fields are left out, order kept
+    assert list(obj) == [n for n, _ in ETOOL_FIELDS if n not in ("app", "latency")]  # unset fields are left out, order kept
     assert obj["ts"] == 1700000000.25 and obj["id.resp_p"] == 443 and obj["unknown"] is False
     assert obj["alternatives"] == ["Web:0.875", "Chat:0.1"]
     assert json.loads(text.splitlines()[0]) == obj
