@@ -239,6 +239,7 @@ class TeacherNet(nn.Module):
         self.tasks = dict(tasks)
         self.heads = nn.ModuleDict()
         self._lm = [lm]  # kept out of the module tree: never trained, never saved
+        self.no_cache = os.environ.get("ETOOL_TEACHER_NO_CACHE") == "1"
         if cfg.use_llm:
             assert lm is not None and tok is not None
             emb = lm.get_input_embeddings().weight.detach()
@@ -295,7 +296,10 @@ class TeacherNet(nn.Module):
                 self._kv = [(l.keys, l.values) for l in pkv.layers]
             else:
                 self._kv = [tuple(x) for x in pkv.to_legacy_cache()]
-        c = DynamicCache()
+        try:
+            c = DynamicCache()
+        except TypeError:  # newer transformers want the config
+            c = DynamicCache(config=self.lm.config)
         for i, (k, v) in enumerate(self._kv):
             c.update(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1), i)
         return c
@@ -315,8 +319,15 @@ class TeacherNet(nn.Module):
         b = z.shape[0]
         sfx = getattr(self, f"sfx_{task}").unsqueeze(0).expand(b, -1, -1)
         emb = torch.cat([z, sfx.to(z.dtype)], 1)
-        out = self.lm.model(inputs_embeds=emb, past_key_values=self._prefix_cache(b), use_cache=True)
-        return out.last_hidden_state[:, -1]  # final norm applied by the model
+        if not self.no_cache:
+            try:
+                out = self.lm.model(inputs_embeds=emb, past_key_values=self._prefix_cache(b), use_cache=True)
+                return out.last_hidden_state[:, -1]  # final norm applied by the model
+            except (TypeError, AttributeError, RuntimeError, ValueError):
+                self.no_cache = True  # a transformers without this cache API: run the prefix every time
+        pre = self.lm.get_input_embeddings()(self.prefix_ids).unsqueeze(0).expand(b, -1, -1)
+        out = self.lm.model(inputs_embeds=torch.cat([pre.to(emb.dtype), emb], 1), use_cache=False)
+        return out.last_hidden_state[:, -1]
 
     def forward(self, x: dict[str, torch.Tensor], task: str, **mask) -> torch.Tensor:
         return self.heads[task](self.hidden(x, task, **mask))
@@ -484,16 +495,14 @@ def train_teacher(train, *, label_column: str = "category", quick: bool = False,
     if cfg.use_llm:
         lm, tok = load_llm(cfg.llm_layers, log)
     net = TeacherNet(cfg, spec, tasks, lm, tok).to(device)
-    if cfg.use_llm and device == "cuda":
-        net.lm.to(torch.bfloat16)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     log(f"teacher: use_llm={cfg.use_llm} llm_layers={cfg.llm_layers} Q={cfg.traffic_tokens} "
         f"trainable={sum(p.numel() for p in _trainable(net)):,} setup {time.time() - t0:.1f}s on {device}")
     history: dict = {"config": cfg.to_dict(), "device": device, "ssl_epoch_s": [], "epoch_s": [], "loss": []}
 
     def run(xb, task, kw=None):
-        if device == "cuda" and cfg.use_llm:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return net(xb, task, **(kw or {})).float()
         return net(xb, task, **(kw or {}))
 
     # ---- stage 1: self-supervised instructions

@@ -1,0 +1,505 @@
+"""`etool-sensor eval`: the shipped model on labelled captures, and every method on every split.
+
+    etool-sensor eval [--model DIR] --data DIR --labels CSV --label-column {category,app} --json OUT.json
+                      [--encrypted-only] [--report OUT.md] [--splits iid,capture,unseen_app,shifted]
+                      [--methods ...] [--quick] [--seed 0] [--teacher-cache DIR]
+
+Splits (all from --seed, over the matched flows):
+  iid         random flows, stratified 70/30
+  capture     group split on the capture file (~30% of flows in test): the main non-IID split
+  unseen_app  for each service with >= 2 apps, about a third of its apps (at least one) held out
+              entirely; the test asks for the *service* (category) of those unseen apps
+  shifted     per-class test fractions from 0.6 (rarest class) down to 0.1 (commonest): train and test
+              have different class priors (NETD-1/2 style)
+
+Methods: rf and knn on the first 20 signed packet sizes (AppScanner/CUMUL-like), etool (student distilled
+from the LLM teacher), student_no_llm (no teacher), student_no_payload, student_ports, teacher (the LLM
+teacher itself) and encoder_only (the teacher's encoder + projector with the LLM removed: what the LLM adds).
+The model and torch imports happen only for the methods that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+SPLITS = ("iid", "capture", "unseen_app", "shifted")
+METHODS = ("rf", "knn", "etool", "student_no_llm", "student_no_payload", "student_ports", "teacher",
+           "encoder_only")
+N_SIZES = 20
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def expected_calibration_error(conf: Sequence[float], correct: Sequence[bool], bins: int = 15) -> float:
+    """ECE of top-label confidences: sum over equal-width bins of |bin|/n * |accuracy - mean confidence|."""
+    conf = np.asarray(conf, np.float64)
+    correct = np.asarray(correct, np.float64)
+    if conf.size == 0:
+        return 0.0
+    idx = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)  # (lo, hi] bins; 0 joins the first
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def metrics(y_true: Sequence[str], y_pred: Sequence[str], conf: Sequence[float] | None = None,
+            min_support: int = 5) -> dict:
+    """macro/weighted F1, accuracy, macro-F1 over classes with >= min_support test flows, per class, ECE."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    y_true, y_pred = list(y_true), list(y_pred)
+    if not y_true:
+        return {"flows": 0, "macro_f1": 0.0, "macro_f1_min5": 0.0, "weighted_f1": 0.0, "accuracy": 0.0,
+                "ece": 0.0, "per_class": {}}
+    true_labels = sorted(set(y_true))
+    support = {c: y_true.count(c) for c in true_labels}
+    big = [c for c in true_labels if support[c] >= min_support]
+    # macro over the classes present in the test set (a predicted-only class cannot be "macro-averaged in")
+    out = {
+        "flows": len(y_true),
+        "classes": len(true_labels),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=true_labels, average="macro", zero_division=0)),
+        "macro_f1_min5": float(f1_score(y_true, y_pred, labels=big, average="macro", zero_division=0)) if big else 0.0,
+        "classes_min5": len(big),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=true_labels, average="weighted", zero_division=0)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+    }
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=true_labels, zero_division=0)
+    out["per_class"] = {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                        for i, c in enumerate(true_labels)}
+    if conf is not None:
+        out["ece"] = expected_calibration_error(conf, [a == b for a, b in zip(y_true, y_pred)])
+    return out
+
+
+def confusion_png(y_true: Sequence[str], y_pred: Sequence[str], path: str | Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    labels = sorted(set(y_true) | set(y_pred))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(2 + 0.32 * n, 1.5 + 0.32 * n))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=5,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------------- splits
+
+
+def _label_of(ds, column: str) -> list[str]:
+    return list(ds.service) if column == "category" else list(ds.app) if column == "app" else list(ds.labels)
+
+
+def make_splits(ds, names: Sequence[str], seed: int = 0, test_size: float = 0.3) -> dict[str, dict]:
+    """{split: {"train": idx, "test": idx, "label": column or None}} (label None: the run's label column)."""
+    rng = np.random.default_rng(seed)
+    n = len(ds)
+    ys = list(ds.labels)
+    out: dict[str, dict] = {}
+    for name in names:
+        r = np.random.default_rng([seed, SPLITS.index(name) if name in SPLITS else 99])
+        if name == "iid":
+            from sklearn.model_selection import train_test_split
+
+            idx = np.arange(n)
+            counts = {c: ys.count(c) for c in set(ys)}
+            strat_ok = np.array([counts[y] >= 2 for y in ys])
+            tr, te = train_test_split(idx[strat_ok], test_size=test_size, random_state=seed,
+                                      stratify=[ys[i] for i in idx[strat_ok]])
+            tr = np.concatenate([tr, idx[~strat_ok]])  # singletons can only be learnt, never tested
+            out[name] = {"train": np.sort(tr), "test": np.sort(te), "label": None}
+        elif name == "capture":
+            pcaps = sorted(set(ds.pcap))
+            r.shuffle(pcaps)
+            size = {p: 0 for p in pcaps}
+            for p in ds.pcap:
+                size[p] += 1
+            test, got = set(), 0
+            for p in pcaps:
+                if got >= test_size * n:
+                    break
+                if got + size[p] > 1.5 * test_size * n and got > 0:
+                    continue  # a huge capture would swamp the test set
+                test.add(p)
+                got += size[p]
+            te = np.array([i for i in range(n) if ds.pcap[i] in test], int)
+            tr = np.array([i for i in range(n) if ds.pcap[i] not in test], int)
+            out[name] = {"train": tr, "test": te, "label": None}
+        elif name == "unseen_app":
+            apps_of: dict[str, list[str]] = {}
+            for s, a in zip(ds.service, ds.app):
+                apps_of.setdefault(s, [])
+                if a not in apps_of[s]:
+                    apps_of[s].append(a)
+            services_of: dict[str, set[str]] = {}
+            for sv, a in zip(ds.service, ds.app):
+                services_of.setdefault(a, set()).add(sv)
+            held: set[str] = set()  # an app is held out entirely, under every service it appears in
+
+            def still_seen(a: str) -> bool:
+                return all(any(b not in held and b != a for b in apps_of[sv]) for sv in services_of[a])
+
+            for sv in sorted(apps_of):
+                apps = sorted(a for a in apps_of[sv] if a not in held)
+                if len(apps_of[sv]) < 2 or len(apps) < 2:
+                    continue
+                want = max(1, len(apps_of[sv]) // 3)
+                for a in r.permutation(apps):
+                    if want and still_seen(str(a)):
+                        held.add(str(a))
+                        want -= 1
+            te = np.array([i for i in range(n) if ds.app[i] in held], int)
+            tr = np.array([i for i in range(n) if ds.app[i] not in held], int)
+            out[name] = {"train": tr, "test": te, "label": "category",
+                         "held_out_apps": sorted(held)}
+        elif name == "shifted":
+            classes = sorted(set(ys), key=lambda c: (ys.count(c), c))  # rarest first
+            frac = {c: 0.6 - 0.5 * k / max(len(classes) - 1, 1) for k, c in enumerate(classes)}
+            te_l, tr_l = [], []
+            for c in classes:
+                members = [i for i in range(n) if ys[i] == c]
+                r.shuffle(members)
+                k = int(round(frac[c] * len(members))) if len(members) >= 2 else 0
+                k = min(k, len(members) - 1)
+                te_l += members[:k]
+                tr_l += members[k:]
+            out[name] = {"train": np.sort(np.array(tr_l, int)), "test": np.sort(np.array(te_l, int)), "label": None}
+        else:
+            raise ValueError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
+    del rng
+    return out
+
+
+# ----------------------------------------------------------------------------------------- baselines
+
+
+def signed_sizes(records, n: int = N_SIZES) -> np.ndarray:
+    """First n packets' IP lengths, + from the originator, - from the responder, 0 padded."""
+    x = np.zeros((len(records), n), np.float32)
+    for i, r in enumerate(records):
+        for j, p in enumerate(r.packets[:n]):
+            x[i, j] = p.ip_len if p.is_orig else -p.ip_len
+    return x
+
+
+class SizeBaseline:
+    def __init__(self, kind: str, seed: int = 0, quick: bool = False) -> None:
+        from sklearn.ensemble import RandomForestClassifier
+        from sklearn.neighbors import KNeighborsClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        if kind == "rf":
+            self.m = RandomForestClassifier(n_estimators=50 if quick else 300, random_state=seed, n_jobs=2)
+        else:
+            self.m = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5, weights="distance"))
+
+    def fit(self, records, labels) -> "SizeBaseline":
+        self.m.fit(signed_sizes(records), labels)
+        self.labels = [str(c) for c in self.m.classes_]
+        return self
+
+    def predict_proba(self, records, contexts=None) -> np.ndarray:
+        return self.m.predict_proba(signed_sizes(records))
+
+
+# ------------------------------------------------------------------------------------ teacher cache
+
+
+def flow_id(ds, i: int) -> str:
+    r = ds.records[i]
+    return f"{ds.pcap[i]}|{r.proto}|{r.orig_h}|{r.orig_p}|{r.resp_h}|{r.resp_p}|{r.ts:.6f}"
+
+
+class CachedTeacher:
+    """Teacher logits computed elsewhere (e.g. the GPU run), looked up by flow identity."""
+
+    def __init__(self, labels: list[str], table: dict[str, np.ndarray], pcap_of: dict[int, str]) -> None:
+        self.labels = labels
+        self.table = table
+        self._pcap_of = pcap_of  # id(record) -> capture name
+
+    def predict_logits(self, records, contexts=None) -> np.ndarray:
+        out = np.zeros((len(records), len(self.labels)), np.float32)
+        for i, r in enumerate(records):
+            key = f"{self._pcap_of.get(id(r), '')}|{r.proto}|{r.orig_h}|{r.orig_p}|{r.resp_h}|{r.resp_p}|{r.ts:.6f}"
+            out[i] = self.table[key]
+        return out
+
+    def predict_proba(self, records, contexts=None) -> np.ndarray:
+        z = self.predict_logits(records, contexts)
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+
+def teacher_cache_path(cache_dir: str | Path, split: str, column: str, variant: str = "teacher") -> Path:
+    return Path(cache_dir) / f"{variant}_{column}_{split}.npz"
+
+
+def load_cached_teacher(ds, path: Path) -> CachedTeacher | None:
+    if not path.exists():
+        return None
+    z = np.load(path, allow_pickle=False)
+    table = dict(zip(z["ids"].tolist(), z["logits"]))
+    ids = [flow_id(ds, i) for i in range(len(ds))]
+    if any(k not in table for k in ids):
+        return None  # another data set: retrain rather than guess
+    return CachedTeacher([str(x) for x in z["labels"]], table, {id(r): p for r, p in zip(ds.records, ds.pcap)})
+
+
+def save_teacher_logits(path: Path, ds, teacher) -> None:
+    """Logits of `teacher` on every flow of `ds` (train and test), keyed by flow identity."""
+    logits = teacher.predict_logits(ds.records, ds.contexts)
+    np.savez_compressed(path, ids=np.array([flow_id(ds, i) for i in range(len(ds))]), logits=logits.astype(np.float16),
+                        labels=np.array(teacher.labels))
+
+
+# --------------------------------------------------------------------------------------------- runner
+
+
+def _relabel(ds, column: str):
+    sub = ds.subset(range(len(ds)))
+    sub.labels = _label_of(ds, column)
+    sub.label_column = column
+    return sub
+
+
+def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str], np.ndarray]:
+    p = np.asarray(model.predict_proba(records, contexts))
+    if p.shape[0] == 0:
+        return [], np.zeros(0)
+    k = p.argmax(1)
+    return [labels_attr[i] for i in k], p.max(1)
+
+
+def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
+              teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
+              split_name: str, unlabelled=None) -> dict:
+    col = split["label"] or column
+    full = _relabel(ds, col)
+    tr, te = full.subset(split["train"]), full.subset(split["test"])
+    res: dict = {"label": col, "train_flows": len(tr), "test_flows": len(te),
+                 "train_pcaps": len(set(tr.pcap)), "test_pcaps": len(set(te.pcap)), "methods": {}}
+    if "held_out_apps" in split:
+        res["held_out_apps"] = split["held_out_apps"]
+    teacher = None
+
+    def get_teacher(variant: str = "teacher"):
+        nonlocal teacher
+        if variant == "teacher" and teacher is not None:
+            return teacher
+        t = None
+        if teacher_cache:
+            t = load_cached_teacher(full, teacher_cache_path(teacher_cache, split_name, col, variant))
+            if t is not None:
+                log(f"eval[{split_name}]: {variant} logits from {teacher_cache}")
+        if t is None:
+            from .train.teacher import train_teacher
+
+            t = train_teacher(tr, label_column=col, quick=quick, device=device, seed=seed,
+                              use_llm=variant == "teacher", unlabelled=unlabelled, log=log)
+        if variant == "teacher":
+            teacher = t
+        return t
+
+    for m in methods:
+        t0 = time.time()
+        try:
+            if m in ("rf", "knn"):
+                model = SizeBaseline(m, seed, quick).fit(tr.records, tr.labels)
+            elif m in ("teacher", "encoder_only"):
+                model = get_teacher(m)
+            else:
+                from .train.student import train_student
+
+                kw = {"etool": dict(teacher=get_teacher()),
+                      "student_no_llm": dict(teacher=None),
+                      "student_no_payload": dict(teacher=get_teacher(), use_payload=False),
+                      "student_ports": dict(teacher=get_teacher(), use_ports=True)}[m]
+                model = train_student(tr, label_column=col, quick=quick, seed=seed, **kw)
+            fit_s = time.time() - t0
+            pred, conf = _predict(model, te.records, te.contexts, list(model.labels))
+            r = metrics(te.labels, pred, conf)
+            r["fit_s"] = round(fit_s, 1)
+            res["methods"][m] = r
+            if png_dir is not None and m in ("etool", "teacher", "rf") and len(te):
+                png = png_dir / f"confusion_{col}_{split_name}_{m}.png"
+                confusion_png(te.labels, pred, png, f"{m}, {split_name} split, {col}")
+                r["confusion_png"] = png.name
+            log(f"eval[{split_name}] {m:18s} macroF1 {r['macro_f1']:.3f} min5 {r['macro_f1_min5']:.3f} "
+                f"acc {r['accuracy']:.3f} ECE {r.get('ece', 0):.3f} ({fit_s:.0f}s)")
+        except Exception as e:  # one broken method must not hide the others' numbers
+            res["methods"][m] = {"error": f"{type(e).__name__}: {e}"}
+            log(f"eval[{split_name}] {m}: FAILED {type(e).__name__}: {e}")
+    return res
+
+
+def evaluate_model(ds, model_path: str | None, column: str) -> dict:
+    """The shipped (or given) model on every matched flow."""
+    from .runtime import load_model
+
+    model = load_model(model_path)
+    head = "service" if column == "category" else "app"
+    sets = model.label_sets
+    labels = list(sets[head] if isinstance(sets, dict) else sets)
+    p = np.asarray(model.predict_proba(ds.records, ds.contexts, head=head))
+    pred = [labels[i] for i in p.argmax(1)] if len(p) else []
+    y = _label_of(ds, column)
+    r = metrics(y, pred, p.max(1) if len(p) else [])
+    r["unknown_labels"] = sorted(set(y) - set(labels))
+    r["_pred"] = pred
+    return r
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_report(res: dict, path: Path) -> None:
+    keys = ("macro_f1", "macro_f1_min5", "weighted_f1", "accuracy", "ece", "fit_s")
+    lines = [f"# etool evaluation: label column `{res['label_column']}`", "",
+             f"Data: {res['data']} ({res['flows']} matched flows, encrypted_only={res['encrypted_only']}, "
+             f"names masked), seed {res['seed']}, quick={res['quick']}.", ""]
+    if "model" in res:
+        m = res["model"]
+        if "error" in m:
+            lines += ["## Shipped model", "", f"not evaluated: {m['error']}", ""]
+        else:
+            lines += ["## Shipped model on all matched flows", "", "| " + " | ".join(keys[:5]) + " |",
+                      "|" + "---|" * 5, "| " + " | ".join(_fmt(m.get(k, "")) for k in keys[:5]) + " |", ""]
+    for sname, s in res.get("splits", {}).items():
+        lines += [f"## Split `{sname}` (label {s['label']}; train {s['train_flows']} flows / {s['train_pcaps']} "
+                  f"captures, test {s['test_flows']} flows / {s['test_pcaps']} captures)", "",
+                  "| method | macro-F1 | macro-F1 (>=5) | weighted-F1 | accuracy | ECE | fit s |",
+                  "|---|---|---|---|---|---|---|"]
+        for mname, r in s["methods"].items():
+            if "error" in r:
+                lines.append(f"| {mname} | error: {r['error'][:80]} | | | | | |")
+            else:
+                lines.append(f"| {mname} | " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |")
+        lines.append("")
+        main = s["methods"].get("etool") or next((r for r in s["methods"].values() if "per_class" in r), None)
+        if main and "per_class" in main:
+            which = "etool" if "etool" in s["methods"] and "per_class" in s["methods"]["etool"] else "first method"
+            lines += [f"Per class ({which}):", "", "| class | support | precision | recall | F1 |", "|---|---|---|---|---|"]
+            for c, v in sorted(main["per_class"].items(), key=lambda kv: -kv[1]["support"]):
+                lines.append(f"| {c} | {v['support']} | {v['precision']:.2f} | {v['recall']:.2f} | {v['f1']:.2f} |")
+            lines.append("")
+            if main.get("confusion_png"):
+                lines += [f"![confusion]({main['confusion_png']})", ""]
+    path.write_text("\n".join(lines))
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model package directory (default: the bundled model)")
+    p.add_argument("--data", required=True, help="directory holding the captures named in the CSV")
+    p.add_argument("--labels", required=True, help="labels CSV (columns of nDPI labels.csv)")
+    p.add_argument("--label-column", default="category", choices=["category", "app"])
+    p.add_argument("--json", required=True, help="write the metrics here")
+    p.add_argument("--encrypted-only", action="store_true")
+    p.add_argument("--report", default=None, help="markdown report (confusion PNGs beside it)")
+    p.add_argument("--splits", default=None, help=f"comma list of {','.join(SPLITS)} (or 'all')")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {','.join(METHODS)}")
+    p.add_argument("--quick", action="store_true", help="small, fast training (tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pcaps", default=None, help="comma list: restrict to these captures")
+    p.add_argument("--teacher-cache", default=None,
+                   help="directory of precomputed teacher logits (teacher_<column>_<split>.npz)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-model", action="store_true", help="skip the shipped model (splits only)")
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    from .train.data import load_labelled
+
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.time()
+    pcaps = args.pcaps.split(",") if args.pcaps else None
+    ds = load_labelled(args.data, args.labels, label_column=args.label_column,
+                       encrypted_only=args.encrypted_only, pcaps=pcaps)
+    log(f"eval: {len(ds)} matched flows from {len(set(ds.pcap))} captures ({time.time() - t0:.1f}s)")
+    if len(ds) == 0:
+        log("eval: no flow matched the labels")
+        return 2
+    res: dict = {"data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
+                 "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "quick": bool(args.quick)}
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png_dir = Path(args.report).parent if args.report else out.parent
+    png_dir.mkdir(parents=True, exist_ok=True)
+    head = {"macro_f1": 0.0, "macro_f1_min5": 0.0, "weighted_f1": 0.0, "accuracy": 0.0, "flows": len(ds)}
+    if not args.no_model:
+        try:
+            m = evaluate_model(ds, args.model, args.label_column)
+            pred = m.pop("_pred")
+            confusion_png(_label_of(ds, args.label_column), pred, png_dir / f"confusion_{args.label_column}_model.png",
+                          f"shipped model, all flows, {args.label_column}")
+            m["confusion_png"] = f"confusion_{args.label_column}_model.png"
+            res["model"] = m
+            head = {k: m[k] for k in head}
+            log(f"eval: model macroF1 {m['macro_f1']:.3f} min5 {m['macro_f1_min5']:.3f} acc {m['accuracy']:.3f}")
+        except Exception as e:
+            res["model"] = {"error": f"{type(e).__name__}: {e}"}
+            log(f"eval: could not evaluate the model: {type(e).__name__}: {e}")
+    res.update(head)
+    res["flows"] = len(ds)
+    if args.splits:
+        names = list(SPLITS) if args.splits == "all" else [s.strip() for s in args.splits.split(",") if s.strip()]
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            log(f"eval: unknown methods {bad}; choose from {', '.join(METHODS)}")
+            return 2
+        ds.labels = _label_of(ds, args.label_column)
+        splits = make_splits(ds, names, args.seed)
+        res["splits"] = {}
+        for name, sp in splits.items():
+            log(f"eval: split {name}: train {len(sp['train'])} / test {len(sp['test'])} flows")
+            res["splits"][name] = run_split(ds, sp, args.label_column, methods, seed=args.seed, quick=args.quick,
+                                            teacher_cache=args.teacher_cache, device=args.device, log=log,
+                                            png_dir=png_dir, split_name=name)
+            out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
+    res["elapsed_s"] = round(time.time() - t0, 1)
+    out.write_text(json.dumps(res, indent=1))
+    if args.report:
+        write_report(res, Path(args.report))
+    log(f"eval: wrote {out} ({res['elapsed_s']}s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="etool-sensor eval")
+    add_eval_arguments(p)
+    return eval_main(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

