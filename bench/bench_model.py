@@ -1,0 +1,108 @@
+"""Throughput of the shipped model: flows/s vs batch size, fp32 and int8, 1 and 2 threads; FLOPs per flow.
+
+    python bench/bench_model.py [--model DIR] [--pcap FILE ...] [--batches 1 32 256 1024]
+
+Times the ONNX session alone ("model") and encode + session ("end-to-end": features.encode of the flow
+records plus inference; reading the capture is not included). The fp32 graph is rebuilt from the
+package's student.pt when present (else only the shipped graph is timed). Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from etool_sensor.runtime import DEFAULT_MODEL_DIR, load_model  # noqa: E402
+
+
+def flows(pcaps: list[str], n: int):
+    from etool_sensor.context import ContextTracker
+    from etool_sensor.pcap import read_flows
+
+    recs, ctxs = [], []
+    for p in pcaps:
+        tr = ContextTracker()
+        for r in read_flows(p):
+            recs.append(r)
+            ctxs.append(tr.observe(r))
+    if not recs:
+        raise SystemExit("no flows in the given captures")
+    reps = -(-n // len(recs))
+    return (recs * reps)[:n], (ctxs * reps)[:n]
+
+
+def time_it(fn, n_flows: int, min_s: float = 1.0) -> float:
+    fn()
+    k, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        k += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_s:
+            return k * n_flows / dt
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
+    ap.add_argument("--pcap", nargs="*", default=None)
+    ap.add_argument("--batches", nargs="*", type=int, default=[1, 32, 256, 1024])
+    ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    ap.add_argument("--seconds", type=float, default=1.0)
+    a = ap.parse_args(argv)
+    pcaps = a.pcap or sorted(str(p) for p in (ROOT.parent / "shared/data/ndpi/pcap").glob("*.pcap*"))[:60]
+    man = json.loads((Path(a.model) / "manifest.json").read_text())
+    arch = man.get("architecture", {})
+    print(f"model {man['name']}@{man['version']} ({man.get('quantization')}), tokens {arch.get('tokens')}, "
+          f"params {arch.get('params')}, MACs/flow {arch.get('macs')}, FLOPs/flow {arch.get('flops')}")
+    la = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"cpu: {os.cpu_count()} cores visible, load average {la:.2f} at start")
+    variants = {"shipped": Path(a.model)}
+    ck = Path(a.model) / "student.pt"
+    tmp = tempfile.TemporaryDirectory()
+    if ck.is_file():
+        from export.package import build_package
+        from etool_sensor.train.student import Student
+        st = Student.load(ck)
+        for q, name in ((False, "fp32"), (True, "int8")):
+            d = Path(tmp.name) / name
+            build_package(st, d, name=man["name"], version=man["version"], quantize=q)
+            variants[name] = d
+        variants.pop("shipped")
+    nmax = max(a.batches)
+    recs, ctxs = flows(pcaps, max(nmax, 2048))
+    print(f"{'graph':6} {'threads':>7} {'batch':>6} {'model flows/s':>14} {'end-to-end flows/s':>19}")
+    for name, d in variants.items():
+        for th in a.threads:
+            m = load_model(d, threads=th)
+            for bs in a.batches:
+                r, c = recs[:bs], ctxs[:bs]
+                feats = m.features(r, c)
+                feed = {k: feats[k] for k in m._inputs}
+                model_fps = time_it(lambda: m.session.run(None, feed), bs, a.seconds)
+                n_e2e = max(bs, 2048)
+                r2, c2 = recs[:n_e2e], ctxs[:n_e2e]
+                old = __import__("etool_sensor.runtime", fromlist=["BATCH"])
+                old.BATCH = bs
+                e2e = time_it(lambda: m.classify(r2, c2), n_e2e, a.seconds)
+                old.BATCH = 1024
+                print(f"{name:6} {th:>7} {bs:>6} {model_fps:>14,.0f} {e2e:>19,.0f}")
+    t0 = time.perf_counter()
+    from etool_sensor.features import encode
+    encode(recs[:2048], ctxs[:2048], load_model(a.model).spec)
+    print(f"features.encode alone: {2048 / (time.perf_counter() - t0):,.0f} flows/s (1 thread, Python)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

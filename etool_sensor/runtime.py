@@ -1,0 +1,241 @@
+"""Model packages at run time: manifest checks, onnxruntime sessions, batching, verdicts.
+
+numpy + onnxruntime only (never torch): this is what the sensor daemon and `classify` load.
+
+A model package is a directory with `model.onnx` and `manifest.json`. The manifest names the flow
+record schema and feature preprocessing it was trained for, the label sets of its two heads (service =
+nDPI category, app), and the sha256 of model.onnx. A package whose contract does not match this build,
+or whose model file does not match its checksum, is refused with a ModelError; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .context import Context
+from .features import FEATURES_VERSION, FeatureSpec, encode
+from .flows import SCHEMA_VERSION, FlowRecord, Verdict
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.onnx"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+BATCH = 1024
+HEADS = ("service", "app")
+
+
+class ModelError(RuntimeError):
+    """A model package that cannot be used by this build (missing, corrupt, incompatible)."""
+
+
+@dataclass
+class Thresholds:
+    """Confidence below the threshold of the predicted service label makes a verdict `unknown`."""
+
+    default: float = 0.5
+    per_label: dict[str, float] = field(default_factory=dict)
+
+    def for_label(self, label: str) -> float:
+        return self.per_label.get(label, self.default)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=1, keepdims=True)
+    return x
+
+
+def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(package dir, manifest) for a package directory, its manifest.json or its model.onnx."""
+    p = Path(path)
+    d = p.parent if p.is_file() or p.suffix in (".json", ".onnx") else p
+    mf = d / MANIFEST
+    if not d.exists():
+        raise ModelError(f"model package {d} does not exist")
+    if not mf.is_file():
+        raise ModelError(f"{d} is not a model package: no {MANIFEST}")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{mf}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ModelError(f"{mf}: manifest is not a JSON object")
+    return d, manifest
+
+
+def check_manifest(d: Path, manifest: dict[str, Any], *, verify_checksum: bool = True) -> FeatureSpec:
+    """Raise ModelError unless the package fits this build; return its FeatureSpec."""
+    where = d / MANIFEST
+    for key in ("name", "version", "schema_version", "features", "label_sets", "sha256"):
+        if key not in manifest:
+            raise ModelError(f"{where}: manifest has no {key!r}")
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        raise ModelError(f"{where}: model expects flow record schema v{manifest['schema_version']}, "
+                         f"this build produces v{SCHEMA_VERSION}; use a model trained for v{SCHEMA_VERSION}")
+    feats = manifest["features"]
+    if not isinstance(feats, dict):
+        raise ModelError(f"{where}: 'features' is not an object")
+    if feats.get("version") != FEATURES_VERSION:
+        raise ModelError(f"{where}: model expects feature encoding v{feats.get('version')}, "
+                         f"this build has v{FEATURES_VERSION}")
+    known = {f.name for f in fields(FeatureSpec)}
+    unknown = set(feats) - known
+    if unknown:
+        raise ModelError(f"{where}: unknown feature settings {sorted(unknown)}")
+    try:
+        spec = FeatureSpec(**feats)
+    except TypeError as e:
+        raise ModelError(f"{where}: bad feature settings ({e})") from None
+    ls = manifest["label_sets"]
+    if not isinstance(ls, dict) or not all(isinstance(ls.get(h), list) and ls.get(h) for h in HEADS):
+        raise ModelError(f"{where}: label_sets must hold non-empty 'service' and 'app' lists")
+    onnx_path = d / MODEL_FILE
+    if not onnx_path.is_file():
+        raise ModelError(f"{d}: no {MODEL_FILE}")
+    if verify_checksum:
+        got = sha256_file(onnx_path)
+        if got != manifest["sha256"]:
+            raise ModelError(f"{onnx_path}: sha256 {got[:16]}... does not match the manifest "
+                             f"({str(manifest['sha256'])[:16]}...); the package is corrupt or was edited")
+    return spec
+
+
+class Model:
+    """A loaded model package. Thread-safe for concurrent classify() calls (onnxruntime sessions are)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], spec: FeatureSpec, session: Any) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.spec = spec
+        self.session = session
+        self.name: str = str(manifest["name"])
+        self.version: str = str(manifest["version"])
+        self.label_sets: dict[str, list[str]] = {h: list(manifest["label_sets"][h]) for h in HEADS}
+        outs = manifest.get("outputs") or {}
+        self._out = {h: outs.get(h, f"{h}_logits") for h in HEADS}
+        self._out_kind = outs.get("kind", "logits")
+        self._inputs = [i.name for i in session.get_inputs()]
+        names = {o.name for o in session.get_outputs()}
+        for h, o in self._out.items():
+            if o not in names:
+                raise ModelError(f"{path}: model.onnx has no output {o!r} for the {h} head")
+            n = session.get_outputs()[[x.name for x in session.get_outputs()].index(o)].shape[-1]
+            if isinstance(n, int) and n != len(self.label_sets[h]):
+                raise ModelError(f"{path}: {h} head has {n} outputs but the manifest lists "
+                                 f"{len(self.label_sets[h])} labels")
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def features(self, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None,
+                 mask_names: bool | None = None) -> dict[str, np.ndarray]:
+        return encode(records, contexts, self.spec, mask_names=mask_names)
+
+    def _run(self, feats: dict[str, np.ndarray], heads: Sequence[str]) -> dict[str, np.ndarray]:
+        n = len(feats["pkt"])
+        outs = [self._out[h] for h in heads]
+        parts: dict[str, list[np.ndarray]] = {h: [] for h in heads}
+        for i in range(0, n, BATCH):
+            feed = {k: feats[k][i:i + BATCH] for k in self._inputs}
+            res = self.session.run(outs, feed)
+            for h, r in zip(heads, res):
+                parts[h].append(np.asarray(r, np.float32))
+        probs = {}
+        for h in heads:
+            x = np.concatenate(parts[h]) if parts[h] else np.zeros((0, len(self.label_sets[h])), np.float32)
+            probs[h] = softmax(x) if self._out_kind == "logits" else x
+        return probs
+
+    def predict_proba(self, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None = None,
+                      head: str = "service", *, mask_names: bool | None = None) -> np.ndarray:
+        """Class probabilities [n, len(label_sets[head])] for every record (no packet-count filter)."""
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if not records:
+            return np.zeros((0, len(self.label_sets[head])), np.float32)
+        return self._run(self.features(records, contexts, mask_names), [head])[head]
+
+    def classify(self, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None = None,
+                 thresholds: Thresholds | None = None, *, mask_names: bool = True, min_packets: int = 2,
+                 top_k: int = 3) -> list[Verdict]:
+        """One Verdict per record, in order. Flows with fewer than `min_packets` packets get no inference."""
+        th = thresholds or Thresholds()
+        mid = self.id
+        if contexts is not None and len(contexts) != len(records):
+            raise ValueError(f"{len(records)} records but {len(contexts)} contexts")
+        out: list[Verdict | None] = [None] * len(records)
+        idx = []
+        for i, r in enumerate(records):
+            if len(r.packets) < min_packets:
+                out[i] = Verdict(r.uid, "", "", 0.0, True, [], mid, "too_few_packets")
+            else:
+                idx.append(i)
+        if idx:
+            recs = [records[i] for i in idx]
+            ctxs = [contexts[i] for i in idx] if contexts is not None else None
+            probs = self._run(self.features(recs, ctxs, mask_names), HEADS)
+            ps, pa = probs["service"], probs["app"]
+            s_lab, a_lab = self.label_sets["service"], self.label_sets["app"]
+            k = max(0, min(top_k, ps.shape[1]))
+            top = np.argsort(-ps, axis=1)[:, :k] if k else np.zeros((len(idx), 0), np.int64)
+            s_arg = ps.argmax(1)
+            a_arg = pa.argmax(1)
+            for j, i in enumerate(idx):
+                s = s_lab[s_arg[j]]
+                conf = float(ps[j, s_arg[j]])
+                alts = [f"{s_lab[t]}:{ps[j, t]:.3f}" for t in top[j]]
+                out[i] = Verdict(records[i].uid, s, a_lab[a_arg[j]], round(conf, 6), conf < th.for_label(s),
+                                 alts, mid, "ok")
+        return out  # type: ignore[return-value]
+
+
+def session_options(threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+def load_model(path: str | Path | None = None, *, threads: int | None = None,
+               providers: Sequence[str] | None = None, verify_checksum: bool = True) -> Model:
+    """Load a model package (None = the bundled default). Raises ModelError with the reason on refusal.
+
+    `threads`: onnxruntime intra-op threads (None = onnxruntime's default, all cores). `providers`:
+    onnxruntime execution providers (default CPU; pass ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    where onnxruntime-gpu is installed).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover
+        raise ModelError(f"onnxruntime is not installed: {e}") from None
+    d, manifest = read_manifest(DEFAULT_MODEL_DIR if path is None else Path(os.fspath(path)))
+    spec = check_manifest(d, manifest, verify_checksum=verify_checksum)
+    prov = list(providers) if providers else ["CPUExecutionProvider"]
+    avail = set(ort.get_available_providers())
+    prov = [p for p in prov if p in avail] or ["CPUExecutionProvider"]
+    try:
+        sess = ort.InferenceSession(str(d / MODEL_FILE), session_options(threads), providers=prov)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ModelError(f"{d / MODEL_FILE}: onnxruntime cannot load it ({e})") from None
+    return Model(d, manifest, spec, sess)

@@ -1,0 +1,152 @@
+"""`etool-sensor train`: SSL pretraining -> teacher (if available) -> student -> ONNX int8 -> model package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="directory of labelled captures (e.g. ../shared/data/ndpi/pcap)")
+    p.add_argument("--labels", required=True, help="labels.csv (nDPI verdicts per flow)")
+    p.add_argument("--out", required=True, help="model package directory to write")
+    p.add_argument("--label-column", default="category", choices=["category", "app"],
+                   help="label of the primary head used by eval (both heads are always trained)")
+    p.add_argument("--unlabelled", action="append", default=None,
+                   help="capture directory for self-supervised pretraining (repeatable; default: the parent "
+                        "of --data and its siblings, e.g. all of shared/data)")
+    p.add_argument("--quick", action="store_true", help="a few epochs on a sample (tests, smoke runs)")
+    p.add_argument("--no-teacher", action="store_true", help="skip the LLM teacher (CE only)")
+    p.add_argument("--no-ssl", action="store_true", help="skip self-supervised pretraining")
+    p.add_argument("--no-payload", action="store_true", help="ablation: no datagram tokens")
+    p.add_argument("--use-ports", action="store_true", help="ablation: responder port as a feature")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for the teacher")
+    p.add_argument("--epochs", type=int, default=None, help="student epochs (default 40, quick 4)")
+    p.add_argument("--ssl-epochs", type=int, default=None, help="SSL epochs (default 15, quick 1)")
+    p.add_argument("--fp32", action="store_true", help="ship the fp32 graph instead of int8")
+    p.add_argument("--name", default="etool-student")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher-cache", help="npz with teacher logits+labels to reuse instead of training one")
+    p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
+
+
+class _CachedTeacher:
+    def __init__(self, path: str, records) -> None:
+        import numpy as np
+        z = np.load(path, allow_pickle=False)
+        self.labels = [str(x) for x in z["labels"]]
+        self._logits = z["logits"]
+        self._uids = [str(u) for u in z["uids"]]
+        self._pos = {u: i for i, u in enumerate(self._uids)}
+
+    def predict_logits(self, records, contexts):
+        import numpy as np
+        return np.stack([self._logits[self._pos[r.uid]] for r in records])
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train_main(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from etool_sensor.features import FeatureSpec, encode
+    from etool_sensor.flows import FlowParams
+    from export.package import build_package
+
+    from .data import capture_files, load_labelled, load_unlabelled
+    from .student import Student, set_threads, train_student
+
+    t0 = time.time()
+    threads = set_threads()
+    params = FlowParams()
+    data = Path(args.data)
+    pcaps = None
+    if args.quick:
+        import csv
+        with open(args.labels, newline="") as f:
+            names = sorted({r["pcap"] for r in csv.DictReader(f)})
+        rng = np.random.default_rng(args.seed)
+        pcaps = sorted(rng.choice(names, size=min(args.quick_pcaps, len(names)), replace=False).tolist())
+    train = load_labelled(data, args.labels, label_column=args.label_column, params=params, pcaps=pcaps)
+    if len(train) == 0:
+        _log("train: no labelled flows found")
+        return 2
+    _log(f"train: {len(train)} labelled flows from {len(set(train.pcap))} captures ({time.time() - t0:.0f}s)")
+    spec = FeatureSpec.from_params(params, use_ports=args.use_ports)
+
+    # stage 1: self-supervised pretraining of the encoder on every capture we have
+    enc_state = None
+    ssl_info: dict = {"used": False}
+    if not args.no_ssl:
+        from .model import EncoderConfig, TrafficEncoder
+        from .ssl import pretrain
+        roots = args.unlabelled or [str(data.parent.parent if data.parent.name == "ndpi" else data.parent)]
+        files = capture_files(*roots)
+        if args.quick:
+            files = [f for f in files if f.name in set(pcaps or [])][:args.quick_pcaps] or files[:10]
+        recs, ctxs, names = load_unlabelled(files, params)
+        cfg = EncoderConfig.from_spec(spec, use_payload=not args.no_payload)
+        enc = TrafficEncoder(cfg)
+        ts = time.time()
+        pretrain(enc, recs, ctxs, spec, epochs=args.ssl_epochs, quick=args.quick, seed=args.seed, log=_log,
+                 groups=names)
+        enc_state = enc.state_dict()
+        ssl_info = {"used": True, "flows": len(recs), "captures": len(set(names)), "seconds": round(time.time() - ts, 1)}
+
+    # teacher (engineer T's SmolLM2 teacher) when available
+    teacher, teacher_info = None, {"used": False}
+    if args.teacher_cache:
+        teacher = _CachedTeacher(args.teacher_cache, train.records)
+        teacher_info = {"used": True, "source": f"cached logits {Path(args.teacher_cache).name}"}
+    elif not args.no_teacher:
+        try:
+            from .teacher import train_teacher
+        except ImportError as e:
+            _log(f"train: teacher unavailable ({e}); continuing without distillation")
+        else:
+            ts = time.time()
+            teacher = train_teacher(train, args.label_column, quick=args.quick, device=args.device)
+            teacher_info = {"used": True, "model": getattr(teacher, "name", "SmolLM2-135M"),
+                            "seconds": round(time.time() - ts, 1), "device": args.device}
+
+    st = train_student(train, label_column=args.label_column, teacher=teacher, use_payload=not args.no_payload,
+                       use_ports=args.use_ports, ssl_init=enc_state is not None, quick=args.quick,
+                       seed=args.seed, log=_log, epochs=args.epochs, encoder_state=enc_state, spec=spec)
+    training = {
+        "data": {"labelled": str(args.labels), "captures": str(data)},
+        "flows": len(train),
+        "pcaps": len(set(train.pcap)),
+        "label_column": args.label_column,
+        "seconds": round(time.time() - t0, 1),
+        "torch_threads": threads,
+        "teacher": teacher_info,
+        "ssl": ssl_info,
+        "student": dict(st.info),
+        "quick": bool(args.quick),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    st.info["training"] = dict(training)
+    st.save(out / "student.pt")
+    feats = encode(train.records[:2000], train.contexts[:2000], spec)
+    training["seconds"] = round(time.time() - t0, 1)
+    m = build_package(st, out, name=args.name, version=args.version, training=training, check_feats=feats,
+                      quantize=not args.fp32)
+    _log(f"train: wrote {out} in {time.time() - t0:.0f}s; parity {json.dumps(m['parity'].get('int8_vs_torch', m['parity'].get('fp32_vs_torch', {})))}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="etool-sensor train")
+    add_train_arguments(p)
+    return train_main(p.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""Model packages: model.onnx (int8 by default) + manifest.json, with parity recorded in the manifest.
+
+manifest.json:
+  name, version, schema_version (flow record contract), features (FeatureSpec.to_dict()),
+  label_sets {"service": [...], "app": [...]}, inputs, outputs {"service", "app", "kind"},
+  sha256 (of model.onnx), quantization, architecture {config, tokens, macs, flops, params},
+  parity {...}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}, metrics {} (eval fills it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from etool_sensor.flows import SCHEMA_VERSION
+from etool_sensor.runtime import MANIFEST, MODEL_FILE, sha256_file
+
+from .onnx_export import OUTPUTS, export_onnx, torch_logits
+from .quantize import onnx_logits, parity, quantize_int8
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    out = f"{cpu}, {n} cores"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            out += f", {torch.cuda.get_device_name(0)}"
+    except Exception:  # pragma: no cover
+        pass
+    return out
+
+
+def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-student", version: str = "0.1.0",
+                  training: dict[str, Any] | None = None, check_feats: dict[str, np.ndarray] | None = None,
+                  quantize: bool = True, metrics: dict[str, Any] | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Export `student` (train.student.Student) to `out_dir`; return the manifest.
+
+    check_feats: encoded real flows for the parity check (torch vs ONNX fp32 vs int8); recorded in the
+    manifest. With quantize, model.onnx is the int8 graph; otherwise fp32.
+    """
+    from etool_sensor.train.model import flops_per_flow, input_names
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = student.model.cpu().eval()
+    cfg = student.config
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
+        final = quantize_int8(fp32, Path(tmp) / "int8.onnx") if quantize else fp32
+        par: dict[str, Any] = {}
+        if check_feats is not None and len(check_feats["pkt"]):
+            ref = torch_logits(model, check_feats)
+            par["flows"] = int(len(check_feats["pkt"]))
+            par["fp32_vs_torch"] = parity(ref, onnx_logits(fp32, check_feats))
+            if quantize:
+                par["int8_vs_torch"] = parity(ref, onnx_logits(final, check_feats))
+        shutil.copyfile(final, out / MODEL_FILE)
+    fl = flops_per_flow(cfg, len(student.label_sets["service"]), len(student.label_sets["app"]))
+    manifest: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "schema_version": SCHEMA_VERSION,
+        "features": student.spec.to_dict(),
+        "label_sets": {"service": list(student.label_sets["service"]), "app": list(student.label_sets["app"])},
+        "label_column": student.label_column,
+        "inputs": input_names(cfg),
+        "outputs": {"service": OUTPUTS[0], "app": OUTPUTS[1], "kind": "logits"},
+        "sha256": sha256_file(out / MODEL_FILE),
+        "quantization": "int8-dynamic (weight MatMuls)" if quantize else "none (fp32)",
+        "architecture": {"type": "TrafficEncoder (pre-LN transformer) + linear heads", "config": cfg.to_dict(),
+                         "params": int(sum(p.numel() for p in model.parameters())), **fl},
+        "parity": par,
+        "training": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "hardware": hardware(), **(training or {})},
+        "metrics": metrics or {},
+    }
+    if extra:
+        manifest.update(extra)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def update_metrics(model_dir: str | Path, metrics: dict[str, Any]) -> None:
+    """Merge eval results into a package's manifest (model.onnx, hence sha256, is untouched)."""
+    p = Path(model_dir) / MANIFEST
+    m = json.loads(p.read_text())
+    m.setdefault("metrics", {}).update(metrics)
+    p.write_text(json.dumps(m, indent=1) + "\n")
+
+
+# ----------------------------------------------------------------------------------- etool-sensor export
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="student checkpoint written by `train` (student.pt)")
+    p.add_argument("--out", required=True, help="model package directory to write")
+    p.add_argument("--name", default="etool-student")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--fp32", action="store_true", help="do not quantise (model.onnx stays fp32)")
+    p.add_argument("--check-data", help="capture directory whose flows are used for the parity check")
+    p.add_argument("--check-labels", help="labels.csv naming the captures for the parity check")
+
+
+def export_main(args: argparse.Namespace) -> int:
+    from etool_sensor.features import encode
+    from etool_sensor.train.student import Student
+
+    st = Student.load(args.checkpoint)
+    feats = None
+    if args.check_data and args.check_labels:
+        from etool_sensor.flows import FlowParams
+        from etool_sensor.train.data import load_labelled
+        sp = st.spec
+        ls = load_labelled(args.check_data, args.check_labels,
+                           params=FlowParams(sp.packets, sp.payload_bytes, sp.payload_packets))
+        feats = encode(ls.records[:2000], ls.contexts[:2000], sp)
+    m = build_package(st, args.out, name=args.name, version=args.version, check_feats=feats,
+                      quantize=not args.fp32, training=st.info.get("training", {}))
+    print(f"wrote {args.out}/{MODEL_FILE} ({m['quantization']}), sha256 {m['sha256'][:16]}...")
+    if m["parity"]:
+        print(json.dumps(m["parity"], indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.package")
+    add_export_arguments(p)
+    return export_main(p.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
