@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=30)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--ssl-epochs", type=float, default=3.0)
+    p.add_argument("--all-epochs", type=int, default=12, help="epochs of the teachers trained on every flow")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default="teacher,encoder_only")
     p.add_argument("--budget", type=float, default=480.0, help="stop starting new trainings after this many s")
@@ -54,18 +55,19 @@ def main(argv=None) -> int:
                      "flows": len(full), "encrypted_flows": len(enc), "runs": {}}
     variants = a.variants.split(",")
 
-    def cfg(use_llm: bool) -> TeacherConfig:
-        return TeacherConfig(llm_layers=a.layers, epochs=a.epochs, ssl_epochs=a.ssl_epochs, use_llm=use_llm,
+    def cfg(use_llm: bool, epochs: int) -> TeacherConfig:
+        return TeacherConfig(llm_layers=a.layers, epochs=epochs, ssl_epochs=a.ssl_epochs, use_llm=use_llm,
                              ssl_max_flows=8000)
 
-    def one(name: str, train, everything, column: str, use_llm: bool, save_state: bool = False) -> None:
+    def one(name: str, train, everything, column: str, use_llm: bool, save_state: bool = False,
+            epochs: int | None = None) -> None:
         if time.time() - t_start > a.budget:
             summary["runs"][name] = {"skipped": "budget"}
             log(f"cache: {name} skipped (budget)")
             return
         t0 = time.time()
         try:
-            t = train_teacher(train, label_column=column, device=a.device, seed=a.seed, config=cfg(use_llm), log=log)
+            t = train_teacher(train, label_column=column, device=a.device, seed=a.seed, config=cfg(use_llm, epochs or a.epochs), log=log)
             save_teacher_logits(out / f"{name}.npz", everything, t)
             if save_state:
                 t.save(out / f"{name}.pt")
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
                 one(f"{v}_{col}_{sname}", d.subset(sp["train"]), d, col, v == "teacher")
     for column in a.columns.split(","):
         d = _relabel(full, column)
-        one(f"teacher_{column}_all", d, d, column, True, save_state=True)
+        one(f"teacher_{column}_all", d, d, column, True, save_state=True, epochs=a.all_epochs)
     summary["total_s"] = round(time.time() - t_start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0
