@@ -311,3 +311,16 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert "etool-sensor classify etool_sensor/data/sample.pcap -o out/" in readme
     for code in ("| 0 |", "| 2 |", "| 3 |", "| 4 |"):
         assert code in readme
+
+
+def test_config_from_environment(tmp_path: Path, capsys, monkeypatch) -> None:
+    cfg = tmp_path / "env.yaml"
+    cfg.write_text("log: {format: json}\n")
+    monkeypatch.setenv("ETOOL_CONFIG", str(cfg))
+    rc, _, err = run(["classify", "-q", SAMPLE, "-o", tmp_path / "o"], capsys)
+    assert rc == 0, err
+    assert len(read_json_log(tmp_path / "o" / "etool.log")) == 9
+    cfg.write_text("log: {formt: json}\n")
+    rc, _, err = run(["classify", "-q", SAMPLE, "-o", tmp_path / "o"], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "env.yaml", "log.formt")

@@ -160,3 +160,16 @@ def test_thresholds_property_when_runtime_present() -> None:
     t = c.thresholds
     assert isinstance(t, runtime.Thresholds)
     assert t.default == 0.4 and dict(t.per_label) == {"Chat": 0.9}
+
+
+def test_readme_config_table_lists_every_key() -> None:
+    readme = (REPO / "README.md").read_text()
+    for dotted, opt in iter_options():
+        row = [ln for ln in readme.splitlines() if ln.startswith(f"| `{dotted}` |")]
+        assert len(row) == 1, f"README.md has no config table row for {dotted}"
+        default = "null" if opt.default is None else opt.default
+        if isinstance(default, bool):
+            default = str(default).lower()
+        if isinstance(default, tuple):
+            default = "[" + ", ".join(default) + "]"
+        assert f"| `{dotted}` | {default} |" in row[0], (dotted, row[0])
