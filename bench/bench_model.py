@@ -4,7 +4,7 @@
 
 Times the ONNX session alone ("model") and encode + session ("end-to-end": features.encode of the flow
 records plus inference; reading the capture is not included). The fp32 graph is rebuilt from the
-package's student.pt when present (else only the shipped graph is timed). Not a test.
+student checkpoint (--checkpoint, or student.pt in the package dir) when given (else only the shipped graph is timed). Not a test.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 32, 256, 1024])
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--checkpoint", help="student.pt of the model (from `train --out`); rebuilds fp32 and int8")
     a = ap.parse_args(argv)
     pcaps = a.pcap or sorted(str(p) for p in (ROOT.parent / "shared/data/ndpi/pcap").glob("*.pcap*"))[:60]
     man = json.loads((Path(a.model) / "manifest.json").read_text())
@@ -68,19 +69,20 @@ def main(argv=None) -> int:
     la = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"cpu: {os.cpu_count()} cores visible, load average {la:.2f} at start")
     variants = {"shipped": Path(a.model)}
-    ck = Path(a.model) / "student.pt"
+    ck = Path(a.checkpoint) if a.checkpoint else Path(a.model) / "student.pt"
     tmp = tempfile.TemporaryDirectory()
-    if ck.is_file():
-        from export.package import build_package
-        from etool_sensor.train.student import Student
-        st = Student.load(ck)
-        for q, name in ((False, "fp32"), (True, "int8")):
-            d = Path(tmp.name) / name
-            build_package(st, d, name=man["name"], version=man["version"], quantize=q)
-            variants[name] = d
-        variants.pop("shipped")
     nmax = max(a.batches)
     recs, ctxs = flows(pcaps, max(nmax, 2048))
+    if ck.is_file():
+        from etool_sensor.features import encode as _enc
+        from etool_sensor.train.student import Student
+        from export.package import build_package
+        st = Student.load(ck)
+        calib = _enc(recs[:2048], ctxs[:2048], st.spec)
+        for q, name in (("none", "fp32"), ("static", "int8s"), ("dynamic", "int8d")):
+            d = Path(tmp.name) / name
+            build_package(st, d, name=man["name"], version=man["version"], quantize=q, check_feats=calib)
+            variants[name] = d
     print(f"{'graph':6} {'threads':>7} {'batch':>6} {'model flows/s':>14} {'end-to-end flows/s':>19}")
     for name, d in variants.items():
         for th in a.threads:

@@ -25,7 +25,9 @@ from etool_sensor.flows import SCHEMA_VERSION
 from etool_sensor.runtime import MANIFEST, MODEL_FILE, sha256_file
 
 from .onnx_export import OUTPUTS, export_onnx, torch_logits
-from .quantize import onnx_logits, parity, quantize_int8
+from .quantize import onnx_logits, parity, quantize_int8, quantize_static_int8
+
+QUANT_MODES = ("static", "dynamic", "none")
 
 
 def hardware() -> str:
@@ -50,13 +52,19 @@ def hardware() -> str:
 
 def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-student", version: str = "0.1.0",
                   training: dict[str, Any] | None = None, check_feats: dict[str, np.ndarray] | None = None,
-                  quantize: bool = True, metrics: dict[str, Any] | None = None,
+                  quantize: bool | str = "static", metrics: dict[str, Any] | None = None,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export `student` (train.student.Student) to `out_dir`; return the manifest.
 
-    check_feats: encoded real flows for the parity check (torch vs ONNX fp32 vs int8); recorded in the
-    manifest. With quantize, model.onnx is the int8 graph; otherwise fp32.
+    check_feats: encoded real flows, used to calibrate static int8 and for the parity check (torch vs ONNX
+    fp32 vs int8), which the manifest records. quantize: "static" (int8, calibrated on check_feats;
+    batch-independent), "dynamic" (int8, activation scales per batch) or "none"/False (fp32).
     """
+    mode = "static" if quantize is True else ("none" if quantize is False else quantize)
+    if mode not in QUANT_MODES:
+        raise ValueError(f"quantize must be one of {QUANT_MODES}, got {quantize!r}")
+    if mode == "static" and (check_feats is None or not len(check_feats["pkt"])):
+        mode = "dynamic"  # nothing to calibrate on
     from etool_sensor.train.model import flops_per_flow, input_names
 
     out = Path(out_dir)
@@ -65,13 +73,18 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
     cfg = student.config
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
-        final = quantize_int8(fp32, Path(tmp) / "int8.onnx") if quantize else fp32
+        if mode == "static":
+            final = quantize_static_int8(fp32, Path(tmp) / "int8.onnx", check_feats)
+        elif mode == "dynamic":
+            final = quantize_int8(fp32, Path(tmp) / "int8.onnx")
+        else:
+            final = fp32
         par: dict[str, Any] = {}
         if check_feats is not None and len(check_feats["pkt"]):
             ref = torch_logits(model, check_feats)
             par["flows"] = int(len(check_feats["pkt"]))
             par["fp32_vs_torch"] = parity(ref, onnx_logits(fp32, check_feats))
-            if quantize:
+            if mode != "none":
                 par["int8_vs_torch"] = parity(ref, onnx_logits(final, check_feats))
         shutil.copyfile(final, out / MODEL_FILE)
     fl = flops_per_flow(cfg, len(student.label_sets["service"]), len(student.label_sets["app"]))
@@ -85,7 +98,8 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
         "inputs": input_names(cfg),
         "outputs": {"service": OUTPUTS[0], "app": OUTPUTS[1], "kind": "logits"},
         "sha256": sha256_file(out / MODEL_FILE),
-        "quantization": "int8-dynamic (weight MatMuls)" if quantize else "none (fp32)",
+        "quantization": {"static": "int8-static (QLinearMatMul on weight MatMuls, MinMax calibration on real flows)",
+                         "dynamic": "int8-dynamic (weight MatMuls)", "none": "none (fp32)"}[mode],
         "architecture": {"type": "TrafficEncoder (pre-LN transformer) + linear heads", "config": cfg.to_dict(),
                          "params": int(sum(p.numel() for p in model.parameters())), **fl},
         "parity": par,
@@ -113,7 +127,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="model package directory to write")
     p.add_argument("--name", default="etool-student")
     p.add_argument("--version", default="0.1.0")
-    p.add_argument("--fp32", action="store_true", help="do not quantise (model.onnx stays fp32)")
+    p.add_argument("--quantize", choices=QUANT_MODES, default="static",
+                   help="int8 static (calibrated, default), int8 dynamic, or none (fp32)")
     p.add_argument("--check-data", help="capture directory whose flows are used for the parity check")
     p.add_argument("--check-labels", help="labels.csv naming the captures for the parity check")
 
@@ -132,7 +147,7 @@ def export_main(args: argparse.Namespace) -> int:
                            params=FlowParams(sp.packets, sp.payload_bytes, sp.payload_packets))
         feats = encode(ls.records[:2000], ls.contexts[:2000], sp)
     m = build_package(st, args.out, name=args.name, version=args.version, check_feats=feats,
-                      quantize=not args.fp32, training=st.info.get("training", {}))
+                      quantize=args.quantize, training=st.info.get("training", {}))
     print(f"wrote {args.out}/{MODEL_FILE} ({m['quantization']}), sha256 {m['sha256'][:16]}...")
     if m["parity"]:
         print(json.dumps(m["parity"], indent=1))

@@ -1,4 +1,4 @@
-"""Dynamic int8 quantisation of an exported model and parity checks against torch / fp32."""
+"""int8 quantisation of an exported model (static, calibrated: the default; or dynamic) and parity checks."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def weight_matmuls(path: str | Path) -> list[str]:
 
 
 def quantize_int8(src: str | Path, dst: str | Path, *, per_channel: bool = False) -> Path:
-    """Dynamic int8 (weights int8, activations quantised per batch at run time) of the weight MatMuls."""
+    """Dynamic int8 (note: per-tensor activation scales make scores depend on the batch's other flows) (weights int8, activations quantised per batch at run time) of the weight MatMuls."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src), Path(dst)
@@ -33,6 +33,47 @@ def quantize_int8(src: str | Path, dst: str | Path, *, per_channel: bool = False
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
                          nodes_to_quantize=nodes, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        logging.getLogger().setLevel(level)
+    return dst
+
+
+class _Calib:
+    """CalibrationDataReader over encoded flows (features.encode arrays), in batches."""
+
+    def __init__(self, feats: dict[str, np.ndarray], names: list[str], batch: int = 256, limit: int = 4096) -> None:
+        self.feats, self.names, self.batch = feats, names, batch
+        self.n = min(limit, len(feats["pkt"]))
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= self.n:
+            return None
+        d = {k: np.ascontiguousarray(self.feats[k][self.i:self.i + self.batch]) for k in self.names}
+        self.i += self.batch
+        return d
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def quantize_static_int8(src: str | Path, dst: str | Path, calib: dict[str, np.ndarray]) -> Path:
+    """Static int8 (QOperator: QLinearMatMul) of the weight MatMuls, activation ranges calibrated on real
+    flows. Unlike dynamic quantisation, a flow's scores do not depend on the other flows of its batch,
+    so the daemon (small batches) and `classify` (large batches) give identical verdicts.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    src, dst = Path(src), Path(dst)
+    names = [i.name for i in onnx.load(str(src)).graph.input]
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        quantize_static(str(src), str(dst), _Calib(calib, names), quant_format=QuantFormat.QOperator,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=weight_matmuls(src),
+                        calibrate_method=CalibrationMethod.MinMax, per_channel=False)
     finally:
         logging.getLogger().setLevel(level)
     return dst

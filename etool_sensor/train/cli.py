@@ -26,26 +26,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for the teacher")
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default 40, quick 4)")
     p.add_argument("--ssl-epochs", type=int, default=None, help="SSL epochs (default 15, quick 1)")
-    p.add_argument("--fp32", action="store_true", help="ship the fp32 graph instead of int8")
+    p.add_argument("--quantize", choices=["static", "dynamic", "none"], default="static",
+                   help="model.onnx: int8 static (calibrated, batch-independent; default), int8 dynamic, or fp32")
     p.add_argument("--name", default="etool-student")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--teacher-cache", help="npz with teacher logits+labels to reuse instead of training one")
+    p.add_argument("--teacher-cache", help="npz of teacher logits (evaluate.save_teacher_logits format: ids, "
+                   "logits, labels) for the training flows, instead of training a teacher here")
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
-
-
-class _CachedTeacher:
-    def __init__(self, path: str, records) -> None:
-        import numpy as np
-        z = np.load(path, allow_pickle=False)
-        self.labels = [str(x) for x in z["labels"]]
-        self._logits = z["logits"]
-        self._uids = [str(u) for u in z["uids"]]
-        self._pos = {u: i for i, u in enumerate(self._uids)}
-
-    def predict_logits(self, records, contexts):
-        import numpy as np
-        return np.stack([self._logits[self._pos[r.uid]] for r in records])
 
 
 def _log(msg: str) -> None:
@@ -102,7 +90,11 @@ def train_main(args: argparse.Namespace) -> int:
     # teacher (engineer T's SmolLM2 teacher) when available
     teacher, teacher_info = None, {"used": False}
     if args.teacher_cache:
-        teacher = _CachedTeacher(args.teacher_cache, train.records)
+        from etool_sensor.evaluate import load_cached_teacher
+        teacher = load_cached_teacher(train, Path(args.teacher_cache))
+        if teacher is None:
+            _log(f"train: {args.teacher_cache} does not cover these training flows")
+            return 2
         teacher_info = {"used": True, "source": f"cached logits {Path(args.teacher_cache).name}"}
     elif not args.no_teacher:
         try:
@@ -137,7 +129,7 @@ def train_main(args: argparse.Namespace) -> int:
     feats = encode(train.records[:2000], train.contexts[:2000], spec)
     training["seconds"] = round(time.time() - t0, 1)
     m = build_package(st, out, name=args.name, version=args.version, training=training, check_feats=feats,
-                      quantize=not args.fp32)
+                      quantize=args.quantize)
     _log(f"train: wrote {out} in {time.time() - t0:.0f}s; parity {json.dumps(m['parity'].get('int8_vs_torch', m['parity'].get('fp32_vs_torch', {})))}")
     return 0
 

@@ -74,9 +74,12 @@ def pretrain(encoder: TrafficEncoder, records: Sequence[FlowRecord], contexts: S
              max_flows: int | None = None, lr: float = 2e-3, tasks: Sequence[str] = ("pkt", "unit", "pair"),
              ) -> TrafficEncoder:
     """Pretrain `encoder` in place on unlabelled flows; returns it (in eval mode)."""
+    from .student import set_threads
+
     t0 = time.time()
     if not records:
         return encoder
+    set_threads()
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     n_all = len(records)

@@ -26,6 +26,7 @@ from etool_sensor.flows import FlowRecord
 from .model import EncoderConfig, StudentClassifier, input_names
 
 IGNORE = -100
+_SSL_CACHE: dict = {}  # one pretrained encoder state, keyed by the flows and config it was trained on
 HEAD_OF = {"category": "service", "app": "app", "label": "app", "master": "app"}
 
 
@@ -182,7 +183,14 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
         else:
             from .ssl import pretrain
             recs, ctxs = unlabelled if unlabelled is not None else (train.records, train.contexts)
-            pretrain(model.encoder, recs, ctxs, spec, epochs=None, quick=quick, seed=seed, log=log)
+            key = (hash(tuple(r.uid for r in recs)), len(recs), repr(cfg), seed, quick)
+            if key in _SSL_CACHE:  # eval trains several students on one split: pretrain once
+                model.encoder.load_state_dict(_SSL_CACHE[key])
+                log("student: SSL encoder from this process's cache")
+            else:
+                pretrain(model.encoder, recs, ctxs, spec, epochs=None, quick=quick, seed=seed, log=log)
+                _SSL_CACHE.clear()
+                _SSL_CACHE[key] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     tgt = None
     if teacher is not None:
         tl = label_sets[head]

@@ -1,0 +1,313 @@
+"""Student model, export and runtime: ONNX parity on real flows, int8 agreement, manifest refusal,
+verdict semantics (thresholds, unknown, too_few_packets), and `train --quick` end to end.
+
+Needs the train extra (torch) for everything except the bundled-model tests; skips cleanly without it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from etool_sensor.context import ContextTracker
+from etool_sensor.flows import FlowRecord, Packet
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data" / "ndpi"
+PCAPS = DATA / "pcap"
+LABELS = DATA / "labels.csv"
+
+needs_data = pytest.mark.skipif(not LABELS.is_file(), reason="shared/data not present")
+
+
+def _flows(names: list[str]):
+    from etool_sensor.pcap import read_flows
+
+    recs, ctxs = [], []
+    for n in names:
+        tr = ContextTracker()
+        for r in read_flows(PCAPS / n):
+            recs.append(r)
+            ctxs.append(tr.observe(r))
+    return recs, ctxs
+
+
+@pytest.fixture(scope="module")
+def real_flows():
+    if not PCAPS.is_dir():
+        pytest.skip("shared/data not present")
+    names = sorted(p.name for p in PCAPS.glob("*.pcap*"))
+    pick = [n for n in names if any(k in n for k in ("tls", "quic", "dns", "signal", "whatsapp", "1kxun"))][:25]
+    recs, ctxs = _flows(pick or names[:25])
+    assert len(recs) >= 100
+    return recs, ctxs
+
+
+@pytest.fixture(scope="module")
+def quick_package(tmp_path_factory):
+    """`etool-sensor train --quick --no-teacher` on real captures: the package every test below checks."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    if not LABELS.is_file():
+        pytest.skip("shared/data not present")
+    from etool_sensor.train.cli import main
+
+    out = tmp_path_factory.mktemp("pkg") / "model"
+    rc = main(["--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out), "--quick", "--no-teacher",
+               "--quick-pcaps", "30", "--name", "quick-test", "--version", "0.0.1"])
+    assert rc == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------- training
+@needs_data
+def test_quick_training_produces_loadable_package(quick_package, real_flows):
+    from etool_sensor.runtime import load_model
+
+    m = json.loads((quick_package / "manifest.json").read_text())
+    assert m["schema_version"] == 1 and m["features"]["version"] == 1
+    assert m["training"]["quick"] is True and m["training"]["teacher"]["used"] is False
+    assert m["training"]["flows"] > 0 and m["training"]["hardware"]
+    assert m["architecture"]["flops"] < 10_000_000
+    model = load_model(quick_package, threads=1)
+    assert model.id == "quick-test@0.0.1"
+    assert model.label_sets["service"] == m["label_sets"]["service"]
+    recs, ctxs = real_flows
+    v = model.classify(recs, ctxs)
+    assert len(v) == len(recs)
+    ok = [x for x in v if x.status == "ok"]
+    assert ok and all(x.service in model.label_sets["service"] and x.app in model.label_sets["app"] for x in ok)
+    assert all(0.0 <= x.confidence <= 1.0 for x in ok)
+
+
+# ---------------------------------------------------------------------------------------- parity
+@needs_data
+def test_onnx_matches_torch_on_real_flows(quick_package, real_flows, tmp_path):
+    from etool_sensor.features import encode
+    from etool_sensor.train.student import Student
+    from export.onnx_export import export_onnx, torch_logits
+    from export.quantize import onnx_logits, parity, quantize_int8, quantize_static_int8
+
+    st = Student.load(quick_package / "student.pt")
+    recs, ctxs = real_flows
+    feats = encode(recs, ctxs, st.spec)
+    ref = torch_logits(st.model, feats)
+    fp32 = export_onnx(st.model, tmp_path / "fp32.onnx")
+    p32 = parity(ref, onnx_logits(fp32, feats))
+    for h in ("service", "app"):
+        assert p32[f"{h}_max_abs_logit_diff"] < 1e-3, p32
+        assert p32[f"{h}_argmax_agreement"] == 1.0, p32
+    # odd batch sizes go through the dynamic batch axis
+    one = {k: v[:1] for k, v in feats.items()}
+    assert np.allclose(onnx_logits(fp32, one)[0], ref[0][:1], atol=1e-3)
+    for q in (quantize_static_int8(fp32, tmp_path / "int8s.onnx", feats), quantize_int8(fp32, tmp_path / "int8d.onnx")):
+        assert q.stat().st_size < fp32.stat().st_size
+        p8 = parity(ref, onnx_logits(q, feats))
+        assert p8["service_argmax_agreement"] >= 0.95, (q.name, p8)
+        assert p8["app_argmax_agreement"] >= 0.90, (q.name, p8)
+        assert p8["service_max_abs_prob_diff"] < 0.3, (q.name, p8)
+    # static int8: a flow's scores do not depend on the rest of its batch
+    q = tmp_path / "int8s.onnx"
+    assert np.allclose(onnx_logits(q, feats, batch=7)[0], onnx_logits(q, feats)[0], atol=1e-5)
+    # the package recorded the same checks
+    m = json.loads((quick_package / "manifest.json").read_text())
+    assert m["parity"]["int8_vs_torch"]["service_argmax_agreement"] >= 0.95
+
+
+@needs_data
+def test_runtime_proba_matches_student(quick_package, real_flows):
+    from etool_sensor.runtime import load_model
+    from etool_sensor.train.student import Student
+
+    st = Student.load(quick_package / "student.pt")
+    model = load_model(quick_package, threads=1)
+    recs, ctxs = real_flows
+    p_rt = model.predict_proba(recs, ctxs, head="service")
+    p_st = st.predict_proba(recs, ctxs, head="service")
+    assert p_rt.shape == p_st.shape
+    assert np.allclose(p_rt.sum(1), 1.0, atol=1e-4)
+    assert (p_rt.argmax(1) == p_st.argmax(1)).mean() >= 0.95  # int8 graph vs fp32 torch
+
+
+# ---------------------------------------------------------------------------------------- manifest
+def _copy(pkg: Path, dst: Path) -> Path:
+    shutil.copytree(pkg, dst)
+    return dst
+
+
+def _edit(d: Path, **kw) -> None:
+    p = d / "manifest.json"
+    m = json.loads(p.read_text())
+    for k, v in kw.items():
+        if k == "features_version":
+            m["features"]["version"] = v
+        else:
+            m[k] = v
+    p.write_text(json.dumps(m))
+
+
+def test_manifest_refusals(tmp_path):
+    from etool_sensor.runtime import DEFAULT_MODEL_DIR, ModelError, load_model
+
+    pkg = _copy(DEFAULT_MODEL_DIR, tmp_path / "ok")
+    for f in list(pkg.iterdir()):
+        if f.name not in ("model.onnx", "manifest.json"):
+            f.unlink()
+    load_model(pkg, threads=1)
+
+    bad = _copy(pkg, tmp_path / "schema")
+    _edit(bad, schema_version=2)
+    with pytest.raises(ModelError, match="schema v2"):
+        load_model(bad)
+
+    bad = _copy(pkg, tmp_path / "features")
+    _edit(bad, features_version=99)
+    with pytest.raises(ModelError, match="feature encoding v99"):
+        load_model(bad)
+
+    bad = _copy(pkg, tmp_path / "sha")
+    with open(bad / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(bad)
+
+    bad = _copy(pkg, tmp_path / "labels")
+    _edit(bad, label_sets={"service": ["a"], "app": ["b"]})
+    with pytest.raises(ModelError, match="head has"):
+        load_model(bad)
+
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no manifest.json"):
+        load_model(tmp_path / "empty")
+    bad = _copy(pkg, tmp_path / "json")
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelError, match="unreadable manifest"):
+        load_model(bad)
+
+
+# ---------------------------------------------------------------------------------------- runtime semantics
+@pytest.fixture(scope="module")
+def default_model():
+    from etool_sensor.runtime import load_model
+
+    return load_model(threads=1)
+
+
+def test_bundled_model_manifest(default_model):
+    m = default_model.manifest
+    assert default_model.name and default_model.version
+    assert len(default_model.label_sets["service"]) >= 10 and len(default_model.label_sets["app"]) >= 50
+    assert m["training"]["flows"] > 1000  # genuinely trained on the shared captures
+    assert (default_model.path / "model.onnx").stat().st_size < 5_000_000
+    assert m["parity"]["int8_vs_torch"]["service_argmax_agreement"] >= 0.95
+
+
+@needs_data
+def test_thresholds_unknown_and_top_k(default_model, real_flows):
+    from etool_sensor.runtime import Thresholds
+
+    recs, ctxs = real_flows
+    v = default_model.classify(recs, ctxs, Thresholds(default=0.0), top_k=3)
+    ok = [x for x in v if x.status == "ok"]
+    assert ok and not any(x.unknown for x in ok)
+    for x in ok:
+        assert x.model == default_model.id
+        assert len(x.alternatives) == 3
+        lab, p = x.alternatives[0].rsplit(":", 1)
+        assert lab == x.service and abs(float(p) - x.confidence) < 1e-3
+        ps = [float(a.rsplit(":", 1)[1]) for a in x.alternatives]
+        assert ps == sorted(ps, reverse=True)
+    v1 = default_model.classify(recs, ctxs, Thresholds(default=1.01))
+    assert all(x.unknown for x in v1 if x.status == "ok")
+    # a per-label threshold overrides the default for that label only
+    top = max({x.service for x in ok}, key=[x.service for x in ok].count)
+    v2 = default_model.classify(recs, ctxs, Thresholds(default=0.0, per_label={top: 1.01}))
+    for x in v2:
+        if x.status == "ok":
+            assert x.unknown == (x.service == top)
+    # confidence threshold in between splits the flows by confidence
+    mid = float(np.median([x.confidence for x in ok]))
+    v3 = default_model.classify(recs, ctxs, Thresholds(default=mid))
+    assert all(x.unknown == (x.confidence < mid) for x in v3 if x.status == "ok")
+    assert default_model.classify(recs[:3], ctxs[:3], top_k=0)[0].alternatives in ([], None) or \
+        default_model.classify(recs[:3], ctxs[:3], top_k=0)[0].status != "ok"
+
+
+@needs_data
+def test_too_few_packets_get_no_inference(default_model, real_flows):
+    recs, ctxs = real_flows
+    v = default_model.classify(recs, ctxs, min_packets=2)
+    for r, x in zip(recs, v):
+        assert x.uid == r.uid
+        assert (x.status == "too_few_packets") == (len(r.packets) < 2)
+    short = [r for r in recs if len(r.packets) < 5]
+    v = default_model.classify(recs, ctxs, min_packets=5)
+    tf = [x for x in v if x.status == "too_few_packets"]
+    assert len(tf) == len(short)
+    assert all(x.service == "" and x.alternatives == [] and x.confidence == 0.0 for x in tf)
+    # a hand-made one-packet flow, no context
+    one = FlowRecord("Cx", 0.0, "10.0.0.1", 5000, "10.0.0.2", 443, "tcp", [Packet(0.0, True, 60, 0, 0x02)])
+    assert default_model.classify([one], None)[0].status == "too_few_packets"
+    assert default_model.classify([one], None, min_packets=1)[0].status == "ok"
+    assert default_model.classify([], None) == []
+
+
+@needs_data
+def test_batching_and_masking_are_consistent(default_model, real_flows, monkeypatch):
+    import etool_sensor.runtime as rt
+
+    recs, ctxs = real_flows
+    p_all = default_model.predict_proba(recs, ctxs)
+    monkeypatch.setattr(rt, "BATCH", 7)
+    p_small = default_model.predict_proba(recs, ctxs)
+    assert np.allclose(p_all, p_small, atol=1e-5)
+    # unmasked names change inputs but never the shape of the answer
+    assert default_model.predict_proba(recs, ctxs, mask_names=False).shape == p_all.shape
+    assert default_model.predict_proba(recs, ctxs, head="app").shape == (len(recs), len(default_model.label_sets["app"]))
+    with pytest.raises(ValueError):
+        default_model.predict_proba(recs, ctxs, head="nope")
+
+
+def test_runtime_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, etool_sensor.runtime as r; m = r.load_model(threads=1); "
+            "assert 'torch' not in sys.modules, 'runtime imported torch'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# ---------------------------------------------------------------------------------------- model shape
+def test_encoder_budget_and_ablations():
+    torch = pytest.importorskip("torch")
+    from etool_sensor.features import FeatureSpec
+    from etool_sensor.train.model import EncoderConfig, StudentClassifier, flops_per_flow
+
+    c = EncoderConfig.from_spec(FeatureSpec())
+    f = flops_per_flow(c)
+    assert f["tokens"] <= 70 and f["macs"] <= 5_000_000
+    m = StudentClassifier(c, 5, 7).eval()
+    b = 3
+    x = dict(pkt=torch.zeros(b, 32, 4, dtype=torch.long), byt=torch.randint(0, 257, (b, 192)),
+             seg=torch.ones(b, 192, dtype=torch.long), ctx=torch.zeros(b, 8, 11), meta=torch.zeros(b, 4))
+    x["pkt"][:, :3, 0] = 1
+    s, a = m(**x)
+    assert s.shape == (b, 5) and a.shape == (b, 7) and torch.isfinite(s).all()
+    # padding tokens do not change the answer
+    x2 = dict(x, pkt=x["pkt"].clone())
+    x2["pkt"][:, 10:, 1] = 5  # size of absent packets (direction 0) is ignored... except through merging
+    m_np = StudentClassifier(EncoderConfig.from_spec(FeatureSpec(), use_payload=False), 5, 7).eval()
+    s1, _ = m_np(**x)
+    s2, _ = m_np(**dict(x, byt=torch.zeros_like(x["byt"])))
+    assert torch.allclose(s1, s2)  # use_payload=False ignores the datagram stream
+    mp = StudentClassifier(EncoderConfig.from_spec(FeatureSpec(use_ports=True)), 5, 7).eval()
+    s1, _ = mp(**x, port=torch.tensor([443, 80, 1025]))
+    s2, _ = mp(**x, port=torch.tensor([53, 80, 1025]))
+    assert not torch.allclose(s1[0], s2[0]) and torch.allclose(s1[1:], s2[1:])
