@@ -24,8 +24,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-payload", action="store_true", help="ablation: no datagram tokens")
     p.add_argument("--use-ports", action="store_true", help="ablation: responder port as a feature")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for the teacher")
-    p.add_argument("--epochs", type=int, default=None, help="student epochs (default 40, quick 4)")
-    p.add_argument("--ssl-epochs", type=int, default=None, help="SSL epochs (default 15, quick 1)")
+    p.add_argument("--epochs", type=int, default=None, help="student epochs (default 30, quick 4)")
+    p.add_argument("--ssl-epochs", type=int, default=None, help="SSL epochs (default 6, quick 1)")
     p.add_argument("--quantize", choices=["static", "dynamic", "none"], default="static",
                    help="model.onnx: int8 static (calibrated, batch-independent; default), int8 dynamic, or fp32")
     p.add_argument("--name", default="etool-student")
@@ -34,6 +34,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-cache", help="npz of teacher logits (evaluate.save_teacher_logits format: ids, "
                    "logits, labels) for the training flows, instead of training a teacher here")
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
+
+
+def _import_export():
+    """The top-level `export` package lives beside etool_sensor in the repository; setup.cfg does not
+    install it yet, so from a checkout (editable install) fall back to the repository root."""
+    try:
+        import export.package as ep
+    except ModuleNotFoundError as e:
+        if e.name != "export":
+            raise
+        root = str(Path(__file__).resolve().parents[2])
+        if root not in sys.path:
+            sys.path.append(root)
+        import export.package as ep
+    return ep
 
 
 def _log(msg: str) -> None:
@@ -45,7 +60,7 @@ def train_main(args: argparse.Namespace) -> int:
 
     from etool_sensor.features import FeatureSpec, encode
     from etool_sensor.flows import FlowParams
-    from export.package import build_package
+    build_package = _import_export().build_package
 
     from .data import capture_files, load_labelled, load_unlabelled
     from .student import Student, set_threads, train_student

@@ -201,7 +201,7 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
     ws = class_weights(ys, len(label_sets["service"]))
     wa = class_weights(ya, len(label_sets["app"]))
     ys_t, ya_t = torch.from_numpy(ys), torch.from_numpy(ya)
-    ep = epochs or (4 if quick else 40)
+    ep = epochs or (4 if quick else 30)
     bs = 128
     steps = ep * math.ceil(n / bs)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.02)
