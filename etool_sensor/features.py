@@ -7,6 +7,7 @@ IP addresses are never a feature; the responder port only when `use_ports` is se
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -77,33 +78,51 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
     seg = np.zeros((bsz, m * bb), np.int64)
     ctx = np.zeros((bsz, k, 3 + CONTEXT_SIZES), np.float32)
     meta = np.zeros((bsz, 4), np.float32)
+    sb, ib = SIZE_BUCKETS - 1, IAT_BUCKETS - 1
+    rows: list[tuple[int, int, int, int]] = []
+    row_idx: list[int] = []
     for i, r in enumerate(records):
+        # Packet tokens are gathered as Python tuples and written with one numpy assignment per batch:
+        # per-element numpy writes cost more than the whole encoding.
         prev = 0.0
-        for j, p in enumerate(r.packets[:n]):
-            pkt[i, j, 0] = 1 if p.is_orig else 2
-            pkt[i, j, 1] = size_bucket(p.payload_len)
-            pkt[i, j, 2] = iat_bucket(p.dt - prev)
-            pkt[i, j, 3] = p.tcp_flags & 0xFF
+        ps = r.packets[:n]
+        for p in ps:
+            gap = int((p.dt - prev) * 1e6)
             prev = p.dt
+            rows.append((1 if p.is_orig else 2, min(p.payload_len >> 4, sb),
+                         min(gap.bit_length(), ib) if gap > 0 else 0, p.tcp_flags & 0xFF))
+        row_idx.append(len(ps))
         for c, ch in enumerate(r.payload[:m]):
             data = ch.data[:bb]
+            if not data:
+                continue
             if mask:
                 data = mask_payload(data, r.proto, r.orig_p, r.resp_p)
             off = c * bb
-            byt[i, off:off + len(data)] = np.frombuffer(data, np.uint8).astype(np.int64) + 1
+            byt[i, off:off + len(data)] = np.frombuffer(data, np.uint8)
+            byt[i, off:off + len(data)] += 1
             seg[i, off:off + len(data)] = 1 + 2 * c + (0 if ch.is_orig else 1)
         cx = contexts[i] if contexts is not None else None
-        if cx is not None:
+        if cx is not None and cx.neighbours:
             for j, nb in enumerate(cx.neighbours[:k]):
-                ctx[i, j, 0] = -np.log1p(-min(nb.dt, 0.0)) if nb.dt <= 0 else np.log1p(nb.dt)
-                ctx[i, j, 1] = nb.burst_gap
-                ctx[i, j, 2] = nb.proto == "udp"
-                s = nb.sizes[:CONTEXT_SIZES]
-                ctx[i, j, 3:3 + len(s)] = np.asarray(s, np.float32) / 1500.0
-            meta[i, 3] = np.log1p(cx.position)
+                row = ctx[i, j]
+                row[0] = -math.log1p(-nb.dt) if nb.dt <= 0 else math.log1p(nb.dt)
+                row[1] = nb.burst_gap
+                row[2] = nb.proto == "udp"
+                sz = nb.sizes[:CONTEXT_SIZES]
+                if sz:
+                    row[3:3 + len(sz)] = sz
+            ctx[i, :, 3:] /= 1500.0
+        if cx is not None:
+            meta[i, 3] = math.log1p(cx.position)
         meta[i, 0] = r.proto == "udp"
-        meta[i, 1] = min(len(r.packets), n) / n
+        meta[i, 1] = len(ps) / n
         meta[i, 2] = r.final
+    if rows:
+        counts = np.asarray(row_idx)
+        flat_i = np.repeat(np.arange(bsz), counts)
+        flat_j = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        pkt[flat_i, flat_j] = np.asarray(rows, np.int64)
     out = {"pkt": pkt, "byt": byt, "seg": seg, "ctx": ctx, "meta": meta}
     if spec.use_ports:
         out["port"] = np.array([port_token(r.resp_p) for r in records], np.int64)

@@ -95,11 +95,11 @@ class FlowRecord:
             raise FlowError(f"{self.uid}: {len(self.packets)} packets, more than N={p.packets}")
         if len(self.payload) > p.payload_packets:
             raise FlowError(f"{self.uid}: {len(self.payload)} payload chunks, more than M={p.payload_packets}")
-        last = 0.0
         for i, pk in enumerate(self.packets):
-            if pk.dt < last - 1e-6:
-                raise FlowError(f"{self.uid}: packet {i} dt {pk.dt} goes back in time")
-            last = pk.dt
+            # Captures can step back in time (merged or reordered files); Zeek passes that on, so a
+            # negative gap is legal. Non-finite or absurd offsets are not.
+            if not -86400.0 <= pk.dt <= 86400.0 * 365:
+                raise FlowError(f"{self.uid}: packet {i} dt {pk.dt} is not a plausible offset")
             if pk.ip_len < 0 or pk.payload_len < 0 or pk.payload_len > 65535 or pk.ip_len > 65535 + 40:
                 raise FlowError(f"{self.uid}: packet {i} has impossible lengths")
             if not 0 <= pk.tcp_flags <= 0xFF:
