@@ -46,15 +46,6 @@ class FeatureSpec:
         return asdict(self)
 
 
-def size_bucket(n: int) -> int:
-    return min(n // 16, SIZE_BUCKETS - 1)
-
-
-def iat_bucket(gap_s: float) -> int:
-    us = int(gap_s * 1e6)
-    return min(us.bit_length(), IAT_BUCKETS - 1)
-
-
 def port_token(port: int) -> int:
     return port if port < 1024 else (1024 if port < 49152 else 1025)
 
