@@ -343,7 +343,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
     try:
         try:
             for rec in pcap.read_flows(args.captures, cfg.flow_params, stats=stats, on_conn=on_conn,
-                                       progress=progress):
+                                       progress=progress, checksums=cfg.flow.verify_checksums):
                 counts.flows += 1
                 contexts.append(tracker.observe(rec))
                 batch.append(rec)

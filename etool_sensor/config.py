@@ -96,6 +96,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "payload_bytes": Int(64, 0, 65535, "B: payload bytes kept from each payload packet"),
         "payload_packets": Int(3, 0, 64, "M: payload-carrying packets whose first B bytes are kept"),
         "min_packets": Int(2, 1, 1024, "flows with fewer packets get status too_few_packets, no verdict"),
+        "verify_checksums": Bool(False, "offline: drop packets with bad TCP/UDP checksums as Zeek does without -C"),
     },
     "privacy": {
         "mask_names": Bool(True, "replace TLS/QUIC SNI, certificate names, HTTP Host, DNS names before the model"),
@@ -124,6 +125,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "max_message_bytes": Int(1048576, 1024, 1 << 30, "largest WebSocket message accepted"),
         "reconnect_min_s": Float(0.5, 0.01, 3600, "first reconnect delay (s), doubled up to reconnect_max_s"),
         "reconnect_max_s": Float(30, 0.01, 86400, "longest reconnect delay (s)"),
+        "max_flows_per_s": Float(0, 0, 10_000_000, "rate limit on incoming flows (excess dropped, counted); 0 = off"),
+        "drain_timeout_s": Float(10, 0, 3600, "on shutdown, how long to keep answering flows already in hand (s)"),
         "metrics_addr": Str("127.0.0.1", "address of the Prometheus metrics endpoint"),
         "metrics_port": Int(9464, 0, 65535, "port of the metrics endpoint; 0 disables it"),
         "tls": {
