@@ -1,0 +1,222 @@
+"""End-to-end benchmark of `etool-sensor classify` with a per-stage breakdown, and an ORT-BERT anchor.
+
+    python bench/bench_classify.py [--packets 500000] [--repeat 3] [--threads N] [--no-bert]
+
+Uses bench_ingest's large capture (/tmp/etool_bench.pcap, built from ../shared/data when missing).
+In one process, each repetition times:
+
+* ``e2e``: ``etool-sensor classify CAPTURE -o TMP -q`` run in-process (cli.main; imports excluded,
+  model load included), which is what the user gets;
+* the stages of the same work, run one after the other on the same data:
+  ``read`` (pcap.read_flows, conn summaries collected), ``context`` (ContextTracker.observe),
+  ``encode`` (features.encode incl. name masking), ``model`` (Model.classify minus its encode: the
+  onnxruntime session plus softmax/verdicts), ``log`` (etool.log + conn.log rows, TSV, to a temp dir).
+
+The reported figure for each line is the best of ``--repeat`` runs (the least disturbed by other load
+on the machine; the median is printed too). ``sum`` is the serial cost of the stages; e2e below the sum
+means stages overlap (classify runs the model in a worker thread).
+
+The BERT row is the issue's anchor: a random-weight BertModel (4 layers, hidden 256, 4 heads, 128 tokens)
+exported with torch.onnx.export and run by onnxruntime fp32 and dynamic-int8, batch 32, same threads;
+flows/s = sequences/s. It needs torch + transformers (skipped otherwise) and is cached in /tmp.
+Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from etool_sensor import cli  # noqa: E402
+from etool_sensor.context import ContextTracker  # noqa: E402
+from etool_sensor.pcap import ReadStats, read_flows  # noqa: E402
+from etool_sensor.runtime import load_model  # noqa: E402
+from etool_sensor.zeeklog import CONN_FIELDS, ETOOL_FIELDS, open_log  # noqa: E402
+
+CAPTURE = Path("/tmp/etool_bench.pcap")
+BERT_DIR = Path("/tmp/etool_bench_bert")
+
+
+def ensure_capture(packets: int) -> None:
+    if CAPTURE.exists() and CAPTURE.stat().st_size > 0:
+        return
+    import bench_ingest  # needs dpkt (pip install 'etool-sensor[bench]')
+
+    bench_ingest.build(packets)
+
+
+def run_e2e(threads: int | None) -> float:
+    with tempfile.TemporaryDirectory() as td:
+        argv = ["classify", str(CAPTURE), "-o", td, "-q"]
+        if threads:
+            cfgfile = Path(td) / "etool.yaml"
+            cfgfile.write_text(f'{{"model": {{"threads": {threads}}}}}')
+            argv += ["--config", str(cfgfile)]
+        t = time.perf_counter()
+        rc = cli.main(argv)
+        dt = time.perf_counter() - t
+        if rc not in (0, 3):
+            raise SystemExit(f"classify failed with exit code {rc}")
+    return dt
+
+
+def run_stages(model, batch: int) -> tuple[dict[str, float], int, int]:
+    cfg = cli._config_from_args(argparse.Namespace(config=None))
+    times: dict[str, float] = {}
+    st = ReadStats()
+    conns: list = []
+    t = time.perf_counter()
+    recs = list(read_flows(CAPTURE, cfg.flow_params, stats=st, on_conn=conns.append,
+                           checksums=cfg.flow.verify_checksums))
+    times["read"] = time.perf_counter() - t
+
+    tr = ContextTracker(window=cfg.context.window, bursts=cfg.context.bursts)
+    t = time.perf_counter()
+    ctxs = [tr.observe(r) for r in recs]
+    times["context"] = time.perf_counter() - t
+
+    enc = [0.0]
+    orig = model.features
+
+    def timed_features(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return orig(*a, **k)
+        finally:
+            enc[0] += time.perf_counter() - t0
+
+    model.features = timed_features
+    verdicts: list = []
+    t = time.perf_counter()
+    try:
+        for i in range(0, len(recs), batch):
+            verdicts += model.classify(recs[i:i + batch], ctxs[i:i + batch], cfg.thresholds,
+                                       mask_names=cfg.privacy.mask_names, min_packets=cfg.flow.min_packets,
+                                       top_k=cfg.classify.top_k)
+    finally:
+        del model.features
+    total = time.perf_counter() - t
+    times["encode"] = enc[0]
+    times["model"] = total - enc[0]
+
+    mid = model.id
+    with tempfile.TemporaryDirectory() as td:
+        t = time.perf_counter()
+        ew = open_log(td, "etool", ETOOL_FIELDS, "tsv")
+        cw = open_log(td, "conn", CONN_FIELDS, "tsv")
+        for r, v in zip(recs, verdicts):
+            ew.write(cli._verdict_row(r, v, mid, cfg.classify.top_k))
+        for c in conns:
+            cw.write(cli._conn_row(c))
+        ew.close()
+        cw.close()
+        times["log"] = time.perf_counter() - t
+    return times, len(recs), st.packets
+
+
+def bert_baseline(threads: int | None, seconds: float) -> list[tuple[str, float]]:
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        import torch
+        from transformers import BertConfig, BertModel
+    except ImportError as e:
+        print(f"# BERT baseline skipped: {e}")
+        return []
+    BERT_DIR.mkdir(exist_ok=True)
+    fp32, int8 = BERT_DIR / "bert4x256.onnx", BERT_DIR / "bert4x256.int8.onnx"
+    seq, bs = 128, 32
+    if not fp32.exists():
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=1024, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                         intermediate_size=1024, max_position_embeddings=seq)
+        m = BertModel(cfg).eval()
+        ids = torch.randint(0, 1024, (bs, seq))
+        mask = torch.ones(bs, seq, dtype=torch.int64)
+        torch.onnx.export(m, (ids, mask), str(fp32), input_names=["input_ids", "attention_mask"],
+                          output_names=["last_hidden_state", "pooler_output"], opset_version=17,
+                          dynamic_axes={"input_ids": {0: "b"}, "attention_mask": {0: "b"}}, dynamo=False)
+    if not int8.exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    rng = np.random.default_rng(0)
+    feed = {"input_ids": rng.integers(0, 1024, (bs, seq), dtype=np.int64),
+            "attention_mask": np.ones((bs, seq), np.int64)}
+    rows = []
+    for name, path in (("ORT BERT-4x256@128 fp32", fp32), ("ORT BERT-4x256@128 int8", int8)):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        s.run(None, feed)
+        k, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds:
+            s.run(None, feed)
+            k += 1
+        rows.append((name, k * bs / (time.perf_counter() - t)))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--packets", type=int, default=500_000, help="capture size when it has to be built")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its choice)")
+    ap.add_argument("--batch", type=int, default=cli.BATCH, help="flows per classify call in the stage run")
+    ap.add_argument("--no-bert", action="store_true")
+    ap.add_argument("--bert-seconds", type=float, default=3.0)
+    a = ap.parse_args(argv)
+    ensure_capture(a.packets)
+    la0 = os.getloadavg()[0]
+    print(f"# capture {CAPTURE} ({CAPTURE.stat().st_size / 1e6:.0f} MB); {os.cpu_count()} CPUs, "
+          f"load average {la0:.2f} at start; onnxruntime threads {a.threads or 'default'}")
+    model = load_model(threads=a.threads)
+    runs_e2e: list[float] = []
+    runs_st: list[dict[str, float]] = []
+    nflows = npk = 0
+    for _ in range(a.repeat):
+        runs_e2e.append(run_e2e(a.threads))
+        st, nflows, npk = run_stages(model, a.batch)
+        runs_st.append(st)
+    stages = ["read", "context", "encode", "model", "log"]
+    best = {s: min(r[s] for r in runs_st) for s in stages}
+    med = {s: statistics.median(r[s] for r in runs_st) for s in stages}
+    ssum = sum(best.values())
+    print(f"# {nflows} flows, {npk} packets ({npk / max(nflows, 1):.1f} packets/flow); best of {a.repeat} "
+          f"(median in brackets)")
+    print(f"{'stage':24} {'seconds':>8} {'flows/s':>10} {'packets/s':>11} {'share':>6}  {'median s':>8}")
+    for s in stages:
+        dt = best[s]
+        print(f"{s:24} {dt:8.3f} {nflows / dt:10,.0f} {npk / dt:11,.0f} {dt / ssum:6.1%}  ({med[s]:6.3f})")
+    print(f"{'sum of stages':24} {ssum:8.3f} {nflows / ssum:10,.0f} {npk / ssum:11,.0f}")
+    e2e, e2e_med = min(runs_e2e), statistics.median(runs_e2e)
+    e2e_fps = nflows / e2e
+    print(f"{'classify end-to-end':24} {e2e:8.3f} {e2e_fps:10,.0f} {npk / e2e:11,.0f} {e2e / ssum:6.1%}  "
+          f"({e2e_med:6.3f})")
+    model_fps = nflows / best["model"]
+    if not a.no_bert:
+        rows = bert_baseline(a.threads, a.bert_seconds)
+        for name, fps in rows:
+            print(f"{name:24} {'':8} {fps:10,.0f} {'':11} {'':6}  etool e2e/this {e2e_fps / fps:5.1f}x, "
+                  f"etool model/this {model_fps / fps:5.1f}x")
+    print("# issue anchors (same CPU, earlier, unloaded?): ORT BERT-4x256@128 177 flows/s fp32, 262 int8; "
+          "dpkt 61-81k packets/s; tshark 15-34k packets/s; ETooL Vicuna-7B 16-66 flows/s on an H100")
+    print(f"# etool e2e vs anchors: {e2e_fps / 262:.0f}x BERT int8 (262/s), {e2e_fps / 66:.0f}x..{e2e_fps / 16:.0f}x "
+          f"Vicuna-7B on H100; load average {os.getloadavg()[0]:.2f} at end")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
