@@ -12,6 +12,8 @@ import importlib
 import inspect
 import os
 import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,6 +41,7 @@ exit codes:
 """
 
 BATCH = 512  # flows per model call in classify
+PIPELINE = 2  # batches queued to the model thread before classify waits for the oldest
 
 
 class CliError(Exception):
@@ -265,8 +268,12 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
     pcap, runtime, ContextTracker = _import_runtime_parts()
 
     model_path = args.model or cfg.model.path
+    threads = cfg.model.threads
+    if threads is None:
+        # The model runs in a worker thread next to the reader (see below): leave the reader its core.
+        threads = max(1, (os.cpu_count() or 2) - 1)
     try:
-        model = runtime.load_model(model_path, threads=cfg.model.threads)
+        model = runtime.load_model(model_path, threads=threads)
     except runtime.ModelError as e:
         raise CliError(f"model: {e}") from None
     model_id = f"{model.name}@{model.version}"
@@ -318,25 +325,48 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
 
     batch: list[Any] = []
     contexts: list[Any] = []
+    # Pipeline: model.classify runs in one worker thread (onnxruntime releases the GIL while it computes)
+    # while this thread reads the capture and writes the logs. Batches are written strictly in order;
+    # at most PIPELINE batches are in flight, so memory stays bounded.
+    inflight: deque[tuple[list[Any], Future]] = deque()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="etool-model")
 
-    def flush_batch() -> None:
-        if not batch:
-            return
-        verdicts = model.classify(batch, contexts, thresholds, mask_names=cfg.privacy.mask_names,
-                                  min_packets=cfg.flow.min_packets, **classify_kw)
-        if len(verdicts) != len(batch):
-            raise RuntimeError(f"model returned {len(verdicts)} verdicts for {len(batch)} flows")
-        for rec, v in zip(batch, verdicts):
-            counts.statuses[v.status] = counts.statuses.get(v.status, 0) + 1
+    def classify_batch(recs: list[Any], ctxs: list[Any]) -> list[Any]:
+        return model.classify(recs, ctxs, thresholds, mask_names=cfg.privacy.mask_names,
+                              min_packets=cfg.flow.min_packets, **classify_kw)
+
+    def write_oldest() -> None:
+        recs, fut = inflight[0]
+        verdicts = fut.result()
+        if len(verdicts) != len(recs):
+            raise RuntimeError(f"model returned {len(verdicts)} verdicts for {len(recs)} flows")
+        statuses = counts.statuses
+        write = etool_w.write
+        for rec, v in zip(recs, verdicts):
+            statuses[v.status] = statuses.get(v.status, 0) + 1
             if v.status == "ok":
                 counts.classified += 1
                 counts.unknown += bool(v.unknown)
-            etool_w.write(_verdict_row(rec, v, model_id, top_k))
-        batch.clear()
-        contexts.clear()
+            write(_verdict_row(rec, v, model_id, top_k))
+        inflight.popleft()
+
+    def submit_batch() -> None:
+        nonlocal batch, contexts
+        if not batch:
+            return
+        recs, ctxs = batch, contexts
+        batch, contexts = [], []
+        inflight.append((recs, executor.submit(classify_batch, recs, ctxs)))
+        while len(inflight) > PIPELINE:
+            write_oldest()
+
+    def flush_batch() -> None:
+        submit_batch()
+        while inflight:
+            write_oldest()
 
     def unwritten_detail(e: LogWriteError) -> str:
-        pending = len(batch)
+        pending = len(batch) + sum(len(r) for r, _ in inflight)
         extra = f", {pending} classified flows not logged" if pending else ""
         return f"{e}{extra}; stopped after {counts.flows} flows"
 
@@ -348,7 +378,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
                 contexts.append(tracker.observe(rec))
                 batch.append(rec)
                 if len(batch) >= BATCH:
-                    flush_batch()
+                    submit_batch()
             flush_batch()
         except pcap.PcapError as e:
             # Logs keep what was classified before the bad file; the error names the file.
@@ -365,6 +395,9 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
             w.abort()
         raise
     finally:
+        for _, fut in inflight:
+            fut.cancel()
+        executor.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
 

@@ -21,6 +21,7 @@ DEFAULT_PAYLOAD_PACKETS = 3
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_B62_PAIRS = [a + b for a in _B62 for b in _B62]
 
 
 class FlowError(ValueError):
@@ -196,10 +197,10 @@ def make_uid(*parts: object) -> str:
     h = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=12).digest()
     n = int.from_bytes(h, "big")
     out = []
-    while n:
-        n, r = divmod(n, 62)
-        out.append(_B62[r])
-    return "C" + "".join(reversed(out)).rjust(17, "0")
+    while n:  # two base-62 digits per step
+        n, r = divmod(n, 3844)
+        out.append(_B62_PAIRS[r])
+    return "C" + "".join(reversed(out)).lstrip("0").rjust(17, "0")
 
 
 @dataclass(slots=True)

@@ -599,11 +599,17 @@ class _Tracker:
             hl = 8
             plen = seg_len - 8
             flags = 0
-        key = src + dst + sp.to_bytes(2, "big") + dp.to_bytes(2, "big") + (b"t" if proto == 6 else b"u")
+        key = src + dst + buf[t:t + 4] + (b"t" if proto == 6 else b"u")  # ports as in the header: sport dport
         self.now = ts
         c = self.conns.get(key)
         if c is not None:
-            if self._due(c, ts) or (proto == 6 and flags & SYN and self._is_reuse(c, key, flags, seq)):
+            # No timer of c can be due (the common case, checked inline; _due decides otherwise).
+            if c.delete_at is None and c.attempt_at is None and c.last + c.timeout > ts \
+                    and (c.expire_at is None or c.expire_at > ts):
+                due = False
+            else:
+                due = self._due(c, ts)
+            if due or (proto == 6 and flags & SYN and self._is_reuse(c, key, flags, seq)):
                 self._finish(c)
                 c = None
         if c is None:
@@ -644,7 +650,10 @@ class _Tracker:
                     self._bad_checksum(c, is_orig, ts)
                     return
         if proto == 6:
-            self._tcp(c, is_orig, ts, flags, seq, ack, plen)
+            if flags & _STATE_CLOSE_FLAGS or (c.o_state if is_orig else c.r_state) == INACTIVE:
+                self._tcp(c, is_orig, ts, flags, seq, ack, plen)
+            else:
+                self._tcp_plain(c, is_orig, ts, flags, seq, ack, plen)
         else:
             c.last = ts
             if is_orig:
@@ -795,6 +804,54 @@ class _Tracker:
             self._set(c, is_orig, last=last_seq_new)
         if flags & _STATE_CLOSE_FLAGS or state == INACTIVE:
             self._state_machine(c, is_orig, ts, flags, seq, ack, plen, dl)
+
+    @staticmethod
+    def _tcp_plain(c: _Conn, is_orig: bool, ts: float, flags: int, seq: int, ack: int, plen: int) -> None:
+        """_tcp for a segment without SYN/FIN/RST from an endpoint that is not INACTIVE (most packets).
+
+        Same effects as _tcp for that case, inlined: no endpoint (re)initialisation, no state-machine
+        step; history D/A, last activity, the peer's ACK and this endpoint's last sequence number."""
+        if plen:
+            bit, code = 1, "D"
+        elif flags & ACK:
+            bit, code = 32, "A"
+        else:
+            bit = 0
+        if bit:
+            if is_orig:
+                if not c.hist_o & bit:
+                    c.hist_o |= bit
+                    c.hist.append(code)
+            elif not c.hist_r & bit:
+                c.hist_r |= bit
+                c.hist.append(code.lower())
+        if not (c.o_closed and c.r_closed):
+            c.last = ts
+        if flags & ACK:
+            if is_orig:
+                if c.r_state == INACTIVE:
+                    c.r_start = c.r_last = c.r_ack = (ack - 1) & 0xFFFFFFFF
+                else:
+                    d = (ack - c.r_ack) & 0xFFFFFFFF
+                    if 0 < d < 0x80000000 and not (ack == 0 and d > 1048576):
+                        c.r_ack = ack
+            else:
+                if c.o_state == INACTIVE:
+                    c.o_start = c.o_last = c.o_ack = (ack - 1) & 0xFFFFFFFF
+                else:
+                    d = (ack - c.o_ack) & 0xFFFFFFFF
+                    if 0 < d < 0x80000000 and not (ack == 0 and d > 1048576):
+                        c.o_ack = ack
+        last_seq_new = (seq + plen) & 0xFFFFFFFF
+        if is_orig:
+            if c.o_state != RESET:
+                d = (last_seq_new - c.o_last) & 0xFFFFFFFF
+                if 0 < d < 0x80000000:
+                    c.o_last = last_seq_new
+        elif c.r_state != RESET:
+            d = (last_seq_new - c.r_last) & 0xFFFFFFFF
+            if 0 < d < 0x80000000:
+                c.r_last = last_seq_new
 
     @staticmethod
     def _set(c: _Conn, is_orig: bool, start=None, last=None, ack=None) -> None:
@@ -1324,7 +1381,10 @@ def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, 
             if ts is None:  # pcapng SPB: no timestamp
                 ts = last_ts
             last_ts = ts
-            dispatch(tr, lt, ts, buf, o, end, wire)
+            if lt == LT_EN10MB and end - o >= 14 and buf[o + 12] == 8 and buf[o + 13] == 0:
+                tr.ip4(ts, buf, o + 14, end, wire - 14)  # Ethernet + IPv4: _dispatch's first case, inline
+            else:
+                dispatch(tr, lt, ts, buf, o, end, wire)
             if out:
                 yield from out
                 out.clear()

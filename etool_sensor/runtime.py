@@ -213,6 +213,12 @@ def session_options(threads: int | None = None) -> Any:
     if threads:
         so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
+    # No busy-waiting between operators: this graph is many small ops, and spinning worker threads
+    # take the core that the reader thread (classify's pipeline, the daemon's event loop) or another
+    # process needs. Measured on 2 loaded cores: 2 threads spinning 2.4k flows/s, not spinning 4.5k,
+    # 1 thread 5k (bench/bench_classify.py, docs/performance.md).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
     return so
 

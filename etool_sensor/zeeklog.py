@@ -24,7 +24,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 Field = tuple[str, str]  # (name, zeek type) e.g. ("id.orig_h", "addr")
 
@@ -118,6 +118,38 @@ def _scalar_ascii(base: str, v: Any, in_container: bool) -> str:
     return _escape_reserved(s)
 
 
+def _plain(s: str, extra: str) -> bool:
+    """True when escape(s, extra) would return s unchanged (the common case: printable ASCII)."""
+    return s.isascii() and s.isprintable() and "\\" not in s and (extra == SEPARATOR or SET_SEPARATOR not in s)
+
+
+def ascii_formatter(ztype: str) -> Callable[[Any], str]:
+    """A function equal to ``lambda v: format_ascii(ztype, v)``, with the type resolved once (writers
+    call it per value)."""
+    base = _check_type(ztype)
+    if _is_container(ztype):
+        return lambda v, _t=ztype: format_ascii(_t, v)
+    if base in ("time", "interval"):
+        return lambda v: UNSET_FIELD if v is None else f"{float(v):.6f}"
+    if base == "double":
+        return lambda v: UNSET_FIELD if v is None else format_double(float(v))
+    if base == "bool":
+        return lambda v: UNSET_FIELD if v is None else ("T" if v else "F")
+    if base in ("count", "int", "port"):
+        return lambda v: UNSET_FIELD if v is None else str(int(v))
+    if base in ("addr", "subnet"):
+        return lambda v: UNSET_FIELD if v is None else str(v)
+
+    def fmt_string(v: Any) -> str:
+        if v is None:
+            return UNSET_FIELD
+        if type(v) is str and v and _plain(v, SEPARATOR):
+            return _escape_reserved(v)
+        return _scalar_ascii(base, v, False)
+
+    return fmt_string
+
+
 def format_ascii(ztype: str, v: Any) -> str:
     """One field value as Zeek's Ascii writer prints it."""
     if v is None:
@@ -169,6 +201,7 @@ class LogWriter:
         for _, t in self.fields:
             _check_type(t)
         self.names = [n for n, _ in self.fields]
+        self._nameset = frozenset(self.names)
         self.log_path = log_path or Path(self.path).name.split(".")[0]
         self.flush_rows = max(1, flush_rows)
         self.flush_seconds = flush_seconds
@@ -207,9 +240,9 @@ class LogWriter:
         return self._pending
 
     def _values(self, row: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
-        if isinstance(row, Mapping):
-            unknown = set(row) - set(self.names)
-            if unknown:
+        if type(row) is dict or isinstance(row, Mapping):
+            if not self._nameset.issuperset(row):
+                unknown = set(row) - self._nameset
                 raise KeyError(f"{self.log_path}: unknown field(s) {sorted(unknown)}")
             return [row.get(n) for n in self.names]
         vals = list(row)
@@ -337,7 +370,10 @@ class AsciiLogWriter(LogWriter):
         return f"#close{SEPARATOR}{_open_stamp(time.time())}\n"
 
     def _format(self, row: Sequence[Any]) -> str:
-        return SEPARATOR.join(format_ascii(t, v) for (_, t), v in zip(self.fields, row))
+        fmts = self.__dict__.get("_fmts")
+        if fmts is None:
+            fmts = self._fmts = [ascii_formatter(t) for _, t in self.fields]
+        return SEPARATOR.join([f(v) for f, v in zip(fmts, row)])
 
 
 class JsonLogWriter(LogWriter):
