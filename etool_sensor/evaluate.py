@@ -340,11 +340,11 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
             else:
                 from .train.student import train_student
 
-                kw = {"etool": dict(teacher=get_teacher()),
-                      "student_no_llm": dict(teacher=None),
-                      "student_no_payload": dict(teacher=get_teacher(), use_payload=False),
-                      "student_ports": dict(teacher=get_teacher(), use_ports=True)}[m]
-                model = train_student(tr, label_column=col, quick=quick, seed=seed, **kw)
+                kw = {"etool": {}, "student_no_llm": {}, "student_no_payload": dict(use_payload=False),
+                      "student_ports": dict(use_ports=True)}[m]
+                # ablations change one thing from etool: they keep its teacher (built only when needed)
+                t = None if m == "student_no_llm" else get_teacher()
+                model = train_student(tr, label_column=col, quick=quick, seed=seed, teacher=t, log=log, **kw)
             fit_s = time.time() - t0
             pred, conf = _predict(model, te.records, te.contexts, list(model.labels))
             r = metrics(te.labels, pred, conf)
