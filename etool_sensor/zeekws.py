@@ -757,8 +757,159 @@ def flow_from_event(ev: Event) -> FlowEvent:
 
 
 def parse_flow(frame: str | bytes, max_bytes: int | None = None) -> FlowEvent:
-    """One frame carrying ``ETooL::flow`` -> FlowEvent (the daemon's hot path)."""
-    return flow_from_event(parse_event(frame, max_bytes))
+    """One frame carrying ``ETooL::flow`` -> FlowEvent (the daemon's hot path).
+
+    A frame of the exact shape Zeek sends is decoded by ``_flow_fast``; anything it does not
+    recognise, or any doubt, goes through the generic strict path (parse_message -> event_from_data
+    -> flow_from_event), which accepts and refuses exactly what it did before."""
+    msg = loads(frame, max_bytes)
+    try:
+        fe = _flow_fast(msg)
+    except Exception:  # noqa: BLE001 - any surprise: the generic decoder gives the verdict and the error
+        fe = None
+    if fe is not None:
+        return fe
+    m = message_from_json(msg)
+    if isinstance(m, ErrorMessage):
+        raise ZeekError(m.code, m.context)
+    if isinstance(m, Ack):
+        raise WireError("envelope", "unexpected ack")
+    return flow_from_event(event_from_data(m))
+
+
+# Caches of already-validated wire strings (bounded; cleared when full). Values are what the strict
+# parsers returned for the same string, so a hit is exactly equivalent to parsing again.
+_CACHE_MAX = 8192
+_addr_cache: dict[str, str] = {}
+_port_cache: dict[str, Port] = {}
+_second_cache: dict[str, int] = {}  # "YYYY-MM-DDThh:mm:ss" -> epoch seconds
+
+
+def _addr_str(s: Any) -> str:
+    r = _addr_cache.get(s) if type(s) is str else None
+    if r is None:
+        r = str(parse_address(s))
+        if len(_addr_cache) >= _CACHE_MAX:
+            _addr_cache.clear()
+        _addr_cache[s] = r
+    return r
+
+
+def _port(s: Any) -> Port:
+    r = _port_cache.get(s) if type(s) is str else None
+    if r is None:
+        r = parse_port(s)
+        if len(_port_cache) >= _CACHE_MAX:
+            _port_cache.clear()
+        _port_cache[s] = r
+    return r
+
+
+def _timestamp(s: Any) -> Timestamp:
+    """parse_timestamp with the date-time part's validation and conversion cached."""
+    if type(s) is str and 21 <= len(s) <= 29 and s[19] == ".":
+        frac = s[20:]
+        if frac.isascii() and frac.isdigit():
+            head = s[:19]
+            secs = _second_cache.get(head)
+            if secs is None:
+                secs = int(parse_timestamp(head)) // 1_000_000_000
+                if len(_second_cache) >= _CACHE_MAX:
+                    _second_cache.clear()
+                _second_cache[head] = secs
+            return Timestamp(secs * 1_000_000_000 + int(frac.ljust(9, "0")))
+    return parse_timestamp(s)
+
+
+def _flow_fast(msg: Any) -> FlowEvent | None:
+    """The ETooL::flow frame as Zeek writes it, checked with the generic path's conditions; None (or an
+    exception) for anything else, which parse_flow then hands to the generic path."""
+    if type(msg) is not dict or msg.get("type") != "data-message" or msg["@data-type"] != "vector":
+        return None
+    topic = msg["topic"]
+    top = msg["data"]
+    if type(topic) is not str or not topic.isascii() or type(top) is not list or len(top) != 3:
+        return None
+    a, b, e = top
+    if a["@data-type"] != "count" or b["@data-type"] != "count" or e["@data-type"] != "vector":
+        return None
+    if a["data"] != 1 or type(a["data"]) is not int or b["data"] != 1 or type(b["data"]) is not int:
+        return None
+    ev = e["data"]
+    if type(ev) is not list or len(ev) not in (2, 3):
+        return None
+    n, g = ev[0], ev[1]
+    if n["@data-type"] != "string" or n["data"] != FLOW_EVENT or g["@data-type"] != "vector":
+        return None
+    args = g["data"]
+    if type(args) is not list or len(args) != 1:
+        return None
+    nt = None
+    if len(ev) == 3:
+        md = ev[2]
+        if md["@data-type"] != "vector" or type(md["data"]) is not list:
+            return None
+        for ent in md["data"]:
+            if ent["@data-type"] != "vector":
+                return None
+            kv = ent["data"]
+            if type(kv) is not list or len(kv) != 2 or kv[0]["@data-type"] != "count":
+                return None
+            k = kv[0]["data"]
+            if type(k) is not int or k < 0:
+                return None
+            v = kv[1]
+            if type(v) is dict and v.get("@data-type") == "timestamp" and "data" in v:
+                v = _timestamp(v["data"])
+            else:
+                v = decode_value(v, 4)
+            if k == 1 and type(v) is Timestamp:
+                nt = v.seconds
+    r = args[0]
+    if r["@data-type"] != "vector":
+        return None
+    f = r["data"]
+    if type(f) is not list or len(f) != len(FLOW_FIELDS):
+        return None
+    fu, fts, foh, fop, frh, frp, fpk, fch, ffin, frt = f
+    if (fu["@data-type"] != "string" or fts["@data-type"] != "timestamp" or foh["@data-type"] != "address"
+            or fop["@data-type"] != "port" or frh["@data-type"] != "address" or frp["@data-type"] != "port"
+            or fpk["@data-type"] != "vector" or fch["@data-type"] != "vector" or ffin["@data-type"] != "boolean"
+            or frt["@data-type"] != "string"):
+        return None
+    uid, final, reply_topic = fu["data"], ffin["data"], frt["data"]
+    if type(uid) is not str or not uid.isascii() or type(final) is not bool or type(reply_topic) is not str \
+            or not reply_topic or not reply_topic.isascii():
+        return None
+    ts = _timestamp(fts["data"])
+    orig_h, resp_h = _addr_str(foh["data"]), _addr_str(frh["data"])
+    orig_p, resp_p = _port(fop["data"]), _port(frp["data"])
+    if orig_p.proto != resp_p.proto:
+        return None
+    pk_raw, ch_raw = fpk["data"], fch["data"]
+    if type(pk_raw) is not list or type(ch_raw) is not list or len(pk_raw) > MAX_FLOW_PACKETS \
+            or len(ch_raw) > MAX_FLOW_CHUNKS:
+        return None
+    packets = _packets(pk_raw)
+    chunks = []
+    for c in ch_raw:
+        if c["@data-type"] != "vector":
+            return None
+        cr = c["data"]
+        if type(cr) is not list or len(cr) != 2:
+            return None
+        co, chx = cr
+        if co["@data-type"] != "boolean" or chx["@data-type"] != "string":
+            return None
+        io, h = co["data"], chx["data"]
+        if type(io) is not bool or type(h) is not str or not h.isascii() or len(h) > 2 * 65535 \
+                or not _HEX_RE.match(h):
+            return None
+        chunks.append(Chunk(io, bytes.fromhex(h)))
+    rec = FlowRecord(uid, ts.seconds, orig_h, orig_p.number, resp_h, resp_p.number, orig_p.proto,
+                     packets, chunks, final)
+    rec.validate()
+    return FlowEvent(rec, reply_topic, topic, nt)
 
 
 def flow_args(rec: FlowRecord, reply_topic: str) -> list[Any]:
