@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -514,7 +515,9 @@ def serve_main(args: argparse.Namespace, cfg: Any = None) -> int:
         print(f"etool-sensor serve: the model runtime is not available: {e}", file=sys.stderr)
         return 2
     try:
-        model = load_model(s.model_path, threads=s.threads)
+        # null = one core for the event loop (decode, context, send), the others for inference
+        threads = s.threads if s.threads is not None else max(1, (os.cpu_count() or 2) - 1)
+        model = load_model(s.model_path, threads=threads)
     except Exception as e:  # noqa: BLE001 - a bad model package is an input error
         print(f"etool-sensor serve: cannot load model: {e}", file=sys.stderr)
         return 2
