@@ -286,6 +286,26 @@ def test_slow_model_full_queue_drops_are_counted(flows):
     run(main())
 
 
+def test_rate_limit_drops_the_excess_and_counts_it(flows):
+    """serve.max_flows_per_s: a burst above the limit is cut to about the limit; nothing goes uncounted."""
+    async def main():
+        async with ZeekPeer() as peer, serving(peer, StubModel(), max_flows_per_s=50.0) as d:
+            assert await peer.wait_connected()
+            sent = flows[:400]
+            for r in sent:
+                await peer.publish_flow(r)
+            # the limit applies before decoding, so a refused frame never counts as flows_in
+            settled = lambda: (lambda c: c.get("verdicts_out", 0) + c.get("drops.rate_limited", 0))(d.counts())  # noqa: E731
+            await peer.wait_for(lambda: settled() >= len(sent), 20)
+            await asyncio.sleep(0.3)
+            c = d.counts()
+            assert c["flows_in"] == c["verdicts_out"] and c.get("drops.rate_limited", 0) > 200, c  # a bucket of ~50 admitted of 400 sent at once
+            assert c["verdicts_out"] + c["drops.rate_limited"] == len(sent), c
+            st, body = await http_get(d.metrics_port, "/metrics")
+            assert b'etool_drops_total{reason="rate_limited"}' in body
+    run(main())
+
+
 class _Broken(StubModel):
     def classify(self, records, *a, **k):
         if any(r.uid.endswith("7") for r in records):
