@@ -345,3 +345,11 @@ def test_classify_every_ndpi_capture_row_per_flow(tmp_path: Path, capsys) -> Non
     # one-packet flows (lone DNS queries, broadcasts, SYN scans) are most of the rest: flow.min_packets=2
     short = [r for r in rows if r["status"] == "too_few_packets"]
     assert len(ok) + len(short) == len(rows) and len(ok) > 3000
+
+
+def test_bench_runs_checkout_scripts(capsys) -> None:
+    assert main(["bench", "no-such-bench"]) == 2
+    err = capsys.readouterr().err
+    assert "no benchmark 'no-such-bench'" in err and "ingest" in err and "classify" in err
+    assert main(["bench", "ingest", "--help"]) == 0
+    assert "--packets" in capsys.readouterr().out
