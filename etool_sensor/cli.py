@@ -168,6 +168,7 @@ class Counts:
     flows: int = 0
     classified: int = 0
     unknown: int = 0
+    alerts: dict[str, int] = field(default_factory=dict)  # classify.alert_labels hits, by label
     statuses: dict[str, int] = field(default_factory=dict)
     conns: int = 0
 
@@ -244,6 +245,9 @@ def _summary(counts: Counts, stats: Any, outputs: Sequence[Path]) -> str:
     parts = [f"{counts.files} file{'s' if counts.files != 1 else ''}",
              f"{counts.packets} packets", f"{counts.flows} flows",
              f"{counts.classified} classified", f"{counts.unknown} unknown"]
+    if counts.alerts:
+        parts.append(f"{sum(counts.alerts.values())} alerts ("
+                     + ", ".join(f"{k} {n}" for k, n in sorted(counts.alerts.items())) + ")")
     for status, n in sorted(counts.statuses.items()):
         if status != "ok":
             parts.append(f"{n} {status.replace('_', ' ')}")
@@ -290,6 +294,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
     tracker = ContextTracker(window=cfg.context.window, bursts=cfg.context.bursts)
     thresholds = cfg.thresholds
     top_k = cfg.classify.top_k
+    alert_labels = frozenset(cfg.classify.alert_labels)
     try:
         classify_kw = {"top_k": top_k} if "top_k" in inspect.signature(model.classify).parameters else {}
     except (TypeError, ValueError):
@@ -347,6 +352,9 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
             if v.status == "ok":
                 counts.classified += 1
                 counts.unknown += bool(v.unknown)
+                hit = v.alert(alert_labels)
+                if hit:
+                    counts.alerts[hit] = counts.alerts.get(hit, 0) + 1
             write(_verdict_row(rec, v, model_id, top_k))
         inflight.popleft()
 

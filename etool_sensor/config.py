@@ -108,7 +108,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "classify": {
         "threshold": Float(0.5, 0.0, 1.0, "confidence below this marks a verdict unknown"),
         "label_thresholds": Opt("label_floats", {}, "per-label thresholds overriding threshold", 0.0, 1.0),
-        "alert_labels": StrList([], "service/app labels that raise ETooL::Alert notices"),
+        "alert_labels": StrList([], "service/app labels that alert: counted by classify and in serve's etool_alerts_total"),
         "top_k": Int(3, 1, 64, "how many alternatives to report"),
     },
     "context": {

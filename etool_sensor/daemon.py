@@ -74,6 +74,7 @@ class ServeSettings:
     drain_timeout_s: float = 10.0
     threshold: float = 0.5
     label_thresholds: dict[str, float] = field(default_factory=dict)
+    alert_labels: frozenset[str] = frozenset()
     window: float = 1.0
     bursts: int = 3
     mask_names: bool = True
@@ -102,6 +103,7 @@ class ServeSettings:
             drain_timeout_s=float(_get(cfg, "serve.drain_timeout_s", d.drain_timeout_s)),
             threshold=float(_get(cfg, "classify.threshold", d.threshold)),
             label_thresholds=dict(_get(cfg, "classify.label_thresholds", {}) or {}),
+            alert_labels=frozenset(_get(cfg, "classify.alert_labels", ()) or ()),
             window=float(_get(cfg, "context.window", d.window)),
             bursts=int(_get(cfg, "context.bursts", d.bursts)),
             mask_names=bool(_get(cfg, "privacy.mask_names", d.mask_names)),
@@ -140,6 +142,8 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.infer_seconds = Histogram("etool_inference_seconds", "Model.classify time per batch",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.alerts = Counter("etool_alerts", "verdicts whose label is in classify.alert_labels, by label",
+                              ["label"], registry=r)
         self.queue_depth = Gauge("etool_queue_depth", "flows waiting for inference", registry=r)
         self.connected = Gauge("etool_connected", "1 while a WebSocket session with Zeek is acked", registry=r)
         for reason in ("queue_full", "rate_limited", "duplicate", "model_error", "disconnected", "shutdown"):
@@ -426,6 +430,9 @@ class Daemon:
                 sent += 1
                 m.verdicts_out.inc()
                 m.latency.observe(time.perf_counter() - it.t_recv)
+                hit = v.alert(self.s.alert_labels)
+                if hit:
+                    m.alerts.labels(hit).inc()
         except Exception as e:  # noqa: BLE001 - ConnectionClosed mid-batch
             m.drops.labels("disconnected").inc(len(batch) - sent)
             self.warn.warn("send", "cannot send verdicts (%d dropped): %s", len(batch) - sent, _why(e))

@@ -216,6 +216,18 @@ class Verdict:
     model: str
     status: str = "ok"  # ok | too_few_packets | error | timeout
 
+    def alert(self, labels: "frozenset[str] | set[str]") -> str | None:
+        """The label of `classify.alert_labels` this verdict raises, if any (service first, then app).
+
+        Unknown verdicts never alert: a guess below the threshold must not page anyone. Zeek applies its
+        own per-label thresholds on top before raising ETooL::Alert.
+        """
+        if self.status != "ok" or self.unknown or not labels:
+            return None
+        if self.service in labels:
+            return self.service
+        return self.app if self.app in labels else None
+
 
 def iter_valid(records: Iterable[FlowRecord], params: FlowParams | None = None) -> Iterable[FlowRecord]:
     """Validate records lazily (used at trust boundaries: the daemon's decoder, fuzz tests)."""

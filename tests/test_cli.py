@@ -353,3 +353,16 @@ def test_bench_runs_checkout_scripts(capsys) -> None:
     assert "no benchmark 'no-such-bench'" in err and "ingest" in err and "classify" in err
     assert main(["bench", "ingest", "--help"]) == 0
     assert "--packets" in capsys.readouterr().out
+
+
+def test_alert_labels_are_counted_in_the_summary(tmp_path: Path, capsys) -> None:
+    rc, _, _ = run(["classify", "-q", SAMPLE, "-o", tmp_path / "a"], capsys)
+    assert rc == 0
+    _, rows = read_ascii_log(tmp_path / "a" / "etool.log")
+    confident = [r for r in rows if r["status"] == "ok" and r["unknown"] == "F"]
+    label = confident[0]["service"]
+    want = sum(1 for r in confident if r["service"] == label)
+    cfg = tmp_path / "alert.yaml"
+    cfg.write_text(f"classify: {{alert_labels: [{label}]}}\n")
+    rc, _, err = run(["classify", SAMPLE, "-o", tmp_path / "b", "--config", cfg], capsys)
+    assert rc == 0 and f"{want} alerts ({label} {want})" in err, err

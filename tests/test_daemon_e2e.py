@@ -106,7 +106,8 @@ def uids(peer: ZeekPeer) -> list[str]:
 # ------------------------------------------------------------------------------------- happy path
 def test_one_verdict_per_uid_on_the_reply_topic(model, flows):
     async def main():
-        async with ZeekPeer() as peer, serving(peer, model) as d:
+        alerting = frozenset(model.label_sets["service"])
+        async with ZeekPeer() as peer, serving(peer, model, alert_labels=alerting) as d:
             assert await peer.wait_connected()
             assert peer.app_names[-1] == "etool-sensor"
             st, body = await http_get(d.metrics_port, "/healthz")
@@ -128,6 +129,10 @@ def test_one_verdict_per_uid_on_the_reply_topic(model, flows):
             assert c["flows_in"] == c["verdicts_out"] == len(sel)
             st, body = await http_get(d.metrics_port, "/metrics")
             assert st == 200 and b"etool_verdict_latency_seconds_bucket" in body and b"etool_batch_size" in body
+            # every confident verdict alerts (all service labels are listed), no unknown one does
+            confident = sum(1 for _, v, _ in peer.verdicts if not v.unknown and v.service)
+            assert confident > 0 and sum(v for k, v in c.items() if k.startswith("alerts.")) == confident
+            assert b"etool_alerts_total{label=" in body
             print("counts:", json.dumps(c, sort_keys=True))
     run(main())
 

@@ -57,3 +57,15 @@ def test_uid_zeek_format_and_deterministic():
     u = make_uid("capture-sha", 7)
     assert re.fullmatch(r"C[0-9A-Za-z]{17}", u)
     assert u == make_uid("capture-sha", 7) != make_uid("capture-sha", 8)
+
+
+def test_verdict_alert_only_for_confident_listed_labels():
+    from etool_sensor.flows import Verdict
+
+    v = Verdict("C1", "VPN", "OperaVPN", 0.9, False, [], "m@1")
+    assert v.alert(frozenset({"VPN"})) == "VPN"
+    assert v.alert(frozenset({"OperaVPN"})) == "OperaVPN"
+    assert v.alert(frozenset({"Chat"})) is None and v.alert(frozenset()) is None
+    v.unknown = True
+    assert v.alert(frozenset({"VPN"})) is None
+    assert Verdict("C2", "", "", 0.0, False, [], "m@1", status="too_few_packets").alert({""}) is None
