@@ -302,7 +302,7 @@ def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str
 
 def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
               teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
-              split_name: str, unlabelled=None) -> dict:
+              split_name: str, unlabelled=None, spec=None) -> dict:
     col = split["label"] or column
     full = _relabel(ds, col)
     tr, te = full.subset(split["train"]), full.subset(split["test"])
@@ -344,7 +344,8 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                       "student_ports": dict(use_ports=True)}[m]
                 # ablations change one thing from etool: they keep its teacher (built only when needed)
                 t = None if m == "student_no_llm" else get_teacher()
-                model = train_student(tr, label_column=col, quick=quick, seed=seed, teacher=t, log=log, **kw)
+                model = train_student(tr, label_column=col, quick=quick, seed=seed, teacher=t, log=log, spec=spec,
+                                      **kw)
             fit_s = time.time() - t0
             pred, conf = _predict(model, te.records, te.contexts, list(model.labels))
             r = metrics(te.labels, pred, conf)
@@ -435,21 +436,29 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="directory of precomputed teacher logits (teacher_<column>_<split>.npz)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-model", action="store_true", help="skip the shipped model (splits only)")
+    p.add_argument("--payload-bytes", type=int, default=None,
+                   help="B for the students' features (default: the flow record default)")
+    p.add_argument("--no-normalize-random", action="store_true",
+                   help="students keep per-session random fields (TLS Random/session ID, QUIC CIDs): an ablation")
 
 
 def eval_main(args: argparse.Namespace) -> int:
+    from .features import FeatureSpec
+    from .flows import FlowParams
     from .train.data import load_labelled
 
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.time()
     pcaps = args.pcaps.split(",") if args.pcaps else None
+    params = FlowParams(payload_bytes=args.payload_bytes) if getattr(args, "payload_bytes", None) else FlowParams()
+    spec = FeatureSpec.from_params(params, normalize_random=not getattr(args, "no_normalize_random", False))
     ds = load_labelled(args.data, args.labels, label_column=args.label_column,
-                       encrypted_only=args.encrypted_only, pcaps=pcaps)
+                       encrypted_only=args.encrypted_only, pcaps=pcaps, params=params)
     log(f"eval: {len(ds)} matched flows from {len(set(ds.pcap))} captures ({time.time() - t0:.1f}s)")
     if len(ds) == 0:
         log("eval: no flow matched the labels")
         return 2
-    res: dict = {"data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
+    res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
                  "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "quick": bool(args.quick)}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -485,7 +494,7 @@ def eval_main(args: argparse.Namespace) -> int:
             log(f"eval: split {name}: train {len(sp['train'])} / test {len(sp['test'])} flows")
             res["splits"][name] = run_split(ds, sp, args.label_column, methods, seed=args.seed, quick=args.quick,
                                             teacher_cache=args.teacher_cache, device=args.device, log=log,
-                                            png_dir=png_dir, split_name=name)
+                                            png_dir=png_dir, split_name=name, spec=spec)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=1))

@@ -1,7 +1,10 @@
 """Flow record (+ context) -> model input arrays. numpy only: the runtime and training share it.
 
 ETooL's two token streams: packet tokens (direction, size, timing, flags) and datagram tokens (the
-first payload bytes, which the model reads in 2-byte units). Names are masked first (masking.py).
+first payload bytes, which the model reads in 2-byte units). Names are masked first (masking.py), then
+per-session random fields (TLS hello Random and session ID, QUIC connection IDs, DNS transaction ID) are
+set to zero (`normalize_random`, feature encoding v2): they differ on every connection, so a model can only
+memorise them, which costs accuracy on captures it has not seen.
 IP addresses are never a feature; the responder port only when `use_ports` is set (an ablation).
 """
 
@@ -15,9 +18,9 @@ import numpy as np
 
 from .context import CONTEXT_SIZES, Context
 from .flows import FlowParams, FlowRecord
-from .masking import mask_payload
+from .masking import mask_payload, normalize_random
 
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2  # 2: per-session random fields normalised (masking.normalize_random)
 
 SIZE_BUCKETS = 96  # payload sizes in 16-byte steps up to 1520; the last bucket holds everything larger
 IAT_BUCKETS = 32  # log2 buckets of the gap to the previous packet in microseconds
@@ -35,6 +38,7 @@ class FeatureSpec:
     context: int = 8
     mask_names: bool = True
     use_ports: bool = False
+    normalize_random: bool = True  # zero per-session random fields (masking.normalize_random)
     version: int = FEATURES_VERSION
 
     @classmethod
@@ -89,6 +93,8 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
                 continue
             if mask:
                 data = mask_payload(data, r.proto, r.orig_p, r.resp_p)
+                if spec.normalize_random:
+                    data = normalize_random(data, r.proto, r.orig_p, r.resp_p)
             off = c * bb
             byt[i, off:off + len(data)] = np.frombuffer(data, np.uint8)
             byt[i, off:off + len(data)] += 1

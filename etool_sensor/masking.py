@@ -6,6 +6,9 @@ overwritten in place with '*' so that lengths and framing, which real traffic ke
 Parsers here are tolerant: payload chunks are truncated prefixes, and anything unparsable is left as is.
 QUIC v1/v2 Initial packets carry the SNI encrypted, so nothing is visible to mask there; gQUIC's
 cleartext CHLO SNI tag is masked.
+
+`normalize_random` (applied after masking when FeatureSpec.normalize_random is set) zeroes per-session
+random fields; it is not a privacy measure but keeps the model from memorising per-connection noise.
 """
 
 from __future__ import annotations
@@ -196,6 +199,56 @@ def mask_gquic_sni(buf: bytearray) -> bool:
             return True
         prev = end
     return False
+
+
+ZERO = 0x00
+
+
+def normalize_tls_hello(buf: bytearray) -> bool:
+    """Overwrite the per-session random fields of a TLS ClientHello/ServerHello with zeros: the 32-byte
+    Random and the legacy_session_id (its length byte stays). True if the chunk was a hello."""
+    if len(buf) < 10 or buf[0] != 0x16 or buf[1] != 3 or buf[5] not in (1, 2):
+        return False
+    buf[11:min(43, len(buf))] = bytes(min(43, len(buf)) - 11) if len(buf) > 11 else b""
+    if len(buf) > 43:
+        end = min(44 + buf[43], len(buf))
+        buf[44:end] = bytes(end - 44)
+    return True
+
+
+def normalize_quic_cids(buf: bytearray) -> bool:
+    """Overwrite the destination and source connection IDs of a QUIC long-header packet (RFC 8999
+    invariants: flags, version, DCID len + DCID, SCID len + SCID) with zeros, keeping their lengths."""
+    if len(buf) < 7 or (buf[0] & 0xC0) != 0xC0 or buf[1:5] == b"\0\0\0\0":
+        return False
+    i = 5
+    for _ in range(2):
+        if i >= len(buf) or buf[i] > 20:
+            return False
+        ln = buf[i]
+        end = min(i + 1 + ln, len(buf))
+        buf[i + 1:end] = bytes(end - i - 1)
+        i += 1 + ln
+    return True
+
+
+def normalize_random(data: bytes, proto: str, orig_p: int = 0, resp_p: int = 0) -> bytes:
+    """Return `data` with per-session random fields (TLS hello Random and session ID, QUIC connection
+    IDs, DNS transaction ID) set to zero. They differ on every connection, so a model can only memorise them; the bytes
+    that identify a client or server implementation (versions, cipher suites, extensions) are kept."""
+    if not data:
+        return data
+    buf = bytearray(data)
+    dns = resp_p in _DNS_PORTS or orig_p in _DNS_PORTS or (proto == "tcp" and 53 in (resp_p, orig_p))
+    if dns:
+        off = 2 if proto == "tcp" else 0
+        end = min(off + 2, len(buf))
+        buf[off:end] = bytes(max(0, end - off))
+    elif buf[0] == 0x16:
+        normalize_tls_hello(buf)
+    elif proto == "udp":
+        normalize_quic_cids(buf)
+    return bytes(buf)
 
 
 def mask_payload(data: bytes, proto: str, orig_p: int, resp_p: int) -> bytes:

@@ -103,3 +103,25 @@ def test_dns_query_name_masked_keeps_label_lengths():
     q = bytearray.fromhex("abcd01000001000000000000") + b"\x03www\x05etool\x04test\x00" + b"\x00\x01\x00\x01"
     assert mask_dns(q)
     assert bytes(q[12:]) == b"\x03***\x05*****\x04****\x00\x00\x01\x00\x01"
+
+
+def test_normalize_random_zeroes_session_fields_only():
+    from etool_sensor.masking import normalize_random
+
+    rnd, sid = bytes(range(1, 33)), bytes(range(100, 132))
+    hello = bytes([0x16, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3]) + rnd + bytes([32]) + sid + b"\x00\x02\x13\x01"
+    out = normalize_random(hello, "tcp", 50000, 443)
+    assert len(out) == len(hello)
+    assert out[:11] == hello[:11] and out[11:43] == bytes(32)  # header kept, Random zeroed
+    assert out[43] == 32 and out[44:76] == bytes(32)  # session id length kept, id zeroed
+    assert out[76:] == hello[76:]  # cipher suites (the fingerprint) kept
+    assert normalize_random(hello[:30], "tcp")[11:] == bytes(19)  # truncated chunk: what is there
+    server = bytearray(hello)
+    server[5] = 2
+    assert bytes(normalize_random(bytes(server), "tcp")[11:43]) == bytes(32)
+    quic = bytes([0xC3, 0, 0, 0, 1, 8]) + b"ABCDEFGH" + bytes([4]) + b"WXYZ" + b"rest"
+    assert normalize_random(quic, "udp", 50000, 443) == bytes([0xC3, 0, 0, 0, 1, 8]) + bytes(8) + bytes([4]) + bytes(4) + b"rest"
+    dns = b"\xab\xcd\x01\x00\x00\x01" + bytes(6)
+    assert normalize_random(dns, "udp", 50000, 53)[:2] == b"\0\0"
+    http = b"GET / HTTP/1.1\r\n"
+    assert normalize_random(http, "tcp", 50000, 80) == http

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from etool_sensor.context import ContextTracker
+from etool_sensor.features import FEATURES_VERSION
 from etool_sensor.flows import FlowRecord, Packet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def test_quick_training_produces_loadable_package(quick_package, real_flows):
     from etool_sensor.runtime import load_model
 
     m = json.loads((quick_package / "manifest.json").read_text())
-    assert m["schema_version"] == 1 and m["features"]["version"] == 1
+    assert m["schema_version"] == 1 and m["features"]["version"] == FEATURES_VERSION
     assert m["training"]["quick"] is True and m["training"]["teacher"]["used"] is False
     assert m["training"]["flows"] > 0 and m["training"]["hardware"]
     assert m["architecture"]["flops"] < 10_000_000

@@ -31,6 +31,9 @@ from etool_sensor.features import FLAG_VOCAB, IAT_BUCKETS, PORT_VOCAB, SIZE_BUCK
 NEG = -1e4  # additive attention bias for padding (finite: safe in fp16/int8 graphs)
 
 
+MAX_DGRAM_TOKENS = 24
+
+
 @dataclass
 class EncoderConfig:
     d: int = 64
@@ -49,6 +52,11 @@ class EncoderConfig:
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec, **kw) -> "EncoderConfig":
+        """The encoder for `spec`. Unless given, dgram_stride grows with the payload window so that the
+        datagram stream stays at most MAX_DGRAM_TOKENS tokens (8 at the B=64 window)."""
+        if "dgram_stride" not in kw:
+            units = (spec.payload_packets * spec.payload_bytes + 1) // 2
+            kw["dgram_stride"] = max(8, math.ceil(units / MAX_DGRAM_TOKENS))
         return cls(packets=spec.packets, payload_bytes=spec.payload_bytes, payload_packets=spec.payload_packets,
                    context=spec.context, use_ports=spec.use_ports, **kw)
 
