@@ -71,6 +71,11 @@ class ReadStats:
     bad_checksums: int = 0  # IP/TCP/UDP checksum failures (dropped, as Zeek does)
     truncated_files: list[str] = field(default_factory=list)
 
+    def mark_truncated(self, path: object) -> None:
+        """A file ended inside a record or had a corrupt record header: reading it stopped there."""
+        self.truncated = True
+        self.truncated_files.append(str(path))
+
 
 #: Zeek's default well-known ports (``likely_server_ports`` as filled by the base scripts).
 #: Used like Zeek to pick the responder when a connection does not start with a SYN (TCP) and for
@@ -996,16 +1001,14 @@ def _iter_pcap(src: _Source, head: bytes, stats: ReadStats, progress):
                 progress(src.consumed())
             if not more:
                 if len(buf) - pos or src.error:
-                    stats.truncated = True
-                    stats.truncated_files.append(str(src.path))
+                    stats.mark_truncated(src.path)
                 return
             buf = buf[pos:] + more
             pos = 0
             continue
         sec, frac, incl, orig = rec(buf, pos)
         if incl > limit:
-            stats.truncated = True  # corrupt record header: stop reading this file
-            stats.truncated_files.append(str(src.path))
+            stats.mark_truncated(src.path)  # corrupt record header: stop reading this file
             stats.malformed += 1
             return
         end = pos + 16 + incl
@@ -1014,8 +1017,7 @@ def _iter_pcap(src: _Source, head: bytes, stats: ReadStats, progress):
             if progress is not None:
                 progress(src.consumed())
             if not more:
-                stats.truncated = True
-                stats.truncated_files.append(str(src.path))
+                stats.mark_truncated(src.path)
                 return
             buf = buf[pos:] + more
             pos = 0
@@ -1042,8 +1044,7 @@ def _iter_pcapng(src: _Source, stats: ReadStats, progress):
                 progress(src.consumed())
             if not more:
                 if len(buf) - pos or src.error:
-                    stats.truncated = True
-                    stats.truncated_files.append(str(src.path))
+                    stats.mark_truncated(src.path)
                 return
             buf = buf[pos:] + more
             pos = 0
@@ -1058,8 +1059,7 @@ def _iter_pcapng(src: _Source, stats: ReadStats, progress):
             else:
                 if endian is None:
                     raise PcapError(f"{src.path}: not a pcapng file (bad byte-order magic)")
-                stats.truncated = True
-                stats.truncated_files.append(str(src.path))
+                stats.mark_truncated(src.path)
                 return
             u32 = struct.Struct(endian + "I").unpack_from
             ifaces = []
@@ -1068,8 +1068,7 @@ def _iter_pcapng(src: _Source, stats: ReadStats, progress):
         btype = u32(buf, pos)[0]
         blen = u32(buf, pos + 4)[0]
         if blen < 12 or blen & 3 or blen > _MAX_RECORD:
-            stats.truncated = True
-            stats.truncated_files.append(str(src.path))
+            stats.mark_truncated(src.path)
             stats.malformed += 1
             return
         end = pos + blen
@@ -1078,8 +1077,7 @@ def _iter_pcapng(src: _Source, stats: ReadStats, progress):
             if progress is not None:
                 progress(src.consumed())
             if not more:
-                stats.truncated = True
-                stats.truncated_files.append(str(src.path))
+                stats.mark_truncated(src.path)
                 return
             buf = buf[pos:] + more
             pos = 0
