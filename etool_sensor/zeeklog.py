@@ -427,10 +427,8 @@ def read_json_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------- field specs
-#: etool.log, as written by `etool-sensor classify`: the columns (and order) of the Zeek package's
-#: ETooL::Info (zeek-plugin/scripts/main.zeek), so offline and online logs read the same. Offline,
-#: latency is unset and status is ok or too_few_packets (online: ok or timeout).
-ETOOL_FIELDS: list[Field] = [
+#: The connection columns every Zeek log keyed by a connection starts with.
+CONN_ID_FIELDS: list[Field] = [
     ("ts", "time"),
     ("uid", "string"),
     ("id.orig_h", "addr"),
@@ -438,6 +436,13 @@ ETOOL_FIELDS: list[Field] = [
     ("id.resp_h", "addr"),
     ("id.resp_p", "port"),
     ("proto", "enum"),
+]
+
+#: etool.log, as written by `etool-sensor classify`: the columns (and order) of the Zeek package's
+#: ETooL::Info (zeek-plugin/scripts/main.zeek), so offline and online logs read the same. Offline,
+#: latency is unset and status is ok or too_few_packets (online: ok or timeout).
+ETOOL_FIELDS: list[Field] = [
+    *CONN_ID_FIELDS,
     ("service", "string"),
     ("app", "string"),
     ("confidence", "double"),
@@ -450,13 +455,7 @@ ETOOL_FIELDS: list[Field] = [
 
 #: conn.log: Zeek's columns that a capture reader can fill (service, local_*, tunnel_parents stay unset).
 CONN_FIELDS: list[Field] = [
-    ("ts", "time"),
-    ("uid", "string"),
-    ("id.orig_h", "addr"),
-    ("id.orig_p", "port"),
-    ("id.resp_h", "addr"),
-    ("id.resp_p", "port"),
-    ("proto", "enum"),
+    *CONN_ID_FIELDS,
     ("service", "string"),
     ("duration", "interval"),
     ("orig_bytes", "count"),
