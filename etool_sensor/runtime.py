@@ -195,12 +195,15 @@ class Model:
             k = max(0, min(top_k, ps.shape[1]))
             top = np.argsort(-ps, axis=1)[:, :k] if k else np.zeros((len(idx), 0), np.int64)
             s_arg = ps.argmax(1)
-            a_arg = pa.argmax(1)
+            # Plain Python lists before the per-flow loop: numpy scalar indexing costs more than the rest.
+            confs = np.take_along_axis(ps, s_arg[:, None], 1)[:, 0].tolist()
+            tops, top_p = top.tolist(), np.take_along_axis(ps, top, 1).tolist()
+            s_args, a_args = s_arg.tolist(), pa.argmax(1).tolist()
             for j, i in enumerate(idx):
-                s = s_lab[s_arg[j]]
-                conf = float(ps[j, s_arg[j]])
-                alts = [f"{s_lab[t]}:{ps[j, t]:.3f}" for t in top[j]]
-                out[i] = Verdict(records[i].uid, s, a_lab[a_arg[j]], conf, conf < th.for_label(s),
+                s = s_lab[s_args[j]]
+                conf = confs[j]
+                alts = [f"{s_lab[t]}:{v:.3f}" for t, v in zip(tops[j], top_p[j])]
+                out[i] = Verdict(records[i].uid, s, a_lab[a_args[j]], conf, conf < th.for_label(s),
                                  alts, mid, "ok")
         return out  # type: ignore[return-value]
 
