@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -227,9 +227,3 @@ class Verdict:
         if self.service in labels:
             return self.service
         return self.app if self.app in labels else None
-
-
-def iter_valid(records: Iterable[FlowRecord], params: FlowParams | None = None) -> Iterable[FlowRecord]:
-    """Validate records lazily (used at trust boundaries: the daemon's decoder, fuzz tests)."""
-    for r in records:
-        yield r.validate(params)

@@ -71,6 +71,9 @@ class ReadStats:
     bad_checksums: int = 0  # IP/TCP/UDP checksum failures (dropped, as Zeek does)
     truncated_files: list[str] = field(default_factory=list)
 
+    def skip_linktype(self, linktype: int) -> None:
+        self.skipped_linktypes[linktype] = self.skipped_linktypes.get(linktype, 0) + 1
+
     def mark_truncated(self, path: object) -> None:
         """A file ended inside a record or had a corrupt record header: reading it stopped there."""
         self.truncated = True
@@ -980,6 +983,14 @@ class _Tracker:
 # record iteration per format
 
 
+def _refill(src: "_Source", buf: bytes, pos: int, size: int, progress) -> bytes | None:
+    """The unread rest of `buf` plus the next `size` bytes of the file; None at end of file."""
+    more = src.read(size)
+    if progress is not None:
+        progress(src.consumed())
+    return buf[pos:] + more if more else None
+
+
 def _iter_pcap(src: _Source, head: bytes, stats: ReadStats, progress):
     endian, scale = _PCAP_MAGIC[head[:4]]
     hdr = src.read(20)
@@ -996,15 +1007,12 @@ def _iter_pcap(src: _Source, head: bytes, stats: ReadStats, progress):
     supported = linktype in SUPPORTED_LINKTYPES
     while True:
         if len(buf) - pos < 16:
-            more = src.read(_BLOCK)
-            if progress is not None:
-                progress(src.consumed())
-            if not more:
+            nbuf = _refill(src, buf, pos, _BLOCK, progress)
+            if nbuf is None:
                 if len(buf) - pos or src.error:
                     stats.mark_truncated(src.path)
                 return
-            buf = buf[pos:] + more
-            pos = 0
+            buf, pos = nbuf, 0
             continue
         sec, frac, incl, orig = rec(buf, pos)
         if incl > limit:
@@ -1013,21 +1021,18 @@ def _iter_pcap(src: _Source, head: bytes, stats: ReadStats, progress):
             return
         end = pos + 16 + incl
         if end > len(buf):
-            more = src.read(max(_BLOCK, incl + 16))
-            if progress is not None:
-                progress(src.consumed())
-            if not more:
+            nbuf = _refill(src, buf, pos, max(_BLOCK, incl + 16), progress)
+            if nbuf is None:
                 stats.mark_truncated(src.path)
                 return
-            buf = buf[pos:] + more
-            pos = 0
+            buf, pos = nbuf, 0
             continue
         stats.packets += 1
         stats.bytes += incl
         if supported:
             yield linktype, sec + frac * scale, buf, pos + 16, end, orig if orig >= incl else incl
         else:
-            stats.skipped_linktypes[linktype] = stats.skipped_linktypes.get(linktype, 0) + 1
+            stats.skip_linktype(linktype)
         pos = end
 
 
@@ -1039,15 +1044,12 @@ def _iter_pcapng(src: _Source, stats: ReadStats, progress):
     u32 = None
     while True:
         if len(buf) - pos < 12:
-            more = src.read(_BLOCK)
-            if progress is not None:
-                progress(src.consumed())
-            if not more:
+            nbuf = _refill(src, buf, pos, _BLOCK, progress)
+            if nbuf is None:
                 if len(buf) - pos or src.error:
                     stats.mark_truncated(src.path)
                 return
-            buf = buf[pos:] + more
-            pos = 0
+            buf, pos = nbuf, 0
             continue
         btype_raw = buf[pos:pos + 4]
         if btype_raw == _PCAPNG_SHB:
@@ -1073,14 +1075,11 @@ def _iter_pcapng(src: _Source, stats: ReadStats, progress):
             return
         end = pos + blen
         if end > len(buf):
-            more = src.read(max(_BLOCK, blen))
-            if progress is not None:
-                progress(src.consumed())
-            if not more:
+            nbuf = _refill(src, buf, pos, max(_BLOCK, blen), progress)
+            if nbuf is None:
                 stats.mark_truncated(src.path)
                 return
-            buf = buf[pos:] + more
-            pos = 0
+            buf, pos = nbuf, 0
             continue
         body = pos + 8
         bend = end - 4
@@ -1098,7 +1097,7 @@ def _iter_pcapng(src: _Source, stats: ReadStats, progress):
                     if lt in SUPPORTED_LINKTYPES:
                         yield lt, ((hi << 32) | lo) * scale + toff, buf, d, d + caplen, max(olen, caplen)
                     else:
-                        stats.skipped_linktypes[lt] = stats.skipped_linktypes.get(lt, 0) + 1
+                        stats.skip_linktype(lt)
                 else:
                     stats.malformed += 1
             else:
@@ -1113,7 +1112,7 @@ def _iter_pcapng(src: _Source, stats: ReadStats, progress):
                 if lt in SUPPORTED_LINKTYPES:
                     yield lt, None, buf, body + 4, body + 4 + caplen, max(olen, caplen)
                 else:
-                    stats.skipped_linktypes[lt] = stats.skipped_linktypes.get(lt, 0) + 1
+                    stats.skip_linktype(lt)
             else:
                 stats.malformed += 1
         elif btype == 1:  # IDB
@@ -1325,7 +1324,7 @@ def _dispatch(tr: _Tracker, lt: int, ts: float, buf, o: int, end: int, wire: int
         else:
             st.non_ip += 1
         return
-    st.skipped_linktypes[lt] = st.skipped_linktypes.get(lt, 0) + 1
+    st.skip_linktype(lt)
 
 
 # ---------------------------------------------------------------------------------------------
