@@ -295,10 +295,6 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
     thresholds = cfg.thresholds
     top_k = cfg.classify.top_k
     alert_labels = frozenset(cfg.classify.alert_labels)
-    try:
-        classify_kw = {"top_k": top_k} if "top_k" in inspect.signature(model.classify).parameters else {}
-    except (TypeError, ValueError):
-        classify_kw = {}
 
     show_progress = not args.quiet and sys.stderr.isatty()
     bar = None
@@ -338,7 +334,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
 
     def classify_batch(recs: list[Any], ctxs: list[Any]) -> list[Any]:
         return model.classify(recs, ctxs, thresholds, mask_names=cfg.privacy.mask_names,
-                              min_packets=cfg.flow.min_packets, **classify_kw)
+                              min_packets=cfg.flow.min_packets, top_k=top_k)
 
     def write_oldest() -> None:
         recs, fut = inflight[0]

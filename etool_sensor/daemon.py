@@ -75,6 +75,7 @@ class ServeSettings:
     threshold: float = 0.5
     label_thresholds: dict[str, float] = field(default_factory=dict)
     alert_labels: frozenset[str] = frozenset()
+    top_k: int = 3
     window: float = 1.0
     bursts: int = 3
     mask_names: bool = True
@@ -104,6 +105,7 @@ class ServeSettings:
             threshold=float(_get(cfg, "classify.threshold", d.threshold)),
             label_thresholds=dict(_get(cfg, "classify.label_thresholds", {}) or {}),
             alert_labels=frozenset(_get(cfg, "classify.alert_labels", ()) or ()),
+            top_k=int(_get(cfg, "classify.top_k", d.top_k)),
             window=float(_get(cfg, "context.window", d.window)),
             bursts=int(_get(cfg, "context.bursts", d.bursts)),
             mask_names=bool(_get(cfg, "privacy.mask_names", d.mask_names)),
@@ -439,7 +441,8 @@ class Daemon:
 
     def _classify(self, batch: list[_Item]) -> list[Verdict]:
         return self.model.classify([it.record for it in batch], [it.context for it in batch], self.thresholds,
-                                   mask_names=self.s.mask_names, min_packets=self.s.min_packets)
+                                   mask_names=self.s.mask_names, min_packets=self.s.min_packets,
+                                   top_k=self.s.top_k)
 
     # -------------------------------------------------------------- metrics / health endpoint
     async def _start_http(self) -> None:

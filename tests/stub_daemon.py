@@ -25,7 +25,7 @@ class StubModel:
         self.delay = delay
         self.calls = 0
 
-    def classify(self, records, contexts=None, thresholds=None, *, mask_names=True, min_packets=2):
+    def classify(self, records, contexts=None, thresholds=None, *, mask_names=True, min_packets=2, top_k=3):
         self.calls += 1
         if self.delay:
             time.sleep(self.delay)
