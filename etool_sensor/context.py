@@ -97,10 +97,11 @@ class ContextTracker:
             c.bursts.append(cur)
         neighbours: list[Neighbour] = []
         for b in reversed(c.bursts):
+            room = self.max_neighbours - len(neighbours)
+            if room <= 0:
+                break
             gap = cur.bid - b.bid
-            for fts, proto, sizes in reversed(b.flows):
-                if len(neighbours) >= self.max_neighbours:
-                    break
+            for fts, proto, sizes in reversed(b.flows[-room:]):
                 neighbours.append(Neighbour(fts - ts, gap, proto, sizes))
         ctx = Context(cur.bid, len(cur.flows), neighbours)
         if len(cur.flows) < self.max_burst_flows:

@@ -54,17 +54,12 @@ def mask_tls_client_hello(buf: bytearray) -> bool:
                 _fill(buf, j + 3, j + 3 + nlen)
                 masked = True
                 j += 3 + nlen
-            if j < len(buf) and j + 3 > len(buf):
-                pass
             # A truncated name: mask what is there.
             if not masked and body + 5 < len(buf):
                 _fill(buf, body + 5, body + elen)
                 masked = True
         i = body + elen
-    if not masked and ext_end > len(buf):
-        # Extensions cut off before server_name was reached: nothing of a name is visible.
-        return False
-    return masked
+    return masked  # False also when the extensions were cut off before server_name
 
 
 def mask_cert_names(buf: bytearray) -> bool:
