@@ -2,18 +2,30 @@
 
 The bench process plays Zeek (tests/zeek_peer.ZeekPeer, the WebSocket v1 server side) and is the
 load generator: it publishes ETooL::flow events built from real captures at a fixed rate, steps the
-rate up until the daemon drops flows or falls behind, and reports per step: offered and answered
+rate up until the daemons drop flows or fall behind, and reports per step: offered and answered
 flows/s, p50/p99 verdict latency (flow sent -> verdict received, both ends on this machine), drops
-(from the daemon's /metrics) and the daemon's RSS. The daemon runs as its own process
-(`python -m etool_sensor.daemon`, or with --stub a fixed-answer model, for the transport alone).
+(from the daemons' /metrics) and the daemons' RSS (largest and summed). Each daemon runs as its own
+process (`python -m etool_sensor.daemon`, or with --stub a fixed-answer model, for the transport alone).
 
-    python bench/bench_daemon.py [--rates 1000,2000,5000,10000,20000] [--seconds 5] [--stub]
+Scale-out the way the Zeek package does it (docs/sensor.md, "Several daemons"): with ``--daemons N``
+(N > 1) daemon i is named ``etool-i`` and subscribes to ``etool/flows/etool-i/`` only, and the peer
+publishes each flow on the topic ``ETooL::pick_daemon`` gives its originator address (rendezvous
+hashing, tests/zeek_peer.pick_daemon). One daemon subscribes to ``etool/flows/`` (``ETooL::daemons``
+empty). ``--daemons 1,2`` measures both in one run; ``--rounds R`` alternates them R times.
+
+Originators: the captures' 256 flows come from 59 client addresses, one of them with a quarter of the
+flows, so HRW over two daemons splits them 66/34. ``--clients K`` (default 1024) gives the flows K
+synthetic originator addresses (round robin), as on a sensor watching many hosts; ``--clients 0`` keeps
+the captures' addresses.
+
+    python bench/bench_daemon.py [--rates 1000,2000,5000,10000] [--seconds 5] [--daemons 1,2] [--stub]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import json
 import os
@@ -30,7 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from etool_sensor import zeekws as z  # noqa: E402
-from tests.zeek_peer import ZeekPeer, flows_from_captures  # noqa: E402
+from tests.zeek_peer import ZeekPeer, daemon_topic, flows_from_captures  # noqa: E402
+
+UID_MARK = "CUIDUIDUIDUIDUIDUI"
+ADDR_MARK = "203.0.113.254"  # TEST-NET-3: never one of the captures' addresses
 
 
 def free_port() -> int:
@@ -51,6 +66,14 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def scrape_all(ports: list[int]) -> dict[str, float]:
+    tot: dict[str, float] = collections.defaultdict(float)
+    for p in ports:
+        for k, v in scrape(p).items():
+            tot[k] += v
+    return tot
+
+
 def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -58,33 +81,95 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-async def main(a: argparse.Namespace) -> None:
+@dataclasses.dataclass
+class Template:
+    parts: tuple[str, str, str] | None  # frame = parts[0] + uid + parts[1] + orig_h + parts[2]
+    whole: tuple[str, str]  # frame = whole[0] + uid + whole[1] (the capture's own orig_h)
+    orig_h: str
+
+
+def make_templates(clients: int) -> tuple[list[Template], str]:
+    flows = flows_from_captures(limit=256)
+    out = []
+    for r in flows:
+        a, b = z.encode_flow("etool/flows/", dataclasses.replace(r, uid=UID_MARK), "etool/verdicts/",
+                             network_time=time.time()).split(UID_MARK)
+        parts = None
+        if clients and ":" not in r.orig_h:
+            f = z.encode_flow("etool/flows/", dataclasses.replace(r, uid=UID_MARK, orig_h=ADDR_MARK),
+                              "etool/verdicts/", network_time=time.time())
+            p0, rest = f.split(UID_MARK)
+            p1, p2 = rest.split('"' + ADDR_MARK + '"')
+            parts = (p0, p1 + '"', '"' + p2)
+        out.append(Template(parts, (a, b), r.orig_h))
+    info = (f"# {len(flows)} distinct flows from real captures, avg "
+            f"{sum(len(r.packets) for r in flows) / len(flows):.1f} packets, avg frame "
+            f"{sum(len(t.whole[0]) + len(t.whole[1]) + 18 for t in out) / len(out):.0f} bytes; "
+            f"{os.cpu_count()} CPUs; originators: "
+            f"{f'{clients} synthetic' if clients else f'{len({r.orig_h for r in flows})} from the captures'}")
+    return out, info
+
+
+def client_addr(i: int) -> str:
+    return f"10.{64 + (i >> 16) % 64}.{(i >> 8) & 255}.{i & 255}"
+
+
+async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template]) -> dict[str, float]:
+    """Start the peer and n daemon processes, step the rates; returns a summary."""
     import psutil
 
-    flows = flows_from_captures(limit=256)
-    tmpls = [z.encode_flow("etool/flows/", dataclasses.replace(r, uid="CUIDUIDUIDUIDUIDUI"), "etool/verdicts/",
-                           network_time=time.time()) for r in flows]
-    print(f"# {len(flows)} distinct flows from real captures, avg {sum(len(r.packets) for r in flows) / len(flows):.1f} "
-          f"packets, avg frame {sum(map(len, tmpls)) / len(tmpls):.0f} bytes; {os.cpu_count()} CPUs")
+    names = [f"etool-{i}" for i in range(n)] if n > 1 else []
+    # Per sent flow: topic and frame pieces. With --clients K, flow seq goes to client seq % K.
+    K = a.clients
+    if K:
+        ctopic = [daemon_topic(client_addr(i), names) for i in range(K)]
+        caddr = [client_addr(i) for i in range(K)]
+    ttopic = [daemon_topic(t.orig_h, names) for t in tmpls]
+
+    def frame_for(seq: int, uid: str) -> tuple[str, str]:
+        t = tmpls[seq % len(tmpls)]
+        if K and t.parts is not None:
+            c = seq % K
+            p = t.parts
+            return ctopic[c], p[0] + uid + p[1] + caddr[c] + p[2]
+        return ttopic[seq % len(tmpls)], t.whole[0] + uid + t.whole[1]
+
+    share = collections.Counter(frame_for(s, "x")[0] for s in range(len(tmpls) * max(1, K)))
+    tot = sum(share.values())
+    label = f"{n} daemon{'s' if n > 1 else ''}"
+    print(f"## {label}; flow share per topic: "
+          + ", ".join(f"{t} {c / tot * 100:.0f}%" for t, c in sorted(share.items())), flush=True)
+
     sent_at: dict[str, float] = {}
     lat: list[float] = []
-
     peer = ZeekPeer(validate=False)
     await peer.start()
-    mport = free_port()
+    procs: list[subprocess.Popen] = []
+    mports: list[int] = []
+    summary = {"daemons": n, "max_ok_rate": 0.0, "p99_at_first": float("nan"), "answered_max": 0.0}
     with tempfile.TemporaryDirectory() as td:
-        cfg = Path(td) / "etool.yaml"
-        cfg.write_text(json.dumps({"serve": {"metrics_port": mport, "queue_size": a.queue_size,
-                                             "batch_size": a.batch_size}}))
-        cmd = [sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url", peer.url]
-        if a.stub:
-            cmd = [sys.executable, str(ROOT / "tests" / "stub_daemon.py")] + cmd[3:]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE if a.quiet else None)
+        def start(i: int, topics: list[str], extra: list[str]) -> None:
+            mport = free_port()
+            cfg = Path(td) / f"etool-{i}.yaml"
+            serve = {"metrics_port": mport, "queue_size": a.queue_size, "batch_size": a.batch_size,
+                     "topics": topics}
+            cfg.write_text(json.dumps({"serve": serve}))
+            cmd = [sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url", peer.url] + extra
+            if a.stub:
+                cmd = [sys.executable, str(ROOT / "tests" / "stub_daemon.py")] + cmd[3:]
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE if a.quiet else None))
+            mports.append(mport)
+
+        for i in range(max(1, n)):
+            start(i, [f"etool/flows/{names[i]}/"] if names else ["etool/flows/"], [])
         try:
-            if not await peer.wait_connected(timeout=60):
-                raise SystemExit("daemon did not connect")
-            ps = psutil.Process(proc.pid)
-            # verdict latency: the peer records receive time of each verdict
+            if not await peer.wait_connected(n, timeout=90):
+                raise SystemExit("daemons did not connect")
+            pss = []
+            for p in procs:
+                pp = psutil.Process(p.pid)
+                pss.append(pp)
+                pss.extend(pp.children(recursive=True))
             seen = 0
 
             def collect() -> None:
@@ -95,60 +180,108 @@ async def main(a: argparse.Namespace) -> None:
                         lat.append(t - t0)
                 seen = len(peer.verdicts)
 
-            seq = 0
-            print(f"{'offered/s':>10} {'answered/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'drops':>7} {'rss MB':>7}")
+            seq = a.seq_base
+            print(f"{'offered/s':>10} {'answered/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'drops':>7} {'rss max MB':>10} "
+                  f"{'rss sum MB':>10} {'cpu us/flow':>11} {'peer us/flow':>12} {'load1':>6}")
+
+            def cpu() -> float:
+                t = 0.0
+                for p in pss:
+                    try:
+                        c = p.cpu_times()
+                        t += c.user + c.system
+                    except psutil.Error:
+                        pass
+                return t
+
+            me = psutil.Process()
             for rate in a.rates:
                 lat.clear()
-                m0 = scrape(mport)
+                m0 = scrape_all(mports)
+                c0, pc0 = cpu(), sum(me.cpu_times()[:2])
                 v0 = len(peer.verdicts)
                 t0 = time.perf_counter()
-                n = 0
+                n_sent = 0
                 while (el := time.perf_counter() - t0) < a.seconds:
-                    due = int(el * rate) - n
+                    due = int(el * rate) - n_sent
                     for _ in range(min(due, 1000)):
                         uid = f"B{seq:017d}"
-                        frame = tmpls[seq % len(tmpls)].replace("CUIDUIDUIDUIDUIDUI", uid, 1)
+                        topic, frame = frame_for(seq, uid)
                         sent_at[uid] = time.perf_counter()
-                        await peer.publish("etool/flows/", frame)
+                        await peer.publish(topic, frame)
                         seq += 1
-                        n += 1
+                        n_sent += 1
                     await asyncio.sleep(0.001)
                     collect()
-                offered = n / (time.perf_counter() - t0)
-                await peer.wait_for(lambda: len(peer.verdicts) - v0 >= n, 5)
+                offered = n_sent / (time.perf_counter() - t0)
+                await peer.wait_for(lambda: len(peer.verdicts) - v0 >= n_sent, 5)
                 collect()
                 answered_n = len(peer.verdicts) - v0
                 answered = answered_n / (time.perf_counter() - t0)
-                m1 = scrape(mport)
+                c1, pc1 = cpu(), sum(me.cpu_times()[:2])
+                m1 = scrape_all(mports)
                 drops = sum(m1[k] - m0.get(k, 0) for k in m1 if k.startswith("etool_drops_total"))
-                rss = ps.memory_info().rss / 2**20
-                print(f"{offered:10.0f} {answered:10.0f} {pct(lat, .5) * 1e3:8.2f} {pct(lat, .99) * 1e3:8.2f} "
-                      f"{drops:7.0f} {rss:7.0f}", flush=True)
+                rss = [p.memory_info().rss / 2**20 for p in pss if p.is_running()]
+                p99 = pct(lat, .99) * 1e3
+                print(f"{offered:10.0f} {answered:10.0f} {pct(lat, .5) * 1e3:8.2f} {p99:8.2f} "
+                      f"{drops:7.0f} {max(rss):10.0f} {sum(rss):10.0f} {(c1 - c0) / max(1, answered_n) * 1e6:11.0f} "
+                      f"{(pc1 - pc0) / max(1, n_sent) * 1e6:12.0f} {os.getloadavg()[0]:6.2f}", flush=True)
+                if rate == a.rates[0]:
+                    summary["p99_at_first"] = p99
+                summary["answered_max"] = max(summary["answered_max"], answered)
                 sent_at.clear()
-                if drops > 0 or answered_n < 0.95 * n:
-                    print(f"# saturated at ~{offered:.0f} flows/s offered ({answered_n}/{n} answered, {drops:.0f} dropped)")
+                if drops > 0 or answered_n < 0.95 * n_sent:
+                    print(f"# saturated at ~{offered:.0f} flows/s offered ({answered_n}/{n_sent} answered, "
+                          f"{drops:.0f} dropped)")
                     break
+                summary["max_ok_rate"] = offered
                 await asyncio.sleep(0.5)
-            m = scrape(mport)
-            print("# daemon counters:", json.dumps({k: v for k, v in m.items() if k.endswith("_total") and v}))
-            if "etool_inference_seconds_count" in m and m["etool_inference_seconds_count"]:
+            a.seq_base = seq
+            m = scrape_all(mports)
+            print("# daemon counters (summed):",
+                  json.dumps({k: v for k, v in m.items() if k.endswith("_total") and v}))
+            if m.get("etool_inference_seconds_count"):
                 print(f"# mean batch {m['etool_batch_size_sum'] / m['etool_batch_size_count']:.1f} flows, "
                       f"mean inference {m['etool_inference_seconds_sum'] / m['etool_inference_seconds_count'] * 1e3:.2f} ms")
+            per = [scrape(p).get("etool_flows_in_total", 0) for p in mports]
+            if len(per) > 1:
+                print("# flows per daemon:", per)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
             await peer.stop()
+    return summary
+
+
+async def main(a: argparse.Namespace) -> None:
+    tmpls, info = make_templates(a.clients)
+    print(info, flush=True)
+    a.seq_base = 0
+    results: list[dict[str, float]] = []
+    for _ in range(a.rounds):
+        for n in a.daemons:
+            results.append(await run_config(a, n, tmpls))
+            await asyncio.sleep(1.0)
+    print("# summary: daemons, highest step without drops (offered/s), most answered/s, p99 ms at the first rate")
+    for r in results:
+        print(f"#   {r['daemons']:>2}  {r['max_ok_rate']:8.0f}  {r['answered_max']:8.0f}  {r['p99_at_first']:8.2f}")
 
 
 if __name__ == "__main__":
+    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 2000, 5000, 10000, 20000])
+    p.add_argument("--rates", type=ints, default=[1000, 2000, 5000, 10000, 20000])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--queue-size", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--daemons", type=ints, default=[1], help="daemon processes, e.g. 1,2 (one run each)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the --daemons list this many times")
+    p.add_argument("--clients", type=int, default=1024, help="synthetic originator addresses (0: the captures')")
     p.add_argument("--stub", action="store_true", help="fixed-answer model: measure decode/transport alone")
-    p.add_argument("--quiet", action="store_true", help="hide the daemon's log")
+    p.add_argument("--quiet", action="store_true", help="hide the daemons' log")
     asyncio.run(main(p.parse_args()))

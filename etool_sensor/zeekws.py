@@ -762,6 +762,13 @@ def parse_flow(frame: str | bytes, max_bytes: int | None = None) -> FlowEvent:
     A frame of the exact shape Zeek sends is decoded by ``_flow_fast``; anything it does not
     recognise, or any doubt, goes through the generic strict path (parse_message -> event_from_data
     -> flow_from_event), which accepts and refuses exactly what it did before."""
+    if type(frame) is str and (max_bytes is None or len(frame) <= max_bytes):
+        try:
+            fe = _flow_text(frame)
+        except Exception:  # noqa: BLE001 - any surprise: the decoders below give the verdict and the error
+            fe = None
+        if fe is not None:
+            return fe
     msg = loads(frame, max_bytes)
     try:
         fe = _flow_fast(msg)
@@ -819,6 +826,89 @@ def _timestamp(s: Any) -> Timestamp:
                 _second_cache[head] = secs
             return Timestamp(secs * 1_000_000_000 + int(frac.ljust(9, "0")))
     return parse_timestamp(s)
+
+
+# The ETooL::flow frame exactly as Broker's JSON writer lays it out (compact, keys in this order), as a
+# regular expression over the text: a frame it matches is valid JSON of the one shape _flow_fast reads,
+# so decoding it needs no JSON parse and no dict walk. Values are confined to characters that need no
+# JSON escape (printable ASCII without '"' and '\'), numbers to JSON integers. Anything else (other
+# layout, whitespace, escapes, other metadata, negative or min/h/d intervals, ...) does not match and
+# goes to the decoders that parse the JSON, which accept and refuse exactly what they did before.
+_T_STR = r'[\x20\x21\x23-\x5b\x5d-\x7e]'
+_T_CNT = r'(?:0|[1-9][0-9]{0,18})'  # at most 19 digits: always <= COUNT_MAX
+_T_PKT = (r'\{"@data-type":"vector","data":\[\{"@data-type":"timespan","data":"([0-9]{1,20})(ns|us|ms|s)"\},'
+          r'\{"@data-type":"boolean","data":(true|false)\},\{"@data-type":"count","data":(' + _T_CNT + r')\},'
+          r'\{"@data-type":"count","data":(' + _T_CNT + r')\},\{"@data-type":"count","data":(' + _T_CNT
+          + r')\}\]\}')
+_T_CHUNK = (r'\{"@data-type":"vector","data":\[\{"@data-type":"boolean","data":(true|false)\},'
+            r'\{"@data-type":"string","data":"((?:[0-9a-fA-F]{2})*)"\}\]\}')
+
+
+# In the frame pattern a vector element is only skimmed (no ']' inside); _flow_text then finds the exact
+# packet and chunk records in it and requires one per element (see there).
+_T_SKIM = r'\{"@data-type":"vector","data":\[[^\]]*\]\}'
+_T_ELEM = '{"@data-type":"vector"'
+
+
+_FLOW_TEXT_RE = re.compile(
+    r'\{"type":"data-message","topic":"(' + _T_STR + r'*)","@data-type":"vector","data":\['
+    r'\{"@data-type":"count","data":1\},\{"@data-type":"count","data":1\},\{"@data-type":"vector","data":\['
+    r'\{"@data-type":"string","data":"ETooL::flow"\},\{"@data-type":"vector","data":\['
+    r'\{"@data-type":"vector","data":\['
+    r'\{"@data-type":"string","data":"(' + _T_STR + r'*)"\},'
+    r'\{"@data-type":"timestamp","data":"([-0-9T:.]{1,40})"\},'
+    r'\{"@data-type":"address","data":"([0-9a-fA-F:.]{1,64})"\},'
+    r'\{"@data-type":"port","data":"([0-9]{1,5}/(?:tcp|udp|icmp|\?))"\},'
+    r'\{"@data-type":"address","data":"([0-9a-fA-F:.]{1,64})"\},'
+    r'\{"@data-type":"port","data":"([0-9]{1,5}/(?:tcp|udp|icmp|\?))"\},'
+    r'\{"@data-type":"vector","data":\[((?:' + _T_SKIM + r'(?:,' + _T_SKIM + r')*)?)\]\},'
+    r'\{"@data-type":"vector","data":\[((?:' + _T_SKIM + r'(?:,' + _T_SKIM + r')*)?)\]\},'
+    r'\{"@data-type":"boolean","data":(true|false)\},'
+    r'\{"@data-type":"string","data":"(' + _T_STR + r'+)"\}'
+    r'\]\}\]\}'
+    r'(?:,\{"@data-type":"vector","data":\[(?:\{"@data-type":"vector","data":\['
+    r'\{"@data-type":"count","data":(0|[1-9][0-9]{0,18})\},\{"@data-type":"timestamp","data":"([-0-9T:.]{1,40})"\}'
+    r'\]\})?\]\})?'
+    r'\]\}\]\}')
+_PKT_TEXT_RE = re.compile(_T_PKT)
+_CHUNK_TEXT_RE = re.compile(_T_CHUNK)
+_UNIT_TEXT = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _flow_text(frame: str) -> FlowEvent | None:
+    """ETooL::flow straight from the frame's text (see _FLOW_TEXT_RE); None when the text is not of that
+    exact layout. Same checks, conversions and result as _flow_fast on the parsed JSON."""
+    m = _FLOW_TEXT_RE.fullmatch(frame)
+    if m is None:
+        return None
+    topic, uid, ts_s, oh, op, rh, rp, pk_s, ch_s, fin, reply_topic, mk, mts = m.groups()
+    nt = None
+    if mk is not None and int(mk) == 1:
+        nt = _timestamp(mts).seconds
+    elif mk is not None:
+        _timestamp(mts)  # _flow_fast decodes every metadata timestamp: a bad one sends the frame to the generic path
+    ts = _timestamp(ts_s)
+    orig_h, resp_h = _addr_str(oh), _addr_str(rh)
+    orig_p, resp_p = _port(op), _port(rp)
+    if orig_p.proto != resp_p.proto:
+        return None
+    # Each skimmed element holds one ']' (its end) and an exact record holds one ']' (its end), so a
+    # record found inside the vector text ends where an element ends: at most one per element. With as
+    # many records as element openings, every element is exactly one record.
+    pk = _PKT_TEXT_RE.findall(pk_s) if pk_s else []
+    ch = _CHUNK_TEXT_RE.findall(ch_s) if ch_s else []
+    if len(pk) != pk_s.count(_T_ELEM) or len(ch) != ch_s.count(_T_ELEM):
+        return None
+    units = _UNIT_TEXT
+    packets = [Packet(int(num) * units[unit], io == "true", int(ipl), int(pll), int(fl))
+               for num, unit, io, ipl, pll, fl in pk]
+    chunks = [Chunk(io == "true", bytes.fromhex(h)) for io, h in ch]
+    if len(packets) > MAX_FLOW_PACKETS or len(chunks) > MAX_FLOW_CHUNKS or any(len(c.data) > 65535 for c in chunks):
+        return None
+    rec = FlowRecord(uid, ts.seconds, orig_h, orig_p.number, resp_h, resp_p.number, orig_p.proto,
+                     packets, chunks, fin == "true")
+    rec.validate()
+    return FlowEvent(rec, reply_topic, topic, nt)
 
 
 def _flow_fast(msg: Any) -> FlowEvent | None:

@@ -363,6 +363,50 @@ def flows_from_captures(paths: Iterable[Path] | None = None, limit: int | None =
     return out
 
 
+# ------------------------------------------------------------------------------ several daemons
+def fnv1a32(data: bytes) -> int:
+    h = 0x811C9DC5
+    for b in data:
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def hrw_weight(key_digest: int, site_id: int) -> int:
+    """Zeek's ``hrw_weight`` BIF: the LCG rendezvous weight of a 31-bit key digest for one site."""
+    a, b, m = 1103515245, 12345, 2**31
+    d = key_digest & 0x7FFFFFFF
+    si = site_id & 0xFFFFFFFF
+    si = si - 2**32 if si >= 2**31 else si  # int32_t in Zeek
+    return (a * ((a * si + b) ^ d) + b) % m
+
+
+def pick_daemon(orig_h: str, daemons: list[str] | tuple[str, ...]) -> str:
+    """``ETooL::pick_daemon`` (zeek-plugin/scripts/main.zeek): rendezvous (HRW) hashing of the originator
+    address over the daemon names, highest weight wins, the first daemon on a tie.
+
+    Same algorithm as the script (FNV-1a 32 digests of the address and of each name, Zeek's
+    ``hrw_weight``); the digest here is taken over the address's packed bytes and the name's UTF-8, which
+    need not be byte-identical to what Zeek's ``fnv1a32(any)`` hashes, so the exact daemon a given host
+    lands on may differ from a real Zeek. The properties the scale-out relies on are the same: one client
+    always goes to the same daemon, clients spread over all daemons, and removing a daemon moves only its
+    own clients."""
+    import ipaddress
+
+    key = fnv1a32(ipaddress.ip_address(orig_h).packed)
+    best, best_w = 0, -1
+    for i, name in enumerate(daemons):
+        w = hrw_weight(key, fnv1a32(name.encode()))
+        if w > best_w:
+            best, best_w = i, w
+    return daemons[best]
+
+
+def daemon_topic(orig_h: str, daemons: list[str] | tuple[str, ...], flow_topic: str = "etool/flows/") -> str:
+    """The topic the Zeek script publishes a flow of ``orig_h`` on (``ETooL::flow_topic`` when
+    ``ETooL::daemons`` is empty)."""
+    return flow_topic + pick_daemon(orig_h, daemons) + "/" if daemons else flow_topic
+
+
 def cycle_flows(base: list[FlowRecord], prefix: str = "L") -> Iterator[FlowRecord]:
     """Endless distinct-uid copies of ``base`` (for load tests): same content, fresh uids and times."""
     import dataclasses

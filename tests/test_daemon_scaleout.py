@@ -1,0 +1,79 @@
+"""Several daemons behind one Zeek, spread by rendezvous hashing (docs/sensor.md, "Several daemons").
+
+The peer publishes each flow the way zeek-plugin/scripts/main.zeek does with ``ETooL::daemons`` set:
+on ``etool/flows/<name>/`` for the daemon ``ETooL::pick_daemon`` gives the originator address; each
+daemon subscribes to its own topic only. Real flows from the nDPI captures, the real model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+
+import pytest
+
+from tests.test_daemon_e2e import flows, model, run, serving  # noqa: F401 - fixtures
+from tests.zeek_peer import ZeekPeer, daemon_topic, hrw_weight, pick_daemon
+
+
+def test_pick_daemon_is_stable_spreads_and_moves_only_the_removed_share():
+    hosts = [str(ipaddress.ip_address(0x0A000000 + i * 7919)) for i in range(3000)]
+    hosts += [f"2001:db8::{i:x}" for i in range(1000)]
+    three = ["etool-a", "etool-b", "etool-c"]
+    first = {h: pick_daemon(h, three) for h in hosts}
+    assert all(pick_daemon(h, three) == d for h, d in first.items())  # stable
+    share = collections.Counter(first.values())
+    assert set(share) == set(three) and min(share.values()) > 0.25 * len(hosts)
+    two = ["etool-a", "etool-c"]  # etool-b removed: only its hosts move
+    for h, d in first.items():
+        if d != "etool-b":
+            assert pick_daemon(h, two) == d
+    assert daemon_topic("10.0.0.1", []) == "etool/flows/"
+    assert daemon_topic("10.0.0.1", ["d1"]) == "etool/flows/d1/"
+    assert 0 <= hrw_weight(0xFFFFFFFF, 0xFFFFFFFF) < 2**31
+
+
+def test_two_daemons_one_verdict_per_uid_same_answers_as_one(model, flows):  # noqa: F811
+    names = ["etool-0", "etool-1"]
+    sel = flows[:300]
+
+    async def one_daemon() -> dict[str, tuple]:
+        async with ZeekPeer() as peer, serving(peer, model) as d:
+            assert await peer.wait_connected()
+            for r in sel:
+                await peer.publish_flow(r, topic=daemon_topic(r.orig_h, []))
+            assert await peer.wait_verdicts(len(sel), 60), (len(peer.verdicts), d.counts())
+            return {v.uid: v for _, v, _ in peer.verdicts}
+
+    async def two_daemons():
+        async with ZeekPeer() as peer, serving(peer, model, topics=("etool/flows/etool-0/",)) as d0, \
+                serving(peer, model, topics=("etool/flows/etool-1/",)) as d1:
+            assert await peer.wait_connected(2)
+            for r in sel:
+                assert await peer.publish_flow(r, topic=daemon_topic(r.orig_h, names)) == 1
+            assert await peer.wait_verdicts(len(sel), 60), (len(peer.verdicts), d0.counts(), d1.counts())
+            await asyncio.sleep(0.3)  # nothing more arrives
+            return peer, d0.counts(), d1.counts()
+
+    base = run(one_daemon())
+    peer, c0, c1 = run(two_daemons())
+    got = [v.uid for _, v, _ in peer.verdicts]
+    assert len(got) == len(set(got)) == len(sel) and set(got) == {r.uid for r in sel}
+    # each daemon took exactly the flows of its own originators
+    want = collections.Counter(pick_daemon(r.orig_h, names) for r in sel)
+    assert c0.get("flows_in") == want["etool-0"] and c1.get("flows_in") == want["etool-1"]
+    assert want["etool-0"] > 0 and want["etool-1"] > 0
+    # all verdicts for one client come from one daemon (one WebSocket client of the peer)
+    by_uid = {r.uid: r for r in sel}
+    answered_by: dict[str, set[int]] = collections.defaultdict(set)
+    for rc in peer.received:
+        if rc.name == "ETooL::verdict":
+            answered_by[by_uid[rc.value.uid].orig_h].add(rc.client)
+    assert all(len(c) == 1 for c in answered_by.values())
+    # per-client context stays in one place, so the answers equal one daemon's
+    for _, v, _ in peer.verdicts:
+        b = base[v.uid]
+        assert (v.service, v.app, v.unknown, v.alternatives[:1], v.model) == \
+               (b.service, b.app, b.unknown, b.alternatives[:1], b.model)
+        assert v.confidence == pytest.approx(b.confidence, abs=1e-5)

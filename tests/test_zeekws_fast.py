@@ -1,0 +1,171 @@
+"""zeekws.parse_flow's text fast path (_flow_text) against the decoders that parse the JSON.
+
+Whatever frame comes in, parse_flow must return the same FlowEvent or raise the same error (type,
+reason, message) as before the text path existed: ``reference`` below is that earlier parse_flow
+(orjson/json parse -> _flow_fast -> generic strict path). Checked on every flow of the nDPI captures
+the tests use, on hand-made edge cases and on thousands of randomly mutated real frames.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from etool_sensor import zeekws as z
+from etool_sensor.flows import Chunk, FlowRecord, Packet
+
+
+def reference(frame, max_bytes=None):
+    msg = z.loads(frame, max_bytes)
+    try:
+        fe = z._flow_fast(msg)
+    except Exception:  # noqa: BLE001
+        fe = None
+    if fe is not None:
+        return fe
+    m = z.message_from_json(msg)
+    if isinstance(m, z.ErrorMessage):
+        raise z.ZeekError(m.code, m.context)
+    if isinstance(m, z.Ack):
+        raise z.WireError("envelope", "unexpected ack")
+    return z.flow_from_event(z.event_from_data(m))
+
+
+def outcome(fn, frame, max_bytes=None):
+    try:
+        return ("ok", fn(frame, max_bytes))
+    except (z.WireError, z.ZeekError) as e:
+        return ("err", type(e).__name__, getattr(e, "reason", getattr(e, "code", None)), str(e))
+
+
+def same(frame, max_bytes=None):
+    a, b = outcome(z.parse_flow, frame, max_bytes), outcome(reference, frame, max_bytes)
+    assert a == b, frame[:300]
+    return a
+
+
+@pytest.fixture(scope="module")
+def real_frames():
+    from tests.zeek_peer import flows_from_captures
+
+    flows = flows_from_captures()
+    if not flows:
+        pytest.skip("no nDPI captures beside the checkout")
+    return [z.encode_flow("etool/flows/", r, "etool/verdicts/worker-1/", network_time=1700000000.25 + i)
+            for i, r in enumerate(flows)]
+
+
+def sample(n=6, **kw) -> FlowRecord:
+    pk = [Packet(i * 0.0015 + (0.000001 if i == 3 else 0), i % 2 == 0, 60 + i, i * 10, 0x18) for i in range(n)]
+    d = dict(uid="CabcDEF0123456789", ts=1700000000.123, orig_h="192.168.1.2", orig_p=51234, resp_h="2001:db8::1",
+             resp_p=443, proto="tcp", packets=pk, payload=[Chunk(True, bytes(range(64))), Chunk(False, b"\x16\x03")],
+             final=False)
+    d.update(kw)
+    return FlowRecord(**d)
+
+
+def test_real_flows_take_the_text_path_and_decode_identically(real_frames):
+    assert len(real_frames) > 100
+    for f in real_frames:
+        fe = z._flow_text(f)
+        assert fe is not None
+        assert fe == reference(f)
+        assert z.parse_flow(f) == fe
+
+
+def test_layouts_the_text_path_leaves_to_the_json_decoders():
+    rec = sample()
+    base = z.encode_flow("etool/flows/", rec, "r/", network_time=1700000001.5)
+    assert z._flow_text(base) is not None
+    no_meta = z.encode_flow("etool/flows/", rec, "r/")
+    assert z._flow_text(no_meta) is not None
+    empty_meta = no_meta[:-4] + ',{"@data-type":"vector","data":[]}]}]}'
+    assert z._flow_text(empty_meta) is not None and same(empty_meta)[0] == "ok"
+    variants = {
+        "spaces": base.replace('","data":', '", "data": ', 1),
+        "escaped uid": base.replace('"CabcDEF0123456789"', '"\\u0043abcDEF0123456789"'),
+        "minutes": base.replace('"data":"0s"', '"data":"0min"', 1),
+        "negative dt": base.replace('"data":"0s"', '"data":"-1s"', 1),
+        "20-digit count": base.replace('"data":60}', '"data":18446744073709551615}', 1),
+        "count too big": base.replace('"data":60}', '"data":18446744073709551616}', 1),
+        "leading zero": base.replace('"data":60}', '"data":060}', 1),
+        "real count": base.replace('"data":60}', '"data":60.0}', 1),
+        "two metadata": base.replace('"data":[{"@data-type":"vector","data":[{"@data-type":"count","data":1}',
+                                     '"data":[{"@data-type":"vector","data":[{"@data-type":"count","data":2},'
+                                     '{"@data-type":"string","data":"x"}]},'
+                                     '{"@data-type":"vector","data":[{"@data-type":"count","data":1}'),
+        "metadata key 2": base.replace('[{"@data-type":"count","data":1},{"@data-type":"timestamp"',
+                                       '[{"@data-type":"count","data":2},{"@data-type":"timestamp"'),
+        "bad metadata time": base.replace('"timestamp","data":"2023-11-14T22:13:21.500"',
+                                          '"timestamp","data":"2023-13-14T22:13:21.500"'),
+        "trailing comma": base.replace('"data":24}]}]},{"@data-type":"vector","data":[{"@data-type":"vector"',
+                                       '"data":24}]},]},{"@data-type":"vector","data":[{"@data-type":"vector"'),
+        "upper hex": base.replace("000102030405", "000102030A0B"),
+        "odd hex": base.replace('"data":"1603"', '"data":"160"'),
+        "empty reply": base.replace('"data":"r/"', '"data":""'),
+        "empty uid": base.replace('"CabcDEF0123456789"', '""'),
+        "bad address": base.replace('"192.168.1.2"', '"192.168.1.256"'),
+        "port proto": base.replace('"51234/tcp"', '"51234/udp"'),
+        "port range": base.replace('"51234/tcp"', '"65536/tcp"'),
+        "tcp flags": base.replace('"data":24}', '"data":256}', 1),
+        "nested packet": base.replace('{"@data-type":"vector","data":[{"@data-type":"timespan","data":"0s"}',
+                                      '{"@data-type":"vector","data":[{"@data-type":"vector","data":[]},'
+                                      '{"@data-type":"timespan","data":"0s"}', 1),
+        "no packets": base.replace(base[base.index('{"@data-type":"vector","data":[{"@data-type":"vector","data":'
+                                                   '[{"@data-type":"timespan"'):base.index(']},{"@data-type":"vector",'
+                                                                                           '"data":[{"@data-type":'
+                                                                                           '"vector","data":[{"@data-'
+                                                                                           'type":"boolean"')],
+                                   '{"@data-type":"vector","data":[', 1),
+        "ack": '{"type":"ack","endpoint":"e","version":"v"}',
+        "error": z.error_message("deserialization_failed", "x"),
+    }
+    for name, f in variants.items():
+        assert f != base or name in ("upper hex",), name
+        same(f)
+        same(f, 1024)
+    # the text path does not take what it cannot decide on its own
+    for name in ("spaces", "escaped uid", "minutes", "negative dt", "20-digit count", "two metadata", "nested packet"):
+        assert z._flow_text(variants[name]) is None, name
+    assert same(variants["escaped uid"])[0] == "ok"
+    assert same(variants["minutes"])[0] == "ok"
+    assert same(variants["upper hex"])[0] == "ok"
+    assert same(variants["metadata key 2"])[1].network_time is None
+    assert same(base.encode())[2] == "binary"
+    assert same(base, 100)[2] == "too_big"
+
+
+def test_random_mutations_of_real_frames(real_frames):
+    rng = random.Random(20261126)
+    chars = '0123456789"\\,[]{}: .-aAfFxsmunT/\x7f\u00e9'
+    frames = real_frames[:64] + [z.encode_flow("etool/flows/", sample(n=n), "r/", network_time=time.time())
+                                 for n in (1, 2, 32)]
+    taken = ok = 0
+    for i in range(3000):
+        f = rng.choice(frames)
+        for _ in range(rng.choice((1, 1, 1, 2, 3))):
+            k = rng.randrange(len(f))
+            op = rng.random()
+            if op < 0.35:  # a digit for a digit keeps the layout: exercises the decoded values
+                j = k
+                while j < len(f) and not f[j].isdigit():
+                    j += 1
+                if j < len(f):
+                    f = f[:j] + rng.choice("0123456789") + f[j + 1:]
+            elif op < 0.6:
+                f = f[:k] + rng.choice(chars) + f[k + 1:]
+            elif op < 0.75:
+                f = f[:k] + f[k + 1:]
+            elif op < 0.9:
+                f = f[:k] + rng.choice(chars) + f[k:]
+            else:
+                m = rng.randrange(k, min(len(f), k + 400) + 1)
+                f = f[:k] + f[k:m] + f[k:]
+        try:
+            taken += z._flow_text(f) is not None
+        except Exception:  # noqa: BLE001 - parse_flow hands these to the other decoders
+            pass
+        ok += same(f)[0] == "ok"
+    assert taken > 300 and ok > taken  # the text path saw many of them; the rest went the other ways
