@@ -116,6 +116,16 @@ def _first_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1024:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..1024, got {v!r}")
+    return n
+
+
 def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only the subcommand named by ``load`` imports its module."""
     p = argparse.ArgumentParser(
@@ -136,6 +146,9 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("--format", choices=("tsv", "json"), help="log format (default: log.format of the config, tsv)")
     c.add_argument("--model", metavar="DIR", help="model package directory (default: the bundled model)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
+    c.add_argument("-w", "--workers", type=_positive_int, metavar="N",
+                   help="processes (default: classify.workers of the config, or the usable CPU cores); each "
+                        "reads the whole capture and classifies one shard of its connections; 1 = one process")
 
     for name, spec in LAZY.items():
         if name != load:
@@ -270,6 +283,17 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
 
     _check_inputs(args.captures)
     pcap, runtime, ContextTracker = _import_runtime_parts()
+    workers = getattr(args, "workers", None) or cfg.classify.workers
+    if workers is None:
+        from .parallel import usable_cores
+
+        workers = usable_cores()
+    if workers > 1:
+        # N processes, each reading the whole capture and classifying one shard (etool_sensor/parallel.py);
+        # same rows in the same order, same summary, exit codes and errors as this one-process path.
+        from .parallel import classify_sharded
+
+        return classify_sharded(args, cfg, workers, pcap)
 
     model_path = args.model or cfg.model.path
     threads = cfg.model.threads
@@ -405,6 +429,11 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
         if bar is not None:
             bar.close()
 
+    return _finish_classify(args, counts, stats, writers)
+
+
+def _finish_classify(args: argparse.Namespace, counts: Counts, stats: Any, writers: Sequence[Any]) -> int:
+    """The summary line, the truncation warning and the exit code of a classify run."""
     counts.packets = getattr(stats, "packets", 0) or 0
     if not args.quiet:
         print(_summary(counts, stats, [w.path for w in writers]), file=sys.stderr)

@@ -19,13 +19,15 @@ import ipaddress
 import os
 import struct
 import zlib
+from zlib import crc32
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .flows import ACK, FIN, RST, SYN, FlowCollector, FlowParams, FlowRecord, make_uid
 
-__all__ = ["PcapError", "ConnSummary", "ReadStats", "read_flows", "LIKELY_SERVER_PORTS", "ZeekTimeouts"]
+__all__ = ["PcapError", "ConnSummary", "ReadStats", "read_flows", "read_shard", "LIKELY_SERVER_PORTS",
+           "ZeekTimeouts"]
 
 
 class PcapError(Exception):
@@ -78,6 +80,17 @@ class ReadStats:
         """A file ended inside a record or had a corrupt record header: reading it stopped there."""
         self.truncated = True
         self.truncated_files.append(str(path))
+
+    def add_counts(self, other: "ReadStats") -> None:
+        """Add other's per-packet counters (not files/packets/bytes/truncation: see read_shard)."""
+        self.flows += other.flows
+        self.non_ip += other.non_ip
+        self.non_tcp_udp += other.non_tcp_udp
+        self.malformed += other.malformed
+        self.fragments += other.fragments
+        self.bad_checksums += other.bad_checksums
+        for lt, n in other.skipped_linktypes.items():
+            self.skipped_linktypes[lt] = self.skipped_linktypes.get(lt, 0) + n
 
 
 #: Zeek's default well-known ports (``likely_server_ports`` as filled by the base scripts).
@@ -225,7 +238,7 @@ class _Tracker:
     """Connection table with Zeek's TCP/UDP session semantics."""
 
     def __init__(self, params: FlowParams, stats: ReadStats, on_conn, uid_base: str, checksums: bool,
-                 lsp=None):
+                 lsp=None, shard: tuple[int, int] | None = None, shard_stats: ReadStats | None = None):
         lsp = LIKELY_SERVER_PORTS if lsp is None else lsp
         self.lsp_tcp = frozenset(lsp.get("tcp", ()))
         self.lsp_udp = frozenset(lsp.get("udp", ()))
@@ -240,14 +253,28 @@ class _Tracker:
         self.frags: dict[tuple, list] = {}
         self.next_sweep = None
         self.now = 0.0
+        # Sharded reading (read_shard): (n, i) = keep only the connections whose shard key hashes to i mod n.
+        # Counters up to the shard decision go to `stats` (identical in every shard), counters after it to
+        # `sstats` (this shard's packets only); unsharded, both are the same object. A connection's uid is
+        # then the global index of the packet that created it (`gi`); the caller turns it into Zeek's uid.
+        self.shard = shard
+        self.sstats = stats if shard_stats is None else shard_stats
+        self.gi = 0
+        self.created: list[int] = []
 
     # -- connection lifecycle -------------------------------------------------------------
     def _new(self, key: bytes, rkey: bytes, proto: str, ts: float, src: bytes, sp: int, dst: bytes, dp: int,
              flip: bool) -> _Conn:
         c = _Conn()
         self.ordinal += 1
-        self.stats.flows += 1
-        c.uid = make_uid(self.uid_base, self.ordinal)
+        self.sstats.flows += 1
+        if self.shard is None:
+            c.uid = make_uid(self.uid_base, self.ordinal)
+        else:
+            if self.created and self.created[-1] == self.gi:  # pragma: no cover - one connection per packet
+                raise RuntimeError("two connections created by one packet")
+            c.uid = self.gi
+            self.created.append(self.gi)
         c.proto = proto
         c.ts0 = c.last = c.pkt_t = ts
         if flip:
@@ -415,8 +442,11 @@ class _Tracker:
         self.frags.clear()
 
     # -- packets ----------------------------------------------------------------------------
-    def ip4(self, ts: float, buf, o: int, end: int, wirelen_rem: int, reassembled: bool = False) -> None:
-        """IPv4 packet at buf[o:end]; wirelen_rem = bytes of the packet on the wire from o."""
+    def ip4(self, ts: float, buf, o: int, end: int, wirelen_rem: int, reassembled: bool = False,
+            owned: bool = False) -> None:
+        """IPv4 packet at buf[o:end]; wirelen_rem = bytes of the packet on the wire from o.
+
+        owned: sharded reading has already decided that this packet belongs to this shard."""
         st = self.stats
         if end - o < 20:
             st.malformed += 1
@@ -426,19 +456,27 @@ class _Tracker:
         if vhl >> 4 != 4 or ihl < 20 or tot < ihl or end - o < ihl:
             st.malformed += 1
             return
-        if self.checksums and not reassembled and int.from_bytes(buf[o:o + ihl], "big") % 65535 != 0:
-            st.bad_checksums += 1
-            return
         ip_end = o + tot
         if ip_end > end:
             cap_end = end  # snaplen cut the packet: no payload checksum
         else:
             cap_end = ip_end
         if frag & 0x3FFF:
+            # Fragments are reassembled in every shard; the shard key applies to the reassembled packet.
+            if self.checksums and not reassembled and int.from_bytes(buf[o:o + ihl], "big") % 65535 != 0:
+                st.bad_checksums += 1
+                return
             st.fragments += 1
             self._frag4(ts, buf, o, ihl, tot, cap_end, ident, frag, proto, src, dst)
             return
         t = o + ihl
+        if self.shard is not None:
+            if not owned and not self._mine(proto, src, dst, buf, t, cap_end):
+                return
+            st = self.sstats
+        if self.checksums and not reassembled and int.from_bytes(buf[o:o + ihl], "big") % 65535 != 0:
+            st.bad_checksums += 1
+            return
         if proto == 6 or proto == 17:
             self.transport(ts, buf, t, cap_end, ip_end, proto, src, dst, tot, 4)
         else:
@@ -526,7 +564,8 @@ class _Tracker:
         # extension header chain
         for _ in range(16):
             if nxt == 6 or nxt == 17:
-                self.transport(ts, buf, p, cap_end, ip_end, nxt, src, dst, plen + 40, 6)
+                if self.shard is None or self._mine(nxt, src, dst, buf, p, cap_end):
+                    self.transport(ts, buf, p, cap_end, ip_end, nxt, src, dst, plen + 40, 6)
                 return
             if nxt in (0, 43, 60, 135, 139, 140, 253, 254):
                 if p + 2 > cap_end:
@@ -568,7 +607,10 @@ class _Tracker:
                 self._frag_add(key, ent, off, bytes(buf[p + 8:ip_end]), more, ts, 6)
                 return
             else:
-                st.non_tcp_udp += 1  # ESP (50), ICMPv6 (58), no next header (59), ...
+                if self.shard is None:
+                    st.non_tcp_udp += 1  # ESP (50), ICMPv6 (58), no next header (59), ...
+                elif self._mine(nxt, src, dst, buf, p, cap_end):
+                    self.sstats.non_tcp_udp += 1
                 return
             if p > cap_end:
                 st.malformed += 1
@@ -577,14 +619,24 @@ class _Tracker:
 
     def _ip6_upper(self, ts, pkt, p, cap_end, ip_end, nxt, src, dst, _plen) -> None:
         # after IPv6 reassembly: the reassembled packet's IP length is its full length
+        if self.shard is not None and not self._mine(nxt, src, dst, pkt, p, cap_end):
+            return
         if nxt == 6 or nxt == 17:
             self.transport(ts, pkt, p, cap_end, ip_end, nxt, src, dst, ip_end, 6)
         else:
-            self.stats.non_tcp_udp += 1
+            self.sstats.non_tcp_udp += 1
+
+    def _mine(self, proto: int, src: bytes, dst: bytes, buf, t: int, cap_end: int) -> bool:
+        """Whether a packet belongs to this shard (sharded reading only); see shard_owner."""
+        n, me = self.shard
+        if (proto == 6 or proto == 17) and cap_end - t >= 4:
+            sp, dp = _ports(buf, t)
+            return shard_owner(src, dst, sp, dp, self.lsp_tcp if proto == 6 else self.lsp_udp, n) == me
+        return shard_owner(src, dst, -1, -1, (), n) == me
 
     def transport(self, ts: float, buf, t: int, cap_end: int, ip_end: int, proto: int, src: bytes, dst: bytes,
                   ip_len: int, ver: int) -> None:
-        st = self.stats
+        st = self.sstats
         seg_len = ip_end - t  # transport length per the IP header
         if proto == 6:
             if cap_end - t < 20 or seg_len < 20:
@@ -689,7 +741,7 @@ class _Tracker:
                 self.out.append(c.coll.record(c.uid, c.oh, c.op, c.rh, c.rp, c.proto, False))
 
     def _bad_checksum(self, c: _Conn, is_orig: bool, ts: float) -> None:
-        self.stats.bad_checksums += 1
+        self.sstats.bad_checksums += 1
         bit = 1 << 10
         if is_orig:
             if not c.hist_o & bit:
@@ -1350,24 +1402,38 @@ def read_flows(paths: str | Path | Sequence[str | Path], params: FlowParams = Fl
         yield from _read_one(Path(p), idx, params, st, on_conn, progress, checksums, likely_server_ports)
 
 
+def _open_records(src: _Source, st: ReadStats, progress):
+    """The record iterator of an opened capture (pcap or pcapng); PcapError when it is neither."""
+    path = src.path
+    head = src.read(4)
+    if src.gz and src.error:
+        raise PcapError(f"{path}: corrupt gzip data")
+    if len(head) < 4:
+        raise PcapError(f"{path}: not a capture file (too short)")
+    if head in _PCAP_MAGIC:
+        it = _iter_pcap(src, head, st, progress)
+    elif head == _PCAPNG_SHB:
+        rest = src.read(8)
+        if len(rest) < 8:
+            raise PcapError(f"{path}: not a capture file (truncated pcapng header)")
+        it = _iter_pcapng(_Prefixed(src, head + rest), st, progress)
+    else:
+        raise PcapError(f"{path}: not a pcap or pcapng capture (magic {head.hex()})")
+    st.files += 1
+    return it
+
+
+def _progress_rest(src: _Source, progress) -> None:
+    if progress is not None:
+        d = src.size - src.reported if not src.gz else src.consumed()
+        if d > 0:
+            progress(d)
+
+
 def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, progress, checksums, lsp=None):
     src = _Source(path)
     try:
-        head = src.read(4)
-        if src.gz and src.error:
-            raise PcapError(f"{path}: corrupt gzip data")
-        if len(head) < 4:
-            raise PcapError(f"{path}: not a capture file (too short)")
-        if head in _PCAP_MAGIC:
-            it = _iter_pcap(src, head, st, progress)
-        elif head == _PCAPNG_SHB:
-            rest = src.read(8)
-            if len(rest) < 8:
-                raise PcapError(f"{path}: not a capture file (truncated pcapng header)")
-            it = _iter_pcapng(_Prefixed(src, head + rest), st, progress)
-        else:
-            raise PcapError(f"{path}: not a pcap or pcapng capture (magic {head.hex()})")
-        st.files += 1
+        it = _open_records(src, st, progress)
         uid_base = f"{_file_identity(path)}:{idx}"
         tr = _Tracker(params, st, on_conn, uid_base, checksums, lsp)
         out = tr.out
@@ -1397,12 +1463,185 @@ def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, 
         if out:
             yield from out
             out.clear()
-        if progress is not None:
-            d = src.size - src.reported if not src.gz else src.consumed()
-            if d > 0:
-                progress(d)
+        _progress_rest(src, progress)
     finally:
         src.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# sharded reading: n processes each read the whole capture and keep one shard of the connections
+
+
+def _private(a: bytes) -> bool:
+    """RFC 1918 IPv4, IPv6 unique-local (fc00::/7) or link-local (fe80::/10)."""
+    if len(a) == 4:
+        return a[0] == 10 or (a[0] == 192 and a[1] == 168) or (a[0] == 172 and 16 <= a[1] <= 31)
+    return a[0] & 0xFE == 0xFC or (a[0] == 0xFE and a[1] & 0xC0 == 0x80)
+
+
+def shard_owner(src: bytes, dst: bytes, sp: int, dp: int, lsp, n: int) -> int:
+    """The shard (0..n-1) of a packet; the same for both directions of a connection.
+
+    TCP/UDP: the address of the client-looking endpoint, so that a client's connections stay together
+    (the BURST context groups flows by originator): the private address (RFC 1918, fc00::/7, fe80::/10)
+    when exactly one is; else the side whose port is not one of Zeek's likely server ports `lsp` when
+    exactly one is; else the side with the higher (ephemeral) port; else (equal ports) the smaller
+    address. Anything without ports (sp < 0): the unordered address pair. The hash is crc32, stable
+    across processes and runs (Python's hash() of bytes is salted per process)."""
+    if sp < 0:
+        return crc32(src + dst if src < dst else dst + src) % n
+    s = _private(src)
+    if s != _private(dst):
+        return crc32(src if s else dst) % n
+    s = sp in lsp
+    if s != (dp in lsp):
+        return crc32(dst if s else src) % n
+    if sp != dp:
+        return crc32(src if sp > dp else dst) % n
+    return crc32(src if src < dst else dst) % n
+
+
+def _finished_events(out: list, conns: list, gi: int, phase: int):
+    """Events of a sweep or the end-of-file flush: connections in creation order (read_flows' order: its
+    connection table is a dict filled at creation), each one's final record before its summary, so
+    the keys do not decrease. Empties both lists."""
+    i, n = 0, len(out)
+    for c in conns:
+        while i < n and out[i].uid <= c.uid:
+            r = out[i]
+            yield (gi, phase, r.uid), EV_RECORD, r
+            i += 1
+        yield (gi, phase, c.uid), EV_CONN, c
+    for r in out[i:]:  # pragma: no cover - every finished connection has a summary
+        yield (gi, phase, r.uid), EV_RECORD, r
+    out.clear()
+    conns.clear()
+
+
+#: Ethernet + IPv4 up to the ports: ethertype, vhl, total length, frag, proto, src, dst, sport, dport.
+_eth_ip4_ports = struct.Struct(">12xHBxH2xHxB2x4s4sHH").unpack_from
+
+#: Event kinds yielded by read_shard.
+EV_NEW, EV_RECORD, EV_CONN, EV_TICK = 0, 1, 2, 3
+
+
+def read_shard(paths: str | Path | Sequence[str | Path], shard: tuple[int, int], params: FlowParams = FlowParams(),
+               *, stats: ReadStats | None = None, shard_stats: ReadStats | None = None,
+               progress: Callable[[int], None] | None = None, checksums: bool = True,
+               likely_server_ports: dict[str, set[int]] | None = None, tick: int = 8192):
+    """read_flows for shard i of n (shard=(n, i)), as ordered events; for `classify --workers`.
+
+    Every shard reads every packet of every file. A packet whose shard key (shard_owner) belongs to
+    another shard costs a record header and one header unpack on the Ethernet+IPv4 path (other link
+    layers, and IP fragments, are decoded in full before the key is known; fragments are reassembled
+    in every shard and the key applies to the reassembled packet), and still advances the network
+    clock, so Zeek's timers (the periodic sweep of inactive connections) fire at the same packets in
+    every shard as in read_flows: a connection ends at the same packet, with the same content.
+
+    Yields (key, kind, obj), keys never decreasing (a connection's final record and its summary share
+    one); ``key = (gi, phase, sub)`` where gi is the global
+    index of the packet (over all files) during which read_flows would produce the event, phase 0 =
+    the packet itself, 1 = the timer sweep after it, 2 = the end of the file, so merging the events of
+    all n shards by key gives read_flows' order exactly:
+
+    * EV_NEW: obj = (cid, uid_base): a connection was created; cid (its creating packet's gi) is what
+      FlowRecord.uid / ConnSummary.uid hold in this mode. Its Zeek uid is ``make_uid(uid_base, k)``
+      where k counts the connections of that file (all shards) created at or before cid.
+    * EV_RECORD: obj = FlowRecord; EV_CONN: obj = ConnSummary (what on_conn gets from read_flows).
+    * EV_TICK: obj = None; every event with a key below this one has been yielded.
+
+    `stats` gets the counters of what every shard sees alike (files, packets, bytes, truncation,
+    link-layer and IP-header problems, fragments); `shard_stats` those of this shard's packets only
+    (flows, transport-level malformed, bad checksums, non-TCP/UDP). Summing shard_stats over the shards
+    and adding one shard's stats gives read_flows' ReadStats.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    n, me = shard
+    if not 0 <= me < n:
+        raise ValueError(f"bad shard {shard}")
+    st = stats if stats is not None else ReadStats()
+    sst = shard_stats if shard_stats is not None else ReadStats()
+    lsp = LIKELY_SERVER_PORTS if likely_server_ports is None else likely_server_ports
+    lsp_tcp = frozenset(lsp.get("tcp", ()))
+    lsp_udp = frozenset(lsp.get("udp", ()))
+    gi = -1
+    next_tick = tick
+    for idx, p in enumerate(paths):
+        path = Path(p)
+        src = _Source(path)
+        try:
+            it = _open_records(src, st, progress)
+            uid_base = f"{_file_identity(path)}:{idx}"
+            conns: list[ConnSummary] = []
+            tr = _Tracker(params, st, conns.append, uid_base, checksums, lsp, shard=shard, shard_stats=sst)
+            out = tr.out
+            created = tr.created
+            dispatch = _dispatch
+            ip4 = tr.ip4
+            eth_ip4 = _eth_ip4_ports
+            next_sweep = None
+            last_ts = 0.0
+            for lt, ts, buf, o, end, wire in it:
+                gi += 1
+                if gi >= next_tick:  # everything before this packet has been yielded
+                    next_tick = gi + tick
+                    yield (gi, 0, 0), EV_TICK, None
+                if ts is None:  # pcapng SPB: no timestamp
+                    ts = last_ts
+                last_ts = ts
+                if lt == LT_EN10MB and end - o >= 38:
+                    et, vhl, tot, frag, proto, a, b, sp, dp = eth_ip4(buf, o)
+                    if et == 0x0800 and vhl == 0x45 and not frag & 0x3FFF and tot >= 24 \
+                            and (proto == 6 or proto == 17):
+                        # shard_owner, inline: this path decides for most packets
+                        x = a[0]
+                        s = x == 10 or (x == 192 and a[1] == 168) or (x == 172 and 16 <= a[1] <= 31)
+                        x = b[0]
+                        if s != (x == 10 or (x == 192 and b[1] == 168) or (x == 172 and 16 <= b[1] <= 31)):
+                            k = a if s else b
+                        elif (s := sp in (ls := lsp_tcp if proto == 6 else lsp_udp)) != (dp in ls):
+                            k = b if s else a
+                        elif sp != dp:
+                            k = a if sp > dp else b
+                        else:
+                            k = a if a < b else b
+                        if crc32(k) % n == me:
+                            tr.gi = gi
+                            ip4(ts, buf, o + 14, end, wire - 14, False, True)
+                    else:
+                        tr.gi = gi
+                        dispatch(tr, lt, ts, buf, o, end, wire)
+                else:
+                    tr.gi = gi
+                    dispatch(tr, lt, ts, buf, o, end, wire)
+                if created or out or conns:
+                    for cid in created:
+                        yield (cid, 0, 0), EV_NEW, (cid, uid_base)
+                    created.clear()
+                    seq = 0
+                    for r in out:
+                        seq += 1
+                        yield (gi, 0, seq), EV_RECORD, r
+                    out.clear()
+                    for c in conns:
+                        seq += 1
+                        yield (gi, 0, seq), EV_CONN, c
+                    conns.clear()
+                if next_sweep is None:
+                    next_sweep = ts + 10.0
+                elif ts >= next_sweep:
+                    tr.sweep(ts)
+                    next_sweep = ts + 10.0
+                    if out or conns:
+                        yield from _finished_events(out, conns, gi, 1)
+            tr.flush()
+            if out or conns:
+                yield from _finished_events(out, conns, gi, 2)
+            _progress_rest(src, progress)
+        finally:
+            src.close()
+        yield (gi + 1, 0, 0), EV_TICK, None
 
 
 class _Prefixed:

@@ -262,6 +262,22 @@ class LogWriter:
         if self.pending >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
+    def format_row(self, row: Mapping[str, Any] | Sequence[Any]) -> str:
+        """The text `write` would add for this row, without the newline (see row_formatter)."""
+        return self._format(self._values(row))
+
+    def write_formatted(self, text: str) -> None:
+        """Add one row already formatted by format_row/row_formatter for this log's fields and format."""
+        if self._failed is not None:
+            self._failed.unwritten += 1
+            self.unwritten += 1
+            raise self._failed
+        if self.closed:
+            raise ValueError(f"{self.path}: write to a closed log")
+        self._queue(text + "\n", is_row=True)
+        if self._pending >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
     def write_many(self, rows: Iterable[Mapping[str, Any] | Sequence[Any]]) -> None:
         for r in rows:
             self.write(r)
@@ -389,6 +405,23 @@ class JsonLogWriter(LogWriter):
                 continue
             obj[name] = jv
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def row_formatter(fields: Sequence[Field], fmt: str = "tsv") -> Callable[[Mapping[str, Any] | Sequence[Any]], str]:
+    """A function row -> the text a writer of these fields and format writes for it (no file is opened).
+
+    For processes that format rows for a writer in another process (``LogWriter.write_formatted``)."""
+    cls = {"tsv": AsciiLogWriter, "json": JsonLogWriter}.get(fmt)
+    if cls is None:
+        raise ValueError(f"unknown log format {fmt!r}; allowed: tsv, json")
+    w = cls.__new__(cls)  # the formatting state only: no file, no header
+    w.fields = [(str(n), str(t)) for n, t in fields]
+    for _, t in w.fields:
+        _check_type(t)
+    w.names = [n for n, _ in w.fields]
+    w._nameset = frozenset(w.names)
+    w.log_path = "-"
+    return w.format_row
 
 
 def open_log(directory: str | Path, name: str, fields: Sequence[Field], fmt: str = "tsv", **kw: Any) -> LogWriter:
