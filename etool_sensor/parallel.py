@@ -260,7 +260,7 @@ class ShardedClassify:
         pending: list[tuple[int, tuple]] = []
         while not all(ready):
             for i, msg in self._receive():
-                if msg[0] == "error":
+                if msg[0] == "error" and not ready[i]:
                     raise WorkerFailed(msg[2], msg[1], msg[3])
                 if msg[0] == "ready":
                     ready[i] = True
@@ -362,6 +362,16 @@ class ShardedClassify:
             write(rows, uids)
 
 
+def _failure_message(e: WorkerFailed, counts: Any) -> str:
+    """One line, like one process's: input errors as they are, anything else as an internal error."""
+    if e.code != 1:
+        return str(e)
+    if e.detail and os.environ.get("ETOOL_DEBUG"):
+        print(e.detail, file=sys.stderr, end="")  # the worker's traceback
+    return (f"internal error: {e}; the logs hold the {counts.flows} flows merged before it "
+            f"(set ETOOL_DEBUG=1 for a traceback)")
+
+
 def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
     """classify with `workers` processes; same logs, summary, exit codes and errors as one process."""
     from .cli import BATCH, EXIT_OUTPUT, CliError, Counts, _finish_classify
@@ -387,7 +397,7 @@ def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
         try:
             pool.wait_ready()
         except WorkerFailed as e:
-            raise CliError(str(e), e.code) from None
+            raise CliError(_failure_message(e, counts), e.code) from None
         outdir = Path(args.output or cfg.log.dir)
         try:
             outdir.mkdir(parents=True, exist_ok=True)
@@ -438,13 +448,7 @@ def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
             try:
                 all_stats, shard_stats, input_error = pool.run(write_etool, write_conn, on_progress)
             except WorkerFailed as e:
-                if e.detail and os.environ.get("ETOOL_DEBUG"):
-                    print(e.detail, file=sys.stderr, end="")
-                msg = str(e)
-                if e.code == 1:
-                    msg = f"internal error: {msg}; the logs hold the {counts.flows} flows merged before it" \
-                          f" (set ETOOL_DEBUG=1 for a traceback)"
-                raise CliError(msg, e.code) from None
+                raise CliError(_failure_message(e, counts), e.code) from None
             if input_error is not None:
                 raise CliError(input_error[1], input_error[0])
             for w in writers:
