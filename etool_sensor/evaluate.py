@@ -11,6 +11,12 @@ Splits (all from --seed, over the matched flows):
               entirely; the test asks for the *service* (category) of those unseen apps
   shifted     per-class test fractions from 0.6 (rarest class) down to 0.1 (commonest): train and test
               have different class priors (NETD-1/2 style)
+  capture_kfold  (only when named; --folds K, default 5) K group folds on the capture file: every flow is
+              tested once, by a model that never saw its capture. Metrics over the pooled out-of-fold
+              predictions, plus each fold's macro-F1 (>=5) with mean and standard deviation. One
+              `capture` partition holds ~70 captures in test, and which ones decides much of the score
+              (macro-F1 (>=5) of the same method moves by 2x between seeds); the pooled K-fold number is
+              the one to compare methods by.
 
 Methods: rf and knn on the first 20 signed packet sizes (AppScanner/CUMUL-like), etool (student distilled
 from the LLM teacher), student_no_llm (no teacher), student_no_payload, student_ports, teacher (the LLM
@@ -30,6 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 SPLITS = ("iid", "capture", "unseen_app", "shifted")
+EXTRA_SPLITS = ("capture_kfold",)  # run only when named: K trainings per method
 METHODS = ("rf", "knn", "etool", "student_no_llm", "student_no_payload", "student_ports", "teacher",
            "encoder_only")
 N_SIZES = 20
@@ -302,7 +309,7 @@ def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str
 
 def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
               teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
-              split_name: str, unlabelled=None, spec=None) -> dict:
+              split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False) -> dict:
     col = split["label"] or column
     full = _relabel(ds, col)
     tr, te = full.subset(split["train"]), full.subset(split["test"])
@@ -350,6 +357,8 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
             pred, conf = _predict(model, te.records, te.contexts, list(model.labels))
             r = metrics(te.labels, pred, conf)
             r["fit_s"] = round(fit_s, 1)
+            if keep_predictions:
+                r["_pred"], r["_conf"] = list(pred), [float(c) for c in conf]
             res["methods"][m] = r
             if png_dir is not None and m in ("etool", "teacher", "rf") and len(te):
                 png = png_dir / f"confusion_{col}_{split_name}_{m}.png"
@@ -361,6 +370,73 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
             res["methods"][m] = {"error": f"{type(e).__name__}: {e}"}
             log(f"eval[{split_name}] {m}: FAILED {type(e).__name__}: {e}")
     return res
+
+
+def capture_folds(ds, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Test indices of `folds` group folds on the capture file, balanced by flow count (greedy, biggest
+    capture first, ties broken by a seeded shuffle)."""
+    if folds < 2:
+        raise ValueError("capture_kfold needs --folds >= 2")
+    pcaps = sorted(set(ds.pcap))
+    if len(pcaps) < folds:
+        raise ValueError(f"{len(pcaps)} captures cannot make {folds} capture folds")
+    rng = np.random.default_rng([seed, 7])
+    rng.shuffle(pcaps)
+    size = {p: 0 for p in pcaps}
+    for p in ds.pcap:
+        size[p] += 1
+    load = [0] * folds
+    fold_of: dict[str, int] = {}
+    for p in sorted(pcaps, key=lambda p: -size[p]):  # stable: equal sizes keep the shuffled order
+        k = min(range(folds), key=lambda j: (load[j], j))
+        fold_of[p] = k
+        load[k] += size[p]
+    return [np.array([i for i in range(len(ds)) if fold_of[ds.pcap[i]] == k], int) for k in range(folds)]
+
+
+def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int, log: Callable[[str], None],
+              png_dir: Path | None, **kw) -> dict:
+    """Every method trained `folds` times (one per capture fold); metrics over the pooled predictions."""
+    n = len(ds)
+    parts = capture_folds(ds, folds, seed)
+    pred: dict[str, list] = {m: [None] * n for m in methods}
+    conf: dict[str, list] = {m: [0.0] * n for m in methods}
+    per_fold: dict[str, list] = {m: [] for m in methods}
+    errors: dict[str, str] = {}
+    fit_s: dict[str, float] = {m: 0.0 for m in methods}
+    for k, te in enumerate(parts):
+        tr = np.setdiff1d(np.arange(n), te)
+        log(f"eval[capture_kfold]: fold {k + 1}/{folds}: train {len(tr)} / test {len(te)} flows")
+        res = run_split(ds, {"train": tr, "test": te, "label": None}, column, methods, seed=seed, log=log,
+                        png_dir=None, split_name=f"capture_kfold{k}", keep_predictions=True, **kw)
+        for m, r in res["methods"].items():
+            if "error" in r:
+                errors.setdefault(m, r["error"])
+                continue
+            for j, i in enumerate(te):
+                pred[m][i], conf[m][i] = r["_pred"][j], r["_conf"][j]
+            per_fold[m].append(r["macro_f1_min5"])
+            fit_s[m] += r["fit_s"]
+    y = list(ds.labels)
+    out: dict = {"label": column, "folds": folds, "train_flows": n - min(map(len, parts)), "test_flows": n,
+                 "train_pcaps": len(set(ds.pcap)) - min(len({ds.pcap[i] for i in p}) for p in parts),
+                 "test_pcaps": len(set(ds.pcap)), "methods": {}}
+    for m in methods:
+        if m in errors:
+            out["methods"][m] = {"error": errors[m]}
+            continue
+        r = metrics(y, pred[m], conf[m])
+        f = np.array(per_fold[m])
+        r.update(fold_macro_f1_min5=[round(float(v), 4) for v in f], fold_mean=float(f.mean()),
+                 fold_sd=float(f.std(ddof=1)) if len(f) > 1 else 0.0, fit_s=round(fit_s[m], 1))
+        out["methods"][m] = r
+        if png_dir is not None and m in ("etool", "rf", "student_no_llm"):
+            png = png_dir / f"confusion_{column}_capture_kfold_{m}.png"
+            confusion_png(y, pred[m], png, f"{m}, capture K-fold (pooled), {column}")
+            r["confusion_png"] = png.name
+        log(f"eval[capture_kfold] {m:18s} pooled macroF1 {r['macro_f1']:.3f} min5 {r['macro_f1_min5']:.3f} "
+            f"acc {r['accuracy']:.3f}; folds min5 {r['fold_mean']:.3f} +- {r['fold_sd']:.3f}")
+    return out
 
 
 def evaluate_model(ds, model_path: str | None, column: str) -> dict:
@@ -407,6 +483,14 @@ def write_report(res: dict, path: Path) -> None:
             else:
                 lines.append(f"| {mname} | " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |")
         lines.append("")
+        if "folds" in s:
+            lines += [f"{s['folds']} capture folds; the table is over the pooled out-of-fold predictions. "
+                      "Per fold, macro-F1 (>=5):", ""]
+            for mname, r in s["methods"].items():
+                if "fold_macro_f1_min5" in r:
+                    vals = ", ".join(f"{v:.3f}" for v in r["fold_macro_f1_min5"])
+                    lines.append(f"- {mname}: {r['fold_mean']:.3f} +- {r['fold_sd']:.3f} ({vals})")
+            lines.append("")
         main = s["methods"].get("etool") or next((r for r in s["methods"].values() if "per_class" in r), None)
         if main and "per_class" in main:
             which = "etool" if "etool" in s["methods"] and "per_class" in s["methods"]["etool"] else "first method"
@@ -427,7 +511,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", required=True, help="write the metrics here")
     p.add_argument("--encrypted-only", action="store_true")
     p.add_argument("--report", default=None, help="markdown report (confusion PNGs beside it)")
-    p.add_argument("--splits", default=None, help=f"comma list of {','.join(SPLITS)} (or 'all')")
+    p.add_argument("--splits", default=None,
+                   help=f"comma list of {','.join(SPLITS + EXTRA_SPLITS)} ('all' = {','.join(SPLITS)})")
+    p.add_argument("--folds", type=int, default=5, help="folds of the capture_kfold split (default 5)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--quick", action="store_true", help="small, fast training (tests)")
     p.add_argument("--seed", type=int, default=0)
@@ -488,9 +574,26 @@ def eval_main(args: argparse.Namespace) -> int:
             log(f"eval: unknown methods {bad}; choose from {', '.join(METHODS)}")
             return 2
         ds.labels = _label_of(ds, args.label_column)
-        splits = make_splits(ds, names, args.seed)
+        bad = [s for s in names if s not in SPLITS + EXTRA_SPLITS]
+        if bad:
+            log(f"eval: unknown splits {bad}; choose from {', '.join(SPLITS + EXTRA_SPLITS)}")
+            return 2
+        splits = make_splits(ds, [s for s in names if s in SPLITS], args.seed)
         res["splits"] = {}
-        for name, sp in splits.items():
+        if "capture_kfold" in names:
+            try:
+                capture_folds(ds, args.folds, args.seed)
+            except ValueError as e:
+                log(f"eval: {e}")
+                return 2
+        for name in names:
+            if name == "capture_kfold":
+                res["splits"][name] = run_kfold(ds, args.label_column, methods, folds=args.folds, seed=args.seed,
+                                                log=log, png_dir=png_dir, quick=args.quick,
+                                                teacher_cache=args.teacher_cache, device=args.device, spec=spec)
+                out.write_text(json.dumps(res, indent=1))
+                continue
+            sp = splits[name]
             log(f"eval: split {name}: train {len(sp['train'])} / test {len(sp['test'])} flows")
             res["splits"][name] = run_split(ds, sp, args.label_column, methods, seed=args.seed, quick=args.quick,
                                             teacher_cache=args.teacher_cache, device=args.device, log=log,

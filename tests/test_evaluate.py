@@ -87,7 +87,26 @@ def test_splits_disjoint_and_reproducible():
     def prior(idx):
         ys = [ds.labels[i] for i in idx]
         return np.array([ys.count(c) / len(ys) for c in ("Chat", "VPN", "Web")])
-    assert np.abs(prior(a["shifted"]["train"]) - prior(a["shifted"]["test"])).sum() > 0.05 or True
+    assert np.abs(prior(a["shifted"]["train"]) - prior(a["shifted"]["test"])).sum() > 0.05
+
+
+def test_capture_folds_partition_captures():
+    f = _fake(n_pcaps=11, per=7)
+    ds = _DS(labels=f.labels, service=f.service, app=f.app, pcap=f.pcap, records=f.records)
+    folds = E.capture_folds(ds, 4, seed=2)
+    assert len(folds) == 4
+    every = np.concatenate(folds)
+    assert sorted(every.tolist()) == list(range(len(ds)))  # each flow tested exactly once
+    caps = [{ds.pcap[i] for i in f_} for f_ in folds]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not caps[i] & caps[j]  # a capture never straddles two folds
+    sizes = sorted(len(f_) for f_ in folds)
+    assert sizes[-1] - sizes[0] <= 7  # balanced to within one capture
+    again = E.capture_folds(ds, 4, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again))
+    with pytest.raises(ValueError):
+        E.capture_folds(ds, 12)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +116,8 @@ def eval_run(shared, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--label-column", "category",
                "--json", str(out / "r.json"), "--report", str(out / "r.md"), "--encrypted-only", "--quick",
-               "--splits", "capture,unseen_app", "--methods", "rf,knn", "--pcaps", ",".join(PCAPS)])
+               "--splits", "capture,unseen_app,capture_kfold", "--folds", "3", "--methods", "rf,knn",
+               "--pcaps", ",".join(PCAPS)])
     return rc, out
 
 
@@ -108,7 +128,14 @@ def test_eval_cli_contract(eval_run):
     for k in ("macro_f1", "macro_f1_min5", "weighted_f1", "accuracy"):
         assert 0.0 <= r[k] <= 1.0
     assert r["flows"] > 50
-    assert set(r["splits"]) == {"capture", "unseen_app"}
+    assert set(r["splits"]) == {"capture", "unseen_app", "capture_kfold"}
+    kf = r["splits"].pop("capture_kfold")
+    assert kf["folds"] == 3 and kf["test_flows"] == r["flows"]  # pooled: every flow predicted once
+    for m in ("rf", "knn"):
+        mm = kf["methods"][m]
+        assert mm["flows"] == r["flows"] and len(mm["fold_macro_f1_min5"]) == 3
+        assert mm["fold_mean"] == pytest.approx(np.mean(mm["fold_macro_f1_min5"]), abs=1e-3)
+        assert "_pred" not in mm
     for s in r["splits"].values():
         assert s["train_flows"] + s["test_flows"] <= r["flows"]
         for m in ("rf", "knn"):
@@ -119,7 +146,7 @@ def test_eval_cli_contract(eval_run):
             assert mm["flows"] == s["test_flows"]
     assert r["splits"]["unseen_app"]["label"] == "category"
     md = (out / "r.md").read_text()
-    assert "| rf |" in md and "Split `capture`" in md
+    assert "| rf |" in md and "Split `capture`" in md and "3 capture folds" in md
     assert list(out.glob("confusion_*_rf.png"))
 
 
