@@ -12,6 +12,7 @@ Scale-out the way the Zeek package does it (docs/sensor.md, "Several daemons"): 
 publishes each flow on the topic ``ETooL::pick_daemon`` gives its originator address (rendezvous
 hashing, tests/zeek_peer.pick_daemon). One daemon subscribes to ``etool/flows/`` (``ETooL::daemons``
 empty). ``--daemons 1,2`` measures both in one run; ``--rounds R`` alternates them R times.
+``--workers`` runs one ``serve --workers N`` process instead (workers etool-sensor-i, same topics scheme).
 
 Originators: the captures' 256 flows come from 59 client addresses, one of them with a quarter of the
 flows, so HRW over two daemons splits them 66/34. ``--clients K`` (default 1024) gives the flows K
@@ -114,11 +115,11 @@ def client_addr(i: int) -> str:
     return f"10.{64 + (i >> 16) % 64}.{(i >> 8) & 255}.{i & 255}"
 
 
-async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template]) -> dict[str, float]:
+async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root: Path = ROOT) -> dict[str, float]:
     """Start the peer and n daemon processes, step the rates; returns a summary."""
     import psutil
 
-    names = [f"etool-{i}" for i in range(n)] if n > 1 else []
+    names = [f"{'etool-sensor' if a.workers else 'etool'}-{i}" for i in range(n)] if n > 1 else []
     # Per sent flow: topic and frame pieces. With --clients K, flow seq goes to client seq % K.
     K = a.clients
     if K:
@@ -136,7 +137,8 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template]) -> di
 
     share = collections.Counter(frame_for(s, "x")[0] for s in range(len(tmpls) * max(1, K)))
     tot = sum(share.values())
-    label = f"{n} daemon{'s' if n > 1 else ''}"
+    label = (f"serve --workers {n}" if a.workers and n > 1 else f"{n} daemon{'s' if n > 1 else ''}") \
+        + (f" from {root}" if root != ROOT else "")
     print(f"## {label}; flow share per topic: "
           + ", ".join(f"{t} {c / tot * 100:.0f}%" for t, c in sorted(share.items())), flush=True)
 
@@ -146,7 +148,7 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template]) -> di
     await peer.start()
     procs: list[subprocess.Popen] = []
     mports: list[int] = []
-    summary = {"daemons": n, "max_ok_rate": 0.0, "p99_at_first": float("nan"), "answered_max": 0.0}
+    summary = {"daemons": n, "root": str(root), "max_ok_rate": 0.0, "p99_at_first": float("nan"), "answered_max": 0.0}
     with tempfile.TemporaryDirectory() as td:
         def start(i: int, topics: list[str], extra: list[str]) -> None:
             mport = free_port()
@@ -156,12 +158,17 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template]) -> di
             cfg.write_text(json.dumps({"serve": serve}))
             cmd = [sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url", peer.url] + extra
             if a.stub:
-                cmd = [sys.executable, str(ROOT / "tests" / "stub_daemon.py")] + cmd[3:]
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE if a.quiet else None))
+                cmd = [sys.executable, str(root / "tests" / "stub_daemon.py")] + cmd[3:]
+            env = dict(os.environ, PYTHONPATH=str(root))
+            procs.append(subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE if a.quiet else None))
             mports.append(mport)
 
-        for i in range(max(1, n)):
-            start(i, [f"etool/flows/{names[i]}/"] if names else ["etool/flows/"], [])
+        if a.workers and n > 1:  # one process; worker i serves metrics on port + i
+            start(0, ["etool/flows/"], ["--workers", str(n)])
+            mports[:] = [mports[0] + i for i in range(n)]
+        else:
+            for i in range(max(1, n)):
+                start(i, [f"etool/flows/{names[i]}/"] if names else ["etool/flows/"], [])
         try:
             if not await peer.wait_connected(n, timeout=90):
                 raise SystemExit("daemons did not connect")
@@ -263,13 +270,17 @@ async def main(a: argparse.Namespace) -> None:
     print(info, flush=True)
     a.seq_base = 0
     results: list[dict[str, float]] = []
+    roots = [Path(r).resolve() for r in a.roots] if a.roots else [ROOT]
     for _ in range(a.rounds):
         for n in a.daemons:
-            results.append(await run_config(a, n, tmpls))
-            await asyncio.sleep(1.0)
-    print("# summary: daemons, highest step without drops (offered/s), most answered/s, p99 ms at the first rate")
+            for root in roots:
+                results.append(await run_config(a, n, tmpls, root))
+                await asyncio.sleep(1.0)
+    print("# summary: daemons, highest step without drops (offered/s), most answered/s, p99 ms at the first rate, "
+          "daemon checkout")
     for r in results:
-        print(f"#   {r['daemons']:>2}  {r['max_ok_rate']:8.0f}  {r['answered_max']:8.0f}  {r['p99_at_first']:8.2f}")
+        print(f"#   {r['daemons']:>2}  {r['max_ok_rate']:8.0f}  {r['answered_max']:8.0f}  {r['p99_at_first']:8.2f}  "
+              f"{r['root']}")
 
 
 if __name__ == "__main__":
@@ -280,8 +291,13 @@ if __name__ == "__main__":
     p.add_argument("--queue-size", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--daemons", type=ints, default=[1], help="daemon processes, e.g. 1,2 (one run each)")
+    p.add_argument("--workers", action="store_true",
+                   help="one `serve --workers N` process instead of N daemon processes")
     p.add_argument("--rounds", type=int, default=1, help="repeat the --daemons list this many times")
     p.add_argument("--clients", type=int, default=1024, help="synthetic originator addresses (0: the captures')")
+    p.add_argument("--roots", type=lambda s: s.split(","), default=None,
+                   help="A/B: run the daemons from these checkouts in turn (e.g. a `git worktree` of the base "
+                        "commit and .); the peer always runs from this one")
     p.add_argument("--stub", action="store_true", help="fixed-answer model: measure decode/transport alone")
     p.add_argument("--quiet", action="store_true", help="hide the daemons' log")
     asyncio.run(main(p.parse_args()))

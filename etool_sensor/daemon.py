@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import os
@@ -82,6 +83,7 @@ class ServeSettings:
     min_packets: int = 2
     model_path: str | None = None
     threads: int | None = None
+    workers: int = 1
 
     @classmethod
     def from_config(cls, cfg: Any = None, args: argparse.Namespace | None = None) -> "ServeSettings":
@@ -112,8 +114,11 @@ class ServeSettings:
             min_packets=int(_get(cfg, "flow.min_packets", d.min_packets)),
             model_path=_get(cfg, "model.path", None),
             threads=_get(cfg, "model.threads", None),
+            workers=int(_get(cfg, "serve.workers", d.workers)),
         )
         if args is not None:
+            if getattr(args, "workers", None):
+                s.workers = args.workers
             if getattr(args, "zeek_url", None):
                 s.zeek_url = args.zeek_url
             if getattr(args, "model", None):
@@ -418,26 +423,36 @@ class Daemon:
             self.warn.warn("model", "inference failed for %d flows: %r", len(batch), e)
             return
         m.infer_seconds.observe(time.perf_counter() - t0)
-        sent = 0
+        texts: list[str] = []
+        done: list[tuple[_Item, Verdict]] = []
+        encode = z.encode_verdict
+        for it, v in zip(batch, verdicts):
+            try:
+                texts.append(encode(it.reply_topic, v))
+            except z.WireError as e:
+                m.drops.labels("model_error").inc()
+                self.warn.warn("encode", "cannot encode verdict for %s: %s", it.record.uid, e)
+                continue
+            done.append((it, v))
+        if not texts:
+            return
         try:
-            for it, v in zip(batch, verdicts):
-                try:
-                    text = z.encode_verdict(it.reply_topic, v)
-                except z.WireError as e:
-                    m.drops.labels("model_error").inc()
-                    self.warn.warn("encode", "cannot encode verdict for %s: %s", it.record.uid, e)
-                    sent += 1
-                    continue
-                await self.client.send(text)
-                sent += 1
-                m.verdicts_out.inc()
-                m.latency.observe(time.perf_counter() - it.t_recv)
-                hit = v.alert(self.s.alert_labels)
+            # the whole batch in one write (one flow-control wait), not a send() per verdict
+            await self.client.send_many(texts)
+        except Exception as e:  # noqa: BLE001 - ConnectionClosed
+            m.drops.labels("disconnected").inc(len(texts))
+            self.warn.warn("send", "cannot send verdicts (%d dropped): %s", len(texts), _why(e))
+            return
+        t_sent = time.perf_counter()
+        m.verdicts_out.inc(len(texts))
+        observe = m.latency.observe
+        labels = self.s.alert_labels
+        for it, v in done:
+            observe(t_sent - it.t_recv)
+            if labels:
+                hit = v.alert(labels)
                 if hit:
                     m.alerts.labels(hit).inc()
-        except Exception as e:  # noqa: BLE001 - ConnectionClosed mid-batch
-            m.drops.labels("disconnected").inc(len(batch) - sent)
-            self.warn.warn("send", "cannot send verdicts (%d dropped): %s", len(batch) - sent, _why(e))
 
     def _classify(self, batch: list[_Item]) -> list[Verdict]:
         return self.model.classify([it.record for it in batch], [it.context for it in batch], self.thresholds,
@@ -504,6 +519,30 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zeek-url", metavar="URL",
                    help=f"Zeek WebSocket API endpoint (default: serve.zeek_url, {z.DEFAULT_URL})")
     p.add_argument("--model", metavar="DIR", help="model package directory (default: model.path, the bundled model)")
+    p.add_argument("--workers", metavar="N", type=_positive_int,
+                   help="event-loop processes (default: serve.workers, 1); with N > 1, worker i is the daemon "
+                        "<app_name>-i to Zeek (ETooL::daemons) and subscribes to <topic><app_name>-i/")
+
+
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..64, got {v!r}")
+    return n
+
+
+def worker_settings(s: ServeSettings, i: int) -> ServeSettings:
+    """Worker i of ``serve --workers N``: one of N daemons to Zeek, named ``<app_name>-<i>``.
+
+    It subscribes to ``<topic><name>/`` for each of serve.topics (``etool/flows/etool-sensor-0/`` by
+    default: what the Zeek package publishes to with ``ETooL::daemons`` listing the names), says its
+    name in the handshake (cluster.log) and serves metrics on ``metrics_port + i``."""
+    name = f"{s.app_name or 'etool-sensor'}-{i}"
+    return dataclasses.replace(s, topics=tuple(t + name + "/" for t in s.topics), app_name=name,
+                               metrics_port=s.metrics_port + i if s.metrics_port else 0, workers=1)
 
 
 def serve_main(args: argparse.Namespace, cfg: Any = None) -> int:
@@ -519,20 +558,90 @@ def serve_main(args: argparse.Namespace, cfg: Any = None) -> int:
     if not s.zeek_url.startswith(("ws://", "wss://")):
         print(f"etool-sensor serve: --zeek-url must be ws:// or wss://, got {s.zeek_url!r}", file=sys.stderr)
         return 2
+    if s.workers > 1:
+        return _serve_workers(s)
+    return _serve_one(s)
+
+
+def _serve_one(s: ServeSettings, workers: int = 1) -> int:
     try:
         from .runtime import load_model
     except ImportError as e:
         print(f"etool-sensor serve: the model runtime is not available: {e}", file=sys.stderr)
         return 2
     try:
-        # null = one core for the event loop (decode, context, send), the others for inference
-        threads = s.threads if s.threads is not None else max(1, (os.cpu_count() or 2) - 1)
+        # null = one core for the event loop (decode, context, send), the others for inference; with
+        # several workers, each gets its share of the cores
+        threads = s.threads if s.threads is not None else max(1, (os.cpu_count() or 2) // workers - 1)
         model = load_model(s.model_path, threads=threads)
     except Exception as e:  # noqa: BLE001 - a bad model package is an input error
         print(f"etool-sensor serve: cannot load model: {e}", file=sys.stderr)
         return 2
     log.info("model %s %s loaded", getattr(model, "name", "?"), getattr(model, "version", "?"))
     return asyncio.run(_serve(s, model))
+
+
+def _worker_main(s: ServeSettings, workers: int) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(_serve_one(s, workers))
+
+
+def _serve_workers(s: ServeSettings) -> int:
+    """``serve --workers N``: N forked processes, each a whole daemon (its own event loop, model,
+    WebSocket session and topic), so decoding and inference use N cores instead of one GIL. The parent
+    loads nothing; it forwards SIGTERM/SIGINT, and when one worker fails it stops the others and exits
+    with that worker's status (a supervisor restarts the set). Exit status: that first failure's, else
+    the largest of the workers'."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    n = s.workers
+    if s.metrics_port and s.metrics_port + n - 1 > 65535:
+        print(f"etool-sensor serve: metrics ports {s.metrics_port}..{s.metrics_port + n - 1} exceed 65535",
+              file=sys.stderr)
+        return 2
+    ws = [worker_settings(s, i) for i in range(n)]
+    names = ", ".join(f'"{w.app_name}"' for w in ws)
+    log.info("%d workers subscribing to %s; in Zeek: redef ETooL::daemons = vector(%s);", n,
+             ", ".join(w.topics[0] for w in ws), names)
+    ctx = mp.get_context("fork")  # nothing heavy is loaded yet: each worker loads its own model
+    procs = [ctx.Process(target=_worker_main, args=(w, n), name=w.app_name, daemon=False) for w in ws]
+    for p in procs:
+        p.start()
+    stopping = False
+    failed: int | None = None
+
+    def stop(_sig: int = 0, _frame: Any = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.exitcode is None and p.pid is not None:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while any(p.exitcode is None for p in procs):
+            wait([p.sentinel for p in procs if p.exitcode is None], timeout=1.0)
+            for p in procs:
+                if p.exitcode not in (None, 0) and not stopping:
+                    log.error("worker %s exited with status %s: stopping the others", p.name, p.exitcode)
+                    failed = _status(p.exitcode)
+                    stop()
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if failed is not None:
+        return failed
+    return max(_status(p.exitcode if p.exitcode is not None else 1) for p in procs)
+
+
+def _status(exitcode: int) -> int:
+    """multiprocessing's exit code (-N: killed by signal N) as a shell status."""
+    return exitcode if exitcode >= 0 else 128 - exitcode
 
 
 async def _serve(s: ServeSettings, model: Any) -> int:

@@ -1048,8 +1048,45 @@ def verdict_args(v: Verdict) -> list[Any]:
 
 
 def encode_verdict(topic: str, v: Verdict) -> str:
-    """The frame the daemon publishes: ``ETooL::verdict(v: ETooL::Verdict)`` on ``topic``."""
+    """The frame the daemon publishes: ``ETooL::verdict(v: ETooL::Verdict)`` on ``topic``.
+
+    Written from fixed pieces: the same text as ``encode_event(topic, VERDICT_EVENT, verdict_args(v))``
+    (kept as ``encode_verdict_generic``; tests compare the two) without building and serialising the
+    nested dicts. Same checks in the same order, same errors."""
+    conf = float(v.confidence)
+    if not math.isfinite(conf):
+        raise WireError("type", f"confidence not finite for {v.uid}")
+    uid, service, app = _check_str(str(v.uid)), _check_str(str(v.service)), _check_str(str(v.app))
+    alts = [_check_str(str(a)) for a in v.alternatives]
+    model = _check_str(str(v.model))
+    j = _json_str
+    return (_V_HEAD + j(topic) + _V_MID + j(uid) + _V_STR + j(service) + _V_STR + j(app) + _V_REAL + dumps(conf)
+            + (_V_TRUE if v.unknown else _V_FALSE)
+            + ",".join(['{"@data-type":"string","data":' + j(a) + "}" for a in alts])
+            + _V_MODEL + j(model) + _V_TAIL)
+
+
+def encode_verdict_generic(topic: str, v: Verdict) -> str:
     return encode_event(topic, VERDICT_EVENT, verdict_args(v))
+
+
+_V_HEAD = '{"type":"data-message","topic":'
+_V_MID = (',"@data-type":"vector","data":[{"@data-type":"count","data":1},{"@data-type":"count","data":1},'
+          '{"@data-type":"vector","data":[{"@data-type":"string","data":"ETooL::verdict"},'
+          '{"@data-type":"vector","data":[{"@data-type":"vector","data":[{"@data-type":"string","data":')
+_V_STR = '},{"@data-type":"string","data":'
+_V_REAL = '},{"@data-type":"real","data":'
+_V_TRUE = '},{"@data-type":"boolean","data":true},{"@data-type":"vector","data":['
+_V_FALSE = '},{"@data-type":"boolean","data":false},{"@data-type":"vector","data":['
+_V_MODEL = ']},{"@data-type":"string","data":'
+_V_TAIL = "}]}]}]}]}"
+
+
+def _json_str(s: str) -> str:
+    """``dumps(s)``: printable ASCII without '"' and '\\' is written as is by either JSON encoder."""
+    if type(s) is str and s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return '"' + s + '"'
+    return dumps(s)
 
 
 def verdict_from_event(ev: Event) -> Verdict:
@@ -1186,6 +1223,24 @@ class ZeekClient:
             from websockets.exceptions import ConnectionClosed
             raise ConnectionClosed(None, None)
         await ws.send(text)
+
+    async def send_many(self, texts: list[str]) -> None:
+        """Publish several messages at once: the frames are queued in one step and written with one
+        flow-control wait, instead of a write context and a drain per message. All or none of them
+        reach the transport (raises ConnectionClosed like ``send``)."""
+        ws = self.ws
+        if ws is None or self.ack is None:
+            from websockets.exceptions import ConnectionClosed
+            raise ConnectionClosed(None, None)
+        proto, ctx = getattr(ws, "protocol", None), getattr(ws, "send_context", None)
+        if proto is None or ctx is None or getattr(ws, "send_in_progress", None) is not None:
+            for t in texts:  # another websockets layout, or a fragmented message going out: one by one
+                await ws.send(t)
+            return
+        async with ctx():
+            send_text = proto.send_text
+            for t in texts:
+                send_text(t.encode())
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         ws, self.ws, self.ack = self.ws, None, None

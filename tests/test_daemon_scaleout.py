@@ -77,3 +77,83 @@ def test_two_daemons_one_verdict_per_uid_same_answers_as_one(model, flows):  # n
         assert (v.service, v.app, v.unknown, v.alternatives[:1], v.model) == \
                (b.service, b.app, b.unknown, b.alternatives[:1], b.model)
         assert v.confidence == pytest.approx(b.confidence, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------ serve --workers N
+def _scrape_flows_in(port: int) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("etool_flows_in_total "):
+                return float(line.split()[1])
+    return -1.0
+
+
+def test_serve_workers_two_processes_one_verdict_per_uid(tmp_path, model, flows):  # noqa: F811
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_daemon_e2e import ROOT, free_port
+
+    names = ["etool-sensor-0", "etool-sensor-1"]
+    sel = flows[:200]
+    mport = free_port()
+    while True:  # the worker's port is mport + 1: take a pair that is free
+        try:
+            import socket
+
+            with socket.socket() as s1:
+                s1.bind(("127.0.0.1", mport + 1))
+            break
+        except OSError:
+            mport = free_port()
+    cfg = tmp_path / "etool.yaml"
+    cfg.write_text(json.dumps({"serve": {"metrics_port": mport, "reconnect_min_s": 0.05}}))
+
+    async def main():
+        async with ZeekPeer() as peer:
+            proc = subprocess.Popen([sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url",
+                                     peer.url, "--workers", "2"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            try:
+                assert await peer.wait_connected(2, 60), proc.stderr.read() if proc.poll() is not None else ""
+                subs = sorted(tuple(c.subscriptions) for c in peer.clients.values())
+                assert subs == [("etool/flows/etool-sensor-0/",), ("etool/flows/etool-sensor-1/",)]
+                assert sorted(peer.app_names) == names
+                for r in sel:
+                    assert await peer.publish_flow(r, topic=daemon_topic(r.orig_h, names)) == 1
+                assert await peer.wait_verdicts(len(sel), 60), len(peer.verdicts)
+                await asyncio.sleep(0.3)
+                got = [v.uid for _, v, _ in peer.verdicts]
+                assert len(got) == len(set(got)) == len(sel) and set(got) == {r.uid for r in sel}
+                want = collections.Counter(pick_daemon(r.orig_h, names) for r in sel)
+                per = await asyncio.to_thread(lambda: [_scrape_flows_in(mport), _scrape_flows_in(mport + 1)])
+                assert per == [want[names[0]], want[names[1]]]
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                rc = await asyncio.to_thread(proc.wait, 30)
+                err = proc.stderr.read()
+            assert rc == 0, err
+            assert err.count("stopped:") == 2 and "redef ETooL::daemons = vector(" + ", ".join(
+                f'"{n}"' for n in names) + ");" in err
+
+    run(main())
+
+
+def test_serve_workers_a_failing_worker_stops_the_set(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_daemon_e2e import ROOT
+
+    t0 = __import__("time").monotonic()
+    p = subprocess.run([sys.executable, "-m", "etool_sensor.daemon", "--zeek-url", "ws://127.0.0.1:9/v1/messages/json",
+                        "--model", str(tmp_path / "no-such-model"), "--workers", "2"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "cannot load model" in p.stderr
+    assert __import__("time").monotonic() - t0 < 30
+    bad = subprocess.run([sys.executable, "-m", "etool_sensor.daemon", "--workers", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--workers" in bad.stderr
