@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from operator import attrgetter
 from typing import Sequence
 
 import numpy as np
@@ -50,6 +51,9 @@ class FeatureSpec:
         return asdict(self)
 
 
+_PACKET_COLS = attrgetter("dt", "is_orig", "payload_len", "tcp_flags")
+
+
 def port_token(port: int) -> int:
     return port if port < 1024 else (1024 if port < 49152 else 1025)
 
@@ -73,20 +77,20 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
     seg = np.zeros((bsz, m * bb), np.int64)
     ctx = np.zeros((bsz, k, 3 + CONTEXT_SIZES), np.float32)
     meta = np.zeros((bsz, 4), np.float32)
-    sb, ib = SIZE_BUCKETS - 1, IAT_BUCKETS - 1
-    rows: list[tuple[int, int, int, int]] = []
-    row_idx: list[int] = []
+    stride = m * bb
+    flat: list = []  # the first n packets of every record, in order
+    counts: list[int] = []
+    pieces: list[bytes] = []  # payload prefixes (masked), with their flat offset and segment id
+    piece_at: list[int] = []
+    piece_seg: list[int] = []
+    nb_at: list[int] = []  # BURST neighbours: flat (record, slot) index and feature row
+    nb_rows: list[tuple] = []
+    meta_rows: list[tuple] = []
+    pad = (0,) * CONTEXT_SIZES
     for i, r in enumerate(records):
-        # Packet tokens are gathered as Python tuples and written with one numpy assignment per batch:
-        # per-element numpy writes cost more than the whole encoding.
-        prev = 0.0
         ps = r.packets[:n]
-        for p in ps:
-            gap = int((p.dt - prev) * 1e6)
-            prev = p.dt
-            rows.append((1 if p.is_orig else 2, min(p.payload_len >> 4, sb),
-                         min(gap.bit_length(), ib) if gap > 0 else 0, p.tcp_flags & 0xFF))
-        row_idx.append(len(ps))
+        flat += ps
+        counts.append(len(ps))
         for c, ch in enumerate(r.payload[:m]):
             data = ch.data[:bb]
             if not data:
@@ -95,31 +99,48 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
                 data = mask_payload(data, r.proto, r.orig_p, r.resp_p)
                 if spec.normalize_random:
                     data = normalize_random(data, r.proto, r.orig_p, r.resp_p)
-            off = c * bb
-            byt[i, off:off + len(data)] = np.frombuffer(data, np.uint8)
-            byt[i, off:off + len(data)] += 1
-            seg[i, off:off + len(data)] = 1 + 2 * c + (0 if ch.is_orig else 1)
+            pieces.append(data)
+            piece_at.append(i * stride + c * bb)
+            piece_seg.append(1 + 2 * c + (0 if ch.is_orig else 1))
         cx = contexts[i] if contexts is not None else None
-        if cx is not None and cx.neighbours:
-            for j, nb in enumerate(cx.neighbours[:k]):
-                row = ctx[i, j]
-                row[0] = -math.log1p(-nb.dt) if nb.dt <= 0 else math.log1p(nb.dt)
-                row[1] = nb.burst_gap
-                row[2] = nb.proto == "udp"
-                sz = nb.sizes[:CONTEXT_SIZES]
-                if sz:
-                    row[3:3 + len(sz)] = sz
-            ctx[i, :, 3:] /= 1500.0
         if cx is not None:
-            meta[i, 3] = math.log1p(cx.position)
-        meta[i, 0] = r.proto == "udp"
-        meta[i, 1] = len(ps) / n
-        meta[i, 2] = r.final
-    if rows:
-        counts = np.asarray(row_idx)
-        flat_i = np.repeat(np.arange(bsz), counts)
-        flat_j = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        pkt[flat_i, flat_j] = np.asarray(rows, np.int64)
+            for j, nb in enumerate(cx.neighbours[:k]):
+                sz = nb.sizes[:CONTEXT_SIZES]
+                nb_at.append(i * k + j)
+                nb_rows.append((-math.log1p(-nb.dt) if nb.dt <= 0 else math.log1p(nb.dt), nb.burst_gap,
+                                nb.proto == "udp", *sz, *pad[len(sz):]))
+            position = math.log1p(cx.position)
+        else:
+            position = 0.0
+        meta_rows.append((r.proto == "udp", len(ps) / n, r.final, position))
+    if nb_rows:
+        rows = np.array(nb_rows, np.float64).astype(np.float32)
+        rows[:, 3:] /= np.float32(1500.0)
+        ctx.reshape(bsz * k, -1)[nb_at] = rows
+    if meta_rows:
+        meta[:] = np.array(meta_rows, np.float64)
+    # Packet tokens and payload bytes are written with a few vector operations per batch: per-packet
+    # Python arithmetic and per-chunk numpy writes cost more than everything else in encode().
+    if flat:
+        cnt = np.asarray(counts)
+        first = np.cumsum(cnt) - cnt  # index in `flat` of each record's first packet
+        cols = np.array(list(map(_PACKET_COLS, flat)), np.float64)
+        dt = cols[:, 0]
+        prev = np.empty_like(dt)
+        prev[1:] = dt[:-1]
+        prev[first[cnt > 0]] = 0.0
+        gap = np.trunc((dt - prev) * 1e6).astype(np.int64)  # int((dt - prev) * 1e6), as in Python
+        gap_b = np.where(gap > 0, np.minimum(np.frexp(np.maximum(gap, 1).astype(np.float64))[1], IAT_BUCKETS - 1), 0)
+        flat_i = np.repeat(np.arange(bsz), cnt)
+        flat_j = np.arange(len(flat)) - np.repeat(first, cnt)
+        pkt[flat_i, flat_j] = np.stack([np.where(cols[:, 1] > 0, 1, 2),
+                                        np.minimum(cols[:, 2].astype(np.int64) >> 4, SIZE_BUCKETS - 1),
+                                        gap_b, cols[:, 3].astype(np.int64) & 0xFF], axis=1)
+    if pieces:
+        lens = np.fromiter(map(len, pieces), np.int64, len(pieces))
+        pos = np.repeat(np.asarray(piece_at) - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+        byt.reshape(-1)[pos] = np.frombuffer(b"".join(pieces), np.uint8).astype(np.int64) + 1
+        seg.reshape(-1)[pos] = np.repeat(np.asarray(piece_seg, np.int64), lens)
     out = {"pkt": pkt, "byt": byt, "seg": seg, "ctx": ctx, "meta": meta}
     if spec.use_ports:
         out["port"] = np.array([port_token(r.resp_p) for r in records], np.int64)
