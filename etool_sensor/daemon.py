@@ -246,6 +246,8 @@ class Daemon:
         self._http: asyncio.AbstractServer | None = None
         self.metrics_port: int | None = None
         self._attempts = 0
+        self._fill: asyncio.Future | None = None  # the batcher waits on it for a batch to fill
+        self._fill_need = 0
         self.m.queue_depth.set_function(lambda: self.queue.qsize() if self.queue is not None else 0)
         self.m.connected.set_function(lambda: 1 if self.client.connected else 0)
 
@@ -265,7 +267,7 @@ class Daemon:
             await self.client.run(self._on_frame, self.stop_event)
         finally:
             # Graceful: nothing new comes in; everything queued is answered, then the session closes.
-            self.queue.put_nowait(_STOP) if not self.queue.full() else None
+            self._put_stop() if not self.queue.full() else None
             try:
                 await asyncio.wait_for(self._finish(batcher), self.s.drain_timeout_s)
             except (asyncio.TimeoutError, TimeoutError):
@@ -287,7 +289,7 @@ class Daemon:
                 await asyncio.sleep(0.01)
                 continue
             if _STOP not in self.queue._queue:  # type: ignore[attr-defined]
-                self.queue.put_nowait(_STOP)
+                self._put_stop()
             await asyncio.wait({batcher}, timeout=0.05)
         batcher.result()
 
@@ -372,7 +374,17 @@ class Daemon:
         except Exception as e:  # noqa: BLE001
             ctx = None
             self.warn.warn("context", "context tracker failed: %r", e)
-        self.queue.put_nowait(_Item(rec, ctx, fe.reply_topic, t_recv))
+        q = self.queue
+        q.put_nowait(_Item(rec, ctx, fe.reply_topic, t_recv))
+        f = self._fill
+        if f is not None and q.qsize() >= self._fill_need and not f.done():
+            f.set_result(None)
+
+    def _put_stop(self) -> None:
+        self.queue.put_nowait(_STOP)
+        f = self._fill
+        if f is not None and not f.done():
+            f.set_result(None)
 
     # -------------------------------------------------------------- batch, infer, send
     async def _batcher(self) -> None:
@@ -400,7 +412,17 @@ class Daemon:
                 rest = t_end - time.perf_counter()
                 if rest <= 0:
                     break
-                await asyncio.sleep(min(rest, 0.001) if rest > 0.001 else rest)
+                # sleep until the batch can be filled, a stop comes, or the deadline: one wake-up per
+                # batch instead of polling the queue every millisecond
+                loop = asyncio.get_running_loop()
+                f = self._fill = loop.create_future()
+                self._fill_need = bs - len(batch)
+                timer = loop.call_later(rest, _set_done, f)
+                try:
+                    await f
+                finally:
+                    timer.cancel()
+                    self._fill = None
             if stop:  # drain everything still queued behind the stop marker
                 while not q.empty():
                     it = q.get_nowait()
@@ -498,6 +520,11 @@ class Daemon:
             pass
         finally:
             writer.close()
+
+
+def _set_done(f: asyncio.Future) -> None:
+    if not f.done():
+        f.set_result(None)
 
 
 def _why(e: Any) -> str:

@@ -792,10 +792,16 @@ _port_cache: dict[str, Port] = {}
 _second_cache: dict[str, int] = {}  # "YYYY-MM-DDThh:mm:ss" -> epoch seconds
 
 
+# A dotted quad in canonical form (no leading zeros, octets <= 255): ipaddress accepts exactly these
+# IPv4 strings and writes them back unchanged, so such a string is its own parse_address result.
+_IPV4_CANON_RE = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                            r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\Z")
+
+
 def _addr_str(s: Any) -> str:
     r = _addr_cache.get(s) if type(s) is str else None
     if r is None:
-        r = str(parse_address(s))
+        r = s if type(s) is str and _IPV4_CANON_RE.match(s) else str(parse_address(s))
         if len(_addr_cache) >= _CACHE_MAX:
             _addr_cache.clear()
         _addr_cache[s] = r

@@ -201,3 +201,13 @@ def test_encode_verdict_is_the_generic_encoding(topic, uid, service, app, model,
     finally:
         z.force_stdlib_json(False)
     assert a == b
+
+
+def test_canonical_ipv4_shortcut_is_parse_address():
+    import itertools
+
+    octets = ["0", "00", "01", "9", "99", "100", "199", "249", "250", "255", "256", "1000", "", "\u0663"]
+    for p in itertools.product(octets, repeat=4):
+        for s in (".".join(p), ".".join(p) + "\n"):
+            z._addr_cache.clear()
+            assert outcome(lambda t, _: z._addr_str(t), s) == outcome(lambda t, _: str(z.parse_address(t)), s), s

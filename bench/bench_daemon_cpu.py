@@ -1,0 +1,115 @@
+"""CPU per flow of the daemon's own hot path, without sockets (not a test; prints numbers).
+
+Feeds real ETooL::flow frames (as Zeek lays them out; 1,024 client addresses) to ``Daemon._on_frame`` in bursts, lets the batcher
+batch them, a fixed-answer model "classify" them in the worker thread and the verdicts be encoded and
+handed to a client stand-in that only counts them: decode, duplicate check, context, queue, batching,
+thread hand-off, verdict encoding, metrics. Reports process CPU seconds per flow (user + system, all
+threads), best of --repeat. With ``--roots A,B`` each checkout runs in its own subprocess, alternately,
+so two versions are compared under the same machine load.
+
+    python bench/bench_daemon_cpu.py [--flows 20000] [--burst 64] [--repeat 5] [--roots /tmp/base,.]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(a: argparse.Namespace) -> None:
+    import asyncio
+    import dataclasses
+
+    from etool_sensor import zeekws as z
+    from etool_sensor.daemon import Daemon, ServeSettings
+    from etool_sensor.flows import Verdict
+
+    sys.path.insert(0, str(ROOT))
+    from tests.zeek_peer import flows_from_captures  # the peer side is always this checkout's
+
+    class Model:
+        def classify(self, records, contexts=None, thresholds=None, *, mask_names=True, min_packets=2, top_k=3):
+            return [Verdict(r.uid, "Web", "Google", 0.7123, False, ["Web:0.712", "Chat:0.100", "VPN:0.050"],
+                            "etool-student@0.3.0") for r in records]
+
+    class Client:
+        connected = True
+        sent = 0
+
+        async def send(self, text):
+            self.sent += 1
+
+        async def send_many(self, texts):
+            self.sent += len(texts)
+
+    flows = flows_from_captures(limit=256)
+    frames = []
+    for i in range(a.flows):
+        r = flows[i % len(flows)]
+        frames.append(z.encode_flow("etool/flows/", dataclasses.replace(r, uid=f"C{i:017d}",
+                                                                       orig_h=f"10.64.{(i >> 8) & 3}.{i & 255}"),
+                                    "etool/verdicts/worker-1/", network_time=1.7e9 + i * 1e-3))
+
+    async def once() -> float:
+        d = Daemon(ServeSettings(metrics_port=0), Model())
+        d.client = Client()
+        d.queue = asyncio.Queue(d.s.queue_size)
+        d.stop_event = asyncio.Event()
+        batcher = asyncio.create_task(d._batcher())
+        await asyncio.sleep(0.01)
+        c0 = time.process_time()
+        perf = time.perf_counter
+        for i in range(0, len(frames), a.burst):
+            for f in frames[i:i + a.burst]:
+                d._on_frame(f, perf())
+            await asyncio.sleep(0)
+        while d.client.sent < len(frames):
+            await asyncio.sleep(0.0005)
+        c1 = time.process_time()
+        batcher.cancel()
+        d._pool.shutdown(wait=True)
+        return (c1 - c0) / len(frames)
+
+    best = min(asyncio.run(once()) for _ in range(a.repeat))
+    print(json.dumps({"cpu_us_per_flow": best * 1e6}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--flows", type=int, default=20000)
+    p.add_argument("--burst", type=int, default=64, help="frames handed to the daemon between loop turns")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="with --roots: alternations")
+    p.add_argument("--roots", type=lambda s: s.split(","), default=None)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child or not a.roots:
+        if not a.child:
+            sys.path.insert(0, str(ROOT))
+        child(a)
+        return
+    res: dict[str, list[float]] = {r: [] for r in a.roots}
+    print(f"# load average at start {os.getloadavg()[0]:.2f}")
+    for _ in range(a.rounds):
+        for r in a.roots:
+            root = Path(r).resolve()
+            out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--flows", str(a.flows),
+                                  "--burst", str(a.burst), "--repeat", str(a.repeat)], cwd=root,
+                                 env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, check=True)
+            v = json.loads(out.stdout.strip().splitlines()[-1])["cpu_us_per_flow"]
+            res[r].append(v)
+            print(f"{str(root):40s} {v:7.1f} us/flow", flush=True)
+    print(f"# load average at end {os.getloadavg()[0]:.2f}")
+    for r, v in res.items():
+        print(f"# {r}: best {min(v):.1f} us/flow, median {sorted(v)[len(v) // 2]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
