@@ -561,15 +561,18 @@ def _positive_int(v: str) -> int:
     return n
 
 
-def worker_settings(s: ServeSettings, i: int) -> ServeSettings:
+def worker_settings(s: ServeSettings, i: int, n: int | None = None) -> ServeSettings:
     """Worker i of ``serve --workers N``: one of N daemons to Zeek, named ``<app_name>-<i>``.
 
     It subscribes to ``<topic><name>/`` for each of serve.topics (``etool/flows/etool-sensor-0/`` by
     default: what the Zeek package publishes to with ``ETooL::daemons`` listing the names), says its
-    name in the handshake (cluster.log) and serves metrics on ``metrics_port + i``."""
+    name in the handshake (cluster.log), serves metrics on ``metrics_port + i`` and queues at most
+    ``queue_size / N`` flows, so the N workers together hold no more than one daemon would."""
+    n = n or s.workers
     name = f"{s.app_name or 'etool-sensor'}-{i}"
     return dataclasses.replace(s, topics=tuple(t + name + "/" for t in s.topics), app_name=name,
-                               metrics_port=s.metrics_port + i if s.metrics_port else 0, workers=1)
+                               metrics_port=s.metrics_port + i if s.metrics_port else 0, workers=1,
+                               queue_size=max(1, s.queue_size // n))
 
 
 def serve_main(args: argparse.Namespace, cfg: Any = None) -> int:
@@ -628,7 +631,7 @@ def _serve_workers(s: ServeSettings) -> int:
         print(f"etool-sensor serve: metrics ports {s.metrics_port}..{s.metrics_port + n - 1} exceed 65535",
               file=sys.stderr)
         return 2
-    ws = [worker_settings(s, i) for i in range(n)]
+    ws = [worker_settings(s, i, n) for i in range(n)]
     names = ", ".join(f'"{w.app_name}"' for w in ws)
     log.info("%d workers subscribing to %s; in Zeek: redef ETooL::daemons = vector(%s);", n,
              ", ".join(w.topics[0] for w in ws), names)

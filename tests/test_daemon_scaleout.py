@@ -157,3 +157,17 @@ def test_serve_workers_a_failing_worker_stops_the_set(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "etool_sensor.daemon", "--workers", "0"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--workers" in bad.stderr
+
+
+def test_worker_settings_names_topics_ports_and_queue_share():
+    from etool_sensor.daemon import ServeSettings, worker_settings
+
+    s = ServeSettings(topics=("etool/flows/", "other/"), metrics_port=9464, queue_size=10001, workers=3)
+    ws = [worker_settings(s, i) for i in range(3)]
+    assert [w.app_name for w in ws] == ["etool-sensor-0", "etool-sensor-1", "etool-sensor-2"]
+    assert ws[1].topics == ("etool/flows/etool-sensor-1/", "other/etool-sensor-1/")
+    assert [w.metrics_port for w in ws] == [9464, 9465, 9466]
+    assert all(w.queue_size == 3333 and w.workers == 1 for w in ws)
+    assert worker_settings(ServeSettings(metrics_port=0, app_name="a"), 1, 2).metrics_port == 0
+    # the topic is the one the Zeek script publishes to for that daemon name
+    assert ws[2].topics[0] == daemon_topic("10.0.0.1", [ws[2].app_name])
