@@ -36,11 +36,8 @@ MAX_DGRAM_TOKENS = 24
 
 @dataclass
 class EncoderConfig:
-    # Student defaults since model 0.4.0: one layer over 24 tokens (8 packet, 6 datagram, 8 context, CLS,
-    # META). The 0.3.0 shape (2 layers, pkt_stride 2, dgram_stride 8: 38 tokens) was no more accurate on
-    # the IID and capture splits (docs/model-card.md) and took 2x the CPU per flow (docs/performance.md).
     d: int = 64
-    layers: int = 1
+    layers: int = 2
     heads: int = 2
     mlp: int = 2  # MLP hidden = mlp * d
     dropout: float = 0.1
@@ -48,18 +45,18 @@ class EncoderConfig:
     payload_bytes: int = 64
     payload_packets: int = 3
     context: int = 8
-    pkt_stride: int = 4  # consecutive packets merged per packet token
-    dgram_stride: int = 16  # 2-byte units merged per datagram token
+    pkt_stride: int = 2  # consecutive packets merged per packet token
+    dgram_stride: int = 8  # 2-byte units merged per datagram token
     use_payload: bool = True
     use_ports: bool = False
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec, **kw) -> "EncoderConfig":
         """The encoder for `spec`. Unless given, dgram_stride grows with the payload window so that the
-        datagram stream stays at most MAX_DGRAM_TOKENS tokens (6 at the B=64 window)."""
+        datagram stream stays at most MAX_DGRAM_TOKENS tokens (8 at the B=64 window)."""
         if "dgram_stride" not in kw:
             units = (spec.payload_packets * spec.payload_bytes + 1) // 2
-            kw["dgram_stride"] = max(cls.dgram_stride, math.ceil(units / MAX_DGRAM_TOKENS))
+            kw["dgram_stride"] = max(8, math.ceil(units / MAX_DGRAM_TOKENS))
         return cls(packets=spec.packets, payload_bytes=spec.payload_bytes, payload_packets=spec.payload_packets,
                    context=spec.context, use_ports=spec.use_ports, **kw)
 

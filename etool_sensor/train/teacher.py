@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..features import FeatureSpec, encode
-from .model import MAX_DGRAM_TOKENS, EncoderConfig, TrafficEncoder
+from .model import EncoderConfig, TrafficEncoder
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LLM_HIDDEN = 576
@@ -230,10 +230,7 @@ class TeacherNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         ec = EncoderConfig.from_spec(spec, d=cfg.enc_d, layers=cfg.enc_layers, heads=cfg.enc_heads,
-                                     dropout=cfg.dropout, use_payload=cfg.use_payload, pkt_stride=2,
-                                     # the teacher keeps its finer (0.3.0-era) tokens
-                                     dgram_stride=max(8, math.ceil(spec.payload_packets * spec.payload_bytes
-                                                                   / 2 / MAX_DGRAM_TOKENS)))
+                                     dropout=cfg.dropout, use_payload=cfg.use_payload)
         self.encoder = TrafficEncoder(ec)
         d = cfg.enc_d
         self.queries = nn.Parameter(torch.randn(cfg.traffic_tokens, d) * 0.02)
