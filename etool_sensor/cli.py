@@ -147,8 +147,8 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("--model", metavar="DIR", help="model package directory (default: the bundled model)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
     c.add_argument("-w", "--workers", type=_positive_int, metavar="N",
-                   help="processes (default: classify.workers of the config, or the usable CPU cores); each "
-                        "reads the whole capture and classifies one shard of its connections; 1 = one process")
+                   help="processes (default: classify.workers of the config, 1); each reads the whole capture "
+                        "and classifies one shard of its connections; 1 = one process, exact")
 
     for name, spec in LAZY.items():
         if name != load:

@@ -110,8 +110,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "label_thresholds": Opt("label_floats", {}, "per-label thresholds overriding threshold", 0.0, 1.0),
         "alert_labels": StrList([], "service/app labels that alert: counted by classify and in serve's etool_alerts_total"),
         "top_k": Int(3, 1, 64, "how many alternatives to report"),
-        "workers": Int(None, 1, 1024, "classify processes, each reading the whole capture and keeping one shard of "
-                       "the connections; null = usable CPU cores; 1 = one process", nullable=True),
+        "workers": Int(1, 1, 1024, "classify processes, each reading the whole capture and keeping one shard of "
+                       "the connections; 1 = one process (exact, the default); null = usable CPU cores",
+                       nullable=True),
     },
     "context": {
         "window": Float(1.0, 0.001, 3600.0, "BURST window in seconds (per client)"),
