@@ -372,7 +372,9 @@ def fnv1a32(data: bytes) -> int:
 
 
 def hrw_weight(key_digest: int, site_id: int) -> int:
-    """Zeek's ``hrw_weight`` BIF: the LCG rendezvous weight of a 31-bit key digest for one site."""
+    """The rendezvous weight of a 31-bit key digest for one site, as Zeek's ``hrw_weight`` BIF computes it
+    (Thaler & Ravishankar's function, a=1103515245, b=12345, mod 2**31; written from that description,
+    not checked bit for bit against a Zeek binary)."""
     a, b, m = 1103515245, 12345, 2**31
     d = key_digest & 0x7FFFFFFF
     si = site_id & 0xFFFFFFFF
@@ -384,10 +386,10 @@ def pick_daemon(orig_h: str, daemons: list[str] | tuple[str, ...]) -> str:
     """``ETooL::pick_daemon`` (zeek-plugin/scripts/main.zeek): rendezvous (HRW) hashing of the originator
     address over the daemon names, highest weight wins, the first daemon on a tie.
 
-    Same algorithm as the script (FNV-1a 32 digests of the address and of each name, Zeek's
-    ``hrw_weight``); the digest here is taken over the address's packed bytes and the name's UTF-8, which
-    need not be byte-identical to what Zeek's ``fnv1a32(any)`` hashes, so the exact daemon a given host
-    lands on may differ from a real Zeek. The properties the scale-out relies on are the same: one client
+    Same algorithm as the script (FNV-1a 32 digests of the address and of each name, the HRW weight);
+    the digest here is taken over the address's packed bytes and the name's UTF-8, which need not be
+    byte-identical to what Zeek's ``fnv1a32(any)`` hashes, so the exact daemon a given host lands on may
+    differ from a real Zeek's. The properties the scale-out relies on are the same: one client
     always goes to the same daemon, clients spread over all daemons, and removing a daemon moves only its
     own clients."""
     import ipaddress
