@@ -144,7 +144,8 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", metavar="DIR", help="output directory (default: log.dir of the config, '.')")
     c.add_argument("--config", metavar="FILE", help="etool.yaml (default: built-in defaults, or $ETOOL_CONFIG)")
     c.add_argument("--format", choices=("tsv", "json"), help="log format (default: log.format of the config, tsv)")
-    c.add_argument("--model", metavar="DIR", help="model package directory (default: the bundled model)")
+    c.add_argument("--model", metavar="DIR", help="model package directory, or a bundled model by name: default, "
+                                                  "fast (default: the bundled default model)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
     c.add_argument("-w", "--workers", type=_positive_int, metavar="N",
                    help="processes (default: classify.workers of the config, 1); each reads the whole capture "

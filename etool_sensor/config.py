@@ -102,7 +102,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "mask_names": Bool(True, "replace TLS/QUIC SNI, certificate names, HTTP Host, DNS names before the model"),
     },
     "model": {
-        "path": Str(None, "model package directory; null = the bundled default model", nullable=True),
+        "path": Str(None, "model package directory, or a bundled model by name (default, fast); null = the bundled "
+                    "default model", nullable=True),
         "threads": Int(None, 1, 1024, "inference threads; null = CPU cores - 1 (one core reads/decodes)", nullable=True),
     },
     "classify": {
