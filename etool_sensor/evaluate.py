@@ -309,7 +309,8 @@ def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str
 
 def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
               teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
-              split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False) -> dict:
+              split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False,
+              student_config: dict | None = None) -> dict:
     col = split["label"] or column
     full = _relabel(ds, col)
     tr, te = full.subset(split["train"]), full.subset(split["test"])
@@ -352,7 +353,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                 # ablations change one thing from etool: they keep its teacher (built only when needed)
                 t = None if m == "student_no_llm" else get_teacher()
                 model = train_student(tr, label_column=col, quick=quick, seed=seed, teacher=t, log=log, spec=spec,
-                                      **kw)
+                                      config=student_config, **kw)
             fit_s = time.time() - t0
             pred, conf = _predict(model, te.records, te.contexts, list(model.labels))
             r = metrics(te.labels, pred, conf)
@@ -524,6 +525,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-model", action="store_true", help="skip the shipped model (splits only)")
     p.add_argument("--payload-bytes", type=int, default=None,
                    help="B for the students' features (default: the flow record default)")
+    p.add_argument("--student-config", default=None, metavar="JSON",
+                   help='encoder shape of every student method, e.g. \'{"layers": 1, "pkt_stride": 4, '
+                        '"dgram_stride": 16}\' (the bundled fast model); default: train/model.py EncoderConfig')
     p.add_argument("--no-normalize-random", action="store_true",
                    help="students keep per-session random fields (TLS Random/session ID, QUIC CIDs): an ablation")
 
@@ -538,6 +542,21 @@ def eval_main(args: argparse.Namespace) -> int:
     pcaps = args.pcaps.split(",") if args.pcaps else None
     params = FlowParams(payload_bytes=args.payload_bytes) if getattr(args, "payload_bytes", None) else FlowParams()
     spec = FeatureSpec.from_params(params, normalize_random=not getattr(args, "no_normalize_random", False))
+    student_config = None
+    if getattr(args, "student_config", None):
+        from dataclasses import fields as dc_fields
+
+        from .train.model import EncoderConfig
+        try:
+            student_config = json.loads(args.student_config)
+        except ValueError as e:
+            log(f"eval: --student-config is not JSON ({e})")
+            return 2
+        known = {f.name for f in dc_fields(EncoderConfig)} - {"packets", "payload_bytes", "payload_packets",
+                                                                "context", "use_payload", "use_ports"}
+        if not isinstance(student_config, dict) or set(student_config) - known:
+            log(f"eval: --student-config must be an object with keys from {sorted(known)}")
+            return 2
     ds = load_labelled(args.data, args.labels, label_column=args.label_column,
                        encrypted_only=args.encrypted_only, pcaps=pcaps, params=params)
     log(f"eval: {len(ds)} matched flows from {len(set(ds.pcap))} captures ({time.time() - t0:.1f}s)")
@@ -545,7 +564,8 @@ def eval_main(args: argparse.Namespace) -> int:
         log("eval: no flow matched the labels")
         return 2
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
-                 "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "quick": bool(args.quick)}
+                 "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "quick": bool(args.quick),
+                 "student_config": student_config}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     png_dir = Path(args.report).parent if args.report else out.parent
@@ -590,14 +610,16 @@ def eval_main(args: argparse.Namespace) -> int:
             if name == "capture_kfold":
                 res["splits"][name] = run_kfold(ds, args.label_column, methods, folds=args.folds, seed=args.seed,
                                                 log=log, png_dir=png_dir, quick=args.quick,
-                                                teacher_cache=args.teacher_cache, device=args.device, spec=spec)
+                                                teacher_cache=args.teacher_cache, device=args.device, spec=spec,
+                                                student_config=student_config)
                 out.write_text(json.dumps(res, indent=1))
                 continue
             sp = splits[name]
             log(f"eval: split {name}: train {len(sp['train'])} / test {len(sp['test'])} flows")
             res["splits"][name] = run_split(ds, sp, args.label_column, methods, seed=args.seed, quick=args.quick,
                                             teacher_cache=args.teacher_cache, device=args.device, log=log,
-                                            png_dir=png_dir, split_name=name, spec=spec)
+                                            png_dir=png_dir, split_name=name, spec=spec,
+                                            student_config=student_config)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=1))

@@ -158,3 +158,15 @@ def test_real_capture_split_disjoint(shared):
     assert not {ds.pcap[i] for i in sp["capture"]["train"]} & {ds.pcap[i] for i in sp["capture"]["test"]}
     held = {ds.app[i] for i in sp["unseen_app"]["test"]}
     assert held and not held & {ds.app[i] for i in sp["unseen_app"]["train"]}
+
+
+def test_eval_rejects_bad_student_config(shared, tmp_path, capsys):
+    from etool_sensor.evaluate import main
+
+    base = ["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(tmp_path / "r.json"),
+            "--no-model", "--pcaps", ",".join(PCAPS[:2])]
+    assert main(base + ["--student-config", "{layers: 1"]) == 2
+    assert "not JSON" in capsys.readouterr().err
+    assert main(base + ["--student-config", '{"depth": 3}']) == 2
+    assert "must be an object with keys" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
