@@ -1,6 +1,7 @@
 """End-to-end benchmark of `etool-sensor classify` with a per-stage breakdown, and an ORT-BERT anchor.
 
-    python bench/bench_classify.py [--packets 500000] [--repeat 3] [--threads N] [--workers 1,2] [--no-bert]
+    python bench/bench_classify.py [--packets 500000] [--repeat 3] [--threads N] [--workers 1,2]
+                                   [--models default,fast] [--no-bert]
 
 Uses bench_ingest's large capture (/tmp/etool_bench.pcap, built from ../shared/data when missing).
 In one process, each repetition times:
@@ -55,9 +56,9 @@ def ensure_capture(packets: int) -> None:
     bench_ingest.build(packets)
 
 
-def run_e2e(threads: int | None, workers: int = 1) -> float:
+def run_e2e(threads: int | None, workers: int = 1, model: str = "default") -> float:
     with tempfile.TemporaryDirectory() as td:
-        argv = ["classify", str(CAPTURE), "-o", td, "-q", "--workers", str(workers)]
+        argv = ["classify", str(CAPTURE), "-o", td, "-q", "--workers", str(workers), "--model", model]
         if threads:
             cfgfile = Path(td) / "etool.yaml"
             cfgfile.write_text(f'{{"model": {{"threads": {threads}}}}}')
@@ -177,6 +178,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its choice)")
     ap.add_argument("--batch", type=int, default=cli.BATCH, help="flows per classify call in the stage run")
     ap.add_argument("--workers", default="1,2", help="comma-separated classify --workers values to time end to end")
+    ap.add_argument("--models", default="default", help="comma-separated models (bundled names or directories), "
+                                                        "each timed end to end and by stage in the same run")
     ap.add_argument("--no-stages", action="store_true", help="end-to-end runs only")
     ap.add_argument("--no-bert", action="store_true")
     ap.add_argument("--bert-seconds", type=float, default=3.0)
@@ -186,8 +189,9 @@ def main(argv=None) -> int:
     print(f"# capture {CAPTURE} ({CAPTURE.stat().st_size / 1e6:.0f} MB); {os.cpu_count()} CPUs, "
           f"load average {la0:.2f} at start; onnxruntime threads {a.threads or 'default'}")
     workers = [int(w) for w in a.workers.split(",") if w]
-    model = load_model(threads=a.threads)
-    runs_e2e: dict[int, list[float]] = {w: [] for w in workers}
+    names = [m for m in a.models.split(",") if m]
+    models = {n: load_model(n, threads=a.threads) for n in names}
+    runs_e2e: dict[tuple[str, int], list[float]] = {(n, w): [] for n in names for w in workers}
     runs_st: list[dict[str, float]] = []
     nflows = npk = 0
     if a.no_stages:
@@ -195,15 +199,23 @@ def main(argv=None) -> int:
         nflows = sum(1 for _ in read_flows(CAPTURE, stats=st, checksums=False))
         npk = st.packets
     for _ in range(a.repeat):
-        for w in workers:
-            runs_e2e[w].append(run_e2e(a.threads, w))
+        for n in names:
+            for w in workers:
+                runs_e2e[(n, w)].append(run_e2e(a.threads, w, n))
         if not a.no_stages:
-            st, nflows, npk = run_stages(model, a.batch)
+            st: dict[str, float] = {}
+            for j, n in enumerate(names):
+                t, nflows, npk = run_stages(models[n], a.batch)
+                if j == 0:
+                    st.update(t)
+                else:  # the reading, context and log stages do not depend on the model
+                    st.update({f"{k} ({n})": t[k] for k in ("encode", "model")})
             runs_st.append(st)
-    stages = ["read", "context", "encode", "model", "log"] if runs_st else []
+    stages = list(runs_st[0]) if runs_st else []
+    main_stages = ["read", "context", "encode", "model", "log"] if runs_st else []
     best = {s: min(r[s] for r in runs_st) for s in stages}
     med = {s: statistics.median(r[s] for r in runs_st) for s in stages}
-    ssum = sum(best.values()) or float("nan")
+    ssum = sum(best[s] for s in main_stages) or float("nan")
     print(f"# {nflows} flows, {npk} packets ({npk / max(nflows, 1):.1f} packets/flow); best of {a.repeat} "
           f"(median in brackets)")
     print(f"{'stage':24} {'seconds':>8} {'flows/s':>10} {'packets/s':>11} {'share':>6}  {'median s':>8}")
@@ -211,18 +223,20 @@ def main(argv=None) -> int:
         dt = best[s]
         print(f"{s:24} {dt:8.3f} {nflows / dt:10,.0f} {npk / dt:11,.0f} {dt / ssum:6.1%}  ({med[s]:6.3f})")
     if runs_st:
-        print(f"{'sum of stages':24} {ssum:8.3f} {nflows / ssum:10,.0f} {npk / ssum:11,.0f}")
+        print(f"{'sum of stages (' + names[0] + ')':24} {ssum:8.3f} {nflows / ssum:10,.0f} {npk / ssum:11,.0f}")
     e2e_fps = 0.0
-    for w in workers:
-        e2e, e2e_med = min(runs_e2e[w]), statistics.median(runs_e2e[w])
-        e2e_fps = max(e2e_fps, nflows / e2e)
-        share = f"{e2e / ssum:6.1%}" if runs_st else f"{'':6}"
-        print(f"{f'classify e2e workers={w}':24} {e2e:8.3f} {nflows / e2e:10,.0f} {npk / e2e:11,.0f} "
-              f"{share}  ({e2e_med:6.3f})")
-    if len(workers) > 1:
-        b1 = min(runs_e2e[workers[0]])
-        print("# speed-up over workers=%d: %s" % (workers[0], ", ".join(
-            f"workers={w} {b1 / min(runs_e2e[w]):.2f}x" for w in workers[1:])))
+    for n in names:
+        for w in workers:
+            e2e, e2e_med = min(runs_e2e[(n, w)]), statistics.median(runs_e2e[(n, w)])
+            e2e_fps = max(e2e_fps, nflows / e2e)
+            share = f"{e2e / ssum:6.1%}" if runs_st else f"{'':6}"
+            label = f"e2e {n} w={w}" if len(names) > 1 else f"classify e2e workers={w}"
+            print(f"{label:24} {e2e:8.3f} {nflows / e2e:10,.0f} {npk / e2e:11,.0f} {share}  ({e2e_med:6.3f})")
+    b1 = min(runs_e2e[(names[0], workers[0])])
+    others = [(n, w) for n in names for w in workers if (n, w) != (names[0], workers[0])]
+    if others:
+        print(f"# speed-up over {names[0]} workers={workers[0]}: " + ", ".join(
+            f"{n} workers={w} {b1 / min(runs_e2e[(n, w)]):.2f}x" for n, w in others))
     model_fps = nflows / best["model"] if best else float("nan")
     if not a.no_bert:
         rows = bert_baseline(a.threads, a.bert_seconds)
