@@ -544,18 +544,11 @@ def eval_main(args: argparse.Namespace) -> int:
     spec = FeatureSpec.from_params(params, normalize_random=not getattr(args, "no_normalize_random", False))
     student_config = None
     if getattr(args, "student_config", None):
-        from dataclasses import fields as dc_fields
-
-        from .train.model import EncoderConfig
+        from .train.model import parse_shape
         try:
-            student_config = json.loads(args.student_config)
+            student_config = parse_shape(args.student_config)
         except ValueError as e:
-            log(f"eval: --student-config is not JSON ({e})")
-            return 2
-        known = {f.name for f in dc_fields(EncoderConfig)} - {"packets", "payload_bytes", "payload_packets",
-                                                                "context", "use_payload", "use_ports"}
-        if not isinstance(student_config, dict) or set(student_config) - known:
-            log(f"eval: --student-config must be an object with keys from {sorted(known)}")
+            log(f"eval: --student-config {e}")
             return 2
     ds = load_labelled(args.data, args.labels, label_column=args.label_column,
                        encrypted_only=args.encrypted_only, pcaps=pcaps, params=params)

@@ -67,6 +67,26 @@ def quick_package(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------- training
 @needs_data
+def test_train_student_config_sets_the_exported_shape(tmp_path):
+    """--student-config (how the bundled fast model was made) reaches SSL, student and export."""
+    pytest.importorskip("torch")
+    from etool_sensor.runtime import load_model
+    from etool_sensor.train.cli import main
+
+    out = tmp_path / "m"
+    rc = main(["--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out), "--quick", "--no-teacher",
+               "--quick-pcaps", "6", "--epochs", "1", "--ssl-epochs", "1",
+               "--student-config", '{"layers": 1, "pkt_stride": 4, "dgram_stride": 16}'])
+    assert rc == 0
+    arch = json.loads((out / "manifest.json").read_text())["architecture"]
+    assert arch["config"]["layers"] == 1 and arch["config"]["pkt_stride"] == 4 and arch["tokens"] == 24
+    m = load_model(out)
+    assert m.predict_proba(*_flows(["tls_verylong_certificate.pcap"])).shape[1] == len(m.label_sets["service"])
+    assert main(["--data", str(PCAPS), "--labels", str(LABELS), "--out", str(tmp_path / "x"),
+                 "--student-config", "[1]"]) == 2
+
+
+@needs_data
 def test_quick_training_produces_loadable_package(quick_package, real_flows):
     from etool_sensor.runtime import load_model
 

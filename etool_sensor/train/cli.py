@@ -28,6 +28,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssl-epochs", type=int, default=None, help="SSL epochs (default 6, quick 1)")
     p.add_argument("--quantize", choices=["static", "dynamic", "none"], default="static",
                    help="model.onnx: int8 static (calibrated, batch-independent; default), int8 dynamic, or fp32")
+    p.add_argument("--student-config", default=None, metavar="JSON",
+                   help='student encoder shape, e.g. \'{"layers": 1, "pkt_stride": 4, "dgram_stride": 16}\' '
+                        "(the bundled fast model); default: train/model.py EncoderConfig")
     p.add_argument("--name", default="etool-student")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--seed", type=int, default=0)
@@ -66,6 +69,14 @@ def train_main(args: argparse.Namespace) -> int:
     from .student import Student, set_threads, train_student
 
     t0 = time.time()
+    shape = None
+    if getattr(args, "student_config", None):
+        from .model import parse_shape
+        try:
+            shape = parse_shape(args.student_config)
+        except ValueError as e:
+            _log(f"train: --student-config {e}")
+            return 2
     threads = set_threads()
     params = FlowParams()
     data = Path(args.data)
@@ -94,7 +105,7 @@ def train_main(args: argparse.Namespace) -> int:
         if args.quick:
             files = [f for f in files if f.name in set(pcaps or [])][:args.quick_pcaps] or files[:10]
         recs, ctxs, names = load_unlabelled(files, params)
-        cfg = EncoderConfig.from_spec(spec, use_payload=not args.no_payload)
+        cfg = EncoderConfig.from_spec(spec, use_payload=not args.no_payload, **(shape or {}))
         enc = TrafficEncoder(cfg)
         ts = time.time()
         pretrain(enc, recs, ctxs, spec, epochs=args.ssl_epochs, quick=args.quick, seed=args.seed, log=_log,
@@ -124,7 +135,8 @@ def train_main(args: argparse.Namespace) -> int:
 
     st = train_student(train, label_column=args.label_column, teacher=teacher, use_payload=not args.no_payload,
                        use_ports=args.use_ports, ssl_init=enc_state is not None, quick=args.quick,
-                       seed=args.seed, log=_log, epochs=args.epochs, encoder_state=enc_state, spec=spec)
+                       seed=args.seed, log=_log, epochs=args.epochs, encoder_state=enc_state, spec=spec,
+                       config=shape)
     training = {
         "data": {"labelled": str(args.labels), "captures": str(data)},
         "flows": len(train),

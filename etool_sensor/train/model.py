@@ -81,6 +81,25 @@ class EncoderConfig:
         return 2 + self.pkt_tokens + self.dgram_tokens + self.context
 
 
+SHAPE_KEYS = ("d", "layers", "heads", "mlp", "dropout", "pkt_stride", "dgram_stride")
+
+
+def parse_shape(text: str) -> dict:
+    """A student shape from the command line ('{"layers": 1, "pkt_stride": 4}'); ValueError says why not."""
+    import json
+
+    try:
+        shape = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"not JSON ({e})") from None
+    if not isinstance(shape, dict) or set(shape) - set(SHAPE_KEYS):
+        raise ValueError(f"must be an object with keys from {list(SHAPE_KEYS)}")
+    bad = [k for k, v in shape.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0]
+    if bad:
+        raise ValueError(f"values must be positive numbers: {bad}")
+    return shape
+
+
 class SelfAttention(nn.Module):
     def __init__(self, c: EncoderConfig) -> None:
         super().__init__()
