@@ -245,6 +245,30 @@ def _import_runtime_parts() -> tuple[Any, Any, Any]:
     return pcap, runtime, ContextTracker
 
 
+def _progress_bar(captures: Sequence[str]) -> Any:
+    """A tqdm bar over the captures' bytes (shown only on a terminal; the caller decides)."""
+    from tqdm import tqdm
+
+    total = sum(os.path.getsize(p) for p in captures)
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                desc="classify", leave=False, dynamic_ncols=True)
+
+
+def _open_logs(outdir: Path, fmt: str) -> tuple[Any, Any]:
+    """(etool.log, conn.log) writers; a failure aborts whatever was opened and raises CliError."""
+    from .zeeklog import CONN_FIELDS, ETOOL_FIELDS, LogWriteError, open_log
+
+    writers: list[Any] = []
+    try:
+        writers.append(open_log(outdir, "etool", ETOOL_FIELDS, fmt))
+        writers.append(open_log(outdir, "conn", CONN_FIELDS, fmt))
+    except LogWriteError as e:
+        for w in writers:
+            w.abort()
+        raise CliError(str(e), EXIT_OUTPUT) from None
+    return writers[0], writers[1]
+
+
 def _check_inputs(paths: Sequence[str]) -> None:
     for p in paths:
         if not os.path.exists(p):
@@ -280,7 +304,7 @@ def _summary(counts: Counts, stats: Any, outputs: Sequence[Path]) -> str:
 
 
 def classify_main(args: argparse.Namespace, cfg: Any) -> int:
-    from .zeeklog import CONN_FIELDS, ETOOL_FIELDS, LogWriteError, open_log
+    from .zeeklog import LogWriteError
 
     _check_inputs(args.captures)
     pcap, runtime, ContextTracker = _import_runtime_parts()
@@ -324,22 +348,9 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
     show_progress = not args.quiet and sys.stderr.isatty()
     bar = None
     if show_progress:
-        from tqdm import tqdm
-
-        total = sum(os.path.getsize(p) for p in args.captures)
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                   desc="classify", leave=False, dynamic_ncols=True)
-
-    writers: list[Any] = []
-    try:
-        etool_w = open_log(outdir, "etool", ETOOL_FIELDS, fmt)
-        writers.append(etool_w)
-        conn_w = open_log(outdir, "conn", CONN_FIELDS, fmt)
-        writers.append(conn_w)
-    except LogWriteError as e:
-        for w in writers:
-            w.abort()
-        raise CliError(str(e), EXIT_OUTPUT) from None
+        bar = _progress_bar(args.captures)
+    etool_w, conn_w = _open_logs(outdir, fmt)
+    writers: list[Any] = [etool_w, conn_w]
 
     def on_conn(c: Any) -> None:
         counts.conns += 1

@@ -374,8 +374,8 @@ def _failure_message(e: WorkerFailed, counts: Any) -> str:
 
 def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
     """classify with `workers` processes; same logs, summary, exit codes and errors as one process."""
-    from .cli import BATCH, EXIT_OUTPUT, CliError, Counts, _finish_classify
-    from .zeeklog import CONN_FIELDS, ETOOL_FIELDS, LogWriteError, open_log
+    from .cli import BATCH, EXIT_OUTPUT, CliError, Counts, _finish_classify, _open_logs, _progress_bar
+    from .zeeklog import LogWriteError
 
     fmt = args.format or cfg.log.format
     show_progress = not args.quiet and sys.stderr.isatty()
@@ -404,20 +404,9 @@ def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
         except OSError as e:
             raise CliError(f"{outdir}: cannot create output directory: {e.strerror or e}", EXIT_OUTPUT) from None
         if show_progress:
-            from tqdm import tqdm
-
-            total = sum(os.path.getsize(p) for p in args.captures)
-            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                       desc="classify", leave=False, dynamic_ncols=True)
-        try:
-            etool_w = open_log(outdir, "etool", ETOOL_FIELDS, fmt)
-            writers.append(etool_w)
-            conn_w = open_log(outdir, "conn", CONN_FIELDS, fmt)
-            writers.append(conn_w)
-        except LogWriteError as e:
-            for w in writers:
-                w.abort()
-            raise CliError(str(e), EXIT_OUTPUT) from None
+            bar = _progress_bar(args.captures)
+        etool_w, conn_w = _open_logs(outdir, fmt)
+        writers += [etool_w, conn_w]
 
         ph = UID_PLACEHOLDER
         statuses, alerts = counts.statuses, counts.alerts

@@ -252,15 +252,7 @@ class LogWriter:
 
     def write(self, row: Mapping[str, Any] | Sequence[Any]) -> None:
         """Add one row (a mapping by field name, or a sequence in field order)."""
-        if self._failed is not None:
-            self._failed.unwritten += 1
-            self.unwritten += 1
-            raise self._failed
-        if self.closed:
-            raise ValueError(f"{self.path}: write to a closed log")
-        self._queue(self._format(self._values(row)) + "\n", is_row=True)
-        if self.pending >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
+        self.write_formatted(self._format(self._values(row)))
 
     def format_row(self, row: Mapping[str, Any] | Sequence[Any]) -> str:
         """The text `write` would add for this row, without the newline (see row_formatter)."""
