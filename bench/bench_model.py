@@ -29,14 +29,21 @@ def flows(pcaps: list[str], n: int):
     from etool_sensor.context import ContextTracker
     from etool_sensor.pcap import read_flows
 
-    recs, ctxs = [], []
+    recs, ctxs, short = [], [], 0
     for p in pcaps:
         tr = ContextTracker()
         for r in read_flows(p):
+            ctx = tr.observe(r)
+            # Model.classify answers flows under min_packets (2) without inference: keep them out, or the
+            # end-to-end column would count flows the model never saw.
+            if len(r.packets) < 2:
+                short += 1
+                continue
             recs.append(r)
-            ctxs.append(tr.observe(r))
+            ctxs.append(ctx)
     if not recs:
-        raise SystemExit("no flows in the given captures")
+        raise SystemExit("no flows with >= 2 packets in the given captures")
+    print(f"flows: {len(recs)} with >= 2 packets timed ({short} shorter ones left out: classify skips them)")
     reps = -(-n // len(recs))
     return (recs * reps)[:n], (ctxs * reps)[:n]
 
