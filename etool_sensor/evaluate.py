@@ -550,6 +550,9 @@ def eval_main(args: argparse.Namespace) -> int:
         except ValueError as e:
             log(f"eval: --student-config {e}")
             return 2
+    if args.no_model and not args.splits:
+        log("eval: nothing to evaluate: --no-model skips the shipped model, so name --splits (e.g. all)")
+        return 2
     ds = load_labelled(args.data, args.labels, label_column=args.label_column,
                        encrypted_only=args.encrypted_only, pcaps=pcaps, params=params)
     log(f"eval: {len(ds)} matched flows from {len(set(ds.pcap))} captures ({time.time() - t0:.1f}s)")
@@ -563,7 +566,9 @@ def eval_main(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     png_dir = Path(args.report).parent if args.report else out.parent
     png_dir.mkdir(parents=True, exist_ok=True)
-    head = {"macro_f1": 0.0, "macro_f1_min5": 0.0, "weighted_f1": 0.0, "accuracy": 0.0, "flows": len(ds)}
+    # The head metrics are the shipped model's; null (not 0.0) when it was skipped or failed, so a reader
+    # of OUT.json cannot take "not measured" for "scored zero".
+    head: dict = {"macro_f1": None, "macro_f1_min5": None, "weighted_f1": None, "accuracy": None, "flows": len(ds)}
     if not args.no_model:
         try:
             m = evaluate_model(ds, args.model, args.label_column)

@@ -170,3 +170,15 @@ def test_eval_rejects_bad_student_config(shared, tmp_path, capsys):
     assert main(base + ["--student-config", '{"depth": 3}']) == 2
     assert "must be an object with keys" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_no_model_needs_splits(shared, tmp_path, capsys):
+    """--no-model alone would evaluate nothing: refused before any work, no JSON that looks like a score."""
+    from etool_sensor.evaluate import main
+
+    out = tmp_path / "r.json"
+    rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
+               "--no-model", "--pcaps", ",".join(PCAPS[:2])])
+    assert rc == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
+    assert not out.exists()
