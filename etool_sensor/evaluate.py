@@ -352,8 +352,11 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                       "student_ports": dict(use_ports=True)}[m]
                 # ablations change one thing from etool: they keep its teacher (built only when needed)
                 t = None if m == "student_no_llm" else get_teacher()
+                # SSL on the training flows plus the extra unlabelled ones, as the teacher's stage 1 does
+                ssl = None if unlabelled is None else (list(tr.records) + list(unlabelled[0]),
+                                                       list(tr.contexts) + list(unlabelled[1]))
                 model = train_student(tr, label_column=col, quick=quick, seed=seed, teacher=t, log=log, spec=spec,
-                                      config=student_config, **kw)
+                                      config=student_config, unlabelled=ssl, **kw)
             fit_s = time.time() - t0
             pred, conf = _predict(model, te.records, te.contexts, list(model.labels))
             r = metrics(te.labels, pred, conf)
@@ -522,6 +525,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-cache", default=None,
                    help="directory of precomputed teacher logits (teacher_<column>_<split>.npz)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--unlabelled", action="append", default=None, metavar="DIR",
+                   help="captures (repeatable) added to every split's training flows for the self-supervised "
+                        "stage of the students and the teacher; keep them apart from --data (e.g. the output of "
+                        "python -m etool_sensor.train.capture)")
     p.add_argument("--no-model", action="store_true", help="skip the shipped model (splits only)")
     p.add_argument("--payload-bytes", type=int, default=None,
                    help="B for the students' features (default: the flow record default)")
@@ -556,12 +563,25 @@ def eval_main(args: argparse.Namespace) -> int:
     ds = load_labelled(args.data, args.labels, label_column=args.label_column,
                        encrypted_only=args.encrypted_only, pcaps=pcaps, params=params)
     log(f"eval: {len(ds)} matched flows from {len(set(ds.pcap))} captures ({time.time() - t0:.1f}s)")
+    unlabelled = None
+    if getattr(args, "unlabelled", None):
+        from .train.data import capture_files, load_unlabelled
+
+        files = capture_files(*args.unlabelled)
+        recs, ctxs, names = load_unlabelled(files, params)
+        if not recs:
+            log(f"eval: --unlabelled {', '.join(args.unlabelled)}: no flows in {len(files)} capture files")
+            return 2
+        unlabelled = (recs, ctxs)
+        log(f"eval: {len(recs)} unlabelled flows from {len(set(names))} captures for self-supervised training")
     if len(ds) == 0:
         log("eval: no flow matched the labels")
         return 2
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
                  "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "quick": bool(args.quick),
-                 "student_config": student_config}
+                 "student_config": student_config,
+                 "unlabelled": None if unlabelled is None else {"dirs": list(args.unlabelled),
+                                                                "flows": len(unlabelled[0])}}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     png_dir = Path(args.report).parent if args.report else out.parent
@@ -609,7 +629,7 @@ def eval_main(args: argparse.Namespace) -> int:
                 res["splits"][name] = run_kfold(ds, args.label_column, methods, folds=args.folds, seed=args.seed,
                                                 log=log, png_dir=png_dir, quick=args.quick,
                                                 teacher_cache=args.teacher_cache, device=args.device, spec=spec,
-                                                student_config=student_config)
+                                                student_config=student_config, unlabelled=unlabelled)
                 out.write_text(json.dumps(res, indent=1))
                 continue
             sp = splits[name]
@@ -617,7 +637,7 @@ def eval_main(args: argparse.Namespace) -> int:
             res["splits"][name] = run_split(ds, sp, args.label_column, methods, seed=args.seed, quick=args.quick,
                                             teacher_cache=args.teacher_cache, device=args.device, log=log,
                                             png_dir=png_dir, split_name=name, spec=spec,
-                                            student_config=student_config)
+                                            student_config=student_config, unlabelled=unlabelled)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=1))

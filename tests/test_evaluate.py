@@ -182,3 +182,32 @@ def test_eval_no_model_needs_splits(shared, tmp_path, capsys):
     assert rc == 2
     assert "nothing to evaluate" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_eval_unlabelled_captures_join_the_students_ssl(shared, tmp_path, capsys):
+    """--unlabelled DIR: the student's self-supervised stage sees the split's training flows plus those captures."""
+    import shutil
+
+    from etool_sensor.evaluate import main
+    from etool_sensor.train.data import load_unlabelled
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for name in ("443-curl.pcap", "443-firefox.pcap"):  # not among PCAPS
+        shutil.copy(NDPI / "pcap" / name, extra / name)
+    n_extra = len(load_unlabelled(sorted(extra.iterdir()))[0])
+    assert n_extra > 0
+    out = tmp_path / "r.json"
+    rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
+               "--no-model", "--encrypted-only", "--quick", "--splits", "capture", "--methods", "student_no_llm",
+               "--unlabelled", str(extra), "--pcaps", ",".join(PCAPS)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    r = json.loads(out.read_text())
+    assert r["unlabelled"] == {"dirs": [str(extra)], "flows": n_extra}
+    split = r["splits"]["capture"]
+    assert "error" not in split["methods"]["student_no_llm"]
+    assert f"ssl: {split['train_flows'] + n_extra} flows" in err
+    assert main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
+                 "--no-model", "--splits", "capture", "--unlabelled", str(tmp_path / "empty-or-missing"),
+                 "--pcaps", ",".join(PCAPS)]) == 2
