@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as e:
         print(f"etool capture: error: {' '.join(e.cmd)}: {(e.stderr or '').strip()}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the namespaces and servers are gone already (capture's finally)
+        print("etool capture: interrupted; the pcap holds what was captured so far", file=sys.stderr)
+        return 130
     print(p)
     return 0
 
