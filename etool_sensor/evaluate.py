@@ -17,6 +17,9 @@ Splits (all from --seed, over the matched flows):
               `capture` partition holds ~70 captures in test, and which ones decides much of the score
               (macro-F1 (>=5) of the same method moves by 2x between seeds); the pooled K-fold number is
               the one to compare methods by.
+  iid_kfold   (only when named; --folds K) the same with random folds stratified by label: the IID
+              reference for the capture K-fold, so that the IID -> by-capture drop is measured on pooled
+              predictions of every flow rather than on one partition of each.
 
 Methods: rf and knn on the first 20 signed packet sizes (AppScanner/CUMUL-like), etool (student distilled
 from the LLM teacher), student_no_llm (no teacher), student_no_payload, student_ports, teacher (the LLM
@@ -36,7 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 SPLITS = ("iid", "capture", "unseen_app", "shifted")
-EXTRA_SPLITS = ("capture_kfold",)  # run only when named: K trainings per method
+EXTRA_SPLITS = ("capture_kfold", "iid_kfold")  # run only when named: K trainings per method
 METHODS = ("rf", "knn", "etool", "student_no_llm", "student_no_payload", "student_ports", "teacher",
            "encoder_only")
 N_SIZES = 20
@@ -398,11 +401,29 @@ def capture_folds(ds, folds: int, seed: int = 0) -> list[np.ndarray]:
     return [np.array([i for i in range(len(ds)) if fold_of[ds.pcap[i]] == k], int) for k in range(folds)]
 
 
+def iid_folds(ds, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Test indices of `folds` random folds stratified by label (the IID twin of capture_folds)."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    if folds < 2:
+        raise ValueError("iid_kfold needs --folds >= 2")
+    y = np.asarray(ds.labels)
+    with warnings.catch_warnings():  # classes with fewer flows than folds: some folds lack them, as in any split
+        warnings.simplefilter("ignore", UserWarning)
+        skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return [te for _, te in skf.split(np.zeros(len(y)), y)]
+
+
+KFOLDS = {"capture_kfold": capture_folds, "iid_kfold": iid_folds}
+
+
 def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int, log: Callable[[str], None],
-              png_dir: Path | None, **kw) -> dict:
-    """Every method trained `folds` times (one per capture fold); metrics over the pooled predictions."""
+              png_dir: Path | None, kind: str = "capture_kfold", **kw) -> dict:
+    """Every method trained `folds` times (one per fold of `kind`); metrics over the pooled predictions."""
     n = len(ds)
-    parts = capture_folds(ds, folds, seed)
+    parts = KFOLDS[kind](ds, folds, seed)
     pred: dict[str, list] = {m: [None] * n for m in methods}
     conf: dict[str, list] = {m: [0.0] * n for m in methods}
     per_fold: dict[str, list] = {m: [] for m in methods}
@@ -410,9 +431,9 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
     fit_s: dict[str, float] = {m: 0.0 for m in methods}
     for k, te in enumerate(parts):
         tr = np.setdiff1d(np.arange(n), te)
-        log(f"eval[capture_kfold]: fold {k + 1}/{folds}: train {len(tr)} / test {len(te)} flows")
+        log(f"eval[{kind}]: fold {k + 1}/{folds}: train {len(tr)} / test {len(te)} flows")
         res = run_split(ds, {"train": tr, "test": te, "label": None}, column, methods, seed=seed, log=log,
-                        png_dir=None, split_name=f"capture_kfold{k}", keep_predictions=True, **kw)
+                        png_dir=None, split_name=f"{kind}{k}", keep_predictions=True, **kw)
         for m, r in res["methods"].items():
             if "error" in r:
                 errors.setdefault(m, r["error"])
@@ -435,10 +456,10 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
                  fold_sd=float(f.std(ddof=1)) if len(f) > 1 else 0.0, fit_s=round(fit_s[m], 1))
         out["methods"][m] = r
         if png_dir is not None and m in ("etool", "rf", "student_no_llm"):
-            png = png_dir / f"confusion_{column}_capture_kfold_{m}.png"
-            confusion_png(y, pred[m], png, f"{m}, capture K-fold (pooled), {column}")
+            png = png_dir / f"confusion_{column}_{kind}_{m}.png"
+            confusion_png(y, pred[m], png, f"{m}, {kind} (pooled), {column}")
             r["confusion_png"] = png.name
-        log(f"eval[capture_kfold] {m:18s} pooled macroF1 {r['macro_f1']:.3f} min5 {r['macro_f1_min5']:.3f} "
+        log(f"eval[{kind}] {m:18s} pooled macroF1 {r['macro_f1']:.3f} min5 {r['macro_f1_min5']:.3f} "
             f"acc {r['accuracy']:.3f}; folds min5 {r['fold_mean']:.3f} +- {r['fold_sd']:.3f}")
     return out
 
@@ -488,7 +509,8 @@ def write_report(res: dict, path: Path) -> None:
                 lines.append(f"| {mname} | " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |")
         lines.append("")
         if "folds" in s:
-            lines += [f"{s['folds']} capture folds; the table is over the pooled out-of-fold predictions. "
+            how = "capture" if sname == "capture_kfold" else "random stratified"
+            lines += [f"{s['folds']} {how} folds; the table is over the pooled out-of-fold predictions. "
                       "Per fold, macro-F1 (>=5):", ""]
             for mname, r in s["methods"].items():
                 if "fold_macro_f1_min5" in r:
@@ -517,7 +539,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", default=None, help="markdown report (confusion PNGs beside it)")
     p.add_argument("--splits", default=None,
                    help=f"comma list of {','.join(SPLITS + EXTRA_SPLITS)} ('all' = {','.join(SPLITS)})")
-    p.add_argument("--folds", type=int, default=5, help="folds of the capture_kfold split (default 5)")
+    p.add_argument("--folds", type=int, default=5, help="folds of the capture_kfold and iid_kfold splits (default 5)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--quick", action="store_true", help="small, fast training (tests)")
     p.add_argument("--seed", type=int, default=0)
@@ -618,16 +640,17 @@ def eval_main(args: argparse.Namespace) -> int:
             return 2
         splits = make_splits(ds, [s for s in names if s in SPLITS], args.seed)
         res["splits"] = {}
-        if "capture_kfold" in names:
-            try:
-                capture_folds(ds, args.folds, args.seed)
-            except ValueError as e:
-                log(f"eval: {e}")
-                return 2
         for name in names:
-            if name == "capture_kfold":
+            if name in KFOLDS:
+                try:
+                    KFOLDS[name](ds, args.folds, args.seed)
+                except ValueError as e:
+                    log(f"eval: {e}")
+                    return 2
+        for name in names:
+            if name in KFOLDS:
                 res["splits"][name] = run_kfold(ds, args.label_column, methods, folds=args.folds, seed=args.seed,
-                                                log=log, png_dir=png_dir, quick=args.quick,
+                                                log=log, png_dir=png_dir, quick=args.quick, kind=name,
                                                 teacher_cache=args.teacher_cache, device=args.device, spec=spec,
                                                 student_config=student_config, unlabelled=unlabelled)
                 out.write_text(json.dumps(res, indent=1))

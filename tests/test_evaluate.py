@@ -109,6 +109,23 @@ def test_capture_folds_partition_captures():
         E.capture_folds(ds, 12)
 
 
+def test_iid_folds_partition_and_stratify():
+    f = _fake(n_pcaps=11, per=7)
+    ds = _DS(labels=f.labels, service=f.service, app=f.app, pcap=f.pcap, records=f.records)
+    folds = E.iid_folds(ds, 4, seed=2)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(ds)))  # each flow tested exactly once
+    counts = {c: ds.labels.count(c) for c in set(ds.labels)}
+    for c, n in counts.items():
+        per_fold = [sum(ds.labels[i] == c for i in f_) for f_ in folds]
+        assert max(per_fold) - min(per_fold) <= 1, (c, per_fold)  # stratified: every class spread evenly
+    assert any(len({ds.pcap[i] for i in f_} & {ds.pcap[i] for i in g}) for f_ in folds for g in folds
+               if f_ is not g)  # unlike capture folds, captures straddle folds
+    assert all(np.array_equal(a, b) for a, b in zip(folds, E.iid_folds(ds, 4, seed=2)))
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, E.iid_folds(ds, 4, seed=3)))
+    with pytest.raises(ValueError):
+        E.iid_folds(ds, 1)
+
+
 @pytest.fixture(scope="module")
 def eval_run(shared, tmp_path_factory):
     from etool_sensor.evaluate import main
@@ -116,7 +133,7 @@ def eval_run(shared, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--label-column", "category",
                "--json", str(out / "r.json"), "--report", str(out / "r.md"), "--encrypted-only", "--quick",
-               "--splits", "capture,unseen_app,capture_kfold", "--folds", "3", "--methods", "rf,knn",
+               "--splits", "capture,unseen_app,capture_kfold,iid_kfold", "--folds", "3", "--methods", "rf,knn",
                "--pcaps", ",".join(PCAPS)])
     return rc, out
 
@@ -128,14 +145,15 @@ def test_eval_cli_contract(eval_run):
     for k in ("macro_f1", "macro_f1_min5", "weighted_f1", "accuracy"):
         assert 0.0 <= r[k] <= 1.0
     assert r["flows"] > 50
-    assert set(r["splits"]) == {"capture", "unseen_app", "capture_kfold"}
-    kf = r["splits"].pop("capture_kfold")
-    assert kf["folds"] == 3 and kf["test_flows"] == r["flows"]  # pooled: every flow predicted once
-    for m in ("rf", "knn"):
-        mm = kf["methods"][m]
-        assert mm["flows"] == r["flows"] and len(mm["fold_macro_f1_min5"]) == 3
-        assert mm["fold_mean"] == pytest.approx(np.mean(mm["fold_macro_f1_min5"]), abs=1e-3)
-        assert "_pred" not in mm
+    assert set(r["splits"]) == {"capture", "unseen_app", "capture_kfold", "iid_kfold"}
+    for name in ("capture_kfold", "iid_kfold"):
+        kf = r["splits"].pop(name)
+        assert kf["folds"] == 3 and kf["test_flows"] == r["flows"]  # pooled: every flow predicted once
+        for m in ("rf", "knn"):
+            mm = kf["methods"][m]
+            assert mm["flows"] == r["flows"] and len(mm["fold_macro_f1_min5"]) == 3
+            assert mm["fold_mean"] == pytest.approx(np.mean(mm["fold_macro_f1_min5"]), abs=1e-3)
+            assert "_pred" not in mm
     for s in r["splits"].values():
         assert s["train_flows"] + s["test_flows"] <= r["flows"]
         for m in ("rf", "knn"):
@@ -146,7 +164,7 @@ def test_eval_cli_contract(eval_run):
             assert mm["flows"] == s["test_flows"]
     assert r["splits"]["unseen_app"]["label"] == "category"
     md = (out / "r.md").read_text()
-    assert "| rf |" in md and "Split `capture`" in md and "3 capture folds" in md
+    assert "| rf |" in md and "Split `capture`" in md and "3 capture folds" in md and "3 random stratified folds" in md
     assert list(out.glob("confusion_*_rf.png"))
 
 
