@@ -157,8 +157,8 @@ def capture(out_dir: str | Path, seconds: float = 120.0, seed: int = 0, log=prin
     procs: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="etool-capture-"))
     counts: dict[str, int] = {}
-    _setup_netns()
     try:
+        _setup_netns()  # inside the try: a half-made setup is torn down too
         site = tmp / "site"
         site.mkdir()
         files = _make_site(site, rng)
@@ -211,8 +211,8 @@ def capture(out_dir: str | Path, seconds: float = 120.0, seed: int = 0, log=prin
     if not pcap.is_file() or pcap.stat().st_size <= 24:
         raise CaptureError(f"the capture wrote no packets to {pcap}")
     versions = {t: (_run(t, "--version", check=False).stdout or "").splitlines()[:1] for t in ("curl", "wget")}
-    versions["openssl"] = [ssl.OPENSSL_VERSION]
-    versions["python"] = [sys.version.split()[0]]
+    versions["openssl"] = (_run("openssl", "version", check=False).stdout or "").splitlines()[:1]
+    versions["python"] = [f"{sys.version.split()[0]} ({ssl.OPENSSL_VERSION})"]  # the TLS server's stack
     meta = {"pcap": pcap.name, "seconds": seconds, "seed": seed, "client_commands": counts,
             "server": f"{SERVER_IP} (Python http.server + ssl on 80/443, openssl s_server on 8443)",
             "client": CLIENT_IP, "host_name": HOST, "capture_tool": Path(tools["capture"]).name,
