@@ -585,6 +585,9 @@ def eval_main(args: argparse.Namespace) -> int:
     ds = load_labelled(args.data, args.labels, label_column=args.label_column,
                        encrypted_only=args.encrypted_only, pcaps=pcaps, params=params)
     log(f"eval: {len(ds)} matched flows from {len(set(ds.pcap))} captures ({time.time() - t0:.1f}s)")
+    if len(ds) == 0:
+        log("eval: no flow matched the labels")
+        return 2
     unlabelled = None
     if getattr(args, "unlabelled", None):
         from .train.data import capture_files, load_unlabelled
@@ -596,9 +599,6 @@ def eval_main(args: argparse.Namespace) -> int:
             return 2
         unlabelled = (recs, ctxs)
         log(f"eval: {len(recs)} unlabelled flows from {len(set(names))} captures for self-supervised training")
-    if len(ds) == 0:
-        log("eval: no flow matched the labels")
-        return 2
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
                  "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "quick": bool(args.quick),
                  "student_config": student_config,
