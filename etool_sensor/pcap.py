@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from .flows import ACK, FIN, RST, SYN, FlowCollector, FlowParams, FlowRecord, make_uid
+from .flows import ACK, FIN, RST, SYN, Chunk, FlowCollector, FlowParams, FlowRecord, Packet, make_uid
+
+try:  # the compiled packet path (setup.py builds it when a C compiler is there); see _read_one_fast
+    from . import _fastpath
+except ImportError:  # pragma: no cover - depends on the build
+    _fastpath = None
 
 __all__ = ["PcapError", "ConnSummary", "ReadStats", "read_flows", "read_shard", "LIKELY_SERVER_PORTS",
            "ZeekTimeouts"]
@@ -1399,7 +1404,12 @@ def read_flows(paths: str | Path | Sequence[str | Path], params: FlowParams = Fl
         paths = [paths]
     st = stats if stats is not None else ReadStats()
     for idx, p in enumerate(paths):
-        yield from _read_one(Path(p), idx, params, st, on_conn, progress, checksums, likely_server_ports)
+        head = _fast_header(Path(p))
+        if head is not None:
+            yield from _read_one_fast(Path(p), idx, head, params, st, on_conn, progress, checksums,
+                                      likely_server_ports)
+        else:
+            yield from _read_one(Path(p), idx, params, st, on_conn, progress, checksums, likely_server_ports)
 
 
 def _open_records(src: _Source, st: ReadStats, progress):
@@ -1463,6 +1473,168 @@ def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, 
         if out:
             yield from out
             out.clear()
+        _progress_rest(src, progress)
+    finally:
+        src.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled packet path (_fastpath.c): the same reader for Ethernet classic pcap, in C
+
+
+def fast_path_available() -> bool:
+    """Whether read_flows uses the compiled reader where it applies (built, and ETOOL_PURE_PYTHON unset)."""
+    return _fastpath is not None and not os.environ.get("ETOOL_PURE_PYTHON")
+
+
+def _fast_header(path: Path) -> bytes | None:
+    """The 24-byte file header when the compiled reader applies to this file (classic pcap, Ethernet)."""
+    if not fast_path_available():
+        return None
+    try:
+        src = _Source(path)
+    except PcapError:
+        return None  # the Python path raises the error with its message
+    try:
+        head = src.read(24)
+    finally:
+        src.close()
+    if len(head) < 24 or head[:4] not in _PCAP_MAGIC:
+        return None
+    endian = _PCAP_MAGIC[head[:4]][0]
+    return head if struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF == LT_EN10MB else None
+
+
+_PORTMAPS: dict[tuple, tuple[bytes, bytes]] = {}
+
+
+def _portmaps(lsp) -> tuple[bytes, bytes]:
+    """likely_server_ports as two 65536-bit maps (tcp, udp) for the engine."""
+    lsp = LIKELY_SERVER_PORTS if lsp is None else lsp
+    key = (frozenset(lsp.get("tcp", ())), frozenset(lsp.get("udp", ())))
+    maps = _PORTMAPS.get(key)
+    if maps is None:
+        out = []
+        for ports in key:
+            m = bytearray(8192)
+            for port in ports:
+                m[port >> 3] |= 1 << (port & 7)
+            out.append(bytes(m))
+        maps = _PORTMAPS[key] = (out[0], out[1])
+    return maps
+
+
+class _FragShim(_Tracker):
+    """pcap.py's IP reassembly for the compiled reader: fragments come back from the engine, complete
+    packets go back into it (the engine keeps all connection state)."""
+
+    def __init__(self, engine, params: FlowParams, stats: ReadStats, checksums: bool):
+        super().__init__(params, stats, None, "", checksums)
+        self.engine = engine
+        self.events: list = []
+
+    def ip4(self, ts, buf, o, end, wirelen_rem, reassembled=False, owned=False) -> None:
+        self.events.extend(self.engine.inject(4, ts, bytes(buf[o:end])))
+
+    def _ip6_upper(self, ts, pkt, p, cap_end, ip_end, nxt, src, dst, _plen) -> None:
+        self.events.extend(self.engine.inject(6, ts, bytes(pkt), p, nxt))
+
+    def handle(self, frag: tuple) -> list:
+        if frag[0] == 4:
+            _, ts, ipb, ihl, tot, cap_end, ident, fl, proto, src, dst = frag
+            self._frag4(ts, ipb, 0, ihl, tot, cap_end, ident, fl, proto, src, dst)
+        else:  # the rest of Tracker.ip6's fragment branch
+            _, ts, hdr, src, dst, nxt, ident, off, more, data = frag
+            key = (src, dst, ident, 6)
+            ent = self._frag_entry(key, ts)
+            if off == 0:
+                ent[0] = (bytearray(hdr), nxt)
+            self._frag_add(key, ent, off, data, bool(more), ts, 6)
+        events, self.events = self.events, []
+        return events
+
+
+_COUNTERS = ("packets", "bytes", "flows", "non_ip", "non_tcp_udp", "malformed", "fragments", "bad_checksums")
+
+
+def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: ReadStats, on_conn, progress,
+                   checksums, lsp=None):
+    """_read_one through the compiled engine: same records, summaries, counters and order of records.
+
+    The engine buffers 1 MiB blocks and returns events (finished records, ended connections) per block;
+    Python only builds the objects (uid, address strings) once per connection. on_conn of a connection
+    is called right after its final record is yielded, not before it as in _read_one."""
+    src = _Source(path)
+    try:
+        lt, lu = _portmaps(lsp)
+        eng = _fastpath.Engine(src.read(24), params.packets, params.payload_bytes, params.payload_packets,
+                               checksums, on_conn is not None, lt, lu, Packet, Chunk)
+        st.files += 1
+        uid_base = f"{_file_identity(path)}:{idx}"
+        shim = None
+        seen = dict.fromkeys(_COUNTERS, 0)
+        uids: dict[int, str] = {}
+        ips: dict[bytes, str] = {}
+
+        def counters() -> dict:
+            now = eng.stats()
+            for k in _COUNTERS:
+                d = now[k] - seen[k]
+                if d:
+                    setattr(st, k, getattr(st, k) + d)
+                    seen[k] = now[k]
+            return now
+
+        def ip(b: bytes) -> str:
+            s = ips.get(b)
+            if s is None:
+                if len(ips) > 65536:
+                    ips.clear()
+                s = ips[b] = _ip_str(b)
+            return s
+
+        def convert(events: list):
+            for e in events:
+                if e[0] == 0:
+                    _, n, final, tcp, ts0, oh, op, rh, rp, pk, pl = e
+                    uid = make_uid(uid_base, n)
+                    if on_conn is not None and not final:
+                        uids[n] = uid
+                    yield FlowRecord(uid, ts0, ip(oh), op, ip(rh), rp, "tcp" if tcp else "udp", pk, pl,
+                                     bool(final))
+                else:
+                    n = e[1]
+                    uid = uids.pop(n, None) or make_uid(uid_base, n)
+                    on_conn(ConnSummary(uid, e[2], ip(e[3]), e[4], ip(e[5]), e[6], "tcp" if e[7] else "udp",
+                                        *e[8:]))
+
+        while True:
+            data = src.read(_BLOCK)
+            if progress is not None:
+                progress(src.consumed())
+            if not data:
+                break
+            events, frag = eng.feed(data)
+            while True:
+                if events:
+                    yield from convert(events)
+                if frag is None:
+                    break
+                if shim is None:
+                    shim = _FragShim(eng, params, st, checksums)
+                events = shim.handle(frag)
+                if events:
+                    yield from convert(events)
+                events, frag = eng.feed(b"")
+            if counters()["truncated"]:
+                break  # corrupt record header: stop reading this file, as _iter_pcap does
+        events, leftover = eng.close()
+        now = counters()
+        if now["truncated"] or leftover or src.error:
+            st.mark_truncated(src.path)
+        if events:
+            yield from convert(events)
+        counters()
         _progress_rest(src, progress)
     finally:
         src.close()

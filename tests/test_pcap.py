@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from etool_sensor import pcap as pcap_mod
 from etool_sensor.flows import FlowParams
 from etool_sensor.pcap import PcapError, ReadStats, read_flows
 
@@ -52,6 +53,18 @@ def pcap(frames, linktype=1, nano=False, be=False):
 
 
 A, B = (10, 0, 0, 1), (10, 0, 0, 2)
+
+
+@pytest.fixture(autouse=True, params=["engine", "python"])
+def reader(request, monkeypatch):
+    """Every test reads through the compiled engine (Ethernet classic pcap) and the pure-Python reader."""
+    if request.param == "python":
+        monkeypatch.setenv("ETOOL_PURE_PYTHON", "1")
+    else:
+        if pcap_mod._fastpath is None:
+            pytest.skip("C extension not built")
+        monkeypatch.delenv("ETOOL_PURE_PYTHON", raising=False)
+    return request.param
 
 
 def _read(tmp_path, data, name="x.pcap", **kw):
