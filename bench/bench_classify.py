@@ -180,6 +180,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default="1,2", help="comma-separated classify --workers values to time end to end")
     ap.add_argument("--models", default="default", help="comma-separated models (bundled names or directories), "
                                                         "each timed end to end and by stage in the same run")
+    ap.add_argument("--readers", default="engine",
+                    help="comma-separated pcap readers for the e2e runs: engine (the compiled packet path where "
+                         "it applies, the default) and/or python (ETOOL_PURE_PYTHON=1), interleaved")
     ap.add_argument("--no-stages", action="store_true", help="end-to-end runs only")
     ap.add_argument("--no-bert", action="store_true")
     ap.add_argument("--bert-seconds", type=float, default=3.0)
@@ -191,7 +194,10 @@ def main(argv=None) -> int:
     workers = [int(w) for w in a.workers.split(",") if w]
     names = [m for m in a.models.split(",") if m]
     models = {n: load_model(n, threads=a.threads) for n in names}
-    runs_e2e: dict[tuple[str, int], list[float]] = {(n, w): [] for n in names for w in workers}
+    readers = [r for r in a.readers.split(",") if r]
+    if set(readers) - {"engine", "python"}:
+        ap.error("--readers takes engine and/or python")
+    runs_e2e: dict[tuple, list[float]] = {(n, w, r): [] for n in names for w in workers for r in readers}
     runs_st: list[dict[str, float]] = []
     nflows = npk = 0
     if a.no_stages:
@@ -201,7 +207,13 @@ def main(argv=None) -> int:
     for _ in range(a.repeat):
         for n in names:
             for w in workers:
-                runs_e2e[(n, w)].append(run_e2e(a.threads, w, n))
+                for r in readers:
+                    if r == "python":
+                        os.environ["ETOOL_PURE_PYTHON"] = "1"
+                    try:
+                        runs_e2e[(n, w, r)].append(run_e2e(a.threads, w, n))
+                    finally:
+                        os.environ.pop("ETOOL_PURE_PYTHON", None)
         if not a.no_stages:
             st: dict[str, float] = {}
             for j, n in enumerate(names):
@@ -225,18 +237,20 @@ def main(argv=None) -> int:
     if runs_st:
         print(f"{'sum of stages (' + names[0] + ')':24} {ssum:8.3f} {nflows / ssum:10,.0f} {npk / ssum:11,.0f}")
     e2e_fps = 0.0
-    for n in names:
-        for w in workers:
-            e2e, e2e_med = min(runs_e2e[(n, w)]), statistics.median(runs_e2e[(n, w)])
-            e2e_fps = max(e2e_fps, nflows / e2e)
-            share = f"{e2e / ssum:6.1%}" if runs_st else f"{'':6}"
-            label = f"e2e {n} w={w}" if len(names) > 1 else f"classify e2e workers={w}"
-            print(f"{label:24} {e2e:8.3f} {nflows / e2e:10,.0f} {npk / e2e:11,.0f} {share}  ({e2e_med:6.3f})")
-    b1 = min(runs_e2e[(names[0], workers[0])])
-    others = [(n, w) for n in names for w in workers if (n, w) != (names[0], workers[0])]
+    for (n, w, r), runs in runs_e2e.items():
+        e2e, e2e_med = min(runs), statistics.median(runs)
+        e2e_fps = max(e2e_fps, nflows / e2e)
+        share = f"{e2e / ssum:6.1%}" if runs_st else f"{'':6}"
+        label = f"e2e {n} w={w}" if len(names) > 1 else f"classify e2e workers={w}"
+        if len(readers) > 1:
+            label += f" {r}"
+        print(f"{label:24} {e2e:8.3f} {nflows / e2e:10,.0f} {npk / e2e:11,.0f} {share}  ({e2e_med:6.3f})")
+    first = next(iter(runs_e2e))
+    b1 = min(runs_e2e[first])
+    others = [k for k in runs_e2e if k != first]
     if others:
-        print(f"# speed-up over {names[0]} workers={workers[0]}: " + ", ".join(
-            f"{n} workers={w} {b1 / min(runs_e2e[(n, w)]):.2f}x" for n, w in others))
+        print(f"# speed-up over {first[0]} workers={first[1]} reader={first[2]}: " + ", ".join(
+            f"{n} workers={w} reader={r} {b1 / min(runs_e2e[(n, w, r)]):.2f}x" for n, w, r in others))
     model_fps = nflows / best["model"] if best else float("nan")
     if not a.no_bert:
         rows = bert_baseline(a.threads, a.bert_seconds)

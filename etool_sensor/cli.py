@@ -323,10 +323,12 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
     model_path = args.model or cfg.model.path
     threads = cfg.model.threads
     if threads is None:
-        # The model runs in a worker thread next to the reader (see below): leave the reader its core.
-        threads = max(1, (os.cpu_count() or 2) - 1)
+        threads = os.cpu_count() or 2
     try:
-        model = runtime.load_model(model_path, threads=threads)
+        # `threads` model threads run whole batches side by side, each session run on one onnxruntime
+        # thread: the graph is many small ops, so batch-level parallelism overlaps better with the
+        # Python of the reader thread than intra-op threads do (docs/performance.md, 2026-11-27 II).
+        model = runtime.load_model(model_path, threads=1)
     except runtime.ModelError as e:
         raise CliError(f"model: {e}") from None
     model_id = f"{model.name}@{model.version}"
@@ -362,11 +364,11 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
 
     batch: list[Any] = []
     contexts: list[Any] = []
-    # Pipeline: model.classify runs in one worker thread (onnxruntime releases the GIL while it computes)
-    # while this thread reads the capture and writes the logs. Batches are written strictly in order;
-    # at most PIPELINE batches are in flight, so memory stays bounded.
+    # Pipeline: model.classify runs in `threads` worker threads (onnxruntime releases the GIL while it
+    # computes) while this thread reads the capture and writes the logs. Batches are written strictly in
+    # order; at most PIPELINE + threads - 1 batches are in flight, so memory stays bounded.
     inflight: deque[tuple[list[Any], Future]] = deque()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="etool-model")
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etool-model")
 
     def classify_batch(recs: list[Any], ctxs: list[Any]) -> list[Any]:
         return model.classify(recs, ctxs, thresholds, mask_names=cfg.privacy.mask_names,
@@ -397,7 +399,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
         recs, ctxs = batch, contexts
         batch, contexts = [], []
         inflight.append((recs, executor.submit(classify_batch, recs, ctxs)))
-        while len(inflight) > PIPELINE:
+        while len(inflight) > PIPELINE + threads - 1:
             write_oldest()
 
     def flush_batch() -> None:
