@@ -209,7 +209,6 @@ def _verdict_row(rec: Any, v: Any, model_id: str, top_k: int) -> dict[str, Any]:
 
 
 def _conn_row(c: Any) -> dict[str, Any]:
-    g = lambda name, default=None: getattr(c, name, default)  # noqa: E731
     return {
         "ts": c.ts,
         "uid": c.uid,
@@ -218,20 +217,20 @@ def _conn_row(c: Any) -> dict[str, Any]:
         "id.resp_h": c.resp_h,
         "id.resp_p": c.resp_p,
         "proto": c.proto,
-        "service": g("service") or None,
-        "duration": g("duration"),
-        "orig_bytes": g("orig_bytes"),
-        "resp_bytes": g("resp_bytes"),
-        "conn_state": g("conn_state"),
-        "local_orig": g("local_orig"),
-        "local_resp": g("local_resp"),
-        "missed_bytes": g("missed_bytes", 0),
-        "history": g("history"),
-        "orig_pkts": g("orig_pkts"),
-        "orig_ip_bytes": g("orig_ip_bytes"),
-        "resp_pkts": g("resp_pkts"),
-        "resp_ip_bytes": g("resp_ip_bytes"),
-        "tunnel_parents": g("tunnel_parents"),
+        "service": getattr(c, "service", None) or None,
+        "duration": getattr(c, "duration", None),
+        "orig_bytes": getattr(c, "orig_bytes", None),
+        "resp_bytes": getattr(c, "resp_bytes", None),
+        "conn_state": getattr(c, "conn_state", None),
+        "local_orig": getattr(c, "local_orig", None),
+        "local_resp": getattr(c, "local_resp", None),
+        "missed_bytes": getattr(c, "missed_bytes", 0),
+        "history": getattr(c, "history", None),
+        "orig_pkts": getattr(c, "orig_pkts", None),
+        "orig_ip_bytes": getattr(c, "orig_ip_bytes", None),
+        "resp_pkts": getattr(c, "resp_pkts", None),
+        "resp_ip_bytes": getattr(c, "resp_ip_bytes", None),
+        "tunnel_parents": getattr(c, "tunnel_parents", None),
     }
 
 

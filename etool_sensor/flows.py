@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 SCHEMA_VERSION = 1
 
@@ -201,6 +201,24 @@ def make_uid(*parts: object) -> str:
         n, r = divmod(n, 3844)
         out.append(_B62_PAIRS[r])
     return "C" + "".join(reversed(out)).lstrip("0").rjust(17, "0")
+
+
+def uid_maker(base: object) -> "Callable[[int], str]":
+    """``lambda n: make_uid(base, n)``, with the constant prefix hashed once (the reader's per-connection cost)."""
+    h0 = hashlib.blake2b((str(base) + "\x1f").encode(), digest_size=12)
+    pairs = _B62_PAIRS
+
+    def uid(n: int) -> str:
+        h = h0.copy()
+        h.update(str(n).encode())
+        v = int.from_bytes(h.digest(), "big")
+        out = []
+        while v:
+            v, r = divmod(v, 3844)
+            out.append(pairs[r])
+        return "C" + "".join(reversed(out)).lstrip("0").rjust(17, "0")
+
+    return uid
 
 
 @dataclass(slots=True)

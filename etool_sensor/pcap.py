@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from .flows import ACK, FIN, RST, SYN, Chunk, FlowCollector, FlowParams, FlowRecord, Packet, make_uid
+from .flows import ACK, FIN, RST, SYN, Chunk, FlowCollector, FlowParams, FlowRecord, Packet, make_uid, uid_maker
 
 try:  # the compiled packet path (setup.py builds it when a C compiler is there); see _read_one_fast
     from . import _fastpath
@@ -1570,7 +1570,7 @@ def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: Re
         eng = _fastpath.Engine(src.read(24), params.packets, params.payload_bytes, params.payload_packets,
                                checksums, on_conn is not None, lt, lu, Packet, Chunk)
         st.files += 1
-        uid_base = f"{_file_identity(path)}:{idx}"
+        make = uid_maker(f"{_file_identity(path)}:{idx}")
         shim = None
         seen = dict.fromkeys(_COUNTERS, 0)
         uids: dict[int, str] = {}
@@ -1597,14 +1597,14 @@ def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: Re
             for e in events:
                 if e[0] == 0:
                     _, n, final, tcp, ts0, oh, op, rh, rp, pk, pl = e
-                    uid = make_uid(uid_base, n)
-                    if on_conn is not None and not final:
+                    uid = make(n)
+                    if on_conn is not None:
                         uids[n] = uid
                     yield FlowRecord(uid, ts0, ip(oh), op, ip(rh), rp, "tcp" if tcp else "udp", pk, pl,
                                      bool(final))
                 else:
                     n = e[1]
-                    uid = uids.pop(n, None) or make_uid(uid_base, n)
+                    uid = uids.pop(n, None) or make(n)
                     on_conn(ConnSummary(uid, e[2], ip(e[3]), e[4], ip(e[5]), e[6], "tcp" if e[7] else "udp",
                                         *e[8:]))
 

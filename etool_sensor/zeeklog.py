@@ -114,7 +114,9 @@ def _scalar_ascii(base: str, v: Any, in_container: bool) -> str:
     s = v.decode("utf-8", "surrogateescape") if isinstance(v, (bytes, bytearray)) else str(v)
     if not s:
         return EMPTY_FIELD
-    s = escape(s, SEPARATOR + SET_SEPARATOR if in_container else SEPARATOR)
+    extra = SEPARATOR + SET_SEPARATOR if in_container else SEPARATOR
+    if not _plain(s, extra):
+        s = escape(s, extra)
     return _escape_reserved(s)
 
 
@@ -148,6 +150,44 @@ def ascii_formatter(ztype: str) -> Callable[[Any], str]:
         return _scalar_ascii(base, v, False)
 
     return fmt_string
+
+
+def ascii_row_formatter(types: Sequence[str]) -> Callable[[Sequence[Any]], str]:
+    """A function row -> the TSV line of these field types, equal to joining ``format_ascii(t, v)`` with tabs.
+
+    Generated once per log (as dataclasses generate __init__), so a row costs one call and the scalar
+    cases are inlined; anything unusual (escaping, containers, non-native types) goes to the generic code."""
+    env: dict[str, Any] = {"_fa": format_ascii, "_fd": format_double, "_sa": _scalar_ascii, "_U": UNSET_FIELD,
+                           "_E": EMPTY_FIELD}
+    exprs = []
+    for i, t in enumerate(types):
+        base = _check_type(t)
+        v = f"v{i}"
+        if _is_container(t):
+            e = f"_fa({t!r}, {v})"
+        elif base in ("time", "interval"):
+            e = f"'%.6f' % (({v}) if type({v}) is float else float({v}))"
+        elif base == "double":
+            e = f"_fd(float({v}))"
+        elif base == "bool":
+            e = f"('T' if {v} else 'F')"
+        elif base in ("count", "int", "port"):
+            e = f"(str({v}) if type({v}) is int else str(int({v})))"
+        elif base in ("addr", "subnet"):
+            e = f"({v} if type({v}) is str else str({v}))"
+        else:
+            env[f"_b{i}"] = base
+            e = (f"({v} if type({v}) is str and {v} and {v}.isascii() and {v}.isprintable() and '\\\\' not in {v} "
+                 f"and {v} != _U and {v} != _E else _sa(_b{i}, {v}, False))")
+        if not _is_container(t):
+            e = f"(_U if {v} is None else {e})"
+        exprs.append(e)
+    names = ", ".join(f"v{i}" for i in range(len(types)))
+    src = (f"def row({'r' if types else '_r'}):\n"
+           + (f"    {names}{',' if len(types) == 1 else ''} = r\n" if types else "")
+           + f"    return {SEPARATOR!r}.join(({', '.join(exprs)}{',' if len(exprs) == 1 else ''}))\n")
+    exec(compile(src, f"<ascii row formatter {len(types)} fields>", "exec"), env)
+    return env["row"]
 
 
 def format_ascii(ztype: str, v: Any) -> str:
@@ -244,7 +284,7 @@ class LogWriter:
             if not self._nameset.issuperset(row):
                 unknown = set(row) - self._nameset
                 raise KeyError(f"{self.log_path}: unknown field(s) {sorted(unknown)}")
-            return [row.get(n) for n in self.names]
+            return list(map(row.get, self.names))
         vals = list(row)
         if len(vals) != len(self.names):
             raise ValueError(f"{self.log_path}: row has {len(vals)} values, the log has {len(self.names)} fields")
@@ -378,10 +418,10 @@ class AsciiLogWriter(LogWriter):
         return f"#close{SEPARATOR}{_open_stamp(time.time())}\n"
 
     def _format(self, row: Sequence[Any]) -> str:
-        fmts = self.__dict__.get("_fmts")
-        if fmts is None:
-            fmts = self._fmts = [ascii_formatter(t) for _, t in self.fields]
-        return SEPARATOR.join([f(v) for f, v in zip(fmts, row)])
+        fmt = self.__dict__.get("_row_fmt")
+        if fmt is None:
+            fmt = self._row_fmt = ascii_row_formatter([t for _, t in self.fields])
+        return fmt(row)
 
 
 class JsonLogWriter(LogWriter):

@@ -69,3 +69,15 @@ def test_verdict_alert_only_for_confident_listed_labels():
     v.unknown = True
     assert v.alert(frozenset({"VPN"})) is None
     assert Verdict("C2", "", "", 0.0, False, [], "m@1", status="too_few_packets").alert({""}) is None
+
+
+def test_uid_maker_equals_make_uid():
+    import random
+
+    from etool_sensor.flows import make_uid, uid_maker
+
+    rnd = random.Random(0)
+    for base in ("3f2a9c:0", "", "x" * 40 + ":7"):
+        make = uid_maker(base)
+        for n in list(range(300)) + [rnd.randrange(10**15) for _ in range(300)]:
+            assert make(n) == make_uid(base, n)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etool_sensor.zeeklog import (CONN_FIELDS, ETOOL_FIELDS, AsciiLogWriter, JsonLogWriter, LogWriteError,
+from etool_sensor.zeeklog import (ascii_row_formatter, CONN_FIELDS, ETOOL_FIELDS, AsciiLogWriter, JsonLogWriter, LogWriteError,
                                   escape, format_ascii, format_double, open_log, read_ascii_log, read_json_log)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -126,6 +126,31 @@ def test_escaped_strings_never_break_the_format(s: str) -> None:
     assert "\t" not in out and "\n" not in out and "\r" not in out
     if s:
         assert _unescape(out) == s
+
+
+_TYPES = ["time", "interval", "double", "bool", "count", "int", "port", "addr", "string", "enum",
+          "vector[string]", "set[string]"]
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                    st.text(max_size=12), st.sampled_from(["-", "(empty)", "", "a,b", "a\tb", "x\\y"]),
+                    st.lists(st.one_of(st.none(), st.text(max_size=6)), max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_TYPES), _VALUES), min_size=1, max_size=8))
+def test_generated_row_formatter_equals_field_by_field(fields) -> None:
+    """The per-log generated formatter (ascii_row_formatter) prints what format_ascii prints per field."""
+    types = [t for t, _ in fields]
+    row = [v for _, v in fields]
+    want = got = None
+    try:
+        want = "\t".join(format_ascii(t, v) for t, v in fields)
+    except (TypeError, ValueError, OverflowError) as e:
+        want = type(e)
+    try:
+        got = ascii_row_formatter(types)(row)
+    except (TypeError, ValueError, OverflowError) as e:
+        got = type(e)
+    assert got == want
 
 
 def test_json_lines(tmp_path: Path) -> None:
