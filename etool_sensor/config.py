@@ -104,7 +104,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "model": {
         "path": Str(None, "model package directory, or a bundled model by name (default, fast); null = the bundled "
                     "default model", nullable=True),
-        "threads": Int(None, 1, 1024, "inference threads; null = CPU cores - 1 (one core reads/decodes)", nullable=True),
+        "threads": Int(None, 1, 1024, "inference threads (classify: concurrent batches; serve: onnxruntime threads); null = by core count", nullable=True),
     },
     "classify": {
         "threshold": Float(0.5, 0.0, 1.0, "confidence below this marks a verdict unknown"),
