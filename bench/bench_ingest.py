@@ -1,4 +1,5 @@
-"""Ingest benchmark: our read_flows vs a plain dpkt loop vs tshark -T fields, same large capture.
+"""Ingest benchmark: our read_flows (compiled packet path and pure Python) vs a plain dpkt loop vs
+tshark -T fields, same large capture.
 
 Builds /tmp/etool_bench.pcap by concatenating the Ethernet packets of many captures in
 ../shared/data (timestamps rewritten to increase), then times each reader. Not a test.
@@ -8,6 +9,7 @@ Usage: python bench/bench_ingest.py [--packets N]
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import struct
 import subprocess
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import dpkt
 
-from etool_sensor.pcap import ReadStats, read_flows
+from etool_sensor.pcap import ReadStats, fast_path_available, read_flows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 OUT = Path("/tmp/etool_bench.pcap")
@@ -48,12 +50,23 @@ def build(target: int) -> int:
     return n
 
 
-def bench_ours(checksums=True):
-    st = ReadStats()
-    t = time.perf_counter()
-    for _ in read_flows(OUT, stats=st, checksums=checksums):
-        pass
-    return time.perf_counter() - t, st.packets, st.flows
+def bench_ours(checksums=True, pure=False):
+    """read_flows over the capture; pure=True forces the pure-Python reader (ETOOL_PURE_PYTHON)."""
+    old = os.environ.pop("ETOOL_PURE_PYTHON", None)
+    if pure:
+        os.environ["ETOOL_PURE_PYTHON"] = "1"
+    try:
+        if not pure and not fast_path_available():
+            return None
+        st = ReadStats()
+        t = time.perf_counter()
+        for _ in read_flows(OUT, stats=st, checksums=checksums):
+            pass
+        return time.perf_counter() - t, st.packets, st.flows
+    finally:
+        os.environ.pop("ETOOL_PURE_PYTHON", None)
+        if old is not None:
+            os.environ["ETOOL_PURE_PYTHON"] = old
 
 
 def bench_dpkt():
@@ -91,14 +104,17 @@ def main():
     a = ap.parse_args()
     n = build(a.packets)
     print(f"capture: {OUT} {n} packets, {OUT.stat().st_size / 1e6:.1f} MB")
-    rows = [("etool read_flows", bench_ours()), ("etool (checksums off)", bench_ours(False)), ("dpkt loop", bench_dpkt())]
+    rows = [("etool read_flows", bench_ours()), ("etool (checksums off)", bench_ours(False)),
+            ("etool pure Python", bench_ours(pure=True)), ("etool pure Py, cks off", bench_ours(False, pure=True)),
+            ("dpkt loop", bench_dpkt())]
     ts = bench_tshark()
     rows.append(("tshark -T fields", ts) if ts else ("tshark -T fields", None))
-    base = rows[0][1][1] / rows[0][1][0]
+    ref = rows[0][1] or rows[2][1]  # the compiled reader, or the Python one where it is not built
+    base = ref[1] / ref[0]
     print(f"{'reader':24} {'seconds':>8} {'packets/s':>11} {'flows/s':>9} {'ours/this':>9}")
     for name, r in rows:
         if r is None:
-            print(f"{name:24} {'(not installed)':>30}")
+            print(f"{name:24} {'(not available)':>30}")
             continue
         dt, pk, fl = r
         print(f"{name:24} {dt:8.2f} {pk / dt:11,.0f} {fl / dt:9,.0f} {base / (pk / dt):9.2f}")

@@ -1116,7 +1116,7 @@ static PyObject *Engine_inject(Engine *e, PyObject *args) {
     if (ver == 4) {
         r = ip4(e, ts, buf, 0, n, 1);
     } else if (nxt == 6 || nxt == 17) {
-        r = n >= 40 ? transport(e, ts, buf, (size_t)p, n, n, nxt, buf + 8, buf + 24, 16, (uint32_t)n, 6) : 0;
+        r = n >= 40 && p >= 40 && (size_t)p <= n ? transport(e, ts, buf, (size_t)p, n, n, nxt, buf + 8, buf + 24, 16, (uint32_t)n, 6) : 0;
     } else {
         e->non_tcp_udp++;
         r = 0;
