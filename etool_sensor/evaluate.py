@@ -30,6 +30,7 @@ The model and torch imports happen only for the methods that need them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -42,6 +43,7 @@ SPLITS = ("iid", "capture", "unseen_app", "shifted")
 EXTRA_SPLITS = ("capture_kfold", "iid_kfold")  # run only when named: K trainings per method
 METHODS = ("rf", "knn", "etool", "student_no_llm", "student_no_payload", "student_ports", "teacher",
            "encoder_only")
+EXTRA_METHODS = ("rf_hello",)  # run only when named (an experiment, see docs/model-card.md)
 N_SIZES = 20
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -221,24 +223,66 @@ def signed_sizes(records, n: int = N_SIZES) -> np.ndarray:
 
 
 class SizeBaseline:
+    """rf / knn on the first 20 signed packet sizes. rf_hello: the forest with the TLS handshake structure too
+    (hello version, cipher suites and extension types present, as bits over the training flows' most common
+    values; features.parse_hello): how much of that signal survives the capture shift (needs flows read with
+    the whole hello, eval --hello-tokens COLLECT)."""
+
     def __init__(self, kind: str, seed: int = 0, quick: bool = False) -> None:
         from sklearn.ensemble import RandomForestClassifier
         from sklearn.neighbors import KNeighborsClassifier
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        if kind == "rf":
+        self.kind = kind
+        if kind in ("rf", "rf_hello"):
             self.m = RandomForestClassifier(n_estimators=50 if quick else 300, random_state=seed, n_jobs=2)
         else:
             self.m = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5, weights="distance"))
 
+    def _x(self, records) -> np.ndarray:
+        x = signed_sizes(records)
+        if self.kind != "rf_hello":
+            return x
+        from .features import parse_hello
+
+        h = np.zeros((len(records), 4 + len(self.vocab)), np.float32)
+        for i, r in enumerate(records):
+            for c in r.payload[:3]:
+                p = parse_hello(c.data)
+                if p is None:
+                    continue
+                o = 0 if p[0] == 1 else 2
+                h[i, o], h[i, o + 1] = 1.0, p[1]
+                for key in ((p[0], "c", v) for v in p[2]):
+                    j = self.vocab.get(key)
+                    if j is not None:
+                        h[i, 4 + j] = 1.0
+                for key in ((p[0], "e", v) for v in p[3]):
+                    j = self.vocab.get(key)
+                    if j is not None:
+                        h[i, 4 + j] = 1.0
+        return np.hstack([x, h])
+
     def fit(self, records, labels) -> "SizeBaseline":
-        self.m.fit(signed_sizes(records), labels)
+        if self.kind == "rf_hello":
+            from collections import Counter
+
+            from .features import parse_hello
+
+            cnt: Counter = Counter()
+            for r in records:
+                for c in r.payload[:3]:
+                    p = parse_hello(c.data)
+                    if p is not None:
+                        cnt.update({(p[0], "c", v) for v in p[2]} | {(p[0], "e", v) for v in p[3]})
+            self.vocab = {k: j for j, (k, _) in enumerate(cnt.most_common(100))}
+        self.m.fit(self._x(records), labels)
         self.labels = [str(c) for c in self.m.classes_]
         return self
 
     def predict_proba(self, records, contexts=None) -> np.ndarray:
-        return self.m.predict_proba(signed_sizes(records))
+        return self.m.predict_proba(self._x(records))
 
 
 # ------------------------------------------------------------------------------------ teacher cache
@@ -344,7 +388,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
     for m in methods:
         t0 = time.time()
         try:
-            if m in ("rf", "knn"):
+            if m in ("rf", "knn", "rf_hello"):
                 model = SizeBaseline(m, seed, quick).fit(tr.records, tr.labels)
             elif m in ("teacher", "encoder_only"):
                 model = get_teacher(m)
@@ -557,6 +601,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-config", default=None, metavar="JSON",
                    help='encoder shape of every student method, e.g. \'{"layers": 1, "pkt_stride": 4, '
                         '"dgram_stride": 16}\' (the bundled fast model); default: train/model.py EncoderConfig')
+    p.add_argument("--compact-hello", type=int, default=None, metavar="COLLECT",
+                   help="students drop the TLS hello Random/session ID before their payload window "
+                        "(features.compact_hello); flows are read with COLLECT payload bytes per chunk")
+    p.add_argument("--hello-tokens", type=int, default=None, metavar="COLLECT",
+                   help="students also get the TLS handshake structure as hashed tokens (features.hello_tokens); "
+                        "flows are read with COLLECT payload bytes per chunk, the datagram window stays B")
     p.add_argument("--no-normalize-random", action="store_true",
                    help="students keep per-session random fields (TLS Random/session ID, QUIC CIDs): an ablation")
 
@@ -571,6 +621,18 @@ def eval_main(args: argparse.Namespace) -> int:
     pcaps = args.pcaps.split(",") if args.pcaps else None
     params = FlowParams(payload_bytes=args.payload_bytes) if getattr(args, "payload_bytes", None) else FlowParams()
     spec = FeatureSpec.from_params(params, normalize_random=not getattr(args, "no_normalize_random", False))
+    if getattr(args, "hello_tokens", None):
+        if args.hello_tokens < spec.payload_bytes:
+            log(f"eval: --hello-tokens {args.hello_tokens} is below the payload window {spec.payload_bytes}")
+            return 2
+        spec = dataclasses.replace(spec, hello_tokens=48, collect_payload_bytes=args.hello_tokens)
+        params = dataclasses.replace(params, payload_bytes=args.hello_tokens)
+    if getattr(args, "compact_hello", None):
+        if args.compact_hello < spec.payload_bytes:
+            log(f"eval: --compact-hello {args.compact_hello} is below the payload window {spec.payload_bytes}")
+            return 2
+        spec = dataclasses.replace(spec, compact_hello=True, collect_payload_bytes=args.compact_hello)
+        params = dataclasses.replace(params, payload_bytes=args.compact_hello)
     student_config = None
     if getattr(args, "student_config", None):
         from .train.model import parse_shape
@@ -629,9 +691,9 @@ def eval_main(args: argparse.Namespace) -> int:
     if args.splits:
         names = list(SPLITS) if args.splits == "all" else [s.strip() for s in args.splits.split(",") if s.strip()]
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        bad = [m for m in methods if m not in METHODS]
+        bad = [m for m in methods if m not in METHODS + EXTRA_METHODS]
         if bad:
-            log(f"eval: unknown methods {bad}; choose from {', '.join(METHODS)}")
+            log(f"eval: unknown methods {bad}; choose from {', '.join(METHODS + EXTRA_METHODS)}")
             return 2
         ds.labels = _label_of(ds, args.label_column)
         bad = [s for s in names if s not in SPLITS + EXTRA_SPLITS]

@@ -19,7 +19,7 @@ import numpy as np
 
 from .context import CONTEXT_SIZES, Context
 from .flows import FlowParams, FlowRecord
-from .masking import mask_payload, normalize_random
+from .masking import compact_tls_hello, mask_payload, normalize_random
 
 FEATURES_VERSION = 2  # 2: per-session random fields normalised (masking.normalize_random)
 
@@ -41,6 +41,14 @@ class FeatureSpec:
     use_ports: bool = False
     normalize_random: bool = True  # zero per-session random fields (masking.normalize_random)
     version: int = FEATURES_VERSION
+    # Drop the TLS hello Random and session ID before the payload_bytes window (masking.compact_tls_hello),
+    # so the window reaches the cipher suites and extensions; needs flow records with more than
+    # payload_bytes bytes per chunk (collect_payload_bytes).
+    compact_hello: bool = False
+    collect_payload_bytes: int = 0  # 0 = payload_bytes
+    # TLS handshake structure as up to this many hashed tokens (hello_tokens(); 0 = off): versions, cipher
+    # suites and extension types of the ClientHello / ServerHello, parsed from the collected chunk, never names.
+    hello_tokens: int = 0
 
     @classmethod
     def from_params(cls, params: FlowParams, **kw: object) -> "FeatureSpec":
@@ -58,6 +66,64 @@ def port_token(port: int) -> int:
     return port if port < 1024 else (1024 if port < 49152 else 1025)
 
 
+HELLO_VOCAB = 4096  # hashed handshake tokens; 0 = padding
+
+
+def parse_hello(data: bytes) -> tuple[int, int, list[int], list[int]] | None:
+    """(handshake type 1/2, version, cipher suites, extension types) of a TLS ClientHello/ServerHello at the
+    start of `data` (GREASE values dropped); None for anything else. A cut hello yields what it holds."""
+    if len(data) < 44 or data[0] != 0x16 or data[1] != 3 or data[5] not in (1, 2):
+        return None
+    kind, n = data[5], len(data)
+    version = (data[9] << 8) | data[10]
+    p = 44 + data[43]
+    ciphers: list[int] = []
+    if kind == 1:
+        if p + 2 > n:
+            return kind, version, ciphers, []
+        end = p + 2 + ((data[p] << 8) | data[p + 1])
+        ciphers = [(data[i] << 8) | data[i + 1] for i in range(p + 2, min(end, n) - 1, 2)]
+        p = end
+        if p >= n:
+            return kind, version, [c for c in ciphers if c & 0x0F0F != 0x0A0A], []
+        p += 1 + data[p]  # compression methods
+    else:
+        if p + 3 > n:
+            return kind, version, ciphers, []
+        ciphers = [(data[p] << 8) | data[p + 1]]
+        p += 3
+    exts = []
+    if p + 2 <= n:
+        end = min(p + 2 + ((data[p] << 8) | data[p + 1]), n)
+        p += 2
+        while p + 4 <= end:
+            exts.append((data[p] << 8) | data[p + 1])
+            p += 4 + ((data[p + 2] << 8) | data[p + 3])
+    grease = lambda v: v & 0x0F0F == 0x0A0A  # noqa: E731
+    return kind, version, [c for c in ciphers if not grease(c)], [e for e in exts if not grease(e)]
+
+
+def _hello_id(kind: int, value: int) -> int:
+    return 1 + ((kind << 16 | value) * 2654435761 & 0xFFFFFFFF) % (HELLO_VOCAB - 1)
+
+
+def hello_tokens(rec: FlowRecord, chunks: int = 3) -> list[int]:
+    """Hashed tokens of the TLS hellos among the first `chunks` payload chunks: the server's first (its
+    version, cipher, extension types), then the client's (version, up to 16 cipher suites, extension types)."""
+    out: list[int] = []
+    for want in (2, 1):
+        for ch in rec.payload[:chunks]:
+            h = parse_hello(ch.data)
+            if h is None or h[0] != want:
+                continue
+            k = 0 if want == 2 else 3
+            out.append(_hello_id(k + 1, h[1]))
+            out += [_hello_id(k + 2, c) for c in h[2][:16]]
+            out += [_hello_id(k + 3, e) for e in h[3][:24]]
+            break
+    return out
+
+
 def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None, spec: FeatureSpec,
            mask_names: bool | None = None) -> dict[str, np.ndarray]:
     """Encode a batch. Arrays (B = batch):
@@ -71,6 +137,7 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
     """
     n, m, bb, k = spec.packets, spec.payload_packets, spec.payload_bytes, spec.context
     mask = spec.mask_names if mask_names is None else mask_names
+    compact = spec.compact_hello
     bsz = len(records)
     pkt = np.zeros((bsz, n, 4), np.int64)
     byt = np.zeros((bsz, m * bb), np.int64)
@@ -92,13 +159,15 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
         flat += ps
         counts.append(len(ps))
         for c, ch in enumerate(r.payload[:m]):
-            data = ch.data[:bb]
+            data = ch.data if compact else ch.data[:bb]
             if not data:
                 continue
             if mask:
                 data = mask_payload(data, r.proto, r.orig_p, r.resp_p)
                 if spec.normalize_random:
                     data = normalize_random(data, r.proto, r.orig_p, r.resp_p)
+            if compact:
+                data = compact_tls_hello(data)[:bb]
             pieces.append(data)
             piece_at.append(i * stride + c * bb)
             piece_seg.append(1 + 2 * c + (0 if ch.is_orig else 1))
@@ -142,6 +211,12 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
         byt.reshape(-1)[pos] = np.frombuffer(b"".join(pieces), np.uint8).astype(np.int64) + 1
         seg.reshape(-1)[pos] = np.repeat(np.asarray(piece_seg, np.int64), lens)
     out = {"pkt": pkt, "byt": byt, "seg": seg, "ctx": ctx, "meta": meta}
+    if spec.hello_tokens:
+        out["hello"] = np.zeros((bsz, spec.hello_tokens), np.int64)
+        for i, r in enumerate(records):
+            t = hello_tokens(r, spec.payload_packets)[:spec.hello_tokens]
+            if t:
+                out["hello"][i, :len(t)] = t
     if spec.use_ports:
         out["port"] = np.array([port_token(r.resp_p) for r in records], np.int64)
     return out

@@ -211,6 +211,17 @@ def normalize_tls_hello(buf: bytearray) -> bool:
     return True
 
 
+def compact_tls_hello(data: bytes) -> bytes:
+    """A TLS ClientHello/ServerHello without its 32-byte Random and legacy_session_id (the length byte stays).
+
+    Those 33-65 bytes are per-connection noise (zero after normalize_random), and with them the first 64
+    bytes of a hello end before the cipher suites; without them the window holds the cipher suites and
+    extension types that identify the client and server implementations. Other data is returned as is."""
+    if len(data) < 44 or data[0] != 0x16 or data[1] != 3 or data[5] not in (1, 2):
+        return data
+    return data[:11] + data[43:44] + data[44 + data[43]:]
+
+
 def normalize_quic_cids(buf: bytearray) -> bool:
     """Overwrite the destination and source connection IDs of a QUIC long-header packet (RFC 8999
     invariants: flags, version, DCID len + DCID, SCID len + SCID) with zeros, keeping their lengths."""

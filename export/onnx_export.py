@@ -19,7 +19,7 @@ OUTPUTS = ["service_logits", "app_logits"]
 
 
 class _Wrapped(torch.nn.Module):
-    """Fixes the positional signature the exporter sees (port only when the model uses it)."""
+    """Fixes the positional signature the exporter sees (port, hello only when the model uses them)."""
 
     def __init__(self, m: StudentClassifier) -> None:
         super().__init__()
@@ -43,6 +43,9 @@ def dummy_inputs(model: StudentClassifier, batch: int = 2) -> dict[str, torch.Te
     d["pkt"][:, 0, 0] = 1
     if c.use_ports:
         d["port"] = torch.zeros(batch, dtype=torch.long)
+    if c.hello_tokens:
+        d["hello"] = torch.zeros(batch, c.hello_tokens, dtype=torch.long)
+        d["hello"][:, 0] = 1
     return d
 
 

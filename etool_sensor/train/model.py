@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from etool_sensor.context import CONTEXT_SIZES
-from etool_sensor.features import FLAG_VOCAB, IAT_BUCKETS, PORT_VOCAB, SIZE_BUCKETS, FeatureSpec
+from etool_sensor.features import FLAG_VOCAB, HELLO_VOCAB, IAT_BUCKETS, PORT_VOCAB, SIZE_BUCKETS, FeatureSpec
 
 NEG = -1e4  # additive attention bias for padding (finite: safe in fp16/int8 graphs)
 
@@ -49,6 +49,7 @@ class EncoderConfig:
     dgram_stride: int = 8  # 2-byte units merged per datagram token
     use_payload: bool = True
     use_ports: bool = False
+    hello_tokens: int = 0  # hashed TLS handshake tokens, pooled into the meta token (features.hello_tokens)
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec, **kw) -> "EncoderConfig":
@@ -58,7 +59,7 @@ class EncoderConfig:
             units = (spec.payload_packets * spec.payload_bytes + 1) // 2
             kw["dgram_stride"] = max(8, math.ceil(units / MAX_DGRAM_TOKENS))
         return cls(packets=spec.packets, payload_bytes=spec.payload_bytes, payload_packets=spec.payload_packets,
-                   context=spec.context, use_ports=spec.use_ports, **kw)
+                   context=spec.context, use_ports=spec.use_ports, hello_tokens=spec.hello_tokens, **kw)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,6 +166,7 @@ class TrafficEncoder(nn.Module):
         self.c_in = nn.Linear(3 + CONTEXT_SIZES, d)
         self.m_in = nn.Linear(4, d)
         self.port = nn.Embedding(PORT_VOCAB, d) if c.use_ports else None
+        self.hello = nn.Embedding(HELLO_VOCAB, d) if c.hello_tokens else None
         self.cls = nn.Parameter(torch.zeros(1, 1, d))
         self.tok_type = nn.Parameter(torch.zeros(5, d))  # cls, meta, pkt, dgram, ctx
         self.drop = nn.Dropout(c.dropout)
@@ -186,10 +188,15 @@ class TrafficEncoder(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     def forward(self, pkt: torch.Tensor, byt: torch.Tensor, seg: torch.Tensor, ctx: torch.Tensor,
-                meta: torch.Tensor, port: torch.Tensor | None = None, *, pkt_masked: torch.Tensor | None = None,
+                meta: torch.Tensor, *extra: torch.Tensor, port: torch.Tensor | None = None,
+                hello: torch.Tensor | None = None, pkt_masked: torch.Tensor | None = None,
                 unit_masked: torch.Tensor | None = None):
-        """pkt_masked [B,N] / unit_masked [B,U] (bool, SSL only): positions whose content is hidden."""
+        """extra: the optional inputs in input_names() order (port, hello), or by keyword. pkt_masked [B,N] /
+        unit_masked [B,U] (bool, SSL only): positions whose content is hidden."""
         c = self.c
+        opt = dict(zip(input_names(c)[5:], extra))
+        port = opt.get("port", port)
+        hello = opt.get("hello", hello)
         b = pkt.shape[0]
         # packets
         pv = pkt[:, :, 0] > 0
@@ -236,6 +243,9 @@ class TrafficEncoder(nn.Module):
         me = self.m_in(meta)
         if self.port is not None and port is not None:
             me = me + self.port(port)
+        if self.hello is not None and hello is not None:  # mean of the hello token embeddings (0 = padding)
+            hv = (hello > 0).unsqueeze(-1).float()
+            me = me + (self.hello(hello) * hv).sum(1) / hv.sum(1).clamp(min=1.0)
         me = (me + self.tok_type[1]).unsqueeze(1)
         ones = torch.ones(b, 1, dtype=torch.bool, device=pkt.device)
         x = torch.cat([self.cls.expand(b, -1, -1) + self.tok_type[0], me] + toks, dim=1)
@@ -268,14 +278,14 @@ class StudentClassifier(nn.Module):
         self.service = nn.Linear(c.d, n_service)
         self.app = nn.Linear(c.d, n_app)
 
-    def forward(self, pkt, byt, seg, ctx, meta, port=None):
-        z, _, _ = self.encoder(pkt, byt, seg, ctx, meta, port)
+    def forward(self, pkt, byt, seg, ctx, meta, *extra, port=None, hello=None):
+        z, _, _ = self.encoder(pkt, byt, seg, ctx, meta, *extra, port=port, hello=hello)
         return self.service(z), self.app(z)
 
 
 def input_names(c: EncoderConfig) -> list[str]:
     names = ["pkt", "byt", "seg", "ctx", "meta"]
-    return names + ["port"] if c.use_ports else names
+    return names + (["port"] if c.use_ports else []) + (["hello"] if c.hello_tokens else [])
 
 
 def flops_per_flow(c: EncoderConfig, n_service: int = 25, n_app: int = 200) -> dict[str, int]:

@@ -30,7 +30,7 @@ from etool_sensor.context import Context
 from etool_sensor.features import IAT_BUCKETS, SIZE_BUCKETS, FeatureSpec, encode
 from etool_sensor.flows import FlowRecord
 
-from .model import TrafficEncoder
+from .model import TrafficEncoder, input_names
 
 
 class SSLHeads(nn.Module):
@@ -91,7 +91,7 @@ def pretrain(encoder: TrafficEncoder, records: Sequence[FlowRecord], contexts: S
         groups = [groups[i] for i in keep] if groups is not None else None
     n = len(records)
     feats = {k: torch.from_numpy(v) for k, v in encode(records, contexts, spec).items()}
-    names = ["pkt", "byt", "seg", "ctx", "meta"] + (["port"] if encoder.c.use_ports else [])
+    names = input_names(encoder.c)
     partners = pair_partners(records, groups)
     has_partner = np.array([len(p) > 0 for p in partners])
     client = [((groups[i] if groups is not None else ""), r.orig_h) for i, r in enumerate(records)]

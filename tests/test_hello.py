@@ -1,0 +1,99 @@
+"""TLS handshake structure (features.parse_hello / hello_tokens, masking.compact_tls_hello) and a student
+that reads it: exact parsing of built hellos, cut hellos, real captures, ONNX export of the extra input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from etool_sensor.features import FeatureSpec, encode, hello_tokens, parse_hello
+from etool_sensor.flows import Chunk, FlowParams, FlowRecord, Packet
+from etool_sensor.masking import compact_tls_hello
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+PCAPS = SHARED / "data" / "ndpi" / "pcap"
+
+
+def _hello(kind: int, ciphers: list[int], exts: list[tuple[int, bytes]], sid: bytes = bytes(32)) -> bytes:
+    body = b"\x03\x03" + bytes(range(32)) + bytes([len(sid)]) + sid
+    if kind == 1:
+        cs = b"".join(c.to_bytes(2, "big") for c in ciphers)
+        body += len(cs).to_bytes(2, "big") + cs + b"\x01\x00"
+    else:
+        body += ciphers[0].to_bytes(2, "big") + b"\x00"
+    ex = b"".join(t.to_bytes(2, "big") + len(d).to_bytes(2, "big") + d for t, d in exts)
+    body += len(ex).to_bytes(2, "big") + ex
+    hs = bytes([kind]) + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
+
+
+CH = _hello(1, [0x1A1A, 0x1301, 0x1302, 0xC02F], [(0x3A3A, b""), (0, b"\x00\x05\x00\x00\x02ab"), (16, b"\x00\x03\x02h2"),
+                                                  (43, b"\x02\x03\x04")])
+SH = _hello(2, [0x1301], [(43, b"\x03\x04"), (51, bytes(36))])
+
+
+def test_parse_built_hellos_exactly():
+    assert parse_hello(CH) == (1, 0x0303, [0x1301, 0x1302, 0xC02F], [0, 16, 43])  # GREASE dropped
+    assert parse_hello(SH) == (2, 0x0303, [0x1301], [43, 51])
+    assert parse_hello(b"\x17\x03\x03" + bytes(60)) is None  # application data
+    assert parse_hello(CH[:43]) is None
+
+
+def test_cut_hellos_yield_a_prefix_and_never_raise():
+    for full in (CH, SH):
+        want = parse_hello(full)
+        for cut in range(44, len(full) + 1):
+            got = parse_hello(full[:cut])
+            assert got is not None and got[:2] == want[:2]
+            assert got[2] == want[2][:len(got[2])] and got[3] == want[3][:len(got[3])]
+
+
+def test_compact_drops_random_and_session_id_only():
+    c = compact_tls_hello(CH)
+    assert len(c) == len(CH) - 32 - 32 and c[:11] == CH[:11] and c[11] == 32 and c[12:] == CH[44 + 32:]
+    assert compact_tls_hello(b"\x17\x03\x03" + bytes(60)) == b"\x17\x03\x03" + bytes(60)
+
+
+def test_hello_tokens_server_first_then_client():
+    rec = FlowRecord("C1", 0.0, "10.0.0.1", 50000, "10.0.0.2", 443, "tcp",
+                     [Packet(0.0, True, 40, 0, 2), Packet(0.1, False, 40, 0, 18)],
+                     [Chunk(True, CH), Chunk(False, SH)])
+    t = hello_tokens(rec)
+    assert len(t) == (1 + 1 + 2) + (1 + 3 + 3) and all(0 < x < 4096 for x in t)
+    assert hello_tokens(rec) == t  # deterministic (no salted hash)
+    f = encode([rec], None, FeatureSpec(hello_tokens=16))
+    assert list(f["hello"][0, :len(t)]) == t and not f["hello"][0, len(t):].any()
+
+
+@pytest.mark.skipif(not PCAPS.is_dir(), reason="shared data absent")
+def test_real_hellos_parse_and_a_student_exports_with_them(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from etool_sensor.pcap import read_flows
+    from etool_sensor.train.model import EncoderConfig, StudentClassifier, input_names
+    from export.onnx_export import export_onnx, torch_logits
+    from export.quantize import onnx_logits, parity
+
+    recs = []
+    for p in sorted(PCAPS.glob("*.pcap"))[::4]:
+        recs += [r for r in read_flows(p, FlowParams(payload_bytes=1024))]
+    client = [h for r in recs for c in r.payload if c.is_orig and (h := parse_hello(c.data)) and h[0] == 1]
+    server = [h for r in recs for c in r.payload if not c.is_orig and (h := parse_hello(c.data)) and h[0] == 2]
+    assert len(client) >= 20 and len(server) >= 10
+    # every complete ClientHello offers TLS 1.2/1.3 suites and names its extensions; a server picks one suite
+    assert sum(bool(h[2]) and bool(h[3]) for h in client) >= 0.9 * len(client)
+    assert all(len(h[2]) == 1 for h in server)
+    spec = FeatureSpec(hello_tokens=48, collect_payload_bytes=1024)
+    feats = encode(recs, None, spec)
+    assert feats["hello"].any(axis=1).sum() >= len(client)
+    torch.manual_seed(0)
+    model = StudentClassifier(EncoderConfig.from_spec(spec), 5, 7).eval()
+    assert input_names(model.encoder.c)[-1] == "hello"
+    ref = torch_logits(model, feats)
+    p = parity(ref, onnx_logits(export_onnx(model, tmp_path / "h.onnx"), feats))
+    assert p["service_max_abs_logit_diff"] < 1e-3 and p["service_argmax_agreement"] == 1.0
+    # the tokens reach the output: zeroing them changes the logits
+    off = dict(feats, hello=np.zeros_like(feats["hello"]))
+    assert not np.allclose(torch_logits(model, off)[0], ref[0])
