@@ -99,7 +99,13 @@ typedef struct {
     Conn *head, *tail;
     uint64_t ordinal;
     /* counters */
-    long long packets, bytes, flows, non_ip, non_tcp_udp, malformed, fragments, bad_checksums;
+    long long packets, bytes, non_ip, malformed, fragments, bad_checksums;
+    /* counters of this shard's packets (ReadStats of read_shard's shard_stats; the same object unsharded) */
+    long long s_flows, s_malformed, s_bad_checksums, s_non_tcp_udp;
+    /* sharded reading (pcap.read_shard): keep connections whose shard_owner is me; gi = global packet index */
+    int shard_n, shard_me;
+    long long gi;
+    int phase; /* of the events being emitted: 0 packet, 1 sweep after it, 2 end of file */
     /* output */
     PyObject *events; /* list, while a call runs */
     PyObject *frag;   /* pending fragment tuple or NULL */
@@ -119,6 +125,26 @@ static inline uint32_t rd32(const Engine *e, const uint8_t *p) {
     return e->swap ? __builtin_bswap32(v) : v;
 }
 static inline long long seq_delta(uint32_t a, uint32_t b) { return (long long)(int32_t)(a - b); }
+
+/* zlib.crc32 (IEEE 802.3), for pcap.shard_owner */
+static uint32_t crc_table[256];
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+static uint32_t crc32_2(const uint8_t *a, int na, const uint8_t *b, int nb) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (int i = 0; i < na; i++) c = crc_table[(c ^ a[i]) & 0xFF] ^ (c >> 8);
+    for (int i = 0; i < nb; i++) c = crc_table[(c ^ b[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+static int private_addr(const uint8_t *a, int n) {
+    if (n == 4) return a[0] == 10 || (a[0] == 192 && a[1] == 168) || (a[0] == 172 && a[1] >= 16 && a[1] <= 31);
+    return (a[0] & 0xFE) == 0xFC || (a[0] == 0xFE && (a[1] & 0xC0) == 0x80);
+}
 
 /* sum of big-endian 16-bit words (odd length: padded with a zero byte), as int.from_bytes() % 65535 sees it */
 static uint64_t wsum(const uint8_t *p, size_t n) {
@@ -256,8 +282,8 @@ static int emit_record(Engine *e, Conn *c, int final) {
         if (!o) goto fail;
         PyList_SET_ITEM(cl, i, o);
     }
-    t = Py_BuildValue("(iKiidNiNiNN)", 0, (unsigned long long)c->ordinal, final, c->tcp, c->ts0,
-                      addr_bytes(c->oh, c->alen), c->op, addr_bytes(c->rh, c->alen), c->rp, pl, cl);
+    t = Py_BuildValue("(iKiidNiNiNNLi)", 0, (unsigned long long)c->ordinal, final, c->tcp, c->ts0,
+                      addr_bytes(c->oh, c->alen), c->op, addr_bytes(c->rh, c->alen), c->rp, pl, cl, e->gi, e->phase);
     pl = cl = NULL; /* stolen (also on failure) */
     if (!t) return -1;
     int r = PyList_Append(e->events, t);
@@ -330,10 +356,10 @@ static int emit_summary(Engine *e, Conn *c) {
     }
     double dur = c->last - c->ts0;
     if (!(dur > 0.0)) dur = 0.0; /* max(0.0, x) */
-    PyObject *t = Py_BuildValue("(iKdNiNiidLLss#LLLL)", 1, (unsigned long long)c->ordinal, c->ts0,
+    PyObject *t = Py_BuildValue("(iKdNiNiidLLss#LLLLLi)", 1, (unsigned long long)c->ordinal, c->ts0,
                                 addr_bytes(c->oh, c->alen), c->op, addr_bytes(c->rh, c->alen), c->rp, c->tcp, dur,
                                 ob, rb, state, c->hist ? c->hist : "", (Py_ssize_t)c->hist_len, c->o_pkts,
-                                c->o_ipb, c->r_pkts, c->r_ipb);
+                                c->o_ipb, c->r_pkts, c->r_ipb, e->gi, e->phase);
     if (!t) return -1;
     int r = PyList_Append(e->events, t);
     Py_DECREF(t);
@@ -369,8 +395,18 @@ static Conn *new_conn(Engine *e, const uint8_t *key, const uint8_t *rkey, int kl
         return NULL;
     }
     e->ordinal++;
-    e->flows++;
-    c->ordinal = e->ordinal;
+    e->s_flows++;
+    c->ordinal = e->shard_n ? (uint64_t)e->gi : e->ordinal;
+    if (e->shard_n) {
+        PyObject *t = Py_BuildValue("(iKLi)", 2, (unsigned long long)c->ordinal, e->gi, e->phase);
+        if (!t || PyList_Append(e->events, t) < 0) {
+            Py_XDECREF(t);
+            PyMem_Free(c->pk);
+            PyMem_Free(c);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
     c->tcp = tcp;
     c->ts0 = c->last = c->pkt_t = ts;
     memcpy(c->keys[0], key, klen);
@@ -693,7 +729,7 @@ static int is_reuse(const Conn *c, int flags, uint32_t seq) {
 }
 
 static int bad_checksum(Engine *e, Conn *c, int is_orig, double ts) {
-    e->bad_checksums++;
+    e->s_bad_checksums++;
     unsigned bit = 1u << 10;
     int r = 0;
     if (is_orig) {
@@ -739,6 +775,29 @@ static int collect(Engine *e, Conn *c, double ts, int is_orig, uint32_t ip_len, 
     return 0;
 }
 
+/* pcap.shard_owner(...) == me for a packet (sharded reading only; _Tracker._mine) */
+static int mine(const Engine *e, int proto, const uint8_t *src, const uint8_t *dst, int alen, const uint8_t *buf,
+                size_t t, size_t cap_end) {
+    uint32_t h;
+    int lt = memcmp(src, dst, alen) < 0;
+    if ((proto == 6 || proto == 17) && cap_end >= t + 4) {
+        int sp = be16(buf + t), dp = be16(buf + t + 2);
+        const uint8_t *lsp = proto == 6 ? e->lsp_tcp : e->lsp_udp;
+        int s = private_addr(src, alen);
+        if (s != private_addr(dst, alen)) {
+            h = crc32_2(s ? src : dst, alen, NULL, 0);
+        } else {
+            int ls = (lsp[sp >> 3] >> (sp & 7)) & 1, ld = (lsp[dp >> 3] >> (dp & 7)) & 1;
+            if (ls != ld) h = crc32_2(ls ? dst : src, alen, NULL, 0);
+            else if (sp != dp) h = crc32_2(sp > dp ? src : dst, alen, NULL, 0);
+            else h = crc32_2(lt ? src : dst, alen, NULL, 0);
+        }
+    } else {
+        h = lt ? crc32_2(src, alen, dst, alen) : crc32_2(dst, alen, src, alen);
+    }
+    return (int)(h % (uint32_t)e->shard_n) == e->shard_me;
+}
+
 /* _Tracker.transport: buf[t:cap_end] captured transport bytes, ip_end = end per the IP header */
 static int transport(Engine *e, double ts, const uint8_t *buf, size_t t, size_t cap_end, size_t ip_end, int proto,
                      const uint8_t *src, const uint8_t *dst, int alen, uint32_t ip_len, int ver) {
@@ -747,17 +806,17 @@ static int transport(Engine *e, double ts, const uint8_t *buf, size_t t, size_t 
     uint32_t seq = 0, ack = 0;
     long long plen;
     if (proto == 6) {
-        if (cap_end < t + 20 || seg_len < 20) { e->malformed++; return 0; }
+        if (cap_end < t + 20 || seg_len < 20) { e->s_malformed++; return 0; }
         sp = be16(buf + t); dp = be16(buf + t + 2);
         seq = be32(buf + t + 4); ack = be32(buf + t + 8);
         hl = (buf[t + 12] >> 4) << 2;
         flags = buf[t + 13];
         plen = (long long)seg_len - hl;
     } else {
-        if (cap_end < t + 8 || seg_len < 8) { e->malformed++; return 0; }
+        if (cap_end < t + 8 || seg_len < 8) { e->s_malformed++; return 0; }
         sp = be16(buf + t); dp = be16(buf + t + 2);
         int ulen = be16(buf + t + 4);
-        if (ulen < 8) { e->malformed++; return 0; }
+        if (ulen < 8) { e->s_malformed++; return 0; }
         hl = 8;
         plen = (long long)seg_len - 8;
     }
@@ -798,7 +857,7 @@ static int transport(Engine *e, double ts, const uint8_t *buf, size_t t, size_t 
     }
     int is_orig = memcmp(key, c->keys[c->okey], klen) == 0;
     if (proto == 6 && (hl < 20 || (size_t)hl > seg_len || t + hl > cap_end)) {
-        e->malformed++;
+        e->s_malformed++;
         c->pkt_t = ts;
         return 0;
     }
@@ -862,10 +921,11 @@ static int ip4(Engine *e, double ts, const uint8_t *buf, size_t o, size_t end, i
         return frag4(e, ts, buf, o, end, ihl, tot, cap_end, ident, frag, proto);
     }
     size_t t = o + ihl;
-    if (e->checksums && !reassembled && wsum(buf + o, ihl) % 65535 != 0) { e->bad_checksums++; return 0; }
+    if (e->shard_n && !mine(e, proto, buf + o + 12, buf + o + 16, 4, buf, t, cap_end)) return 0;
+    if (e->checksums && !reassembled && wsum(buf + o, ihl) % 65535 != 0) { e->s_bad_checksums++; return 0; }
     if (proto == 6 || proto == 17)
         return transport(e, ts, buf, t, cap_end, ip_end, proto, buf + o + 12, buf + o + 16, 4, (uint32_t)tot, 4);
-    e->non_tcp_udp++;
+    e->s_non_tcp_udp++;
     return 0;
 }
 
@@ -878,8 +938,10 @@ static int ip6(Engine *e, double ts, const uint8_t *buf, size_t o, size_t end) {
     size_t cap_end = ip_end <= end ? ip_end : end;
     size_t p = o + 40;
     for (int i = 0; i < 16; i++) {
-        if (nxt == 6 || nxt == 17)
+        if (nxt == 6 || nxt == 17) {
+            if (e->shard_n && !mine(e, nxt, src, dst, 16, buf, p, cap_end)) return 0;
             return transport(e, ts, buf, p, cap_end, ip_end, nxt, src, dst, 16, (uint32_t)(plen + 40), 6);
+        }
         if (nxt == 0 || nxt == 43 || nxt == 60 || nxt == 135 || nxt == 139 || nxt == 140 || nxt == 253 || nxt == 254) {
             if (p + 2 > cap_end) { e->malformed++; return 0; }
             int nn = buf[p];
@@ -908,7 +970,7 @@ static int ip6(Engine *e, double ts, const uint8_t *buf, size_t o, size_t end) {
                                     (Py_ssize_t)(ip_end - (p + 8)));
             return e->frag ? 1 : -1;
         } else {
-            e->non_tcp_udp++;
+            if (!e->shard_n || mine(e, nxt, src, dst, 16, buf, p, cap_end)) e->s_non_tcp_udp++;
             return 0;
         }
         if (p > cap_end) { e->malformed++; return 0; }
@@ -981,7 +1043,10 @@ static int post_packet(Engine *e, double ts) {
         e->have_next_sweep = 1;
         e->next_sweep = ts + 10.0;
     } else if (ts >= e->next_sweep) {
-        if (sweep(e, ts) < 0) return -1;
+        e->phase = 1;
+        int r = sweep(e, ts);
+        e->phase = 0;
+        if (r < 0) return -1;
         e->next_sweep = ts + 10.0;
     }
     return 0;
@@ -1007,6 +1072,7 @@ static int run(Engine *e) {
         if (end > e->len) return 0;
         e->packets++;
         e->bytes += incl;
+        e->gi++;
         double ts = (double)sec + (double)frac * e->scale;
         int r = ether(e, ts, e->buf, e->pos + 16, end);
         e->pos = end;
@@ -1091,7 +1157,9 @@ static PyObject *Engine_close(Engine *e, PyObject *Py_UNUSED(ignored)) {
         e->pending = 0;
         r = post_packet(e, e->pending_ts);
     }
+    e->phase = 2;
     while (r == 0 && e->head) r = finish(e, e->head);
+    e->phase = 0;
     PyObject *ev = take_events(e);
     if (r < 0) {
         Py_XDECREF(ev);
@@ -1115,10 +1183,14 @@ static PyObject *Engine_inject(Engine *e, PyObject *args) {
     int r;
     if (ver == 4) {
         r = ip4(e, ts, buf, 0, n, 1);
+    } else if (n < 40 || p < 40 || (size_t)p > n) {
+        r = 0; /* not a reassembled IPv6 packet (callers pass pcap.py's) */
+    } else if (e->shard_n && !mine(e, nxt, buf + 8, buf + 24, 16, buf, (size_t)p, n)) {
+        r = 0;
     } else if (nxt == 6 || nxt == 17) {
-        r = n >= 40 && p >= 40 && (size_t)p <= n ? transport(e, ts, buf, (size_t)p, n, n, nxt, buf + 8, buf + 24, 16, (uint32_t)n, 6) : 0;
+        r = transport(e, ts, buf, (size_t)p, n, n, nxt, buf + 8, buf + 24, 16, (uint32_t)n, 6);
     } else {
-        e->non_tcp_udp++;
+        e->s_non_tcp_udp++;
         r = 0;
     }
     PyBuffer_Release(&b);
@@ -1135,25 +1207,29 @@ static PyObject *Engine_inject(Engine *e, PyObject *args) {
 }
 
 static PyObject *Engine_stats(Engine *e, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("{sLsLsLsLsLsLsLsLsi}", "packets", e->packets, "bytes", e->bytes, "flows", e->flows,
-                         "non_ip", e->non_ip, "non_tcp_udp", e->non_tcp_udp, "malformed", e->malformed,
-                         "fragments", e->fragments, "bad_checksums", e->bad_checksums, "truncated", e->truncated);
+    /* shared: what every shard sees alike (read_shard's `stats`); shard: this shard's packets (`shard_stats`) */
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsLsisL}", "packets", e->packets, "bytes", e->bytes, "non_ip",
+                         e->non_ip, "malformed", e->malformed, "fragments", e->fragments, "bad_checksums",
+                         e->bad_checksums, "s_flows", e->s_flows, "s_malformed", e->s_malformed, "s_bad_checksums",
+                         e->s_bad_checksums, "s_non_tcp_udp", e->s_non_tcp_udp, "truncated", e->truncated, "gi", e->gi);
 }
 
 static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"header", "packets", "payload_bytes", "payload_packets", "checksums", "summaries",
-                             "lsp_tcp", "lsp_udp", "packet_cls", "chunk_cls", NULL};
+                             "lsp_tcp", "lsp_udp", "packet_cls", "chunk_cls", "shard_n", "shard_me", "gi", NULL};
     Py_buffer hdr, lt, lu;
     PyObject *pc, *cc;
     if (e->tab) {
         PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ called twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*iiipiy*y*OO", kwlist, &hdr, &e->n_packets, &e->pay_bytes,
-                                     &e->pay_packets, &e->checksums, &e->want_summaries, &lt, &lu, &pc, &cc))
+    e->gi = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*iiipiy*y*OO|iiL", kwlist, &hdr, &e->n_packets, &e->pay_bytes,
+                                     &e->pay_packets, &e->checksums, &e->want_summaries, &lt, &lu, &pc, &cc,
+                                     &e->shard_n, &e->shard_me, &e->gi))
         return -1;
     int ok = hdr.len == 24 && lt.len == 8192 && lu.len == 8192 && e->n_packets >= 1 && e->pay_bytes >= 0 &&
-             e->pay_packets >= 0;
+             e->pay_packets >= 0 && e->shard_n >= 0 && (e->shard_n == 0 || (e->shard_me >= 0 && e->shard_me < e->shard_n));
     if (ok) {
         const uint8_t *h = hdr.buf;
         uint32_t magic;
@@ -1245,6 +1321,7 @@ static PyTypeObject EngineType = {
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath", "Compiled packet path of pcap.py", -1, NULL};
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
+    crc_init();
     if (PyType_Ready(&EngineType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;

@@ -1554,7 +1554,29 @@ class _FragShim(_Tracker):
         return events
 
 
-_COUNTERS = ("packets", "bytes", "flows", "non_ip", "non_tcp_udp", "malformed", "fragments", "bad_checksums")
+#: ReadStats counter -> the engine's counters that add up to it (shared ones, then this shard's ones).
+_SHARED = {"packets": "packets", "bytes": "bytes", "non_ip": "non_ip", "malformed": "malformed",
+           "fragments": "fragments", "bad_checksums": "bad_checksums"}
+_SHARDED = {"flows": "s_flows", "malformed": "s_malformed", "bad_checksums": "s_bad_checksums",
+            "non_tcp_udp": "s_non_tcp_udp"}
+
+
+class _Counters:
+    """Moves the engine's counters into ReadStats as they grow (shared -> st, this shard's -> sst)."""
+
+    def __init__(self, eng, st: ReadStats, sst: ReadStats) -> None:
+        self.eng, self.st, self.sst = eng, st, sst
+        self.seen: dict[str, int] = {}
+
+    def __call__(self) -> dict:
+        now = self.eng.stats()
+        for target, names in ((self.st, _SHARED), (self.sst, _SHARDED)):
+            for field_, k in names.items():
+                d = now[k] - self.seen.get(k, 0)
+                if d:
+                    setattr(target, field_, getattr(target, field_) + d)
+                    self.seen[k] = now[k]
+        return now
 
 
 def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: ReadStats, on_conn, progress,
@@ -1572,18 +1594,9 @@ def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: Re
         st.files += 1
         make = uid_maker(f"{_file_identity(path)}:{idx}")
         shim = None
-        seen = dict.fromkeys(_COUNTERS, 0)
+        counters = _Counters(eng, st, st)
         uids: dict[int, str] = {}
         ips: dict[bytes, str] = {}
-
-        def counters() -> dict:
-            now = eng.stats()
-            for k in _COUNTERS:
-                d = now[k] - seen[k]
-                if d:
-                    setattr(st, k, getattr(st, k) + d)
-                    seen[k] = now[k]
-            return now
 
         def ip(b: bytes) -> str:
             s = ips.get(b)
@@ -1596,7 +1609,7 @@ def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: Re
         def convert(events: list):
             for e in events:
                 if e[0] == 0:
-                    _, n, final, tcp, ts0, oh, op, rh, rp, pk, pl = e
+                    _, n, final, tcp, ts0, oh, op, rh, rp, pk, pl = e[:11]
                     uid = make(n)
                     if on_conn is not None:
                         uids[n] = uid
@@ -1606,7 +1619,7 @@ def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: Re
                     n = e[1]
                     uid = uids.pop(n, None) or make(n)
                     on_conn(ConnSummary(uid, e[2], ip(e[3]), e[4], ip(e[5]), e[6], "tcp" if e[7] else "udp",
-                                        *e[8:]))
+                                        *e[8:17]))
 
         while True:
             data = src.read(_BLOCK)
@@ -1741,6 +1754,12 @@ def read_shard(paths: str | Path | Sequence[str | Path], shard: tuple[int, int],
     next_tick = tick
     for idx, p in enumerate(paths):
         path = Path(p)
+        head = _fast_header(path)
+        if head is not None:
+            gi = yield from _read_shard_fast(path, idx, head, shard, params, st, sst, progress, checksums,
+                                             likely_server_ports, gi)
+            yield (gi + 1, 0, 0), EV_TICK, None
+            continue
         src = _Source(path)
         try:
             it = _open_records(src, st, progress)
@@ -1814,6 +1833,103 @@ def read_shard(paths: str | Path | Sequence[str | Path], shard: tuple[int, int],
         finally:
             src.close()
         yield (gi + 1, 0, 0), EV_TICK, None
+
+
+def _read_shard_fast(path: Path, idx: int, head: bytes, shard: tuple[int, int], params: FlowParams, st: ReadStats,
+                     sst: ReadStats, progress, checksums, lsp, gi: int):
+    """One file of read_shard through the compiled engine; same events and keys. Returns the last gi.
+
+    The engine tags every event with the packet index and phase it belongs to; per packet, read_shard's
+    order is: connections created (EV_NEW), then records, then summaries; a sweep's and the end of file's
+    events come connection by connection (record before summary), which is the engine's order already.
+    A tick follows every block: everything up to the block's last packet and its sweep is out."""
+    src = _Source(path)
+    try:
+        lt, lu = _portmaps(lsp)
+        eng = _fastpath.Engine(src.read(24), params.packets, params.payload_bytes, params.payload_packets,
+                               checksums, True, lt, lu, Packet, Chunk, shard[0], shard[1], gi)
+        st.files += 1
+        uid_base = f"{_file_identity(path)}:{idx}"
+        shim = None
+        counters = _Counters(eng, st, sst)
+        ips: dict[bytes, str] = {}
+
+        def ip(b: bytes) -> str:
+            s = ips.get(b)
+            if s is None:
+                if len(ips) > 65536:
+                    ips.clear()
+                s = ips[b] = _ip_str(b)
+            return s
+
+        def obj(e):
+            if e[0] == 0:
+                _, n, final, tcp, ts0, oh, op, rh, rp, pk, pl = e[:11]
+                return EV_RECORD, FlowRecord(n, ts0, ip(oh), op, ip(rh), rp, "tcp" if tcp else "udp", pk, pl,
+                                             bool(final))
+            return EV_CONN, ConnSummary(e[1], e[2], ip(e[3]), e[4], ip(e[5]), e[6], "tcp" if e[7] else "udp",
+                                        *e[8:17])
+
+        def convert(events: list):
+            i, n = 0, len(events)
+            while i < n:
+                g, ph = events[i][-2:]
+                j = i
+                while j < n and tuple(events[j][-2:]) == (g, ph):
+                    j += 1
+                group = events[i:j]
+                i = j
+                if ph == 0:
+                    recs, conns = [], []
+                    for e in group:
+                        if e[0] == 2:
+                            yield (e[1], 0, 0), EV_NEW, (e[1], uid_base)
+                        else:
+                            (recs if e[0] == 0 else conns).append(e)
+                    seq = 0
+                    for e in recs + conns:
+                        seq += 1
+                        kind, o = obj(e)
+                        yield (g, 0, seq), kind, o
+                else:
+                    for e in group:
+                        kind, o = obj(e)
+                        yield (g, ph, e[1]), kind, o
+
+        while True:
+            data = src.read(_BLOCK)
+            if progress is not None:
+                progress(src.consumed())
+            if not data:
+                break
+            events, frag = eng.feed(data)
+            while True:
+                if events:
+                    yield from convert(events)
+                if frag is None:
+                    break
+                if shim is None:
+                    shim = _FragShim(eng, params, st, checksums)
+                events = shim.handle(frag)
+                if events:
+                    yield from convert(events)
+                events, frag = eng.feed(b"")
+            now = counters()
+            # below the end-of-file events of the last packet read, (gi, 2, uid), which may still follow
+            yield (now["gi"], 2, 0), EV_TICK, None
+            if now["truncated"]:
+                break
+        events, leftover = eng.close()
+        now = counters()
+        if now["truncated"] or leftover or src.error:
+            st.mark_truncated(src.path)
+        if events:
+            yield from convert(events)
+        now = counters()
+        _progress_rest(src, progress)
+        return now["gi"]
+    finally:
+        src.close()
 
 
 class _Prefixed:

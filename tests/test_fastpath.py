@@ -168,3 +168,38 @@ def test_identical_on_mutated_captures(tmp_path_factory, which, edits, checksums
             _same(p, mp, checksums=checksums)
         except pcap.PcapError:
             pass  # the header itself was destroyed: both readers refuse the file alike (not via the engine)
+
+
+def _shard_events(paths, shard, pure: bool, monkeypatch, **kw):
+    if pure:
+        monkeypatch.setenv("ETOOL_PURE_PYTHON", "1")
+    else:
+        monkeypatch.delenv("ETOOL_PURE_PYTHON", raising=False)
+    st, sst = ReadStats(), ReadStats()
+    out, last_tick = [], None
+    for key, kind, o in pcap.read_shard(paths, shard, stats=st, shard_stats=sst, **kw):
+        if kind == pcap.EV_TICK:
+            last_tick = key
+            continue
+        # keys never decrease, and a tick promises that nothing below it comes later
+        assert not out or key >= out[-1][0]
+        assert last_tick is None or key >= last_tick
+        out.append((key, kind, o.to_dict() if kind == pcap.EV_RECORD else astuple(o) if kind == pcap.EV_CONN else o))
+    return out, astuple(st), astuple(sst)
+
+
+@needs_engine
+@pytest.mark.parametrize("n", [2, 3])
+def test_sharded_reading_identical(n, monkeypatch):
+    """read_shard through the engine: the same events with the same keys as pcap.py's read_shard, on every
+    shared capture the engine applies to (several files per call, so packet indices run across files)."""
+    files = [p for p in _captures() if pcap._fast_header(p) is not None]
+    if not files:
+        pytest.skip("shared data absent")
+    for i in range(0, len(files), 40):
+        batch = files[i:i + 40]
+        for me in range(n):
+            a = _shard_events(batch, (n, me), True, monkeypatch)
+            b = _shard_events(batch, (n, me), False, monkeypatch)
+            for name, x, y in zip(("events", "stats", "shard_stats"), a, b):
+                assert x == y, f"{batch[0].name}..: shard {me}/{n}: {name} differ"
