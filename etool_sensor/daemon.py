@@ -162,6 +162,15 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+INFLIGHT = 2  # batches in inference at once (see Daemon._pool)
+
+
+def _task_done(t: asyncio.Task, running: set, slots: asyncio.Semaphore, failed: list) -> None:
+    running.discard(t)
+    slots.release()
+    if not t.cancelled() and t.exception() is not None:
+        failed.append(t.exception())
+
 class RateLimitedLog:
     """At most one warning per key every ``every`` seconds, with the count of what was suppressed."""
 
@@ -242,7 +251,9 @@ class Daemon:
         self.stop_event: asyncio.Event | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._seen_max = max(4 * settings.queue_size, 100_000)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="etool-infer")
+        # INFLIGHT batches are classified side by side (onnxruntime releases the GIL), so the next batch
+        # does not wait for the previous one's inference; verdicts are independent messages keyed by uid.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=INFLIGHT, thread_name_prefix="etool-infer")
         self._http: asyncio.AbstractServer | None = None
         self.metrics_port: int | None = None
         self._attempts = 0
@@ -388,6 +399,18 @@ class Daemon:
 
     # -------------------------------------------------------------- batch, infer, send
     async def _batcher(self) -> None:
+        slots = asyncio.Semaphore(INFLIGHT)
+        running: set[asyncio.Task] = set()
+        failed: list[BaseException] = []
+        try:
+            await self._batches(slots, running, failed)
+        finally:
+            if running:  # drain: every batch taken from the queue is answered before the batcher ends
+                await asyncio.gather(*running, return_exceptions=True)
+        if failed:  # an unexpected error in a batch task ends the batcher, as it did when awaited inline
+            raise failed[0]
+
+    async def _batches(self, slots: asyncio.Semaphore, running: set, failed: list) -> None:
         q = self.queue
         bs = self.s.batch_size
         deadline = self.s.batch_deadline_ms / 1000.0
@@ -429,7 +452,13 @@ class Daemon:
                     if it is not _STOP:
                         batch.append(it)
             for i in range(0, len(batch), bs):
-                await self._infer_and_send(batch[i:i + bs])
+                await slots.acquire()
+                if failed:
+                    slots.release()
+                    return
+                t = asyncio.create_task(self._infer_and_send(batch[i:i + bs]))
+                running.add(t)
+                t.add_done_callback(lambda t: _task_done(t, running, slots, failed))
 
     async def _infer_and_send(self, batch: list[_Item]) -> None:
         m = self.m
