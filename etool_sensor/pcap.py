@@ -1579,6 +1579,70 @@ class _Counters:
         return now
 
 
+def _ip_cache() -> Callable[[bytes], str]:
+    """_ip_str with a bounded cache: a capture's flows share few addresses."""
+    ips: dict[bytes, str] = {}
+
+    def ip(b: bytes) -> str:
+        s = ips.get(b)
+        if s is None:
+            if len(ips) > 65536:
+                ips.clear()
+            s = ips[b] = _ip_str(b)
+        return s
+
+    return ip
+
+
+def _record(e: tuple, uid, ip) -> FlowRecord:
+    """FlowRecord of an engine record event (0, n, final, tcp, ts0, orig_h, orig_p, resp_h, resp_p, packets,
+    payload, gi, phase)."""
+    return FlowRecord(uid, e[4], ip(e[5]), e[6], ip(e[7]), e[8], "tcp" if e[3] else "udp", e[9], e[10], bool(e[2]))
+
+
+def _summary(e: tuple, uid, ip) -> ConnSummary:
+    """ConnSummary of an engine summary event (1, n, ts0, orig_h, orig_p, resp_h, resp_p, tcp, duration,
+    orig_bytes, resp_bytes, conn_state, history, orig_pkts, orig_ip_bytes, resp_pkts, resp_ip_bytes, gi, phase)."""
+    return ConnSummary(uid, e[2], ip(e[3]), e[4], ip(e[5]), e[6], "tcp" if e[7] else "udp", *e[8:17])
+
+
+def _drive(eng, src: _Source, params: FlowParams, st: ReadStats, checksums: bool, progress, counters):
+    """Feed one file to the engine block by block; yield its event lists, and None after each block (every
+    event up to the block's last packet and that packet's sweep is out by then). IP fragments go through
+    pcap.py's reassembly (_FragShim). At the end of the file: flush, truncation, progress."""
+    shim = None
+    while True:
+        data = src.read(_BLOCK)
+        if progress is not None:
+            progress(src.consumed())
+        if not data:
+            break
+        events, frag = eng.feed(data)
+        while True:
+            if events:
+                yield events
+            if frag is None:
+                break
+            if shim is None:
+                shim = _FragShim(eng, params, st, checksums)
+            events = shim.handle(frag)
+            if events:
+                yield events
+            events, frag = eng.feed(b"")
+        truncated = counters()["truncated"]
+        yield None
+        if truncated:
+            break  # corrupt record header: stop reading this file, as _iter_pcap does
+    events, leftover = eng.close()
+    now = counters()
+    if now["truncated"] or leftover or src.error:
+        st.mark_truncated(src.path)
+    if events:
+        yield events
+    counters()
+    _progress_rest(src, progress)
+
+
 def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: ReadStats, on_conn, progress,
                    checksums, lsp=None):
     """_read_one through the compiled engine: same records, summaries, counters and order of records.
@@ -1593,62 +1657,24 @@ def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: Re
                                checksums, on_conn is not None, lt, lu, Packet, Chunk)
         st.files += 1
         make = uid_maker(f"{_file_identity(path)}:{idx}")
-        shim = None
         counters = _Counters(eng, st, st)
         uids: dict[int, str] = {}
-        ips: dict[bytes, str] = {}
-
-        def ip(b: bytes) -> str:
-            s = ips.get(b)
-            if s is None:
-                if len(ips) > 65536:
-                    ips.clear()
-                s = ips[b] = _ip_str(b)
-            return s
+        ip = _ip_cache()
 
         def convert(events: list):
             for e in events:
+                n = e[1]
                 if e[0] == 0:
-                    _, n, final, tcp, ts0, oh, op, rh, rp, pk, pl = e[:11]
                     uid = make(n)
                     if on_conn is not None:
                         uids[n] = uid
-                    yield FlowRecord(uid, ts0, ip(oh), op, ip(rh), rp, "tcp" if tcp else "udp", pk, pl,
-                                     bool(final))
+                    yield _record(e, uid, ip)
                 else:
-                    n = e[1]
-                    uid = uids.pop(n, None) or make(n)
-                    on_conn(ConnSummary(uid, e[2], ip(e[3]), e[4], ip(e[5]), e[6], "tcp" if e[7] else "udp",
-                                        *e[8:17]))
+                    on_conn(_summary(e, uids.pop(n, None) or make(n), ip))
 
-        while True:
-            data = src.read(_BLOCK)
-            if progress is not None:
-                progress(src.consumed())
-            if not data:
-                break
-            events, frag = eng.feed(data)
-            while True:
-                if events:
-                    yield from convert(events)
-                if frag is None:
-                    break
-                if shim is None:
-                    shim = _FragShim(eng, params, st, checksums)
-                events = shim.handle(frag)
-                if events:
-                    yield from convert(events)
-                events, frag = eng.feed(b"")
-            if counters()["truncated"]:
-                break  # corrupt record header: stop reading this file, as _iter_pcap does
-        events, leftover = eng.close()
-        now = counters()
-        if now["truncated"] or leftover or src.error:
-            st.mark_truncated(src.path)
-        if events:
-            yield from convert(events)
-        counters()
-        _progress_rest(src, progress)
+        for events in _drive(eng, src, params, st, checksums, progress, counters):
+            if events:
+                yield from convert(events)
     finally:
         src.close()
 
@@ -1850,25 +1876,11 @@ def _read_shard_fast(path: Path, idx: int, head: bytes, shard: tuple[int, int], 
                                checksums, True, lt, lu, Packet, Chunk, shard[0], shard[1], gi)
         st.files += 1
         uid_base = f"{_file_identity(path)}:{idx}"
-        shim = None
         counters = _Counters(eng, st, sst)
-        ips: dict[bytes, str] = {}
+        ip = _ip_cache()
 
-        def ip(b: bytes) -> str:
-            s = ips.get(b)
-            if s is None:
-                if len(ips) > 65536:
-                    ips.clear()
-                s = ips[b] = _ip_str(b)
-            return s
-
-        def obj(e):
-            if e[0] == 0:
-                _, n, final, tcp, ts0, oh, op, rh, rp, pk, pl = e[:11]
-                return EV_RECORD, FlowRecord(n, ts0, ip(oh), op, ip(rh), rp, "tcp" if tcp else "udp", pk, pl,
-                                             bool(final))
-            return EV_CONN, ConnSummary(e[1], e[2], ip(e[3]), e[4], ip(e[5]), e[6], "tcp" if e[7] else "udp",
-                                        *e[8:17])
+        def obj(e):  # in this mode a connection's uid is its creating packet's index
+            return (EV_RECORD, _record(e, e[1], ip)) if e[0] == 0 else (EV_CONN, _summary(e, e[1], ip))
 
         def convert(events: list):
             i, n = 0, len(events)
@@ -1896,38 +1908,13 @@ def _read_shard_fast(path: Path, idx: int, head: bytes, shard: tuple[int, int], 
                         kind, o = obj(e)
                         yield (g, ph, e[1]), kind, o
 
-        while True:
-            data = src.read(_BLOCK)
-            if progress is not None:
-                progress(src.consumed())
-            if not data:
-                break
-            events, frag = eng.feed(data)
-            while True:
-                if events:
-                    yield from convert(events)
-                if frag is None:
-                    break
-                if shim is None:
-                    shim = _FragShim(eng, params, st, checksums)
-                events = shim.handle(frag)
-                if events:
-                    yield from convert(events)
-                events, frag = eng.feed(b"")
-            now = counters()
-            # below the end-of-file events of the last packet read, (gi, 2, uid), which may still follow
-            yield (now["gi"], 2, 0), EV_TICK, None
-            if now["truncated"]:
-                break
-        events, leftover = eng.close()
-        now = counters()
-        if now["truncated"] or leftover or src.error:
-            st.mark_truncated(src.path)
-        if events:
-            yield from convert(events)
-        now = counters()
-        _progress_rest(src, progress)
-        return now["gi"]
+        for events in _drive(eng, src, params, st, checksums, progress, counters):
+            if events is None:
+                # below the end-of-file events of the last packet read, (gi, 2, uid), which may still follow
+                yield (counters()["gi"], 2, 0), EV_TICK, None
+            else:
+                yield from convert(events)
+        return counters()["gi"]
     finally:
         src.close()
 
