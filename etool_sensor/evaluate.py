@@ -621,18 +621,17 @@ def eval_main(args: argparse.Namespace) -> int:
     pcaps = args.pcaps.split(",") if args.pcaps else None
     params = FlowParams(payload_bytes=args.payload_bytes) if getattr(args, "payload_bytes", None) else FlowParams()
     spec = FeatureSpec.from_params(params, normalize_random=not getattr(args, "no_normalize_random", False))
-    if getattr(args, "hello_tokens", None):
-        if args.hello_tokens < spec.payload_bytes:
-            log(f"eval: --hello-tokens {args.hello_tokens} is below the payload window {spec.payload_bytes}")
+    # experiments that read more of each payload chunk than the students' window (docs/model-card.md)
+    for flag, extra in (("hello_tokens", {"hello_tokens": 48}), ("compact_hello", {"compact_hello": True})):
+        collect = getattr(args, flag, None)
+        if not collect:
+            continue
+        if collect < spec.payload_bytes:
+            log(f"eval: --{flag.replace('_', '-')} {collect} is below the payload window {spec.payload_bytes}")
             return 2
-        spec = dataclasses.replace(spec, hello_tokens=48, collect_payload_bytes=args.hello_tokens)
-        params = dataclasses.replace(params, payload_bytes=args.hello_tokens)
-    if getattr(args, "compact_hello", None):
-        if args.compact_hello < spec.payload_bytes:
-            log(f"eval: --compact-hello {args.compact_hello} is below the payload window {spec.payload_bytes}")
-            return 2
-        spec = dataclasses.replace(spec, compact_hello=True, collect_payload_bytes=args.compact_hello)
-        params = dataclasses.replace(params, payload_bytes=args.compact_hello)
+        collect = max(collect, spec.collect_payload_bytes)
+        spec = dataclasses.replace(spec, collect_payload_bytes=collect, **extra)
+        params = dataclasses.replace(params, payload_bytes=collect)
     student_config = None
     if getattr(args, "student_config", None):
         from .train.model import parse_shape
