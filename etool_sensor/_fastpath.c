@@ -1297,6 +1297,33 @@ static void Engine_dealloc(Engine *e) {
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
+/* flows.make_uid's text: "C" + the 96-bit digest in 17 base-62 digits (the Python loop's divmods, in C) */
+static PyObject *uid_text(PyObject *Py_UNUSED(m), PyObject *arg) {
+    static const char B62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
+    if (b.len != 12) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "uid_text needs a 12-byte digest");
+        return NULL;
+    }
+    unsigned __int128 v = 0;
+    for (int i = 0; i < 12; i++) v = (v << 8) | ((const uint8_t *)b.buf)[i];
+    PyBuffer_Release(&b);
+    char out[18];
+    out[0] = 'C';
+    for (int i = 17; i >= 1; i--) {
+        out[i] = B62[(int)(v % 62)];
+        v /= 62;
+    }
+    return PyUnicode_FromStringAndSize(out, 18);
+}
+
+static PyMethodDef module_methods[] = {
+    {"uid_text", uid_text, METH_O, "uid_text(digest12) -> the Zeek-format uid text of flows.make_uid"},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef Engine_methods[] = {
     {"feed", (PyCFunction)Engine_feed, METH_O,
      "feed(bytes) -> (events, fragment|None): process every complete record buffered so far."},
@@ -1318,7 +1345,8 @@ static PyTypeObject EngineType = {
     .tp_methods = Engine_methods,
 };
 
-static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath", "Compiled packet path of pcap.py", -1, NULL};
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath", "Compiled packet path of pcap.py", -1,
+                                      module_methods};
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
     crc_init();

@@ -71,13 +71,18 @@ def test_verdict_alert_only_for_confident_listed_labels():
     assert Verdict("C2", "", "", 0.0, False, [], "m@1", status="too_few_packets").alert({""}) is None
 
 
-def test_uid_maker_equals_make_uid():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_uid_maker_equals_make_uid(compiled, monkeypatch):
+    """uid_maker (base-62 text in C when the extension is built, else in Python) == make_uid."""
     import random
+    import sys
 
     from etool_sensor.flows import make_uid, uid_maker
 
+    if not compiled:
+        monkeypatch.setitem(sys.modules, "etool_sensor._fastpath", None)  # import fails: the Python loop
     rnd = random.Random(0)
     for base in ("3f2a9c:0", "", "x" * 40 + ":7"):
         make = uid_maker(base)
-        for n in list(range(300)) + [rnd.randrange(10**15) for _ in range(300)]:
+        for n in list(range(300)) + [rnd.randrange(10**15) for _ in range(3000)]:
             assert make(n) == make_uid(base, n)
