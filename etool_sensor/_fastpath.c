@@ -1,4 +1,4 @@
-/* Compiled packet path for etool_sensor.pcap: classic pcap records -> Zeek-like connections -> flow records.
+/* Compiled packet path for etool_sensor.pcap: pcap/pcapng records -> Zeek-like connections -> flow records.
  *
  * A line-by-line port of pcap.py's Ethernet decoding and _Tracker (TCP/UDP session semantics, Zeek's
  * timers, conn.log counters, FlowCollector). pcap.py stays the reference: tests/test_fastpath.py checks
@@ -85,6 +85,11 @@ typedef struct {
     PyObject *packet_cls, *chunk_cls;
     /* pcap */
     int swap, started;
+    /* pcapng: per-section interfaces (all Ethernet: pcap.py checks with a scan first), SPB timestamps */
+    int ng, scan_only, scan_bad, ng_section;
+    struct Iface { double scale, toff; uint32_t snap; int lt; } *ifaces;
+    int n_ifaces, cap_ifaces;
+    double last_ts;
     double scale;
     uint32_t limit;
     uint8_t *buf;
@@ -1053,11 +1058,144 @@ static int post_packet(Engine *e, double ts) {
 }
 
 /* walk complete records; 0 = needs more data / stopped, 1 = fragment pending, -1 = error */
+static inline uint16_t rd16(const Engine *e, const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return e->swap ? __builtin_bswap16(v) : v;
+}
+
+/* one captured packet of a pcapng file on an Ethernet interface: pcap.py _read_one's loop body */
+static int ng_packet(Engine *e, double ts, size_t d, size_t end) {
+    e->gi++;
+    e->last_ts = ts;
+    int r = ether(e, ts, e->buf, d, end);
+    if (r == 1) {
+        e->pending = 1;
+        e->pending_ts = ts;
+        return 1;
+    }
+    if (r < 0) return -1;
+    return post_packet(e, ts);
+}
+
+/* pcap.py _iter_pcapng. scan_only: walk the blocks and note (scan_bad) anything this port does not do
+   exactly as pcap.py does: a non-Ethernet interface, interface options past their block */
+static int run_ng(Engine *e) {
+    while (!e->stopped && e->len - e->pos >= 12) {
+        const uint8_t *h = e->buf + e->pos;
+        if (memcmp(h, "\x0a\x0d\x0d\x0a", 4) == 0) {
+            if (memcmp(h + 8, "\x4d\x3c\x2b\x1a", 4) == 0) e->swap = 0;
+            else if (memcmp(h + 8, "\x1a\x2b\x3c\x4d", 4) == 0) e->swap = 1;
+            else {
+                if (!e->ng_section) e->scan_bad = 1; /* pcap.py raises PcapError: let it */
+                e->truncated = 1;
+                e->stopped = 1;
+                return 0;
+            }
+            e->ng_section = 1;
+            e->n_ifaces = 0;
+        }
+        if (!e->ng_section) {
+            e->scan_bad = 1;
+            e->stopped = 1;
+            return 0;
+        }
+        uint32_t btype = rd32(e, h), blen = rd32(e, h + 4);
+        if (blen < 12 || (blen & 3) || blen > (1u << 24)) {
+            e->truncated = 1;
+            e->malformed++;
+            e->stopped = 1;
+            return 0;
+        }
+        size_t end = e->pos + blen;
+        if (end > e->len) return 0;
+        size_t body = e->pos + 8, bend = end - 4;
+        const uint8_t *b = e->buf + body;
+        int r = 0;
+        if (btype == 6 || btype == 2) {
+            if (bend - body >= 20) {
+                uint32_t iface, hi, lo, caplen;
+                if (btype == 6) {
+                    iface = rd32(e, b); hi = rd32(e, b + 4); lo = rd32(e, b + 8); caplen = rd32(e, b + 12);
+                } else {
+                    iface = rd16(e, b); hi = rd32(e, b + 4); lo = rd32(e, b + 8); caplen = rd32(e, b + 12);
+                }
+                size_t d = body + 20;
+                e->packets++;
+                if (iface < (uint32_t)e->n_ifaces && d + caplen <= bend) {
+                    struct Iface *f = &e->ifaces[iface];
+                    e->bytes += caplen;
+                    double ts = (double)(((uint64_t)hi << 32) | lo) * f->scale + f->toff;
+                    if (!e->scan_only) r = ng_packet(e, ts, d, d + caplen);
+                } else {
+                    e->malformed++;
+                }
+            } else {
+                e->malformed++;
+            }
+        } else if (btype == 3) {
+            if (e->n_ifaces && bend - body >= 4) {
+                uint32_t olen = rd32(e, b);
+                struct Iface *f = &e->ifaces[0];
+                size_t caplen = olen;
+                if (bend - body - 4 < caplen) caplen = bend - body - 4;
+                if ((f->snap ? f->snap : olen) < caplen) caplen = f->snap ? f->snap : olen;
+                e->packets++;
+                e->bytes += caplen;
+                if (!e->scan_only) r = ng_packet(e, e->last_ts, body + 4, body + 4 + caplen);
+            } else {
+                e->malformed++;
+            }
+        } else if (btype == 1) {
+            if (bend - body >= 8) {
+                struct Iface f = {1e-6, 0.0, rd32(e, b + 4), rd16(e, b)};
+                size_t q = body + 8;
+                while (q + 4 <= bend) {
+                    int code = rd16(e, e->buf + q), olen = rd16(e, e->buf + q + 2);
+                    if (code == 0) break;
+                    size_t v = q + 4;
+                    if ((code == 9 && olen >= 1 && v + 1 > bend) || (code == 14 && olen >= 8 && v + 8 > bend))
+                        e->scan_bad = 1; /* pcap.py would read the next block's bytes here */
+                    else if (code == 9 && olen >= 1) {
+                        int rr = e->buf[v];
+                        f.scale = rr & 0x80 ? ldexp(1.0, -(rr & 0x7F)) : pow(10.0, -(double)rr);
+                    } else if (code == 14 && olen >= 8) {
+                        int64_t off;
+                        memcpy(&off, e->buf + v, 8);
+                        if (e->swap) off = (int64_t)__builtin_bswap64((uint64_t)off);
+                        f.toff = (double)off;
+                    }
+                    q = v + (((size_t)olen + 3) & ~(size_t)3);
+                }
+                if (f.lt != 1) e->scan_bad = 1;
+                if (e->n_ifaces == e->cap_ifaces) {
+                    int nc = e->cap_ifaces ? 2 * e->cap_ifaces : 8;
+                    struct Iface *ni = PyMem_Realloc(e->ifaces, sizeof(struct Iface) * (size_t)nc);
+                    if (!ni) {
+                        PyErr_NoMemory();
+                        return -1;
+                    }
+                    e->ifaces = ni;
+                    e->cap_ifaces = nc;
+                }
+                e->ifaces[e->n_ifaces++] = f;
+            } else {
+                e->malformed++;
+            }
+        }
+        e->pos = end;
+        if (r < 0) return -1;
+        if (r == 1) return 1;
+    }
+    return 0;
+}
+
 static int run(Engine *e) {
     if (e->pending) {
         e->pending = 0;
         if (post_packet(e, e->pending_ts) < 0) return -1;
     }
+    if (e->ng) return run_ng(e);
     while (!e->stopped && e->len - e->pos >= 16) {
         const uint8_t *h = e->buf + e->pos;
         uint32_t sec = rd32(e, h), frac = rd32(e, h + 4), incl = rd32(e, h + 8), orig = rd32(e, h + 12);
@@ -1208,15 +1346,17 @@ static PyObject *Engine_inject(Engine *e, PyObject *args) {
 
 static PyObject *Engine_stats(Engine *e, PyObject *Py_UNUSED(ignored)) {
     /* shared: what every shard sees alike (read_shard's `stats`); shard: this shard's packets (`shard_stats`) */
-    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsLsisL}", "packets", e->packets, "bytes", e->bytes, "non_ip",
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsLsisLsi}", "packets", e->packets, "bytes", e->bytes, "non_ip",
                          e->non_ip, "malformed", e->malformed, "fragments", e->fragments, "bad_checksums",
                          e->bad_checksums, "s_flows", e->s_flows, "s_malformed", e->s_malformed, "s_bad_checksums",
-                         e->s_bad_checksums, "s_non_tcp_udp", e->s_non_tcp_udp, "truncated", e->truncated, "gi", e->gi);
+                         e->s_bad_checksums, "s_non_tcp_udp", e->s_non_tcp_udp, "truncated", e->truncated, "gi", e->gi,
+                         "scan_ok", e->ng_section && !e->scan_bad);
 }
 
 static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"header", "packets", "payload_bytes", "payload_packets", "checksums", "summaries",
-                             "lsp_tcp", "lsp_udp", "packet_cls", "chunk_cls", "shard_n", "shard_me", "gi", NULL};
+                             "lsp_tcp", "lsp_udp", "packet_cls", "chunk_cls", "shard_n", "shard_me", "gi", "pcapng",
+                             "scan", NULL};
     Py_buffer hdr, lt, lu;
     PyObject *pc, *cc;
     if (e->tab) {
@@ -1224,13 +1364,13 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
         return -1;
     }
     e->gi = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*iiipiy*y*OO|iiL", kwlist, &hdr, &e->n_packets, &e->pay_bytes,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*iiipiy*y*OO|iiLpp", kwlist, &hdr, &e->n_packets, &e->pay_bytes,
                                      &e->pay_packets, &e->checksums, &e->want_summaries, &lt, &lu, &pc, &cc,
-                                     &e->shard_n, &e->shard_me, &e->gi))
+                                     &e->shard_n, &e->shard_me, &e->gi, &e->ng, &e->scan_only))
         return -1;
-    int ok = hdr.len == 24 && lt.len == 8192 && lu.len == 8192 && e->n_packets >= 1 && e->pay_bytes >= 0 &&
+    int ok = hdr.len == (e->ng ? 0 : 24) && lt.len == 8192 && lu.len == 8192 && e->n_packets >= 1 && e->pay_bytes >= 0 &&
              e->pay_packets >= 0 && e->shard_n >= 0 && (e->shard_n == 0 || (e->shard_me >= 0 && e->shard_me < e->shard_n));
-    if (ok) {
+    if (ok && !e->ng) {
         const uint8_t *h = hdr.buf;
         uint32_t magic;
         memcpy(&magic, h, 4);
@@ -1255,7 +1395,8 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
     PyBuffer_Release(&lt);
     PyBuffer_Release(&lu);
     if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "Engine: an Ethernet classic-pcap header and 8192-byte port maps");
+        PyErr_SetString(PyExc_ValueError, "Engine: an Ethernet classic-pcap header (or b'' with pcapng=True) and "
+                                          "8192-byte port maps");
         return -1;
     }
     Py_INCREF(pc);
@@ -1290,6 +1431,7 @@ static void Engine_dealloc(Engine *e) {
         PyMem_Free(e->tab);
     }
     PyMem_Free(e->buf);
+    PyMem_Free(e->ifaces);
     Py_XDECREF(e->packet_cls);
     Py_XDECREF(e->chunk_cls);
     Py_XDECREF(e->events);
@@ -1338,7 +1480,7 @@ static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "etool_sensor._fastpath.Engine",
     .tp_basicsize = sizeof(Engine),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Compiled pcap.py reader for Ethernet classic pcap (see pcap.py)",
+    .tp_doc = "Compiled pcap.py reader for Ethernet pcap and pcapng (see pcap.py)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,

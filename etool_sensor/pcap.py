@@ -1479,7 +1479,7 @@ def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, 
 
 
 # ---------------------------------------------------------------------------------------------
-# the compiled packet path (_fastpath.c): the same reader for Ethernet classic pcap, in C
+# the compiled packet path (_fastpath.c): the same reader for Ethernet pcap and pcapng, in C
 
 
 def fast_path_available() -> bool:
@@ -1488,7 +1488,9 @@ def fast_path_available() -> bool:
 
 
 def _fast_header(path: Path) -> bytes | None:
-    """The 24-byte file header when the compiled reader applies to this file (classic pcap, Ethernet)."""
+    """What the compiled reader starts from when it applies to this file, else None: the 24-byte file header
+    of an Ethernet classic pcap, or b"" for a pcapng file whose interfaces are all Ethernet (a scan of its
+    blocks in C decides; anything it would not read exactly as pcap.py does stays with pcap.py)."""
     if not fast_path_available():
         return None
     try:
@@ -1497,6 +1499,14 @@ def _fast_header(path: Path) -> bytes | None:
         return None  # the Python path raises the error with its message
     try:
         head = src.read(24)
+        if head[:4] == _PCAPNG_SHB:
+            eng = _fastpath.Engine(b"", 1, 0, 0, False, False, *_portmaps(None), Packet, Chunk, pcapng=True,
+                                   scan=True)
+            data = head
+            while data:
+                eng.feed(data)
+                data = src.read(_BLOCK)
+            return b"" if eng.stats()["scan_ok"] and not src.error else None
     finally:
         src.close()
     if len(head) < 24 or head[:4] not in _PCAP_MAGIC:
@@ -1653,8 +1663,8 @@ def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: Re
     src = _Source(path)
     try:
         lt, lu = _portmaps(lsp)
-        eng = _fastpath.Engine(src.read(24), params.packets, params.payload_bytes, params.payload_packets,
-                               checksums, on_conn is not None, lt, lu, Packet, Chunk)
+        eng = _fastpath.Engine(src.read(len(head)), params.packets, params.payload_bytes, params.payload_packets,
+                               checksums, on_conn is not None, lt, lu, Packet, Chunk, pcapng=not head)
         st.files += 1
         make = uid_maker(f"{_file_identity(path)}:{idx}")
         counters = _Counters(eng, st, st)
@@ -1872,8 +1882,8 @@ def _read_shard_fast(path: Path, idx: int, head: bytes, shard: tuple[int, int], 
     src = _Source(path)
     try:
         lt, lu = _portmaps(lsp)
-        eng = _fastpath.Engine(src.read(24), params.packets, params.payload_bytes, params.payload_packets,
-                               checksums, True, lt, lu, Packet, Chunk, shard[0], shard[1], gi)
+        eng = _fastpath.Engine(src.read(len(head)), params.packets, params.payload_bytes, params.payload_packets,
+                               checksums, True, lt, lu, Packet, Chunk, shard[0], shard[1], gi, pcapng=not head)
         st.files += 1
         uid_base = f"{_file_identity(path)}:{idx}"
         counters = _Counters(eng, st, sst)

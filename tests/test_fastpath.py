@@ -1,6 +1,6 @@
 """The compiled packet path (_fastpath.c) against pcap.py's pure-Python reader, which is the reference.
 
-read_flows uses the engine for Ethernet classic pcap when it is built; these tests read the same inputs
+read_flows uses the engine for Ethernet pcap and pcapng when it is built; these tests read the same inputs
 both ways and require identical records, connection summaries (in the same order) and counters: on
 every shared capture the engine applies to, with and without checksum validation, with other
 collection parameters, gzip, truncated and corrupt files.
@@ -140,9 +140,12 @@ def test_progress_and_streaming(tmp_path, monkeypatch):
 
 
 def _small_captures() -> list[bytes]:
-    files = [p for p in _captures() if p.suffix == ".pcap" and pcap._fast_header(p) is not None]
-    files = [p for p in files if 2_000 < p.stat().st_size < 60_000]
-    return [p.read_bytes() for p in files[::max(1, len(files) // 12)][:12]]
+    out = []
+    for suffix in (".pcap", ".pcapng"):
+        files = [p for p in _captures() if p.suffix == suffix and pcap._fast_header(p) is not None]
+        files = [p for p in files if 2_000 < p.stat().st_size < 60_000]
+        out += [p.read_bytes() for p in files[::max(1, len(files) // 8)][:8]]
+    return out
 
 
 _SMALL = _small_captures() if pcap._fastpath is not None else []
