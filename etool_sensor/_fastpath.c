@@ -4,7 +4,7 @@
  * timers, conn.log counters, FlowCollector). pcap.py stays the reference: tests/test_fastpath.py checks
  * that both give identical records, summaries and counters on every shared capture. Python keeps what
  * is rare or cheap per flow: IP fragment reassembly (the engine stops at a fragment and pcap.py's code
- * reassembles it and hands the packet back), uids, address strings, and all other link types.
+ * reassembles it and hands the packet back), uids, address strings, and 802.11, radiotap and PPP framing.
  *
  * Why: per packet the Python reader spends ~5 us building bytes keys, struct tuples and dict lookups;
  * here a packet costs well under a microsecond, and Python only runs once per finished flow.
@@ -84,7 +84,7 @@ typedef struct {
     uint8_t lsp_tcp[8192], lsp_udp[8192];
     PyObject *packet_cls, *chunk_cls;
     /* pcap */
-    int swap, started;
+    int swap, started, linktype;
     /* pcapng: per-section interfaces (all Ethernet: pcap.py checks with a scan first), SPB timestamps */
     int ng, scan_only, scan_bad, ng_section;
     struct Iface { double scale, toff; uint32_t snap; int lt; } *ifaces;
@@ -1043,6 +1043,51 @@ static int ether(Engine *e, double ts, const uint8_t *buf, size_t o, size_t end)
     }
 }
 
+/* link types besides Ethernet that pcap.py _dispatch decodes without state: Linux cooked (SLL, SLL2), raw IP,
+   BSD loopback (NULL, LOOP). 802.11, radiotap and PPP stay with pcap.py (link_supported). */
+static int link_supported(int lt) {
+    return lt == 1 || lt == 113 || lt == 276 || lt == 101 || lt == 12 || lt == 14 || lt == 228 || lt == 229 ||
+           lt == 0 || lt == 108;
+}
+
+static int link_layer(Engine *e, int lt, double ts, const uint8_t *buf, size_t o, size_t end) {
+    if (lt == 1) return ether(e, ts, buf, o, end);
+    if (lt == 113 || lt == 276) {
+        size_t hl = lt == 113 ? 16 : 20;
+        if (end < o + hl) { e->malformed++; return 0; }
+        int et = lt == 113 ? (buf[o + 14] << 8) | buf[o + 15] : (buf[o] << 8) | buf[o + 1];
+        o += hl;
+        if (et == 0x0800) return ip4(e, ts, buf, o, end, 0);
+        if (et == 0x86DD) return ip6(e, ts, buf, o, end);
+        if (et == 0x8100 && end >= o + 4) {
+            et = (buf[o + 2] << 8) | buf[o + 3];
+            if (et == 0x0800) return ip4(e, ts, buf, o + 4, end, 0);
+            if (et == 0x86DD) return ip6(e, ts, buf, o + 4, end);
+        }
+        e->non_ip++;
+        return 0;
+    }
+    if (lt == 101 || lt == 12 || lt == 14 || lt == 228 || lt == 229) {
+        if (end <= o) { e->malformed++; return 0; }
+        int v = buf[o] >> 4;
+        if (v == 4 && lt != 229) return ip4(e, ts, buf, o, end, 0);
+        if (v == 6 && lt != 228) return ip6(e, ts, buf, o, end);
+        e->non_ip++;
+        return 0;
+    }
+    /* NULL (host byte order, written little-endian here) / LOOP (network byte order) */
+    if (end < o + 4) { e->malformed++; return 0; }
+    uint32_t le = (uint32_t)buf[o] | ((uint32_t)buf[o + 1] << 8) | ((uint32_t)buf[o + 2] << 16) | ((uint32_t)buf[o + 3] << 24);
+    uint32_t be = be32(buf + o);
+    uint32_t fam = lt == 108 ? be : le;
+    if (fam > 0xFFFF) fam = lt != 108 ? be : le;
+    o += 4;
+    if (fam == 2) return ip4(e, ts, buf, o, end, 0);
+    if (fam == 10 || fam == 24 || fam == 28 || fam == 30) return ip6(e, ts, buf, o, end);
+    e->non_ip++;
+    return 0;
+}
+
 static int post_packet(Engine *e, double ts) {
     if (!e->have_next_sweep) {
         e->have_next_sweep = 1;
@@ -1064,11 +1109,11 @@ static inline uint16_t rd16(const Engine *e, const uint8_t *p) {
     return e->swap ? __builtin_bswap16(v) : v;
 }
 
-/* one captured packet of a pcapng file on an Ethernet interface: pcap.py _read_one's loop body */
-static int ng_packet(Engine *e, double ts, size_t d, size_t end) {
+/* one captured packet of a pcapng file: pcap.py _read_one's loop body */
+static int ng_packet(Engine *e, int lt, double ts, size_t d, size_t end) {
     e->gi++;
     e->last_ts = ts;
-    int r = ether(e, ts, e->buf, d, end);
+    int r = link_layer(e, lt, ts, e->buf, d, end);
     if (r == 1) {
         e->pending = 1;
         e->pending_ts = ts;
@@ -1126,7 +1171,7 @@ static int run_ng(Engine *e) {
                     struct Iface *f = &e->ifaces[iface];
                     e->bytes += caplen;
                     double ts = (double)(((uint64_t)hi << 32) | lo) * f->scale + f->toff;
-                    if (!e->scan_only) r = ng_packet(e, ts, d, d + caplen);
+                    if (!e->scan_only) r = ng_packet(e, f->lt, ts, d, d + caplen);
                 } else {
                     e->malformed++;
                 }
@@ -1142,7 +1187,7 @@ static int run_ng(Engine *e) {
                 if ((f->snap ? f->snap : olen) < caplen) caplen = f->snap ? f->snap : olen;
                 e->packets++;
                 e->bytes += caplen;
-                if (!e->scan_only) r = ng_packet(e, e->last_ts, body + 4, body + 4 + caplen);
+                if (!e->scan_only) r = ng_packet(e, f->lt, e->last_ts, body + 4, body + 4 + caplen);
             } else {
                 e->malformed++;
             }
@@ -1167,7 +1212,7 @@ static int run_ng(Engine *e) {
                     }
                     q = v + (((size_t)olen + 3) & ~(size_t)3);
                 }
-                if (f.lt != 1) e->scan_bad = 1;
+                if (!link_supported(f.lt)) e->scan_bad = 1;
                 if (e->n_ifaces == e->cap_ifaces) {
                     int nc = e->cap_ifaces ? 2 * e->cap_ifaces : 8;
                     struct Iface *ni = PyMem_Realloc(e->ifaces, sizeof(struct Iface) * (size_t)nc);
@@ -1212,7 +1257,7 @@ static int run(Engine *e) {
         e->bytes += incl;
         e->gi++;
         double ts = (double)sec + (double)frac * e->scale;
-        int r = ether(e, ts, e->buf, e->pos + 16, end);
+        int r = link_layer(e, e->linktype, ts, e->buf, e->pos + 16, end);
         e->pos = end;
         if (r < 0) return -1;
         if (r == 1) {
@@ -1384,7 +1429,8 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
             uint32_t snaplen = rd32(e, h + 16), linktype = rd32(e, h + 20) & 0x0FFFFFFF;
             uint32_t limit = snaplen > 262144 ? snaplen : 262144;
             e->limit = limit > (1u << 24) ? (1u << 24) : limit;
-            ok = linktype == 1;
+            e->linktype = (int)linktype;
+            ok = link_supported((int)linktype);
         }
     }
     if (ok) {
@@ -1480,7 +1526,7 @@ static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "etool_sensor._fastpath.Engine",
     .tp_basicsize = sizeof(Engine),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Compiled pcap.py reader for Ethernet pcap and pcapng (see pcap.py)",
+    .tp_doc = "Compiled pcap.py reader for pcap and pcapng (see pcap.py)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,

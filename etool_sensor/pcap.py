@@ -1479,7 +1479,7 @@ def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, 
 
 
 # ---------------------------------------------------------------------------------------------
-# the compiled packet path (_fastpath.c): the same reader for Ethernet pcap and pcapng, in C
+# the compiled packet path (_fastpath.c): the same reader for pcap and pcapng (most link types), in C
 
 
 def fast_path_available() -> bool:
@@ -1489,8 +1489,8 @@ def fast_path_available() -> bool:
 
 def _fast_header(path: Path) -> bytes | None:
     """What the compiled reader starts from when it applies to this file, else None: the 24-byte file header
-    of an Ethernet classic pcap, or b"" for a pcapng file whose interfaces are all Ethernet (a scan of its
-    blocks in C decides; anything it would not read exactly as pcap.py does stays with pcap.py)."""
+    of a classic pcap of a link type in _FAST_LINKTYPES, or b"" for a pcapng file whose interfaces all are
+    (a scan of its blocks in C decides; anything it would not read exactly as pcap.py does stays with pcap.py)."""
     if not fast_path_available():
         return None
     try:
@@ -1512,7 +1512,11 @@ def _fast_header(path: Path) -> bytes | None:
     if len(head) < 24 or head[:4] not in _PCAP_MAGIC:
         return None
     endian = _PCAP_MAGIC[head[:4]][0]
-    return head if struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF == LT_EN10MB else None
+    return head if struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF in _FAST_LINKTYPES else None
+
+
+#: Link types the compiled reader decodes (the others: 802.11, radiotap, PPP stay with pcap.py).
+_FAST_LINKTYPES = frozenset({LT_EN10MB, LT_SLL, LT_SLL2, LT_RAW, LT_RAW1, LT_RAW2, LT_IPV4, LT_IPV6, LT_NULL, LT_LOOP})
 
 
 _PORTMAPS: dict[tuple, tuple[bytes, bytes]] = {}
@@ -1918,10 +1922,13 @@ def _read_shard_fast(path: Path, idx: int, head: bytes, shard: tuple[int, int], 
                         kind, o = obj(e)
                         yield (g, ph, e[1]), kind, o
 
+        gi0 = gi
         for events in _drive(eng, src, params, st, checksums, progress, counters):
             if events is None:
-                # below the end-of-file events of the last packet read, (gi, 2, uid), which may still follow
-                yield (counters()["gi"], 2, 0), EV_TICK, None
+                # below the end-of-file events of the last packet read, (gi, 2, uid), which may still follow;
+                # before this file's first packet: the previous file's closing tick
+                g = counters()["gi"]
+                yield ((g, 2, 0) if g > gi0 else (gi0 + 1, 0, 0)), EV_TICK, None
             else:
                 yield from convert(events)
         return counters()["gi"]
