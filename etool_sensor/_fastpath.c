@@ -1541,6 +1541,12 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (PyType_Ready(&EngineType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
+    /* pcap.py's _FASTPATH_ABI: a module left from an older build (a failed optional rebuild keeps the old
+       file) is not used with a newer pcap.py */
+    if (PyModule_AddIntConstant(m, "ABI", 5) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&EngineType);
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(&EngineType);

@@ -209,7 +209,7 @@ def uid_maker(base: object) -> "Callable[[int], str]":
     pairs = _B62_PAIRS
     try:  # the base-62 text in C when the compiled packet path is built (same text, tests/test_flows.py)
         from ._fastpath import uid_text
-    except ImportError:  # pragma: no cover - depends on the build
+    except (ImportError, AttributeError):  # pragma: no cover - depends on the build
         uid_text = None
     if uid_text is not None:
         def fast(n: int) -> str:

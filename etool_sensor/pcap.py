@@ -30,6 +30,9 @@ try:  # the compiled packet path (setup.py builds it when a C compiler is there)
     from . import _fastpath
 except ImportError:  # pragma: no cover - depends on the build
     _fastpath = None
+_FASTPATH_ABI = 5  # the engine interface this module speaks (_fastpath.ABI)
+if _fastpath is not None and getattr(_fastpath, "ABI", None) != _FASTPATH_ABI:  # pragma: no cover - stale build
+    _fastpath = None
 
 __all__ = ["PcapError", "ConnSummary", "ReadStats", "read_flows", "read_shard", "LIKELY_SERVER_PORTS",
            "ZeekTimeouts"]
