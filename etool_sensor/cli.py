@@ -322,7 +322,9 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
     model_path = args.model or cfg.model.path
     threads = cfg.model.threads
     if threads is None:
-        threads = os.cpu_count() or 2
+        # More model threads than a few only queue behind the one reader thread (the GIL): more cores are
+        # for --workers.
+        threads = min(os.cpu_count() or 2, 4)
     try:
         # `threads` model threads run whole batches side by side, each session run on one onnxruntime
         # thread: the graph is many small ops, so batch-level parallelism overlaps better with the

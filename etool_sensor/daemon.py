@@ -171,6 +171,7 @@ def _task_done(t: asyncio.Task, running: set, slots: asyncio.Semaphore, failed: 
     if not t.cancelled() and t.exception() is not None:
         failed.append(t.exception())
 
+
 class RateLimitedLog:
     """At most one warning per key every ``every`` seconds, with the count of what was suppressed."""
 
