@@ -455,8 +455,8 @@ def _finish_classify(args: argparse.Namespace, counts: Counts, stats: Any, write
     if getattr(stats, "truncated", False):
         which = getattr(stats, "truncated_files", None)
         names = f" ({', '.join(map(str, which))})" if which else ""
-        print(f"{PROG}: warning: truncated capture{names}: classified the {counts.flows} flows read before "
-              f"the cut", file=sys.stderr)
+        print(f"{PROG}: warning: truncated capture{names}: its flows up to the cut were classified "
+              f"({counts.flows} flows in all)", file=sys.stderr)
         return EXIT_TRUNCATED
     return EXIT_OK
 
