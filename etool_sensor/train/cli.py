@@ -66,7 +66,7 @@ def train_main(args: argparse.Namespace) -> int:
     build_package = _import_export().build_package
 
     from .data import capture_files, load_labelled, load_unlabelled
-    from .student import Student, set_threads, train_student
+    from .student import set_threads, train_student
 
     t0 = time.time()
     shape = None
