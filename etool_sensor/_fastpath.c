@@ -4,7 +4,7 @@
  * timers, conn.log counters, FlowCollector). pcap.py stays the reference: tests/test_fastpath.py checks
  * that both give identical records, summaries and counters on every shared capture. Python keeps what
  * is rare or cheap per flow: IP fragment reassembly (the engine stops at a fragment and pcap.py's code
- * reassembles it and hands the packet back), uids, address strings, and 802.11, radiotap and PPP framing.
+ * reassembles it and hands the packet back), uids and address strings.
  *
  * Why: per packet the Python reader spends ~5 us building bytes keys, struct tuples and dict lookups;
  * here a packet costs well under a microsecond, and Python only runs once per finished flow.
@@ -1043,11 +1043,11 @@ static int ether(Engine *e, double ts, const uint8_t *buf, size_t o, size_t end)
     }
 }
 
-/* link types besides Ethernet that pcap.py _dispatch decodes without state: Linux cooked (SLL, SLL2), raw IP,
-   BSD loopback (NULL, LOOP). 802.11, radiotap and PPP stay with pcap.py (link_supported). */
+/* every link type of pcap.py _dispatch (SUPPORTED_LINKTYPES): Ethernet, Linux cooked (SLL, SLL2), raw IP,
+   BSD loopback (NULL, LOOP), PPP, 802.11 and radiotap */
 static int link_supported(int lt) {
     return lt == 1 || lt == 113 || lt == 276 || lt == 101 || lt == 12 || lt == 14 || lt == 228 || lt == 229 ||
-           lt == 0 || lt == 108;
+           lt == 0 || lt == 108 || lt == 9 || lt == 50 || lt == 105 || lt == 127;
 }
 
 static int link_layer(Engine *e, int lt, double ts, const uint8_t *buf, size_t o, size_t end) {
@@ -1072,6 +1072,38 @@ static int link_layer(Engine *e, int lt, double ts, const uint8_t *buf, size_t o
         int v = buf[o] >> 4;
         if (v == 4 && lt != 229) return ip4(e, ts, buf, o, end, 0);
         if (v == 6 && lt != 228) return ip6(e, ts, buf, o, end);
+        e->non_ip++;
+        return 0;
+    }
+    if (lt == 9 || lt == 50) { /* PPP: optional address/control (FF 03), then the protocol */
+        if (end < o + 2) { e->malformed++; return 0; }
+        if (buf[o] == 0xFF && end >= o + 4) o += 2;
+        int pp = (buf[o] << 8) | buf[o + 1];
+        o += 2;
+        if (pp == 0x0021) return ip4(e, ts, buf, o, end, 0);
+        if (pp == 0x0057) return ip6(e, ts, buf, o, end);
+        e->non_ip++;
+        return 0;
+    }
+    if (lt == 127 || lt == 105) { /* (radiotap +) 802.11 data frame, unprotected, LLC/SNAP */
+        if (lt == 127) {
+            if (end < o + 4) { e->malformed++; return 0; }
+            o += (size_t)buf[o + 2] | ((size_t)buf[o + 3] << 8);
+        }
+        if (end < o + 24) { e->malformed++; return 0; }
+        int fc0 = buf[o], fc1 = buf[o + 1];
+        if (((fc0 >> 2) & 3) != 2 || (fc1 & 0x40)) { e->non_ip++; return 0; }
+        size_t hl = (fc1 & 3) == 3 ? 30 : 24;
+        if (fc0 & 0x80) {
+            hl += 2;
+            if (fc1 & 0x80) hl += 4;
+        }
+        o += hl;
+        if (end < o + 8 || buf[o] != 0xAA || buf[o + 1] != 0xAA || buf[o + 2] != 3) { e->non_ip++; return 0; }
+        int et = (buf[o + 6] << 8) | buf[o + 7];
+        o += 8;
+        if (et == 0x0800) return ip4(e, ts, buf, o, end, 0);
+        if (et == 0x86DD) return ip6(e, ts, buf, o, end);
         e->non_ip++;
         return 0;
     }
@@ -1124,7 +1156,7 @@ static int ng_packet(Engine *e, int lt, double ts, size_t d, size_t end) {
 }
 
 /* pcap.py _iter_pcapng. scan_only: walk the blocks and note (scan_bad) anything this port does not do
-   exactly as pcap.py does: a non-Ethernet interface, interface options past their block */
+   exactly as pcap.py does: an interface of another link type, interface options past their block */
 static int run_ng(Engine *e) {
     while (!e->stopped && e->len - e->pos >= 12) {
         const uint8_t *h = e->buf + e->pos;
@@ -1543,7 +1575,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (!m) return NULL;
     /* pcap.py's _FASTPATH_ABI: a module left from an older build (a failed optional rebuild keeps the old
        file) is not used with a newer pcap.py */
-    if (PyModule_AddIntConstant(m, "ABI", 5) < 0) {
+    if (PyModule_AddIntConstant(m, "ABI", 6) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -30,7 +30,7 @@ try:  # the compiled packet path (setup.py builds it when a C compiler is there)
     from . import _fastpath
 except ImportError:  # pragma: no cover - depends on the build
     _fastpath = None
-_FASTPATH_ABI = 5  # the engine interface this module speaks (_fastpath.ABI)
+_FASTPATH_ABI = 6  # the engine interface this module speaks (_fastpath.ABI)
 if _fastpath is not None and getattr(_fastpath, "ABI", None) != _FASTPATH_ABI:  # pragma: no cover - stale build
     _fastpath = None
 
@@ -1482,7 +1482,7 @@ def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, 
 
 
 # ---------------------------------------------------------------------------------------------
-# the compiled packet path (_fastpath.c): the same reader for pcap and pcapng (most link types), in C
+# the compiled packet path (_fastpath.c): the same reader for pcap and pcapng, in C
 
 
 def fast_path_available() -> bool:
@@ -1518,8 +1518,8 @@ def _fast_header(path: Path) -> bytes | None:
     return head if struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF in _FAST_LINKTYPES else None
 
 
-#: Link types the compiled reader decodes (the others: 802.11, radiotap, PPP stay with pcap.py).
-_FAST_LINKTYPES = frozenset({LT_EN10MB, LT_SLL, LT_SLL2, LT_RAW, LT_RAW1, LT_RAW2, LT_IPV4, LT_IPV6, LT_NULL, LT_LOOP})
+#: Link types the compiled reader decodes: all that pcap.py does.
+_FAST_LINKTYPES = SUPPORTED_LINKTYPES
 
 
 _PORTMAPS: dict[tuple, tuple[bytes, bytes]] = {}

@@ -1,6 +1,6 @@
 """The compiled packet path (_fastpath.c) against pcap.py's pure-Python reader, which is the reference.
 
-read_flows uses the engine for pcap and pcapng (most link types) when it is built; these tests read the same inputs
+read_flows uses the engine for pcap and pcapng when it is built; these tests read the same inputs
 both ways and require identical records, connection summaries (in the same order) and counters: on
 every shared capture the engine applies to, with and without checksum validation, with other
 collection parameters, gzip, truncated and corrupt files.
