@@ -80,18 +80,15 @@ def parse_hello(data: bytes) -> tuple[int, int, list[int], list[int]] | None:
     ciphers: list[int] = []
     if kind == 1:
         if p + 2 > n:
-            return kind, version, ciphers, []
+            return kind, version, [], []
         end = p + 2 + ((data[p] << 8) | data[p + 1])
         ciphers = [(data[i] << 8) | data[i + 1] for i in range(p + 2, min(end, n) - 1, 2)]
-        p = end
-        if p >= n:
-            return kind, version, [c for c in ciphers if c & 0x0F0F != 0x0A0A], []
-        p += 1 + data[p]  # compression methods
-    else:
-        if p + 3 > n:
-            return kind, version, ciphers, []
+        p = end + 1 + data[end] if end < n else n  # compression methods
+    elif p + 3 <= n:
         ciphers = [(data[p] << 8) | data[p + 1]]
         p += 3
+    else:
+        p = n
     exts = []
     if p + 2 <= n:
         end = min(p + 2 + ((data[p] << 8) | data[p + 1]), n)

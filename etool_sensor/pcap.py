@@ -1492,7 +1492,7 @@ def fast_path_available() -> bool:
 
 def _fast_header(path: Path) -> bytes | None:
     """What the compiled reader starts from when it applies to this file, else None: the 24-byte file header
-    of a classic pcap of a link type in _FAST_LINKTYPES, or b"" for a pcapng file whose interfaces all are
+    of a classic pcap of a link type pcap.py reads, or b"" for a pcapng file whose interfaces all are
     (a scan of its blocks in C decides; anything it would not read exactly as pcap.py does stays with pcap.py)."""
     if not fast_path_available():
         return None
@@ -1515,11 +1515,8 @@ def _fast_header(path: Path) -> bytes | None:
     if len(head) < 24 or head[:4] not in _PCAP_MAGIC:
         return None
     endian = _PCAP_MAGIC[head[:4]][0]
-    return head if struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF in _FAST_LINKTYPES else None
+    return head if struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF in SUPPORTED_LINKTYPES else None
 
-
-#: Link types the compiled reader decodes: all that pcap.py does.
-_FAST_LINKTYPES = SUPPORTED_LINKTYPES
 
 
 _PORTMAPS: dict[tuple, tuple[bytes, bytes]] = {}
