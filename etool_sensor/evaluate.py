@@ -276,7 +276,9 @@ class SizeBaseline:
                     p = parse_hello(c.data)
                     if p is not None:
                         cnt.update({(p[0], "c", v) for v in p[2]} | {(p[0], "e", v) for v in p[3]})
-            self.vocab = {k: j for j, (k, _) in enumerate(cnt.most_common(100))}
+            # ties broken by the key, not by set order (str hashing is salted per process): reproducible
+            top = sorted(cnt.items(), key=lambda kv: (-kv[1], kv[0]))[:100]
+            self.vocab = {k: j for j, (k, _) in enumerate(top)}
         self.m.fit(self._x(records), labels)
         self.labels = [str(c) for c in self.m.classes_]
         return self
