@@ -1,6 +1,15 @@
-"""Model export: ONNX (torch.onnx), dynamic int8 quantisation, parity checks and packaging.
+"""Model export: ONNX (torch.onnx), int8 quantisation, dynamic token axes, parity checks and packaging.
 
-`etool-sensor export` finds add_export_arguments / export_main here.
+`etool-sensor export` finds add_export_arguments / export_main here. They are imported on first use, so
+that `python -m export.package` / `python -m export.token_axes` run their module only once.
 """
 
-from .package import add_export_arguments, build_package, export_main, update_metrics  # noqa: F401
+_PACKAGE = ("add_export_arguments", "build_package", "export_main", "update_metrics")
+
+
+def __getattr__(name: str):
+    if name in _PACKAGE:
+        from . import package
+
+        return getattr(package, name)
+    raise AttributeError(f"module 'export' has no attribute {name!r}")

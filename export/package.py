@@ -4,7 +4,8 @@ manifest.json:
   name, version, schema_version (flow record contract), features (FeatureSpec.to_dict()),
   label_sets {"service": [...], "app": [...]}, inputs, outputs {"service", "app", "kind"},
   sha256 (of model.onnx), quantization, architecture {config, tokens, macs, flops, params},
-  parity {...}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}, metrics {} (eval fills it)
+  token_granules {input: multiple its token axis may be cut to} (export/token_axes.py),
+  parity {fp32_vs_torch, int8_vs_torch, cut_vs_full}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}, metrics {} (eval fills it)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from etool_sensor.runtime import MANIFEST, MODEL_FILE, sha256_file
 
 from .onnx_export import OUTPUTS, export_onnx, torch_logits
 from .quantize import onnx_logits, parity, quantize_int8, quantize_static_int8
+from .token_axes import cut_logits, granules, make_token_axes_dynamic
 
 QUANT_MODES = ("static", "dynamic", "none")
 
@@ -79,14 +81,18 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
             final = quantize_int8(fp32, Path(tmp) / "int8.onnx")
         else:
             final = fp32
+        gran = granules(cfg.to_dict())
+        cut = make_token_axes_dynamic(final, Path(tmp) / "cut.onnx")
         par: dict[str, Any] = {}
         if check_feats is not None and len(check_feats["pkt"]):
             ref = torch_logits(model, check_feats)
             par["flows"] = int(len(check_feats["pkt"]))
             par["fp32_vs_torch"] = parity(ref, onnx_logits(fp32, check_feats))
+            full = onnx_logits(final, check_feats)
             if mode != "none":
-                par["int8_vs_torch"] = parity(ref, onnx_logits(final, check_feats))
-        shutil.copyfile(final, out / MODEL_FILE)
+                par["int8_vs_torch"] = parity(ref, full)
+            par["cut_vs_full"] = parity(full, cut_logits(cut, check_feats, gran))
+        shutil.copyfile(cut, out / MODEL_FILE)
     fl = flops_per_flow(cfg, len(student.label_sets["service"]), len(student.label_sets["app"]))
     manifest: dict[str, Any] = {
         "name": name,
@@ -97,6 +103,7 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
         "label_column": student.label_column,
         "inputs": input_names(cfg),
         "outputs": {"service": OUTPUTS[0], "app": OUTPUTS[1], "kind": "logits"},
+        "token_granules": gran,
         "sha256": sha256_file(out / MODEL_FILE),
         "quantization": {"static": "int8-static (QLinearMatMul on weight MatMuls, MinMax calibration on real flows)",
                          "dynamic": "int8-dynamic (weight MatMuls)", "none": "none (fp32)"}[mode],

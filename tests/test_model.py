@@ -135,9 +135,43 @@ def test_onnx_matches_torch_on_real_flows(quick_package, real_flows, tmp_path):
     # static int8: a flow's scores do not depend on the rest of its batch
     q = tmp_path / "int8s.onnx"
     assert np.allclose(onnx_logits(q, feats, batch=7)[0], onnx_logits(q, feats)[0], atol=1e-5)
+    # dynamic token axes: the same graph at full length, and cut to length groups, still matches torch
+    from export.token_axes import cut_logits, granules, make_token_axes_dynamic
+    dyn = make_token_axes_dynamic(fp32, tmp_path / "dyn.onnx")
+    assert np.array_equal(onnx_logits(dyn, feats)[0], onnx_logits(fp32, feats)[0])
+    pc = parity(ref, cut_logits(dyn, feats, granules(st.config.to_dict())))
+    assert pc["service_max_abs_logit_diff"] < 1e-3 and pc["service_argmax_agreement"] == 1.0, pc
     # the package recorded the same checks
     m = json.loads((quick_package / "manifest.json").read_text())
     assert m["parity"]["int8_vs_torch"]["service_argmax_agreement"] >= 0.95
+    assert m["token_granules"] == granules(st.config.to_dict())
+    assert m["parity"]["cut_vs_full"]["service_argmax_agreement"] >= 0.99
+
+
+@needs_data
+def test_upgrade_package_makes_token_axes_dynamic(quick_package, tmp_path):
+    """`python -m export.token_axes PKG` rewrites a package exported before the step existed, once."""
+    from etool_sensor.runtime import load_model, sha256_file
+    from etool_sensor.train.student import Student
+    from export.onnx_export import export_onnx
+    from export.token_axes import granules, main
+
+    pkg = tmp_path / "old"
+    shutil.copytree(quick_package, pkg)
+    export_onnx(Student.load(pkg / "student.pt").model, pkg / "model.onnx")  # fixed token axes, as before
+    m = json.loads((pkg / "manifest.json").read_text())
+    del m["token_granules"], m["parity"]["cut_vs_full"]
+    m["sha256"] = sha256_file(pkg / "model.onnx")
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    assert load_model(pkg)._granules == {}
+    caps = [str(PCAPS / "tls_verylong_certificate.pcap"), str(PCAPS / "1kxun.pcap")]
+    assert main([str(pkg), "--pcap", *caps, "--version", "0.0.2"]) == 0
+    up = load_model(pkg)
+    assert up.version == "0.0.2" and up._granules == granules(m["architecture"]["config"])
+    assert up.manifest["parity"]["cut_vs_full"]["service_argmax_agreement"] == 1.0
+    assert up.manifest["parity"]["cut_vs_full"]["flows"] > 10
+    assert main([str(pkg), "--pcap", *caps]) == 2  # already dynamic: refused, nothing rewritten
+    assert main([str(tmp_path / "nope"), "--pcap", *caps]) == 2
 
 
 @needs_data
@@ -309,6 +343,7 @@ def test_batching_and_masking_are_consistent(default_model, real_flows, monkeypa
     import etool_sensor.runtime as rt
 
     recs, ctxs = real_flows
+    monkeypatch.setattr(default_model, "_granules", {})  # full-length batches (length groups: test_token_axes)
     p_all = default_model.predict_proba(recs, ctxs)
     monkeypatch.setattr(rt, "BATCH", 7)
     p_small = default_model.predict_proba(recs, ctxs)

@@ -1,0 +1,191 @@
+"""Make a student graph's token axes dynamic, so the runtime can leave padding out.
+
+The exporter writes every stream at its full length: 32 packets, 3 x 64 payload bytes, 8 BURST neighbours.
+Most flows fill a fraction of that (on the bench capture 23 of 38 tokens on average), and the rest is padding
+that attention masks out but the graph still computes. After this rewrite the graph takes each stream cut
+to any multiple of its merge stride (`granules`), and `runtime.Model` runs groups of flows cut to their
+longest member. A cut flow's outputs differ from the padded run only by the attention weight that padding
+received (exp(-20) per padded token after the clamp in SelfAttention), so verdicts stay the same
+(tests/test_token_axes.py compares both on real flows).
+
+Three edits, each checked to have happened (a graph exported some other way raises ValueError):
+- the token axis (1) of pkt, byt, seg and ctx becomes symbolic;
+- a learned position table added to a stream ([1, L, d] initializer) is sliced to the stream's length;
+- a Reshape to [batch, tokens, width] with a constant token count (the packet merge, the datagram
+  validity fold) takes -1 there instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+TOKEN_INPUTS = ("pkt", "byt", "seg", "ctx")
+
+
+def granules(config: dict[str, Any]) -> dict[str, int]:
+    """Per input, the multiple its axis 1 may be cut to (from the encoder config in the manifest). A stream
+    the encoder pads up to a whole token (length not a multiple of its stride) is never cut: the granule
+    is then its full length."""
+    n, s = int(config["packets"]), int(config["pkt_stride"])
+    nb, ds = int(config["payload_packets"]) * int(config["payload_bytes"]), int(config["dgram_stride"])
+    byt = 2 * ds if nb % (2 * ds) == 0 else max(nb, 1)
+    return {"pkt": s if n % s == 0 else n, "byt": byt, "seg": byt, "ctx": 1}
+
+
+def make_token_axes_dynamic(src: str | Path, dst: str | Path) -> Path:
+    """Rewrite the graph at `src` (fp32 or int8) to `dst`; ValueError if it does not have the exporter's shape."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    g = m.graph
+    inputs = {i.name: i for i in g.input}
+    missing = [n for n in TOKEN_INPUTS if n not in inputs]
+    if missing:
+        raise ValueError(f"{src}: no graph input {missing}")
+    for n in TOKEN_INPUTS:
+        inputs[n].type.tensor_type.shape.dim[1].dim_param = f"{n}_len"
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+
+    def const(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        n = producer.get(name)
+        if n is not None and n.op_type == "Constant":
+            return numpy_helper.to_array(n.attribute[0].t)
+        return None
+
+    new_nodes: list[Any] = []
+    positions = reshapes = 0
+    minus_one = numpy_helper.from_array(np.array([-1], np.int64), "etool_token_axes_minus_one")
+    g.initializer.append(minus_one)
+    for i, n in enumerate(g.node):
+        if n.op_type == "Add":
+            for k, name in enumerate(n.input):
+                arr = inits.get(name)
+                shape = list(arr.dims) if arr is not None else []
+                if len(shape) == 3 and shape[0] == 1 and shape[1] > 1:
+                    other = n.input[1 - k]
+                    tag = f"etool_token_axes_pos{positions}"
+                    new_nodes += [
+                        (i, helper.make_node("Shape", [other], [tag + "_shape"], start=1, end=2, name=tag + "_shape")),
+                        (i, helper.make_node("Slice", [name, tag + "_zero", tag + "_shape", tag + "_one"],
+                                             [tag + "_sliced"], name=tag + "_slice")),
+                    ]
+                    g.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), tag + "_zero"),
+                                          numpy_helper.from_array(np.array([1], np.int64), tag + "_one")])
+                    n.input[k] = tag + "_sliced"
+                    positions += 1
+        elif n.op_type == "Reshape":
+            cat = producer.get(n.input[1])
+            if cat is None or cat.op_type != "Concat" or len(cat.input) != 3:
+                continue
+            mid = const(cat.input[1])
+            if mid is not None and mid.shape == (1,) and int(mid[0]) > 1 and const(cat.input[2]) is not None:
+                cat.input[1] = minus_one.name
+                reshapes += 1
+    if positions < 1 or reshapes < 1:
+        raise ValueError(f"{src}: not the exporter's graph ({positions} position tables, {reshapes} token reshapes)")
+    for at, node in reversed(new_nodes):  # keep topological order: each new node right before its user
+        g.node.insert(at, node)
+    del g.value_info[:]  # inferred shapes with the old fixed lengths; onnxruntime infers them again
+    onnx.checker.check_model(m)
+    dst = Path(dst)
+    onnx.save(m, str(dst))
+    return dst
+
+
+def cut_logits(path: str | Path, feats: dict[str, np.ndarray], granules_: dict[str, int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of the rewritten graph run as the runtime runs it (runtime.token_groups), in input order."""
+    import onnxruntime as ort
+
+    from etool_sensor.runtime import token_groups
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in s.get_inputs()]
+    order, runs = token_groups(feats, granules_)
+    out = [np.zeros((len(order), o.shape[-1]), np.float32) for o in s.get_outputs()[:2]]
+    for rows, cut in runs:
+        res = s.run(["service_logits", "app_logits"],
+                    {k: (feats[k][rows, :cut[k]] if k in cut else feats[k][rows]) for k in names})
+        for o, r in zip(out, res):
+            o[rows] = r
+    return out[0], out[1]
+
+
+def upgrade_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str | None = None) -> dict[str, Any]:
+    """Rewrite the model.onnx of an existing package (one exported before this step existed) in place: token
+    axes dynamic, manifest token_granules, sha256, parity cut_vs_full measured on the flows of `pcaps`."""
+    from etool_sensor.context import ContextTracker
+    from etool_sensor.pcap import read_flows
+    from etool_sensor.runtime import MANIFEST, MODEL_FILE, check_manifest, read_manifest, sha256_file
+
+    from .quantize import onnx_logits, parity
+
+    d, manifest = read_manifest(pkg)
+    spec = check_manifest(d, manifest)
+    if manifest.get("token_granules"):
+        raise ValueError(f"{d}: token axes are already dynamic")
+    recs, ctxs = [], []
+    for p in pcaps:
+        tr = ContextTracker()
+        for r in read_flows(p):
+            ctx = tr.observe(r)
+            if len(r.packets) >= 2:  # what Model.classify runs
+                recs.append(r)
+                ctxs.append(ctx)
+    if not recs:
+        raise ValueError("no flows with >= 2 packets in the given captures")
+    from etool_sensor.features import encode
+
+    feats = encode(recs, ctxs, spec)
+    gran = granules(manifest["architecture"]["config"])
+    src = d / MODEL_FILE
+    tmp = d / (MODEL_FILE + ".cut")
+    make_token_axes_dynamic(src, tmp)
+    par = parity(onnx_logits(src, feats), cut_logits(tmp, feats, gran))
+    if min(par["service_argmax_agreement"], par["app_argmax_agreement"]) < 0.99:
+        tmp.unlink()
+        raise ValueError(f"{d}: the cut graph disagrees with the full one: {par}")
+    tmp.replace(src)
+    manifest["token_granules"] = gran
+    manifest["sha256"] = sha256_file(src)
+    manifest.setdefault("parity", {})["cut_vs_full"] = {"flows": len(recs), **par}
+    if version:
+        manifest["version"] = version
+    (d / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m export.token_axes", description=upgrade_package.__doc__)
+    ap.add_argument("package", help="model package directory (rewritten in place)")
+    ap.add_argument("--pcap", nargs="+", required=True, help="captures whose flows check the rewrite")
+    ap.add_argument("--version", help="new package version (the graph changes, so its sha256 does)")
+    a = ap.parse_args(argv)
+    from etool_sensor.runtime import ModelError
+
+    try:
+        m = upgrade_package(a.package, a.pcap, version=a.version)
+    except (ValueError, OSError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.package}: {m['name']}@{m['version']}, token_granules {m['token_granules']}, "
+          f"cut vs full {m['parity']['cut_vs_full']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

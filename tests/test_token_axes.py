@@ -1,0 +1,143 @@
+"""Dynamic token axes (export/token_axes.py) and the runtime's length groups (runtime.token_groups):
+cutting padding out must not change what the model says about real flows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from etool_sensor.context import ContextTracker
+
+ROOT = Path(__file__).resolve().parents[1]
+PCAPS = ROOT.parent / "shared" / "data" / "ndpi" / "pcap"
+LABELS = PCAPS.parent / "labels.csv"
+needs_data = pytest.mark.skipif(not PCAPS.is_dir(), reason="shared/data not present")
+
+
+def _flows(names: list[str]):
+    from etool_sensor.pcap import read_flows
+
+    recs, ctxs = [], []
+    for n in names:
+        tr = ContextTracker()
+        for r in read_flows(PCAPS / n):
+            ctx = tr.observe(r)
+            if len(r.packets) >= 2:
+                recs.append(r)
+                ctxs.append(ctx)
+    return recs, ctxs
+
+
+@pytest.fixture(scope="module")
+def real_flows():
+    if not PCAPS.is_dir():
+        pytest.skip("shared/data not present")
+    # every nDPI capture: long and short flows, with and without payload and BURST neighbours
+    recs, ctxs = _flows(sorted(p.name for p in PCAPS.glob("*.pcap*")))
+    assert len(recs) >= 3000
+    return recs, ctxs
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["default", "fast"])
+def test_bundled_models_cut_padding_without_changing_verdicts(name, real_flows):
+    import onnx
+
+    from etool_sensor.runtime import HEADS, load_model
+
+    m = load_model(name, threads=1)
+    assert m.manifest["token_granules"] and m._granules == m.manifest["token_granules"]
+    g = onnx.load(str(m.path / "model.onnx")).graph
+    dims = {i.name: i.type.tensor_type.shape.dim[1] for i in g.input}
+    assert all(dims[k].dim_param and not dims[k].dim_value for k in ("pkt", "byt", "seg", "ctx"))
+    recs, ctxs = real_flows
+    feats = m.features(recs, ctxs)
+    cut = m._run(feats, HEADS)
+    m._granules = {}  # the same graph over the full, padded arrays
+    full = m._run(feats, HEADS)
+    for h in HEADS:
+        assert (cut[h].argmax(1) == full[h].argmax(1)).all(), h
+        diff = np.abs(cut[h] - full[h]).max(1)
+        # padding keeps exp(-20) of attention; through int8 rounding that moves a rare flow's scores a little
+        assert diff.max() < 0.05 and (diff < 1e-4).mean() > 0.98, (h, diff.max(), (diff >= 1e-4).sum())
+    assert m.manifest["parity"]["cut_vs_full"]["service_argmax_agreement"] == 1.0
+
+
+@needs_data
+def test_token_groups_cover_every_flow_and_cut_only_padding(real_flows):
+    from etool_sensor.runtime import load_model, token_groups
+
+    m = load_model(threads=1)
+    recs, ctxs = real_flows
+    feats = m.features(recs, ctxs)
+    gran = m.manifest["token_granules"]
+    order, runs = token_groups(feats, gran, batch=100)
+    assert sorted(order.tolist()) == list(range(len(recs)))
+    assert np.concatenate([r for r, _ in runs]).tolist() == order.tolist()
+    assert all(len(rows) <= 100 for rows, _ in runs)
+    cut_tokens = 0
+    for rows, cut in runs:
+        assert cut["byt"] == cut["seg"]
+        for k, n in cut.items():
+            full = feats[k].shape[1]
+            assert not feats[k][rows, n:].any()  # nothing but padding is left out
+            levels = [gran[k] << i for i in range(full.bit_length()) if gran[k] << i < full] + [full]
+            assert n in levels
+            if n > gran[k]:  # the smallest level that holds every one of these flows, each on its own
+                prev = levels[levels.index(n) - 1]
+                beyond = feats[k][rows, prev:] != 0
+                if k in ("byt", "seg"):
+                    beyond = (feats["byt"][rows, prev:] != 0) | (feats["seg"][rows, prev:] != 0)
+                assert beyond.reshape(len(rows), -1).any(1).all(), (k, n, prev)
+            cut_tokens += len(rows) * n // gran[k]
+    full_tokens = len(recs) * sum(feats[k].shape[1] // g for k, g in gran.items())
+    assert cut_tokens < 0.8 * full_tokens  # real flows leave a lot of padding
+
+
+@needs_data
+def test_a_flows_scores_do_not_depend_on_its_batch(real_flows, monkeypatch):
+    """Each flow's cut depends on the flow alone: alone, in small batches or shuffled, the scores are the
+    same bits (static int8), so classify, classify --workers and the daemon agree exactly."""
+    import etool_sensor.runtime as rt
+
+    m = rt.load_model(threads=1)
+    recs, ctxs = real_flows
+    a = m.predict_proba(recs, ctxs)
+    perm = np.random.default_rng(0).permutation(len(recs))
+    monkeypatch.setattr(rt, "BATCH", 7)
+    b = m.predict_proba([recs[i] for i in perm], [ctxs[i] for i in perm])
+    assert np.array_equal(a[perm], b)
+    for i in range(0, len(recs), 97):
+        assert np.array_equal(m.predict_proba(recs[i:i + 1], ctxs[i:i + 1])[0], a[i])
+
+
+def test_rewrite_refuses_a_graph_it_does_not_know(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.token_axes import make_token_axes_dynamic
+
+    ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", 4]) for n in ("pkt", "byt", "seg", "ctx")]
+    out = helper.make_tensor_value_info("y", TensorProto.INT64, ["b", 4])
+    g = helper.make_graph([helper.make_node("Add", ["pkt", "byt"], ["y"])], "g", ins, [out])
+    src = tmp_path / "x.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    with pytest.raises(ValueError, match="not the exporter's graph"):
+        make_token_axes_dynamic(src, tmp_path / "y.onnx")
+    g2 = helper.make_graph([helper.make_node("Add", ["pkt", "byt"], ["y"])], "g", ins[:2], [out])
+    onnx.save(helper.make_model(g2, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    with pytest.raises(ValueError, match="no graph input"):
+        make_token_axes_dynamic(src, tmp_path / "y.onnx")
+
+
+def test_granules_never_cut_a_stream_the_encoder_pads():
+    from export.token_axes import granules
+
+    base = {"packets": 32, "pkt_stride": 2, "payload_packets": 3, "payload_bytes": 64, "dgram_stride": 8}
+    assert granules(base) == {"pkt": 2, "byt": 16, "seg": 16, "ctx": 1}
+    assert granules({**base, "pkt_stride": 3})["pkt"] == 32  # 32 packets do not split into tokens of 3
+    assert granules({**base, "payload_bytes": 60, "dgram_stride": 7})["byt"] == 180
