@@ -82,7 +82,7 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
         else:
             final = fp32
         gran = granules(cfg.to_dict())
-        cut = make_token_axes_dynamic(final, Path(tmp) / "cut.onnx")
+        cut = make_token_axes_dynamic(final, Path(tmp) / "cut.onnx", gran)
         par: dict[str, Any] = {}
         if check_feats is not None and len(check_feats["pkt"]):
             ref = torch_logits(model, check_feats)

@@ -8,8 +8,9 @@ longest member. A cut flow's outputs differ from the padded run only by the atte
 received (exp(-20) per padded token after the clamp in SelfAttention), so verdicts stay the same
 (tests/test_token_axes.py compares both on real flows).
 
-Three edits, each checked to have happened (a graph exported some other way raises ValueError):
-- the token axis (1) of pkt, byt, seg and ctx becomes symbolic;
+Three edits; a graph without a position table raises ValueError, and with the granules given the result
+must run with every token input one granule long:
+- the token axis (1) of pkt, byt, seg and ctx (where present) becomes symbolic;
 - a learned position table added to a stream ([1, L, d] initializer) is sliced to the stream's length;
 - a Reshape to [batch, tokens, width] with a constant token count (the packet merge, the datagram
   validity fold) takes -1 there instead.
@@ -37,19 +38,21 @@ def granules(config: dict[str, Any]) -> dict[str, int]:
     return {"pkt": s if n % s == 0 else n, "byt": byt, "seg": byt, "ctx": 1}
 
 
-def make_token_axes_dynamic(src: str | Path, dst: str | Path) -> Path:
-    """Rewrite the graph at `src` (fp32 or int8) to `dst`; ValueError if it does not have the exporter's shape."""
+def make_token_axes_dynamic(src: str | Path, dst: str | Path, granules_: dict[str, int] | None = None) -> Path:
+    """Rewrite the graph at `src` (fp32 or int8) to `dst`; ValueError if it does not have the exporter's shape
+    or, given the granules, if onnxruntime cannot run it with every token input one granule long."""
     import onnx
     from onnx import helper, numpy_helper
 
     m = onnx.load(str(src))
     g = m.graph
     inputs = {i.name: i for i in g.input}
-    missing = [n for n in TOKEN_INPUTS if n not in inputs]
+    missing = [n for n in ("pkt", "ctx") if n not in inputs]  # byt/seg are pruned from a model without payload
     if missing:
         raise ValueError(f"{src}: no graph input {missing}")
     for n in TOKEN_INPUTS:
-        inputs[n].type.tensor_type.shape.dim[1].dim_param = f"{n}_len"
+        if n in inputs:
+            inputs[n].type.tensor_type.shape.dim[1].dim_param = f"{n}_len"
     producer = {o: n for n in g.node for o in n.output}
     inits = {i.name: i for i in g.initializer}
 
@@ -90,15 +93,33 @@ def make_token_axes_dynamic(src: str | Path, dst: str | Path) -> Path:
             if mid is not None and mid.shape == (1,) and int(mid[0]) > 1 and const(cat.input[2]) is not None:
                 cat.input[1] = minus_one.name
                 reshapes += 1
-    if positions < 1 or reshapes < 1:
-        raise ValueError(f"{src}: not the exporter's graph ({positions} position tables, {reshapes} token reshapes)")
+    if positions < 1:
+        raise ValueError(f"{src}: not the exporter's graph (no position table added to a token stream)")
     for at, node in reversed(new_nodes):  # keep topological order: each new node right before its user
         g.node.insert(at, node)
     del g.value_info[:]  # inferred shapes with the old fixed lengths; onnxruntime infers them again
     onnx.checker.check_model(m)
     dst = Path(dst)
     onnx.save(m, str(dst))
+    if granules_:
+        _smoke(dst, granules_)
     return dst
+
+
+def _smoke(path: Path, granules_: dict[str, int]) -> None:
+    """Run the rewritten graph once with every token input cut to one granule (batch 2)."""
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {}
+    for i in s.get_inputs():
+        dims = [2] + [d if isinstance(d, int) else granules_.get(i.name, 1) for d in i.shape[1:]]
+        dtype = np.float32 if i.type == "tensor(float)" else np.int64
+        feed[i.name] = np.ones(dims, dtype)
+    try:
+        s.run(None, feed)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ValueError(f"{path}: the rewritten graph does not run cut to one granule ({e})") from None
 
 
 def cut_logits(path: str | Path, feats: dict[str, np.ndarray], granules_: dict[str, int]
@@ -152,7 +173,7 @@ def upgrade_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: st
     gran = granules(manifest["architecture"]["config"])
     src = d / MODEL_FILE
     tmp = d / (MODEL_FILE + ".cut")
-    make_token_axes_dynamic(src, tmp)
+    make_token_axes_dynamic(src, tmp, gran)
     par = parity(onnx_logits(src, feats), cut_logits(tmp, feats, gran))
     if min(par["service_argmax_agreement"], par["app_argmax_agreement"]) < 0.99:
         tmp.unlink()

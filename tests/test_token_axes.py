@@ -141,3 +141,37 @@ def test_granules_never_cut_a_stream_the_encoder_pads():
     assert granules(base) == {"pkt": 2, "byt": 16, "seg": 16, "ctx": 1}
     assert granules({**base, "pkt_stride": 3})["pkt"] == 32  # 32 packets do not split into tokens of 3
     assert granules({**base, "payload_bytes": 60, "dgram_stride": 7})["byt"] == 180
+
+
+@needs_data
+@pytest.mark.parametrize("shape", [
+    {},  # the default shape
+    {"layers": 1, "pkt_stride": 4, "dgram_stride": 16},  # the fast one
+    {"pkt_stride": 1, "use_payload": False},  # no payload inputs, no token reshape at all
+    {"pkt_stride": 3, "dgram_stride": 7},  # streams the encoder pads up to whole tokens: never cut
+    {"use_ports": True, "hello_tokens": 4},  # the optional inputs ride along uncut
+])
+def test_fresh_exports_of_every_shape_cut_to_the_same_logits(shape, real_flows, tmp_path):
+    """torch export -> rewrite -> run cut as the runtime does: fp32 logits equal the full-length run."""
+    torch = pytest.importorskip("torch")
+    from etool_sensor.features import FeatureSpec, encode
+    from etool_sensor.train.model import EncoderConfig, StudentClassifier
+    from export.onnx_export import export_onnx
+    from export.quantize import onnx_logits, parity
+    from export.token_axes import cut_logits, granules, make_token_axes_dynamic
+
+    spec = FeatureSpec(use_ports=shape.pop("use_ports", False), hello_tokens=shape.pop("hello_tokens", 0))
+    torch.manual_seed(0)
+    model = StudentClassifier(EncoderConfig.from_spec(spec, **shape), 6, 9)
+    for p in model.parameters():  # larger weights than the init's, so that positions matter
+        torch.nn.init.normal_(p, std=0.2)
+    gran = granules(model.encoder.c.to_dict())
+    full = export_onnx(model, tmp_path / "full.onnx")
+    cut = make_token_axes_dynamic(full, tmp_path / "cut.onnx", gran)
+    recs, ctxs = real_flows
+    feats = encode(recs[:600], ctxs[:600], spec)
+    ref = onnx_logits(full, feats)
+    assert np.array_equal(onnx_logits(cut, feats)[0], ref[0])  # uncut: the same graph
+    p = parity(ref, cut_logits(cut, feats, gran))
+    assert p["service_max_abs_logit_diff"] < 1e-3 and p["app_max_abs_logit_diff"] < 1e-3, p
+    assert p["service_argmax_agreement"] == 1.0 and p["app_argmax_agreement"] == 1.0, p
