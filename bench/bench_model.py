@@ -2,8 +2,10 @@
 
     python bench/bench_model.py [--model DIR] [--pcap FILE ...] [--batches 1 32 256 1024]
 
-Times the ONNX session alone ("model") and encode + session ("end-to-end": features.encode of the flow
-records plus inference; reading the capture is not included). The fp32 graph is rebuilt from the
+Times the ONNX session alone over full-length arrays ("model"), the runtime's inference with each flow's
+padding cut off ("cut": runtime.token_groups, for packages with token_granules) and encode + inference
+("end-to-end": Model.classify, features.encode of the flow records plus inference; reading the capture is
+not included). Also prints how many tokens the cut leaves per flow against the full sequence. The fp32 graph is rebuilt from the
 student checkpoint (--checkpoint, or student.pt in the package dir) when given (else only the shipped graph is timed). Not a test.
 """
 
@@ -20,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etool_sensor.runtime import DEFAULT_MODEL_DIR, load_model  # noqa: E402
+from etool_sensor import runtime  # noqa: E402
+from etool_sensor.runtime import DEFAULT_MODEL_DIR, HEADS, load_model  # noqa: E402
 
 
 def flows(pcaps: list[str], n: int):
@@ -88,7 +91,18 @@ def main(argv=None) -> int:
             d = Path(tmp.name) / name
             build_package(st, d, name=man["name"], version=man["version"], quantize=q, check_feats=calib)
             variants[name] = d
-    print(f"{'graph':6} {'threads':>7} {'batch':>6} {'model flows/s':>14} {'end-to-end flows/s':>19}")
+    if man.get("token_granules"):
+        from etool_sensor.runtime import token_groups
+        cfg = arch["config"]
+        m0 = load_model(a.model, threads=1)
+        feats = m0.features(recs, ctxs)
+        _, runs = token_groups(feats, m0._granules)
+        per = {"pkt": cfg["pkt_stride"], "byt": 2 * cfg["dgram_stride"] if cfg.get("use_payload", True) else 0,
+               "ctx": 1}
+        tok = sum(len(rows) * (2 + sum(cut[k] // g for k, g in per.items() if g and k in cut)) for rows, cut in runs)
+        print(f"cut: {tok / len(recs):.1f} of {arch.get('tokens')} tokens per flow on average, "
+              f"{len(runs)} runs for {len(recs)} flows")
+    print(f"{'graph':6} {'threads':>7} {'batch':>6} {'model flows/s':>14} {'cut flows/s':>12} {'end-to-end flows/s':>19}")
     for name, d in variants.items():
         for th in a.threads:
             m = load_model(d, threads=th)
@@ -97,13 +111,15 @@ def main(argv=None) -> int:
                 feats = m.features(r, c)
                 feed = {k: feats[k] for k in m._inputs}
                 model_fps = time_it(lambda: m.session.run(None, feed), bs, a.seconds)
+                cut = (f"{time_it(lambda: m._run(feats, HEADS), bs, a.seconds):>12,.0f}" if m._granules
+                       else f"{'-':>12}")
                 n_e2e = max(bs, 2048)
                 r2, c2 = recs[:n_e2e], ctxs[:n_e2e]
-                old = __import__("etool_sensor.runtime", fromlist=["BATCH"])
-                old.BATCH = bs
+                keep = runtime.BATCH
+                runtime.BATCH = bs
                 e2e = time_it(lambda: m.classify(r2, c2), n_e2e, a.seconds)
-                old.BATCH = 1024
-                print(f"{name:6} {th:>7} {bs:>6} {model_fps:>14,.0f} {e2e:>19,.0f}")
+                runtime.BATCH = keep
+                print(f"{name:6} {th:>7} {bs:>6} {model_fps:>14,.0f} {cut} {e2e:>19,.0f}")
     t0 = time.perf_counter()
     from etool_sensor.features import encode
     encode(recs[:2048], ctxs[:2048], load_model(a.model).spec)
