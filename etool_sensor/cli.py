@@ -268,6 +268,18 @@ def _open_logs(outdir: Path, fmt: str) -> tuple[Any, Any]:
     return writers[0], writers[1]
 
 
+def _warn_collection(runtime: Any, model_path: Any, params: Any) -> None:
+    """A config that collects less than the model reads (flow.packets: 8 for a 32-packet model) still runs,
+    but its verdicts are not the measured ones: say so once, before the work starts."""
+    try:
+        spec = runtime.check_manifest(*runtime.read_manifest(runtime.resolve_model_path(model_path)),
+                                      verify_checksum=False)
+    except runtime.ModelError:
+        return  # loading the model reports it, with its exit code
+    for gap in runtime.collection_shortfalls(spec, params):
+        print(f"{PROG}: warning: {gap}; verdicts are less accurate than the model card measured", file=sys.stderr)
+
+
 def _check_inputs(paths: Sequence[str]) -> None:
     for p in paths:
         if not os.path.exists(p):
@@ -312,6 +324,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
         from .parallel import usable_cores
 
         workers = usable_cores()
+    _warn_collection(runtime, args.model or cfg.model.path, cfg.flow_params)
     if workers > 1:
         # N processes, each reading the whole capture and classifying one shard (etool_sensor/parallel.py);
         # same rows in the same order, same summary, exit codes and errors as this one-process path.

@@ -151,6 +151,9 @@ class Metrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.alerts = Counter("etool_alerts", "verdicts whose label is in classify.alert_labels, by label",
                               ["label"], registry=r)
+        self.short_collection = Counter(
+            "etool_short_collection", "flows sent at a packet threshold below the model's window "
+            "(ETooL::packets_per_flow too low)", registry=r)
         self.queue_depth = Gauge("etool_queue_depth", "flows waiting for inference", registry=r)
         self.connected = Gauge("etool_connected", "1 while a WebSocket session with Zeek is acked", registry=r)
         for reason in ("queue_full", "rate_limited", "duplicate", "model_error", "disconnected", "shutdown"):
@@ -234,6 +237,7 @@ class Daemon:
                  metrics: Metrics | None = None) -> None:
         self.s = settings
         self.model = model
+        self._model_packets = int(getattr(getattr(model, "spec", None), "packets", 0) or 0)
         self.thresholds = thresholds if thresholds is not None else _thresholds(settings)
         self.m = metrics or Metrics()
         self.warn = RateLimitedLog(log)
@@ -369,6 +373,12 @@ class Daemon:
             self.warn.warn("decode:internal", "decoder failed: %r", e)
             return
         rec = fe.record
+        if not rec.final and len(rec.packets) < self._model_packets:
+            # sent at Zeek's packet threshold: ETooL::packets_per_flow is below the model's window
+            m.short_collection.inc()
+            self.warn.warn("short_collection", "flows arrive after %d packets (ETooL::packets_per_flow) but the model "
+                           "reads %d: verdicts are less accurate than the model card measured; raise it in local.zeek",
+                           len(rec.packets), self._model_packets)
         uid = rec.uid
         if uid in self._seen:
             m.drops.labels("duplicate").inc()

@@ -83,6 +83,16 @@ def token_groups(feats: dict[str, np.ndarray], granules: dict[str, int], batch: 
     return order, runs
 
 
+def collection_shortfalls(spec: FeatureSpec, params: Any) -> list[str]:
+    """Where the flow collection (flows.FlowParams) keeps less than the model reads: one sentence each, for a
+    warning. The model still runs, on less than it was trained and measured on."""
+    need = (("packets", spec.packets, "packets"),
+            ("payload_bytes", spec.collect_payload_bytes or spec.payload_bytes, "payload bytes per payload packet"),
+            ("payload_packets", spec.payload_packets, "payload packets"))
+    return [f"flow.{key} is {getattr(params, key)}, below the {want} {what} the model reads"
+            for key, want, what in need if getattr(params, key) < want]
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -162,6 +162,21 @@ def test_config_file_is_used(tmp_path: Path, capsys) -> None:
     assert all(len(r.get("alternatives", [])) <= 1 for r in rows)
 
 
+def test_collecting_less_than_the_model_reads_is_a_warning(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "etool.yaml"
+    cfg.write_text("flow:\n  packets: 8\n  payload_bytes: 16\n")
+    for workers in ("1", "2"):
+        rc, _, err = run(["classify", "-q", "--config", cfg, "--workers", workers, SAMPLE, "-o", tmp_path / workers], capsys)
+        assert rc == 0, err
+        warn = [line for line in err.splitlines() if "warning" in line]
+        assert len(warn) == 2, err
+        assert "flow.packets is 8, below the 32 packets" in warn[0]
+        assert "flow.payload_bytes is 16, below the 64 payload bytes" in warn[1]
+        assert len(read_ascii_log(tmp_path / workers / "etool.log")[1]) == 9  # it still classifies
+    rc, _, err = run(["classify", "-q", SAMPLE, "-o", tmp_path / "d"], capsys)  # the defaults fit the model
+    assert rc == 0 and "warning" not in err
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def test_missing_file(tmp_path: Path, capsys) -> None:
     rc, _, err = run(["classify", tmp_path / "nope.pcap", "-o", tmp_path], capsys)

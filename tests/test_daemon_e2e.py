@@ -127,6 +127,7 @@ def test_one_verdict_per_uid_on_the_reply_topic(model, flows):
             assert not peer.errors_sent  # Zeek accepted every event
             c = d.counts()
             assert c["flows_in"] == c["verdicts_out"] == len(sel)
+            assert c["short_collection"] == 0  # Zeek's default packets_per_flow is the model's window
             st, body = await http_get(d.metrics_port, "/metrics")
             assert st == 200 and b"etool_verdict_latency_seconds_bucket" in body and b"etool_batch_size" in body
             # every confident verdict alerts (all service labels are listed), no unknown one does
@@ -135,6 +136,30 @@ def test_one_verdict_per_uid_on_the_reply_topic(model, flows):
             assert b"etool_alerts_total{label=" in body
             print("counts:", json.dumps(c, sort_keys=True))
     run(main())
+
+
+def test_a_collection_below_the_models_window_is_warned_and_counted(model, flows, caplog):
+    """Flows sent at a packet threshold below the model's window (ETooL::packets_per_flow redef'd to 16 for
+    a 32-packet model) are still answered, counted in etool_short_collection_total and logged once."""
+    import dataclasses
+
+    want = model.spec.packets
+    long = [r for r in flows if not r.final and len(r.packets) == want][:40]
+    assert len(long) >= 10
+    cut = [dataclasses.replace(r, packets=r.packets[:want // 2]) for r in long]
+
+    async def main():
+        async with ZeekPeer() as peer, serving(peer, model) as d:
+            assert await peer.wait_connected()
+            for r in cut:
+                await peer.publish_flow(r)
+            assert await peer.wait_verdicts(len(cut), 30)
+            c = d.counts()
+            assert c["short_collection"] == len(cut) and c["verdicts_out"] == len(cut)
+    with caplog.at_level("WARNING"):
+        run(main())
+    warned = [r.getMessage() for r in caplog.records if "packets_per_flow" in r.getMessage()]
+    assert len(warned) == 1 and f"after {want // 2} packets" in warned[0] and f"reads {want}" in warned[0]
 
 
 def test_pipeline_with_stand_in_model(flows):
