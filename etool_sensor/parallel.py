@@ -212,6 +212,7 @@ class ShardedClassify:
         self.uids: dict[int, str] = {}
         self._base: str | None = None
         self._ordinal = 0
+        self._make_uid: Any = None  # flows.uid_maker(self._base)
         self._pending: list[tuple[int, tuple]] = []
         try:
             for spec in specs:
@@ -330,16 +331,17 @@ class ShardedClassify:
             while q and (q[0][0], 0, 0) < bound:
                 news.append(q.popleft())
         if news:
-            from .flows import make_uid
+            from .flows import uid_maker
 
             news.sort(key=_key)
             base, k = self._base, self._ordinal
+            make = self._make_uid
             for cid, b in news:
                 if b != base:
-                    base, k = b, 0
+                    base, k, make = b, 0, uid_maker(b)
                 k += 1
-                uids[cid] = make_uid(base, k)
-            self._base, self._ordinal = base, k
+                uids[cid] = make(k)  # make_uid(base, k), its prefix hashed once per file
+            self._base, self._ordinal, self._make_uid = base, k, make
         # 2. etool rows, then conn rows (a connection's conn row never precedes its etool row)
         for attr, write in (("erows", write_etool), ("crows", write_conn)):
             runs = []
