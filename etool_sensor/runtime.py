@@ -202,7 +202,7 @@ class Model:
         outs = [self._out[h] for h in heads]
         parts: dict[str, list[np.ndarray]] = {h: [] for h in heads}
         order = None
-        if self._granules and n > 1:  # grouped by length, padding cut off (token_groups)
+        if self._granules:  # grouped by length, padding cut off (token_groups); one flow alike
             order, runs = token_groups(feats, self._granules)
         else:
             runs = [(slice(i, i + BATCH), {}) for i in range(0, n, BATCH)]

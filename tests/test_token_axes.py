@@ -111,8 +111,14 @@ def test_a_flows_scores_do_not_depend_on_its_batch(real_flows, monkeypatch):
     monkeypatch.setattr(rt, "BATCH", 7)
     b = m.predict_proba([recs[i] for i in perm], [ctxs[i] for i in perm])
     assert np.array_equal(a[perm], b)
-    for i in range(0, len(recs), 97):
-        assert np.array_equal(m.predict_proba(recs[i:i + 1], ctxs[i:i + 1])[0], a[i])
+    m._granules, gran = {}, m._granules
+    full = m.predict_proba(recs, ctxs)
+    m._granules = gran
+    moved = np.nonzero(np.abs(full - a).max(1) > 0)[0]  # flows whose cut changed an int8 rounding
+    assert 0 < len(moved) < 0.02 * len(recs)
+    for i in sorted(set(range(0, len(recs), 97)) | set(moved.tolist())):
+        assert np.array_equal(m.predict_proba(recs[i:i + 1], ctxs[i:i + 1])[0], a[i]), i  # alone: same bits
+    assert m.predict_proba([], []).shape == (0, len(m.label_sets["service"]))
 
 
 def test_rewrite_refuses_a_graph_it_does_not_know(tmp_path):
