@@ -135,10 +135,11 @@ def cut_logits(path: str | Path, feats: dict[str, np.ndarray], granules_: dict[s
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = [i.name for i in s.get_inputs()]
     order, runs = token_groups(feats, granules_)
-    out = [np.zeros((len(order), o.shape[-1]), np.float32) for o in s.get_outputs()[:2]]
+    out: list[np.ndarray] = []
     for rows, cut in runs:
         res = s.run(["service_logits", "app_logits"],
                     {k: (feats[k][rows, :cut[k]] if k in cut else feats[k][rows]) for k in names})
+        out = out or [np.zeros((len(order), r.shape[-1]), np.float32) for r in res]
         for o, r in zip(out, res):
             o[rows] = r
     return out[0], out[1]
