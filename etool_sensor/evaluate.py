@@ -43,7 +43,7 @@ SPLITS = ("iid", "capture", "unseen_app", "shifted")
 EXTRA_SPLITS = ("capture_kfold", "iid_kfold")  # run only when named: K trainings per method
 METHODS = ("rf", "knn", "etool", "student_no_llm", "student_no_payload", "student_ports", "teacher",
            "encoder_only")
-EXTRA_METHODS = ("rf_hello",)  # run only when named (an experiment, see docs/model-card.md)
+EXTRA_METHODS = ("rf_hello", "student_capbal")  # run only when named (an experiment, see docs/model-card.md)
 N_SIZES = 20
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -359,7 +359,7 @@ def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str
 def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
               teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
               split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False,
-              student_config: dict | None = None) -> dict:
+              student_config: dict | None = None, capture_balance: float = 0.5) -> dict:
     col = split["label"] or column
     full = _relabel(ds, col)
     tr, te = full.subset(split["train"]), full.subset(split["test"])
@@ -398,9 +398,9 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                 from .train.student import train_student
 
                 kw = {"etool": {}, "student_no_llm": {}, "student_no_payload": dict(use_payload=False),
-                      "student_ports": dict(use_ports=True)}[m]
+                      "student_ports": dict(use_ports=True), "student_capbal": dict(capture_balance=capture_balance)}[m]
                 # ablations change one thing from etool: they keep its teacher (built only when needed)
-                t = None if m == "student_no_llm" else get_teacher()
+                t = None if m in ("student_no_llm", "student_capbal") else get_teacher()
                 # SSL on the training flows plus the extra unlabelled ones, as the teacher's stage 1 does
                 ssl = None if unlabelled is None else (list(tr.records) + list(unlabelled[0]),
                                                        list(tr.contexts) + list(unlabelled[1]))
@@ -609,6 +609,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hello-tokens", type=int, default=None, metavar="COLLECT",
                    help="students also get the TLS handshake structure as hashed tokens (features.hello_tokens); "
                         "flows are read with COLLECT payload bytes per chunk, the datagram window stays B")
+    p.add_argument("--capture-balance", type=float, default=0.5, metavar="POWER",
+                   help="method student_capbal draws training flows with probability (flows of their capture) "
+                        "** -POWER (default 0.5; 1 = every capture equally often)")
     p.add_argument("--no-normalize-random", action="store_true",
                    help="students keep per-session random fields (TLS Random/session ID, QUIC CIDs): an ablation")
 
@@ -664,7 +667,7 @@ def eval_main(args: argparse.Namespace) -> int:
         log(f"eval: {len(recs)} unlabelled flows from {len(set(names))} captures for self-supervised training")
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
                  "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "quick": bool(args.quick),
-                 "student_config": student_config,
+                 "student_config": student_config, "capture_balance": args.capture_balance,
                  "unlabelled": None if unlabelled is None else {"dirs": list(args.unlabelled),
                                                                 "flows": len(unlabelled[0])}}
     out = Path(args.json)
@@ -715,7 +718,8 @@ def eval_main(args: argparse.Namespace) -> int:
                 res["splits"][name] = run_kfold(ds, args.label_column, methods, folds=args.folds, seed=args.seed,
                                                 log=log, png_dir=png_dir, quick=args.quick, kind=name,
                                                 teacher_cache=args.teacher_cache, device=args.device, spec=spec,
-                                                student_config=student_config, unlabelled=unlabelled)
+                                                student_config=student_config, unlabelled=unlabelled,
+                                                capture_balance=args.capture_balance)
                 out.write_text(json.dumps(res, indent=1))
                 continue
             sp = splits[name]
@@ -723,7 +727,8 @@ def eval_main(args: argparse.Namespace) -> int:
             res["splits"][name] = run_split(ds, sp, args.label_column, methods, seed=args.seed, quick=args.quick,
                                             teacher_cache=args.teacher_cache, device=args.device, log=log,
                                             png_dir=png_dir, split_name=name, spec=spec,
-                                            student_config=student_config, unlabelled=unlabelled)
+                                            student_config=student_config, unlabelled=unlabelled,
+                                            capture_balance=args.capture_balance)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=1))

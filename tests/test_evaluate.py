@@ -246,3 +246,29 @@ def test_eval_rf_hello_reads_whole_hellos(shared, tmp_path, capsys):
     assert res["features"]["collect_payload_bytes"] == 1024 and res["features"]["payload_bytes"] == 64
     m = res["splits"]["iid"]["methods"]
     assert 0.0 < m["rf"]["accuracy"] <= 1.0 and 0.0 < m["rf_hello"]["accuracy"] <= 1.0
+
+
+def test_capture_draw_weighs_captures_not_flows():
+    from etool_sensor.train.student import capture_draw
+
+    caps = ["big"] * 90 + ["small"] * 10
+    flat = capture_draw(caps, 0.0)
+    assert np.allclose(flat, 0.01)  # power 0: every flow alike
+    even = capture_draw(caps, 1.0)
+    assert np.isclose(even[:90].sum(), 0.5) and np.isclose(even[90:].sum(), 0.5)  # power 1: every capture alike
+    half = capture_draw(caps, 0.5)
+    assert np.isclose(half[:90].sum() / half[90:].sum(), 3.0)  # sqrt(90) / sqrt(10)
+    assert np.isclose(half.sum(), 1.0)
+
+
+def test_eval_capture_balanced_student_runs(shared, tmp_path, capsys):
+    """student_capbal (student_no_llm drawing flows per capture, an experiment) is measured beside it."""
+    from etool_sensor.evaluate import main
+
+    out = tmp_path / "c.json"
+    rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
+               "--no-model", "--encrypted-only", "--quick", "--splits", "capture",
+               "--methods", "student_no_llm,student_capbal", "--pcaps", ",".join(PCAPS)])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads(out.read_text())["splits"]["capture"]["methods"]
+    assert 0.0 <= m["student_capbal"]["accuracy"] <= 1.0 and "error" not in m["student_capbal"]

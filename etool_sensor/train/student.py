@@ -120,6 +120,14 @@ def class_weights(y: np.ndarray, n: int, power: float = 0.5) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def capture_draw(pcaps: Sequence[str], power: float) -> np.ndarray:
+    """Per flow, the probability of being drawn: proportional to (flows of its capture) ** -power, so at
+    power 1 every capture is drawn equally often, at 0 every flow."""
+    _, inv, size = np.unique(np.asarray(pcaps), return_inverse=True, return_counts=True)
+    p = size[inv.reshape(-1)].astype(np.float64) ** -power
+    return p / p.sum()
+
+
 def _label_index(values: Sequence[str], labels: list[str]) -> np.ndarray:
     pos = {l: i for i, l in enumerate(labels)}
     return np.array([pos.get(v, IGNORE) for v in values], np.int64)
@@ -144,12 +152,15 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
                   log: Callable[[str], None] = print, epochs: int | None = None,
                   unlabelled: tuple[Sequence[FlowRecord], Sequence[Context]] | None = None,
                   encoder_state: dict | None = None, config: dict | None = None, alpha: float = 0.5,
-                  temperature: float = 2.0, spec: FeatureSpec | None = None) -> Student:
+                  temperature: float = 2.0, spec: FeatureSpec | None = None, capture_balance: float = 0.0) -> Student:
     """Train a student on a LabelledSet (records, contexts, labels, service, app).
 
     teacher: an object with `labels` and `predict_logits(records, contexts)`; distils into the
     `label_column` head. ssl_init: start from `encoder_state` if given, else self-supervised pretraining
     on `unlabelled` (records, contexts) or, without it, on the training flows themselves (labels unused).
+    capture_balance: each epoch draws its n flows (with replacement) with probability proportional to
+    (flows of the same capture) ** -capture_balance; 0 = every flow once per epoch. It keeps a few large
+    captures from defining a class (an experiment for the by-capture split, docs/model-card.md).
     """
     t0 = time.time()
     set_threads()
@@ -206,9 +217,10 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.02)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     hist = []
+    draw = capture_draw(list(train.pcap), capture_balance) if capture_balance else None
     for e in range(ep):
         model.train()
-        perm = torch.from_numpy(rng.permutation(n))
+        perm = torch.from_numpy(rng.permutation(n) if draw is None else rng.choice(n, n, p=draw))
         tot = 0.0
         for i in range(0, n, bs):
             b = perm[i:i + bs]
@@ -238,5 +250,6 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
     model.eval()
     info = {"flows": n, "epochs": ep, "seconds": round(time.time() - t0, 1), "teacher": teacher is not None,
             "ssl_init": ssl_init, "use_payload": use_payload, "use_ports": use_ports, "seed": seed,
+            "capture_balance": capture_balance,
             "alpha": alpha if teacher is not None else 0.0, "temperature": temperature}
     return Student(model, spec, label_sets, label_column, cfg, hist, info)
