@@ -3,41 +3,22 @@ cutting padding out must not change what the model says about real flows."""
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from etool_sensor.context import ContextTracker
+from tests.test_model import PCAPS, _flows
 
-ROOT = Path(__file__).resolve().parents[1]
-PCAPS = ROOT.parent / "shared" / "data" / "ndpi" / "pcap"
-LABELS = PCAPS.parent / "labels.csv"
 needs_data = pytest.mark.skipif(not PCAPS.is_dir(), reason="shared/data not present")
-
-
-def _flows(names: list[str]):
-    from etool_sensor.pcap import read_flows
-
-    recs, ctxs = [], []
-    for n in names:
-        tr = ContextTracker()
-        for r in read_flows(PCAPS / n):
-            ctx = tr.observe(r)
-            if len(r.packets) >= 2:
-                recs.append(r)
-                ctxs.append(ctx)
-    return recs, ctxs
 
 
 @pytest.fixture(scope="module")
 def real_flows():
     if not PCAPS.is_dir():
         pytest.skip("shared/data not present")
-    # every nDPI capture: long and short flows, with and without payload and BURST neighbours
-    recs, ctxs = _flows(sorted(p.name for p in PCAPS.glob("*.pcap*")))
+    # every nDPI capture: long and short flows, with and without payload and BURST neighbours; the ones
+    # Model.classify runs (>= 2 packets)
+    pairs = [(r, c) for r, c in zip(*_flows(sorted(p.name for p in PCAPS.glob("*.pcap*")))) if len(r.packets) >= 2]
+    recs, ctxs = [r for r, _ in pairs], [c for _, c in pairs]
     assert len(recs) >= 3000
     return recs, ctxs
 
