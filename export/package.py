@@ -5,7 +5,8 @@ manifest.json:
   label_sets {"service": [...], "app": [...]}, inputs, outputs {"service", "app", "kind"},
   sha256 (of model.onnx), quantization, architecture {config, tokens, macs, flops, params},
   token_granules {input: multiple its token axis may be cut to} (export/token_axes.py),
-  parity {fp32_vs_torch, int8_vs_torch, cut_vs_full}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}, metrics {} (eval fills it)
+  simplified {rewrite: times applied} (export/simplify.py),
+  parity {fp32_vs_torch, int8_vs_torch, cut_vs_full (the shipped graph, cut and simplified, vs the full int8 one)}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}, metrics {} (eval fills it)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from etool_sensor.runtime import MANIFEST, MODEL_FILE, sha256_file
 
 from .onnx_export import OUTPUTS, export_onnx, torch_logits
 from .quantize import onnx_logits, parity, quantize_int8, quantize_static_int8
+from .simplify import simplify_graph
 from .token_axes import cut_logits, granules, make_token_axes_dynamic
 
 QUANT_MODES = ("static", "dynamic", "none")
@@ -83,6 +85,7 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
             final = fp32
         gran = granules(cfg.to_dict())
         cut = make_token_axes_dynamic(final, Path(tmp) / "cut.onnx", gran)
+        simplified = simplify_graph(cut, cut)
         par: dict[str, Any] = {}
         if check_feats is not None and len(check_feats["pkt"]):
             ref = torch_logits(model, check_feats)
@@ -104,6 +107,7 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
         "inputs": input_names(cfg),
         "outputs": {"service": OUTPUTS[0], "app": OUTPUTS[1], "kind": "logits"},
         "token_granules": gran,
+        "simplified": simplified,
         "sha256": sha256_file(out / MODEL_FILE),
         "quantization": {"static": "int8-static (QLinearMatMul on weight MatMuls, MinMax calibration on real flows)",
                          "dynamic": "int8-dynamic (weight MatMuls)", "none": "none (fp32)"}[mode],

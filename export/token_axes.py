@@ -145,11 +145,29 @@ def cut_logits(path: str | Path, feats: dict[str, np.ndarray], granules_: dict[s
     return out[0], out[1]
 
 
+def real_features(pcaps: Sequence[str | Path], spec: Any) -> tuple[dict[str, np.ndarray], int]:
+    """The encoded flows of `pcaps` that Model.classify runs (>= 2 packets), with their BURST context, and
+    how many; ValueError if there are none. The check set of a package rewrite."""
+    from etool_sensor.context import ContextTracker
+    from etool_sensor.features import encode
+    from etool_sensor.pcap import read_flows
+
+    recs, ctxs = [], []
+    for p in pcaps:
+        tr = ContextTracker()
+        for r in read_flows(p):
+            ctx = tr.observe(r)
+            if len(r.packets) >= 2:
+                recs.append(r)
+                ctxs.append(ctx)
+    if not recs:
+        raise ValueError("no flows with >= 2 packets in the given captures")
+    return encode(recs, ctxs, spec), len(recs)
+
+
 def upgrade_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str | None = None) -> dict[str, Any]:
     """Rewrite the model.onnx of an existing package (one exported before this step existed) in place: token
     axes dynamic, manifest token_granules, sha256, parity cut_vs_full measured on the flows of `pcaps`."""
-    from etool_sensor.context import ContextTracker
-    from etool_sensor.pcap import read_flows
     from etool_sensor.runtime import MANIFEST, MODEL_FILE, check_manifest, read_manifest, sha256_file
 
     from .quantize import onnx_logits, parity
@@ -158,19 +176,7 @@ def upgrade_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: st
     spec = check_manifest(d, manifest)
     if manifest.get("token_granules"):
         raise ValueError(f"{d}: token axes are already dynamic")
-    recs, ctxs = [], []
-    for p in pcaps:
-        tr = ContextTracker()
-        for r in read_flows(p):
-            ctx = tr.observe(r)
-            if len(r.packets) >= 2:  # what Model.classify runs
-                recs.append(r)
-                ctxs.append(ctx)
-    if not recs:
-        raise ValueError("no flows with >= 2 packets in the given captures")
-    from etool_sensor.features import encode
-
-    feats = encode(recs, ctxs, spec)
+    feats, n = real_features(pcaps, spec)
     gran = granules(manifest["architecture"]["config"])
     src = d / MODEL_FILE
     tmp = d / (MODEL_FILE + ".cut")
@@ -182,7 +188,7 @@ def upgrade_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: st
     tmp.replace(src)
     manifest["token_granules"] = gran
     manifest["sha256"] = sha256_file(src)
-    manifest.setdefault("parity", {})["cut_vs_full"] = {"flows": len(recs), **par}
+    manifest.setdefault("parity", {})["cut_vs_full"] = {"flows": n, **par}
     if version:
         manifest["version"] = version
     (d / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -146,6 +146,7 @@ def test_onnx_matches_torch_on_real_flows(quick_package, real_flows, tmp_path):
     assert m["parity"]["int8_vs_torch"]["service_argmax_agreement"] >= 0.95
     assert m["token_granules"] == granules(st.config.to_dict())
     assert m["parity"]["cut_vs_full"]["service_argmax_agreement"] >= 0.99
+    assert m["simplified"]["constant_reshape"] >= 4 and m["simplified"]["conv_as_matmul"] == 1
 
 
 @needs_data
@@ -160,7 +161,7 @@ def test_upgrade_package_makes_token_axes_dynamic(quick_package, tmp_path):
     shutil.copytree(quick_package, pkg)
     export_onnx(Student.load(pkg / "student.pt").model, pkg / "model.onnx")  # fixed token axes, as before
     m = json.loads((pkg / "manifest.json").read_text())
-    del m["token_granules"], m["parity"]["cut_vs_full"]
+    del m["token_granules"], m["parity"]["cut_vs_full"], m["simplified"]
     m["sha256"] = sha256_file(pkg / "model.onnx")
     (pkg / "manifest.json").write_text(json.dumps(m))
     assert load_model(pkg)._granules == {}
@@ -172,6 +173,21 @@ def test_upgrade_package_makes_token_axes_dynamic(quick_package, tmp_path):
     assert up.manifest["parity"]["cut_vs_full"]["flows"] > 10
     assert main([str(pkg), "--pcap", *caps]) == 2  # already dynamic: refused, nothing rewritten
     assert main([str(tmp_path / "nope"), "--pcap", *caps]) == 2
+    # then export.simplify, once; a package whose token axes are fixed is sent to token_axes first
+    from export import simplify
+    assert simplify.main([str(pkg), "--pcap", *caps, "--version", "0.0.3"]) == 0
+    sim = load_model(pkg)
+    layers = sim.manifest["architecture"]["config"]["layers"]
+    assert sim.version == "0.0.3" and sim.manifest["simplified"] == {"conv_as_matmul": 1, "constant_reshape": 4 * layers}
+    par = sim.manifest["parity"]["simplified_vs_previous"]
+    assert par["flows"] == up.manifest["parity"]["cut_vs_full"]["flows"] and par["service_argmax_agreement"] == 1.0
+    assert simplify.main([str(pkg), "--pcap", *caps]) == 2
+    fixed = tmp_path / "fixed"
+    shutil.copytree(quick_package, fixed)
+    mf = json.loads((fixed / "manifest.json").read_text())
+    del mf["token_granules"], mf["simplified"]
+    (fixed / "manifest.json").write_text(json.dumps(mf))
+    assert simplify.main([str(fixed), "--pcap", *caps]) == 2
 
 
 @needs_data

@@ -162,3 +162,61 @@ def test_fresh_exports_of_every_shape_cut_to_the_same_logits(shape, real_flows, 
     p = parity(ref, cut_logits(cut, feats, gran))
     assert p["service_max_abs_logit_diff"] < 1e-3 and p["app_max_abs_logit_diff"] < 1e-3, p
     assert p["service_argmax_agreement"] == 1.0 and p["app_argmax_agreement"] == 1.0, p
+
+
+@needs_data
+@pytest.mark.parametrize("shape", [
+    {},  # the default shape
+    {"layers": 1, "pkt_stride": 4, "dgram_stride": 16},  # the fast one
+    {"pkt_stride": 1, "use_payload": False},  # no datagram convolution: only the reshapes
+    {"pkt_stride": 3, "dgram_stride": 7},  # units padded up to whole tokens before the convolution
+])
+def test_simplified_graph_computes_the_same_logits(shape, real_flows, tmp_path):
+    """export/simplify.py on a fresh fp32 export: fewer kernels, no Conv, constant reshape targets, and the
+    same logits run cut as the runtime does (fp32: equal to float rounding, every label the same)."""
+    torch = pytest.importorskip("torch")
+    import onnx
+
+    from etool_sensor.features import FeatureSpec, encode
+    from etool_sensor.train.model import EncoderConfig, StudentClassifier
+    from export.onnx_export import export_onnx
+    from export.quantize import parity
+    from export.simplify import simplify_graph
+    from export.token_axes import cut_logits, granules, make_token_axes_dynamic
+
+    spec = FeatureSpec()
+    torch.manual_seed(0)
+    model = StudentClassifier(EncoderConfig.from_spec(spec, **shape), 6, 9)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    gran = granules(model.encoder.c.to_dict())
+    cut = make_token_axes_dynamic(export_onnx(model, tmp_path / "full.onnx"), tmp_path / "cut.onnx", gran)
+    done = simplify_graph(cut, tmp_path / "simple.onnx")
+    before, after = (onnx.load(str(p)).graph for p in (cut, tmp_path / "simple.onnx"))
+    assert done["conv_as_matmul"] == (0 if shape.get("use_payload") is False else 1)
+    assert done["constant_reshape"] >= 4 * model.encoder.c.layers
+    assert not [n for n in after.node if n.op_type == "Conv"]
+    assert len(after.node) < len(before.node) - 8 * model.encoder.c.layers
+    recs, ctxs = real_flows
+    feats = encode(recs[:600], ctxs[:600], spec)
+    p = parity(cut_logits(cut, feats, gran), cut_logits(tmp_path / "simple.onnx", feats, gran))
+    assert p["service_max_abs_logit_diff"] < 1e-4 and p["app_max_abs_logit_diff"] < 1e-4, p
+    assert p["service_argmax_agreement"] == 1.0 and p["app_argmax_agreement"] == 1.0, p
+    with pytest.raises(ValueError, match="nothing to simplify"):
+        simplify_graph(tmp_path / "simple.onnx", tmp_path / "again.onnx")
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["default", "fast"])
+def test_bundled_models_are_simplified_and_label_as_before(name):
+    """The shipped graphs went through export.simplify; the manifest keeps what the check measured."""
+    import onnx
+
+    from etool_sensor.runtime import load_model
+
+    m = load_model(name, threads=1)
+    assert m.manifest["simplified"]["conv_as_matmul"] == 1
+    nodes = onnx.load(str(m.path / "model.onnx")).graph.node
+    assert not [n for n in nodes if n.op_type == "Conv" or (n.op_type == "Shape" and "/attn/" in n.name)]
+    par = m.manifest["parity"]["simplified_vs_previous"]
+    assert par["flows"] >= 3000 and par["service_argmax_agreement"] == 1.0 and par["app_argmax_agreement"] >= 0.999

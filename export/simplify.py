@@ -1,0 +1,229 @@
+"""Fewer and cheaper kernels in an exported student graph, the same function.
+
+onnxruntime runs the student as ~180 small kernels; at the daemon's batch sizes (a few to a few dozen
+flows) the per-kernel cost is a large part of a run, and at classify's the fp32 datagram convolution is
+the largest single kernel. Two rewrites, each checked by `simplify_package` against the graph it replaces
+on real flows before a package is changed:
+
+- **datagram convolution as a matrix product.** `Transpose -> Conv(kernel k, stride k) -> Transpose` over
+  [batch, units, d] is a product of the units reshaped to [batch, units/k, k*d] with the kernel laid out
+  as [k*d, d_out], plus the bias: Reshape + MatMul + Add instead of two transposes and onnxruntime's
+  im2col convolution (1.77 of 20.9 ms per run of 64 flows, the largest kernel; docs/performance.md).
+- **constant reshape targets.** The exporter writes each attention reshape's target shape as
+  Shape -> Gather -> Unsqueeze -> Concat of the batch and token counts. Those dims are the reshape's own
+  input dims, which Reshape copies when the target says 0, so the target becomes a constant ([0, 0, h,
+  hd] and [0, 0, -1]) and the shape arithmetic (about nine kernels per layer) drops out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _attr(node: Any, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def simplify_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
+    """Rewrite the graph at `src` to `dst`; returns how many of each rewrite it made. ValueError if it made
+    none (not the exporter's graph, or already simplified)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def const(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        n = producer.get(name)
+        if n is not None and n.op_type == "Constant":
+            return numpy_helper.to_array(n.attribute[0].t)
+        return None
+
+    drop: set[int] = set()  # ids of nodes to remove
+    add: list[tuple[Any, list[Any]]] = []  # (node to replace, its replacements in order)
+    done = {"conv_as_matmul": 0, "constant_reshape": 0}
+
+    # 1. Transpose(0,2,1) -> Conv(k, stride k, no pad/dilation/group) -> Transpose(0,2,1)
+    for n in g.node:
+        if n.op_type != "Conv" or len(n.input) < 2:
+            continue
+        w = const(n.input[1])
+        b = const(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        t_in = producer.get(n.input[0])
+        outs = consumers.get(n.output[0], [])
+        if w is None or w.ndim != 3 or t_in is None or t_in.op_type != "Transpose" or len(outs) != 1:
+            continue
+        t_out = outs[0]
+        k = w.shape[2]
+        if (t_out.op_type != "Transpose" or list(_attr(t_in, "perm", [])) != [0, 2, 1]
+                or list(_attr(t_out, "perm", [])) != [0, 2, 1] or list(_attr(n, "kernel_shape", [k])) != [k]
+                or list(_attr(n, "strides", [1])) != [k] or any(_attr(n, "pads", [0, 0]))
+                or list(_attr(n, "dilations", [1])) != [1] or _attr(n, "group", 1) != 1
+                or len(consumers.get(t_in.output[0], [])) != 1):
+            continue
+        d_out, d_in = w.shape[0], w.shape[1]
+        tag = f"etool_simplify_conv{done['conv_as_matmul']}"
+        wm = np.ascontiguousarray(w.transpose(2, 1, 0).reshape(k * d_in, d_out)).astype(w.dtype)
+        g.initializer.extend([numpy_helper.from_array(wm, tag + "_w"),
+                              numpy_helper.from_array(np.array([0, -1, k * d_in], np.int64), tag + "_shape")])
+        nodes = [helper.make_node("Reshape", [t_in.input[0], tag + "_shape"], [tag + "_units"], name=tag + "_reshape"),
+                 helper.make_node("MatMul", [tag + "_units", tag + "_w"],
+                                  [tag + "_mm" if b is not None else t_out.output[0]], name=tag + "_matmul")]
+        if b is not None:
+            g.initializer.append(numpy_helper.from_array(b, tag + "_b"))
+            nodes.append(helper.make_node("Add", [tag + "_mm", tag + "_b"], [t_out.output[0]], name=tag + "_bias"))
+        drop.update({id(t_in), id(n)})
+        add.append((t_out, nodes))
+        done["conv_as_matmul"] += 1
+
+    # 2. Reshape(x, Concat(Unsqueeze(Gather(Shape(s), i)) at position i < 2, constants ...))
+    def shape_dim(name: str) -> int | None:
+        """i when `name` is Unsqueeze(Gather(Shape(.), i)), else None."""
+        u = producer.get(name)
+        gat = producer.get(u.input[0]) if u is not None and u.op_type == "Unsqueeze" else None
+        if gat is None or gat.op_type != "Gather" or producer.get(gat.input[0]) is None:
+            return None
+        if producer[gat.input[0]].op_type != "Shape" or _attr(producer[gat.input[0]], "start") is not None:
+            return None
+        i = const(gat.input[1])
+        return int(i) if i is not None and i.size == 1 else None
+
+    for n in g.node:
+        if n.op_type != "Reshape" or _attr(n, "allowzero", 0):
+            continue
+        cat = producer.get(n.input[1])
+        if cat is None or cat.op_type != "Concat":
+            continue
+        target: list[int] = []
+        for pos, piece in enumerate(cat.input):
+            c = const(piece)
+            if c is not None and c.size == 1 and int(c.reshape(-1)[0]) > 0:
+                target.append(int(c.reshape(-1)[0]))
+            elif pos < 2 and shape_dim(piece) == pos:
+                target.append(0)  # this dim of the reshape's own input (batch, tokens)
+            else:
+                target.append(-1)
+        if target[:2] != [0, 0] or target.count(-1) > 1:
+            continue
+        name = f"etool_simplify_shape{done['constant_reshape']}"
+        g.initializer.append(numpy_helper.from_array(np.array(target, np.int64), name))
+        n.input[1] = name
+        done["constant_reshape"] += 1
+
+    if not any(done.values()):
+        raise ValueError(f"{src}: nothing to simplify (not the exporter's graph, or already simplified)")
+    out: list[Any] = []
+    for n in g.node:
+        if id(n) in drop:
+            continue
+        rep = next((r for t, r in add if t is n), None)
+        out.extend(rep if rep is not None else [n])
+    del g.node[:]
+    g.node.extend(out)
+    _prune(g)
+    del g.value_info[:]
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dst))
+    return done
+
+
+def _prune(g: Any) -> None:
+    """Drop nodes and initializers nothing reads any more (the shape arithmetic, the conv weights)."""
+    needed = {o.name for o in g.output}
+    keep = []
+    for n in reversed(list(g.node)):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(i for i in n.input if i)
+    keep.reverse()
+    del g.node[:]
+    g.node.extend(keep)
+    used = [i for i in g.initializer if i.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(used)
+
+
+AGREE = 0.999  # least label agreement per head with the graph a package had before (simplify_package)
+
+
+def simplify_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str | None = None) -> dict[str, Any]:
+    """Simplify the model.onnx of a package in place, after checking the new graph against the old one on
+    the flows of `pcaps` as the runtime runs them (cut to length). Records manifest `simplified` (the
+    rewrites made) and parity `simplified_vs_previous`.
+
+    Both graphs compute the same function; with static int8 a last-bit change in the fp32 product can tip
+    a later rounding by one step, which moves a few flows' probabilities by up to ~0.03 and may flip a
+    near-tie. So labels must agree on at least AGREE of the flows per head, not on every one."""
+    from etool_sensor.runtime import MANIFEST, MODEL_FILE, check_manifest, read_manifest, sha256_file
+
+    from .quantize import parity
+    from .token_axes import cut_logits, real_features
+
+    d, manifest = read_manifest(pkg)
+    spec = check_manifest(d, manifest)
+    if manifest.get("simplified"):
+        raise ValueError(f"{d}: already simplified ({manifest['simplified']})")
+    gran = manifest.get("token_granules")
+    if not gran:
+        raise ValueError(f"{d}: token axes are not dynamic; run `python -m export.token_axes` on it first")
+    feats, n = real_features(pcaps, spec)
+    src = d / MODEL_FILE
+    tmp = d / (MODEL_FILE + ".simplified")
+    try:
+        done = simplify_graph(src, tmp)
+        par = parity(cut_logits(src, feats, gran), cut_logits(tmp, feats, gran))
+        if min(par["service_argmax_agreement"], par["app_argmax_agreement"]) < AGREE:
+            raise ValueError(f"{d}: the simplified graph changes labels: {par}")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(src)
+    manifest["simplified"] = done
+    manifest["sha256"] = sha256_file(src)
+    manifest.setdefault("parity", {})["simplified_vs_previous"] = {"flows": n, **par}
+    if version:
+        manifest["version"] = version
+    (d / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m export.simplify", description=simplify_package.__doc__)
+    ap.add_argument("package", help="model package directory (rewritten in place)")
+    ap.add_argument("--pcap", nargs="+", required=True, help="captures whose flows check the rewrite")
+    ap.add_argument("--version", help="new package version (the graph changes, so its sha256 does)")
+    a = ap.parse_args(argv)
+    from etool_sensor.runtime import ModelError
+
+    try:
+        m = simplify_package(a.package, a.pcap, version=a.version)
+    except (ValueError, OSError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.package}: {m['name']}@{m['version']}, simplified {m['simplified']}, "
+          f"vs previous {m['parity']['simplified_vs_previous']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
