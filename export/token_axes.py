@@ -4,9 +4,10 @@ The exporter writes every stream at its full length: 32 packets, 3 x 64 payload 
 Most flows fill a fraction of that (on the bench capture 23 of 38 tokens on average), and the rest is padding
 that attention masks out but the graph still computes. After this rewrite the graph takes each stream cut
 to any multiple of its merge stride (`granules`), and `runtime.Model` runs groups of flows cut to their
-longest member. A cut flow's outputs differ from the padded run only by the attention weight that padding
-received (exp(-20) per padded token after the clamp in SelfAttention), so verdicts stay the same
-(tests/test_token_axes.py compares both on real flows).
+longest member. In fp32 a cut flow's outputs equal the padded run's to float rounding; with static int8 the
+different summation order at another length can tip a rounding by one step, which moves a few flows'
+scores a little (not the padding's exp(-20) of attention: zeroing that exactly changed nothing; see
+docs/performance.md, 2026-11-27 IV). tests/test_token_axes.py compares both on real flows.
 
 Three edits; a graph without a position table raises ValueError, and with the granules given the result
 must run with every token input one granule long:
