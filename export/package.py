@@ -6,7 +6,8 @@ manifest.json:
   sha256 (of model.onnx), quantization, architecture {config, tokens, macs, flops, params},
   token_granules {input: multiple its token axis may be cut to} (export/token_axes.py),
   simplified {rewrite: times applied} (export/simplify.py),
-  parity {fp32_vs_torch, int8_vs_torch, cut_vs_full (the shipped graph, cut and simplified, vs the full int8 one)}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}, metrics {} (eval fills it)
+  parity {fp32_vs_torch, int8_vs_torch, simplified_vs_previous, cut_vs_full (the shipped graph, cut and
+  simplified, vs the full int8 one)}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}, metrics {} (eval fills it)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from etool_sensor.runtime import MANIFEST, MODEL_FILE, sha256_file
 
 from .onnx_export import OUTPUTS, export_onnx, torch_logits
 from .quantize import onnx_logits, parity, quantize_int8, quantize_static_int8
+from .simplify import AGREE as SIMPLIFY_AGREE
 from .simplify import simplify_graph
 from .token_axes import cut_logits, granules, make_token_axes_dynamic
 
@@ -85,7 +87,8 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
             final = fp32
         gran = granules(cfg.to_dict())
         cut = make_token_axes_dynamic(final, Path(tmp) / "cut.onnx", gran)
-        simplified = simplify_graph(cut, cut)
+        simple = Path(tmp) / "simple.onnx"
+        simplified = simplify_graph(cut, simple)
         par: dict[str, Any] = {}
         if check_feats is not None and len(check_feats["pkt"]):
             ref = torch_logits(model, check_feats)
@@ -94,8 +97,12 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
             full = onnx_logits(final, check_feats)
             if mode != "none":
                 par["int8_vs_torch"] = parity(ref, full)
-            par["cut_vs_full"] = parity(full, cut_logits(cut, check_feats, gran))
-        shutil.copyfile(cut, out / MODEL_FILE)
+            before = cut_logits(cut, check_feats, gran)
+            par["simplified_vs_previous"] = sp = parity(before, cut_logits(simple, check_feats, gran))
+            if min(sp["service_argmax_agreement"], sp["app_argmax_agreement"]) < SIMPLIFY_AGREE:
+                raise ValueError(f"the simplified graph disagrees with the one it replaces: {sp}")
+            par["cut_vs_full"] = parity(full, cut_logits(simple, check_feats, gran))
+        shutil.copyfile(simple, out / MODEL_FILE)
     fl = flops_per_flow(cfg, len(student.label_sets["service"]), len(student.label_sets["app"]))
     manifest: dict[str, Any] = {
         "name": name,

@@ -147,6 +147,7 @@ def test_onnx_matches_torch_on_real_flows(quick_package, real_flows, tmp_path):
     assert m["token_granules"] == granules(st.config.to_dict())
     assert m["parity"]["cut_vs_full"]["service_argmax_agreement"] >= 0.99
     assert m["simplified"]["constant_reshape"] >= 4 and m["simplified"]["conv_as_matmul"] == 1
+    assert m["parity"]["simplified_vs_previous"]["service_argmax_agreement"] >= 0.999
 
 
 @needs_data
