@@ -66,12 +66,20 @@ def child(a: argparse.Namespace) -> None:
         await asyncio.sleep(0.01)
         c0 = time.process_time()
         perf = time.perf_counter
+        half = d.s.queue_size // 2
         for i in range(0, len(frames), a.burst):
             for f in frames[i:i + a.burst]:
                 d._on_frame(f, perf())
             await asyncio.sleep(0)
+            while d.queue.qsize() > half:  # backpressure, as the socket gives it: no queue_full drops
+                await asyncio.sleep(0.0005)
+        last, idle = -1, 0
         while d.client.sent < len(frames):
             await asyncio.sleep(0.0005)
+            idle = idle + 1 if d.client.sent == last else 0
+            last = d.client.sent
+            if idle > 20000:  # 10 s without a verdict: something dropped flows; say so instead of hanging
+                raise SystemExit(f"only {d.client.sent} of {len(frames)} flows answered")
         c1 = time.process_time()
         batcher.cancel()
         d._pool.shutdown(wait=True)

@@ -40,6 +40,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import random
 import re
 import ssl
@@ -48,6 +49,13 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, NamedTuple
 
 from .flows import Chunk, FlowError, FlowRecord, Packet, Verdict
+
+try:  # the compiled decoder of the ETooL::flow frame (parse_flow); optional, like the pcap engine
+    from ._fastpath import flow_frame as _flow_frame
+except ImportError:  # no C compiler at install time, or a build from before flow_frame
+    _flow_frame = None
+if os.environ.get("ETOOL_PURE_PYTHON"):
+    _flow_frame = None
 
 try:  # orjson is strict (UTF-8, no NaN, depth limit) and ~5x faster; json is the fallback.
     import orjson as _orjson
@@ -764,7 +772,9 @@ def parse_flow(frame: str | bytes, max_bytes: int | None = None) -> FlowEvent:
     -> flow_from_event), which accepts and refuses exactly what it did before."""
     if type(frame) is str and (max_bytes is None or len(frame) <= max_bytes):
         try:
-            fe = _flow_text(frame)
+            fe = _flow_compiled(frame) if _flow_frame is not None else None
+            if fe is None:
+                fe = _flow_text(frame)
         except Exception:  # noqa: BLE001 - any surprise: the decoders below give the verdict and the error
             fe = None
         if fe is not None:
@@ -888,16 +898,6 @@ def _flow_text(frame: str) -> FlowEvent | None:
     if m is None:
         return None
     topic, uid, ts_s, oh, op, rh, rp, pk_s, ch_s, fin, reply_topic, mk, mts = m.groups()
-    nt = None
-    if mk is not None and int(mk) == 1:
-        nt = _timestamp(mts).seconds
-    elif mk is not None:
-        _timestamp(mts)  # _flow_fast decodes every metadata timestamp: a bad one sends the frame to the generic path
-    ts = _timestamp(ts_s)
-    orig_h, resp_h = _addr_str(oh), _addr_str(rh)
-    orig_p, resp_p = _port(op), _port(rp)
-    if orig_p.proto != resp_p.proto:
-        return None
     # Each skimmed element holds one ']' (its end) and an exact record holds one ']' (its end), so a
     # record found inside the vector text ends where an element ends: at most one per element. With as
     # many records as element openings, every element is exactly one record.
@@ -909,12 +909,37 @@ def _flow_text(frame: str) -> FlowEvent | None:
     packets = [Packet(int(num) * units[unit], io == "true", int(ipl), int(pll), int(fl))
                for num, unit, io, ipl, pll, fl in pk]
     chunks = [Chunk(io == "true", bytes.fromhex(h)) for io, h in ch]
+    return _flow_event(topic, uid, ts_s, oh, op, rh, rp, packets, chunks, fin == "true", reply_topic, mk, mts)
+
+
+def _flow_event(topic: str, uid: str, ts_s: str, oh: str, op: str, rh: str, rp: str, packets: list[Packet],
+                chunks: list[Chunk], final: bool, reply_topic: str, mk: str | None, mts: str | None
+                ) -> FlowEvent | None:
+    """The second half of _flow_text (and of the compiled _fastpath.flow_frame): the text fields of a frame
+    of the exact layout, checked and converted."""
+    nt = None
+    if mk is not None and int(mk) == 1:
+        nt = _timestamp(mts).seconds
+    elif mk is not None:
+        _timestamp(mts)  # _flow_fast decodes every metadata timestamp: a bad one sends the frame to the generic path
+    ts = _timestamp(ts_s)
+    orig_h, resp_h = _addr_str(oh), _addr_str(rh)
+    orig_p, resp_p = _port(op), _port(rp)
+    if orig_p.proto != resp_p.proto:
+        return None
     if len(packets) > MAX_FLOW_PACKETS or len(chunks) > MAX_FLOW_CHUNKS or any(len(c.data) > 65535 for c in chunks):
         return None
     rec = FlowRecord(uid, ts.seconds, orig_h, orig_p.number, resp_h, resp_p.number, orig_p.proto,
-                     packets, chunks, fin == "true")
+                     packets, chunks, final)
     rec.validate()
     return FlowEvent(rec, reply_topic, topic, nt)
+
+
+def _flow_compiled(frame: str) -> FlowEvent | None:
+    """_flow_text with the frame's grammar and the Packet/Chunk objects done in C (_fastpath.flow_frame);
+    None where the C decoder declines (the regex decoder then decides)."""
+    t = _flow_frame(frame, Packet, Chunk)
+    return None if t is None else _flow_event(*t)
 
 
 def _flow_fast(msg: Any) -> FlowEvent | None:

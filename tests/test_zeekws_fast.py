@@ -171,6 +171,88 @@ def test_random_mutations_of_real_frames(real_frames):
     assert taken > 300 and ok > taken  # the text path saw many of them; the rest went the other ways
 
 
+# ------------------------------------------------------------------------------ the compiled decoder
+needs_c = pytest.mark.skipif(z._flow_frame is None, reason="etool_sensor._fastpath not built")
+
+
+def c_outcome(fn, frame):
+    try:
+        return ("ok", fn(frame))
+    except Exception as e:  # noqa: BLE001 - parse_flow treats any exception of these as "not mine"
+        return ("raised", type(e).__name__, str(e))
+
+
+@needs_c
+def test_compiled_decoder_takes_every_real_frame_and_agrees(real_frames):
+    for f in real_frames:
+        fe = z._flow_compiled(f)
+        assert fe is not None and fe == z._flow_text(f)
+        assert all(type(p) is Packet for p in fe.record.packets) and all(type(c) is Chunk for c in fe.record.payload)
+
+
+@needs_c
+def test_compiled_decoder_declines_what_it_cannot_decide_exactly():
+    rec = sample()
+    base = z.encode_flow("etool/flows/", rec, "r/", network_time=1700000001.5)
+    no_meta = z.encode_flow("etool/flows/", rec, "r/")
+    empty_meta = no_meta[:-4] + ',{"@data-type":"vector","data":[]}]}]}'
+    for f in (base, no_meta, empty_meta, base.replace("000102030405", "000102030A0B")):
+        assert z._flow_compiled(f) == z._flow_text(f) is not None
+    # 16 significant digits of a timespan: int * float in Python, not necessarily double * double in C
+    long_dt = base.replace('"data":"0s"', '"data":"9007199254740993ns"', 1)
+    assert z._flow_frame(long_dt, Packet, Chunk) is None and z._flow_text(long_dt) is not None
+    padded = base.replace('"data":"0s"', '"data":"00000000000000000001ns"', 1)  # leading zeros are fine
+    assert z._flow_compiled(padded) == z._flow_text(padded) is not None
+    for bad in (base[:-1], base + " ", base.replace('"r/"', '""'), base.replace('"data":"1603"', '"data":"160"'),
+                base.replace('"51234/tcp"', '"512345/tcp"'), "é" + base[1:], base.replace('"data":60}', '"data":060}', 1)):
+        assert z._flow_frame(bad, Packet, Chunk) is None
+    with pytest.raises(TypeError):
+        z._flow_frame(base.encode(), Packet, Chunk)
+
+
+@needs_c
+def test_compiled_decoder_on_random_mutations_of_real_frames(real_frames):
+    """Whatever the C decoder accepts (or raises on) the regular-expression decoder decodes the same."""
+    rng = random.Random(20261127)
+    chars = '0123456789"\\,[]{}: .-aAfFxsmunT/\x7f\u00e9'
+    frames = real_frames[:64] + [z.encode_flow("etool/flows/", sample(n=n), "r/", network_time=time.time())
+                                 for n in (1, 2, 32)]
+    taken = 0
+    for i in range(4000):
+        f = rng.choice(frames)
+        for _ in range(rng.choice((1, 1, 2))):
+            k = rng.randrange(len(f))
+            op = rng.random()
+            if op < 0.4:
+                j = k
+                while j < len(f) and not f[j].isdigit():
+                    j += 1
+                if j < len(f):
+                    f = f[:j] + rng.choice("0123456789") + f[j + 1:]
+            elif op < 0.65:
+                f = f[:k] + rng.choice(chars) + f[k + 1:]
+            elif op < 0.8:
+                f = f[:k] + f[k + 1:]
+            else:
+                f = f[:k] + rng.choice(chars) + f[k:]
+        c = c_outcome(z._flow_compiled, f)
+        if c == ("ok", None):
+            continue
+        taken += 1
+        assert c == c_outcome(z._flow_text, f), f[:300]
+    assert taken > 1000
+
+
+def test_pure_python_switch_turns_the_compiled_decoder_off():
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import etool_sensor.zeekws as z; print(z._flow_frame is None)"],
+                         env=dict(os.environ, ETOOL_PURE_PYTHON="1"), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
 # ------------------------------------------------------------------------------ verdict encoding
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
