@@ -65,6 +65,28 @@ class _DS(SimpleNamespace):
         return len(self.labels)
 
 
+def test_bootstrap_macro_f1_is_metrics_and_its_intervals_behave():
+    from etool_sensor.evaluate import _macro_f1_min5_codes, bootstrap_vs
+
+    rng = np.random.default_rng(1)
+    labs = list("ABCDEFG")
+    for _ in range(40):  # the fast inner loop computes exactly what metrics() reports
+        n = int(rng.integers(5, 300))
+        y = [labs[i] for i in rng.integers(0, 7, n)]
+        p = [labs[i] if rng.random() < 0.5 else y[j] for j, i in enumerate(rng.integers(0, 7, n))]
+        code = {c: i for i, c in enumerate(sorted(set(y) | set(p)))}
+        fast = _macro_f1_min5_codes(np.array([code[v] for v in y]), np.array([code[v] for v in p]), len(code))
+        assert fast == pytest.approx(E.metrics(y, p)["macro_f1_min5"], abs=1e-12)
+    y = [labs[i % 4] for i in range(400)]
+    groups = [f"cap{i % 40}" for i in range(400)]
+    noisy = [v if i % 3 else "G" for i, v in enumerate(y)]  # a third wrong
+    same = E.bootstrap_vs(y, noisy, noisy, groups, boot=200)
+    assert same["ratio"] == 1.0 and same["ratio_ci95"] == [1.0, 1.0] and same["diff_ci95"] == [0.0, 0.0]
+    better = bootstrap_vs(y, y, noisy, groups, boot=200, seed=3)
+    assert better["ratio"] > 1.2 and better["ratio_ci95"][0] > 1.0 and better["diff_ci95"][0] > 0
+    assert better == bootstrap_vs(y, y, noisy, groups, boot=200, seed=3) and better["groups"] == 40
+
+
 def test_splits_disjoint_and_reproducible():
     f = _fake()
     ds = _DS(labels=f.labels, service=f.service, app=f.app, pcap=f.pcap, records=f.records)
@@ -154,6 +176,11 @@ def test_eval_cli_contract(eval_run):
             assert mm["flows"] == r["flows"] and len(mm["fold_macro_f1_min5"]) == 3
             assert mm["fold_mean"] == pytest.approx(np.mean(mm["fold_macro_f1_min5"]), abs=1e-3)
             assert "_pred" not in mm
+        vs = kf["methods"]["knn"]["vs_rf"]  # the forest is the target's reference: knn against it, resampled
+        assert "vs_rf" not in kf["methods"]["rf"] and vs["boot"] == 1000 and vs["unit"] == "capture file"
+        ratio = kf["methods"]["knn"]["macro_f1_min5"] / kf["methods"]["rf"]["macro_f1_min5"]
+        assert vs["ratio"] == pytest.approx(ratio, abs=1e-3)
+        assert vs["ratio_ci95"][0] <= vs["ratio_ci95"][1] and vs["diff_ci95"][0] <= vs["diff"] + 1e-9
     for s in r["splits"].values():
         assert s["train_flows"] + s["test_flows"] <= r["flows"]
         for m in ("rf", "knn"):
@@ -165,6 +192,7 @@ def test_eval_cli_contract(eval_run):
     assert r["splits"]["unseen_app"]["label"] == "category"
     md = (out / "r.md").read_text()
     assert "| rf |" in md and "Split `capture`" in md and "3 capture folds" in md and "3 random stratified folds" in md
+    assert "| knn | " in md.split("Against the forest")[1]
     assert list(out.glob("confusion_*_rf.png"))
 
 
