@@ -29,8 +29,7 @@ from etool_sensor.runtime import MANIFEST, MODEL_FILE, sha256_file
 
 from .onnx_export import OUTPUTS, export_onnx, torch_logits
 from .quantize import onnx_logits, parity, quantize_int8, quantize_static_int8
-from .simplify import AGREE as SIMPLIFY_AGREE
-from .simplify import simplify_graph
+from .simplify import check_agreement, simplify_graph
 from .token_axes import cut_logits, granules, make_token_axes_dynamic
 
 QUANT_MODES = ("static", "dynamic", "none")
@@ -99,8 +98,7 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
                 par["int8_vs_torch"] = parity(ref, full)
             before = cut_logits(cut, check_feats, gran)
             par["simplified_vs_previous"] = sp = parity(before, cut_logits(simple, check_feats, gran))
-            if min(sp["service_argmax_agreement"], sp["app_argmax_agreement"]) < SIMPLIFY_AGREE:
-                raise ValueError(f"the simplified graph disagrees with the one it replaces: {sp}")
+            check_agreement(sp, par["flows"], "build_package")
             par["cut_vs_full"] = parity(full, cut_logits(simple, check_feats, gran))
         shutil.copyfile(simple, out / MODEL_FILE)
     fl = flops_per_flow(cfg, len(student.label_sets["service"]), len(student.label_sets["app"]))

@@ -161,7 +161,16 @@ def _prune(g: Any) -> None:
     g.initializer.extend(used)
 
 
-AGREE = 0.999  # least label agreement per head with the graph a package had before (simplify_package)
+AGREE = 0.999  # least label agreement per head with the graph it replaces (one flow in any check set)
+
+
+def check_agreement(par: dict[str, Any], flows: int, what: str) -> None:
+    """ValueError unless both heads' labels agree on at least AGREE of `flows`, or on all but one flow
+    (a small check set: one near-tie is the rounding, not the rewrite)."""
+    for h in ("service", "app"):
+        wrong = round((1.0 - par[f"{h}_argmax_agreement"]) * flows)
+        if wrong > max(1, int((1.0 - AGREE) * flows)):
+            raise ValueError(f"{what}: the simplified graph changes {wrong} of {flows} {h} labels: {par}")
 
 
 def simplify_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str | None = None) -> dict[str, Any]:
@@ -171,7 +180,7 @@ def simplify_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: s
 
     Both graphs compute the same function; with static int8 a last-bit change in the fp32 product can tip
     a later rounding by one step, which moves a few flows' probabilities by up to ~0.03 and may flip a
-    near-tie. So labels must agree on at least AGREE of the flows per head, not on every one."""
+    near-tie. So labels must agree on at least AGREE of the flows per head (check_agreement), not on every one."""
     from etool_sensor.runtime import MANIFEST, MODEL_FILE, check_manifest, read_manifest, sha256_file
 
     from .quantize import parity
@@ -190,8 +199,7 @@ def simplify_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: s
     try:
         done = simplify_graph(src, tmp)
         par = parity(cut_logits(src, feats, gran), cut_logits(tmp, feats, gran))
-        if min(par["service_argmax_agreement"], par["app_argmax_agreement"]) < AGREE:
-            raise ValueError(f"{d}: the simplified graph changes labels: {par}")
+        check_agreement(par, n, str(d))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -220,3 +220,15 @@ def test_bundled_models_are_simplified_and_label_as_before(name):
     assert not [n for n in nodes if n.op_type == "Conv" or (n.op_type == "Shape" and "/attn/" in n.name)]
     par = m.manifest["parity"]["simplified_vs_previous"]
     assert par["flows"] >= 3000 and par["service_argmax_agreement"] == 1.0 and par["app_argmax_agreement"] >= 0.999
+
+
+def test_simplify_tolerates_one_near_tie_not_more():
+    from export.simplify import check_agreement
+
+    ok = {"service_argmax_agreement": 1.0, "app_argmax_agreement": 3192 / 3193}
+    check_agreement(ok, 3193, "pkg")  # the fast model's one flipped app near-tie
+    check_agreement({"service_argmax_agreement": 0.99, "app_argmax_agreement": 1.0}, 100, "pkg")  # one of 100
+    with pytest.raises(ValueError, match="2 of 100 service"):
+        check_agreement({"service_argmax_agreement": 0.98, "app_argmax_agreement": 1.0}, 100, "pkg")
+    with pytest.raises(ValueError, match="6 of 3000 app"):
+        check_agreement({"service_argmax_agreement": 1.0, "app_argmax_agreement": 0.998}, 3000, "pkg")
