@@ -20,6 +20,9 @@ Splits (all from --seed, over the matched flows):
   iid_kfold   (only when named; --folds K) the same with random folds stratified by label: the IID
               reference for the capture K-fold, so that the IID -> by-capture drop is measured on pooled
               predictions of every flow rather than on one partition of each.
+  On both K-fold splits, when rf runs, every other method also gets `vs_rf`: the ratio and difference of
+  its pooled macro-F1 (>=5) to the forest's with 95 % intervals from 1,000 bootstrap resamples of whole
+  capture files (the by-capture target is a ratio to the forest).
 
 Methods: rf and knn on the first 20 signed packet sizes (AppScanner/CUMUL-like), etool (student distilled
 from the LLM teacher), student_no_llm (no teacher), student_no_payload, student_ports, teacher (the LLM
