@@ -17,7 +17,6 @@ on real flows before a package is changed:
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,6 +39,8 @@ def simplify_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
     import onnx
     from onnx import helper, numpy_helper
 
+    from .token_axes import graph_const
+
     m = onnx.load(str(src))
     g = m.graph
     inits = {i.name: i for i in g.initializer}
@@ -50,12 +51,7 @@ def simplify_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
             consumers.setdefault(i, []).append(n)
 
     def const(name: str) -> np.ndarray | None:
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        n = producer.get(name)
-        if n is not None and n.op_type == "Constant":
-            return numpy_helper.to_array(n.attribute[0].t)
-        return None
+        return graph_const(name, inits, producer)
 
     drop: set[int] = set()  # ids of nodes to remove
     add: list[tuple[Any, list[Any]]] = []  # (node to replace, its replacements in order)
@@ -181,10 +177,10 @@ def simplify_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: s
     Both graphs compute the same function; with static int8 a last-bit change in the fp32 product can tip
     a later rounding by one step, which moves a few flows' probabilities by up to ~0.03 and may flip a
     near-tie. So labels must agree on at least AGREE of the flows per head (check_agreement), not on every one."""
-    from etool_sensor.runtime import MANIFEST, MODEL_FILE, check_manifest, read_manifest, sha256_file
+    from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest
 
     from .quantize import parity
-    from .token_axes import cut_logits, real_features
+    from .token_axes import commit_rewrite, cut_logits, real_features
 
     d, manifest = read_manifest(pkg)
     spec = check_manifest(d, manifest)
@@ -203,34 +199,14 @@ def simplify_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: s
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    tmp.replace(src)
-    manifest["simplified"] = done
-    manifest["sha256"] = sha256_file(src)
-    manifest.setdefault("parity", {})["simplified_vs_previous"] = {"flows": n, **par}
-    if version:
-        manifest["version"] = version
-    (d / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return commit_rewrite(d, manifest, tmp, version, "simplified_vs_previous", {"flows": n, **par}, simplified=done)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
+    from .token_axes import rewrite_main
 
-    ap = argparse.ArgumentParser(prog="python -m export.simplify", description=simplify_package.__doc__)
-    ap.add_argument("package", help="model package directory (rewritten in place)")
-    ap.add_argument("--pcap", nargs="+", required=True, help="captures whose flows check the rewrite")
-    ap.add_argument("--version", help="new package version (the graph changes, so its sha256 does)")
-    a = ap.parse_args(argv)
-    from etool_sensor.runtime import ModelError
-
-    try:
-        m = simplify_package(a.package, a.pcap, version=a.version)
-    except (ValueError, OSError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{a.package}: {m['name']}@{m['version']}, simplified {m['simplified']}, "
-          f"vs previous {m['parity']['simplified_vs_previous']}")
-    return 0
+    return rewrite_main(argv, "python -m export.simplify", simplify_package,
+                        lambda m: f"simplified {m['simplified']}, vs previous {m['parity']['simplified_vs_previous']}")
 
 
 if __name__ == "__main__":

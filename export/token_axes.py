@@ -39,6 +39,18 @@ def granules(config: dict[str, Any]) -> dict[str, int]:
     return {"pkt": s if n % s == 0 else n, "byt": byt, "seg": byt, "ctx": 1}
 
 
+def graph_const(name: str, inits: dict[str, Any], producer: dict[str, Any]) -> np.ndarray | None:
+    """The value of a graph tensor that is an initializer or a Constant node's output, else None."""
+    from onnx import numpy_helper
+
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    n = producer.get(name)
+    if n is not None and n.op_type == "Constant":
+        return numpy_helper.to_array(n.attribute[0].t)
+    return None
+
+
 def make_token_axes_dynamic(src: str | Path, dst: str | Path, granules_: dict[str, int] | None = None) -> Path:
     """Rewrite the graph at `src` (fp32 or int8) to `dst`; ValueError if it does not have the exporter's shape
     or, given the granules, if onnxruntime cannot run it with every token input one granule long."""
@@ -58,12 +70,7 @@ def make_token_axes_dynamic(src: str | Path, dst: str | Path, granules_: dict[st
     inits = {i.name: i for i in g.initializer}
 
     def const(name: str) -> np.ndarray | None:
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        n = producer.get(name)
-        if n is not None and n.op_type == "Constant":
-            return numpy_helper.to_array(n.attribute[0].t)
-        return None
+        return graph_const(name, inits, producer)
 
     new_nodes: list[Any] = []
     positions = reshapes = 0
@@ -169,7 +176,7 @@ def real_features(pcaps: Sequence[str | Path], spec: Any) -> tuple[dict[str, np.
 def upgrade_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str | None = None) -> dict[str, Any]:
     """Rewrite the model.onnx of an existing package (one exported before this step existed) in place: token
     axes dynamic, manifest token_granules, sha256, parity cut_vs_full measured on the flows of `pcaps`."""
-    from etool_sensor.runtime import MANIFEST, MODEL_FILE, check_manifest, read_manifest, sha256_file
+    from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest
 
     from .quantize import onnx_logits, parity
 
@@ -186,20 +193,32 @@ def upgrade_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: st
     if min(par["service_argmax_agreement"], par["app_argmax_agreement"]) < 0.99:
         tmp.unlink()
         raise ValueError(f"{d}: the cut graph disagrees with the full one: {par}")
-    tmp.replace(src)
-    manifest["token_granules"] = gran
-    manifest["sha256"] = sha256_file(src)
-    manifest.setdefault("parity", {})["cut_vs_full"] = {"flows": n, **par}
+    return commit_rewrite(d, manifest, tmp, version, "cut_vs_full", {"flows": n, **par}, token_granules=gran)
+
+
+def commit_rewrite(d: Path, manifest: dict[str, Any], new_graph: Path, version: str | None, parity_key: str,
+                   par: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """Put a checked, rewritten graph in place of a package's model.onnx and update its manifest: `fields`,
+    sha256, parity[parity_key], version. The graph goes first, so a failure leaves the old manifest's
+    checksum refusing the package rather than a manifest describing a graph that is not there."""
+    from etool_sensor.runtime import MANIFEST, MODEL_FILE, sha256_file
+
+    new_graph.replace(d / MODEL_FILE)
+    manifest.update(fields)
+    manifest["sha256"] = sha256_file(d / MODEL_FILE)
+    manifest.setdefault("parity", {})[parity_key] = par
     if version:
         manifest["version"] = version
     (d / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def rewrite_main(argv: Sequence[str] | None, prog: str, rewrite: Any, summary: Any) -> int:
+    """The command line of a package rewrite (this module's upgrade_package, simplify.simplify_package):
+    PACKAGE --pcap CAPTURE... [--version V]; exit 2 with the reason when the package is refused."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m export.token_axes", description=upgrade_package.__doc__)
+    ap = argparse.ArgumentParser(prog=prog, description=rewrite.__doc__)
     ap.add_argument("package", help="model package directory (rewritten in place)")
     ap.add_argument("--pcap", nargs="+", required=True, help="captures whose flows check the rewrite")
     ap.add_argument("--version", help="new package version (the graph changes, so its sha256 does)")
@@ -207,13 +226,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from etool_sensor.runtime import ModelError
 
     try:
-        m = upgrade_package(a.package, a.pcap, version=a.version)
+        m = rewrite(a.package, a.pcap, version=a.version)
     except (ValueError, OSError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{a.package}: {m['name']}@{m['version']}, token_granules {m['token_granules']}, "
-          f"cut vs full {m['parity']['cut_vs_full']}")
+    print(f"{a.package}: {m['name']}@{m['version']}, {summary(m)}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return rewrite_main(argv, "python -m export.token_axes", upgrade_package,
+                        lambda m: f"token_granules {m['token_granules']}, cut vs full {m['parity']['cut_vs_full']}")
 
 
 if __name__ == "__main__":

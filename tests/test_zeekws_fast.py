@@ -137,6 +137,30 @@ def test_layouts_the_text_path_leaves_to_the_json_decoders():
     assert same(base, 100)[2] == "too_big"
 
 
+def mutate(rng: random.Random, f: str, chars: str, times: int) -> str:
+    """`times` random edits of a frame: a digit for a digit (keeps the layout: exercises the decoded values),
+    a character replaced, deleted or inserted, or a span repeated."""
+    for _ in range(times):
+        k = rng.randrange(len(f))
+        op = rng.random()
+        if op < 0.35:
+            j = k
+            while j < len(f) and not f[j].isdigit():
+                j += 1
+            if j < len(f):
+                f = f[:j] + rng.choice("0123456789") + f[j + 1:]
+        elif op < 0.6:
+            f = f[:k] + rng.choice(chars) + f[k + 1:]
+        elif op < 0.75:
+            f = f[:k] + f[k + 1:]
+        elif op < 0.9:
+            f = f[:k] + rng.choice(chars) + f[k:]
+        else:
+            m = rng.randrange(k, min(len(f), k + 400) + 1)
+            f = f[:k] + f[k:m] + f[k:]
+    return f
+
+
 def test_random_mutations_of_real_frames(real_frames):
     rng = random.Random(20261126)
     chars = '0123456789"\\,[]{}: .-aAfFxsmunT/\x7f\u00e9'
@@ -144,25 +168,7 @@ def test_random_mutations_of_real_frames(real_frames):
                                  for n in (1, 2, 32)]
     taken = ok = 0
     for i in range(3000):
-        f = rng.choice(frames)
-        for _ in range(rng.choice((1, 1, 1, 2, 3))):
-            k = rng.randrange(len(f))
-            op = rng.random()
-            if op < 0.35:  # a digit for a digit keeps the layout: exercises the decoded values
-                j = k
-                while j < len(f) and not f[j].isdigit():
-                    j += 1
-                if j < len(f):
-                    f = f[:j] + rng.choice("0123456789") + f[j + 1:]
-            elif op < 0.6:
-                f = f[:k] + rng.choice(chars) + f[k + 1:]
-            elif op < 0.75:
-                f = f[:k] + f[k + 1:]
-            elif op < 0.9:
-                f = f[:k] + rng.choice(chars) + f[k:]
-            else:
-                m = rng.randrange(k, min(len(f), k + 400) + 1)
-                f = f[:k] + f[k:m] + f[k:]
+        f = mutate(rng, rng.choice(frames), chars, rng.choice((1, 1, 1, 2, 3)))
         try:
             taken += z._flow_text(f) is not None
         except Exception:  # noqa: BLE001 - parse_flow hands these to the other decoders
@@ -219,22 +225,7 @@ def test_compiled_decoder_on_random_mutations_of_real_frames(real_frames):
                                  for n in (1, 2, 32)]
     taken = 0
     for i in range(4000):
-        f = rng.choice(frames)
-        for _ in range(rng.choice((1, 1, 2))):
-            k = rng.randrange(len(f))
-            op = rng.random()
-            if op < 0.4:
-                j = k
-                while j < len(f) and not f[j].isdigit():
-                    j += 1
-                if j < len(f):
-                    f = f[:j] + rng.choice("0123456789") + f[j + 1:]
-            elif op < 0.65:
-                f = f[:k] + rng.choice(chars) + f[k + 1:]
-            elif op < 0.8:
-                f = f[:k] + f[k + 1:]
-            else:
-                f = f[:k] + rng.choice(chars) + f[k:]
+        f = mutate(rng, rng.choice(frames), chars, rng.choice((1, 1, 2)))
         c = c_outcome(z._flow_compiled, f)
         if c == ("ok", None):
             continue
