@@ -111,12 +111,15 @@ def simplify_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
         target: list[int] = []
         for pos, piece in enumerate(cat.input):
             c = const(piece)
-            if c is not None and c.size == 1 and int(c.reshape(-1)[0]) > 0:
-                target.append(int(c.reshape(-1)[0]))
+            if c is not None and c.size == 1:
+                target.append(int(c.reshape(-1)[0]))  # as written (0 and -1 keep their Reshape meaning)
+            elif c is not None:
+                target = []  # a multi-dim constant piece: not the pattern
+                break
             elif pos < 2 and shape_dim(piece) == pos:
                 target.append(0)  # this dim of the reshape's own input (batch, tokens)
             else:
-                target.append(-1)
+                target.append(-1)  # computed: the one dim Reshape infers from the element count
         if target[:2] != [0, 0] or target.count(-1) > 1:
             continue
         name = f"etool_simplify_shape{done['constant_reshape']}"
