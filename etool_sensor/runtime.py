@@ -83,6 +83,31 @@ def token_groups(feats: dict[str, np.ndarray], granules: dict[str, int], batch: 
     return order, runs
 
 
+def run_graph(session: Any, outputs: Sequence[str], feats: dict[str, np.ndarray], inputs: Sequence[str],
+              granules: dict[str, int]) -> list[np.ndarray | None]:
+    """The graph's `outputs` for every flow of `feats`, in input order (None for an output when there are no
+    flows): with `granules`, each flow's padding cut off and equal cuts run together (token_groups); without,
+    full-length runs of BATCH flows. Model._run and the export's parity checks both run graphs this way."""
+    n = len(feats["pkt"])
+    order = None
+    if granules:
+        order, runs = token_groups(feats, granules)
+    else:
+        runs = [(slice(i, i + BATCH), {}) for i in range(0, n, BATCH)]
+    parts: list[list[np.ndarray]] = [[] for _ in outputs]
+    for rows, cut in runs:
+        feed = {k: (feats[k][rows, :cut[k]] if k in cut else feats[k][rows]) for k in inputs}
+        for p, r in zip(parts, session.run(list(outputs), feed)):
+            p.append(np.asarray(r, np.float32))
+    out: list[np.ndarray | None] = []
+    for p in parts:
+        x = np.concatenate(p) if p else None
+        if x is not None and order is not None:
+            x[order] = x.copy()  # back to input order
+        out.append(x)
+    return out
+
+
 def collection_shortfalls(spec: FeatureSpec, params: Any) -> list[str]:
     """Where the flow collection (flows.FlowParams) keeps less than the model reads: one sentence each, for a
     warning. The model still runs, on less than it was trained and measured on."""
@@ -198,23 +223,10 @@ class Model:
         return encode(records, contexts, self.spec, mask_names=mask_names)
 
     def _run(self, feats: dict[str, np.ndarray], heads: Sequence[str]) -> dict[str, np.ndarray]:
-        n = len(feats["pkt"])
-        outs = [self._out[h] for h in heads]
-        parts: dict[str, list[np.ndarray]] = {h: [] for h in heads}
-        order = None
-        if self._granules:  # grouped by length, padding cut off (token_groups); one flow alike
-            order, runs = token_groups(feats, self._granules)
-        else:
-            runs = [(slice(i, i + BATCH), {}) for i in range(0, n, BATCH)]
-        for rows, cut in runs:
-            feed = {k: (feats[k][rows, :cut[k]] if k in cut else feats[k][rows]) for k in self._inputs}
-            for h, r in zip(heads, self.session.run(outs, feed)):
-                parts[h].append(np.asarray(r, np.float32))
+        res = run_graph(self.session, [self._out[h] for h in heads], feats, self._inputs, self._granules)
         probs = {}
-        for h in heads:
-            x = np.concatenate(parts[h]) if parts[h] else np.zeros((0, len(self.label_sets[h])), np.float32)
-            if order is not None:
-                x[order] = x.copy()  # back to input order
+        for h, x in zip(heads, res):
+            x = x if x is not None else np.zeros((0, len(self.label_sets[h])), np.float32)
             probs[h] = softmax(x) if self._out_kind == "logits" else x
         return probs
 

@@ -1,7 +1,8 @@
-"""Model export: ONNX (torch.onnx), int8 quantisation, dynamic token axes, parity checks and packaging.
+"""Model export: ONNX (torch.onnx), int8 quantisation, dynamic token axes, graph simplification, parity
+checks and packaging.
 
 `etool-sensor export` finds add_export_arguments / export_main here. They are imported on first use, so
-that `python -m export.package` / `python -m export.token_axes` run their module only once.
+that `python -m export.package` / `export.token_axes` / `export.simplify` run their module only once.
 """
 
 _PACKAGE = ("add_export_arguments", "build_package", "export_main", "update_metrics")

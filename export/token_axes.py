@@ -132,25 +132,14 @@ def _smoke(path: Path, granules_: dict[str, int]) -> None:
 
 def cut_logits(path: str | Path, feats: dict[str, np.ndarray], granules_: dict[str, int]
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of the rewritten graph run as the runtime runs it (runtime.token_groups), in input order."""
+    """Logits of the rewritten graph run as the runtime runs it (runtime.run_graph), in input order."""
     import onnxruntime as ort
 
-    from etool_sensor.runtime import token_groups
+    from etool_sensor.runtime import run_graph, session_options
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in s.get_inputs()]
-    order, runs = token_groups(feats, granules_)
-    out: list[np.ndarray] = []
-    for rows, cut in runs:
-        res = s.run(["service_logits", "app_logits"],
-                    {k: (feats[k][rows, :cut[k]] if k in cut else feats[k][rows]) for k in names})
-        out = out or [np.zeros((len(order), r.shape[-1]), np.float32) for r in res]
-        for o, r in zip(out, res):
-            o[rows] = r
-    return out[0], out[1]
+    s = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+    service, app = run_graph(s, ["service_logits", "app_logits"], feats, [i.name for i in s.get_inputs()], granules_)
+    return service, app
 
 
 def real_features(pcaps: Sequence[str | Path], spec: Any) -> tuple[dict[str, np.ndarray], int]:
