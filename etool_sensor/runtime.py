@@ -10,6 +10,7 @@ or whose model file does not match its checksum, is refused with a ModelError; n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ DEFAULT_MODEL_DIR = BUNDLED_DIR / "default"
 BUNDLED = ("default", "fast")
 BATCH = 256  # flows per onnxruntime call: activations stay in cache (faster than 1024 on 2 cores)
 HEADS = ("service", "app")
+SMALL_BATCH = 64  # token_groups groups batches up to this size in a dict (one numpy call fewer per input)
 
 
 class ModelError(RuntimeError):
@@ -49,6 +51,18 @@ class Thresholds:
         return self.per_label.get(label, self.default)
 
 
+@functools.lru_cache(maxsize=64)
+def _cut_levels(granule: int, length: int) -> np.ndarray:
+    """The lengths a token input of `length` may be cut to: power-of-two multiples of its granule, and length."""
+    return np.asarray([granule << i for i in range(length.bit_length()) if granule << i < length] + [length])
+
+
+def _used_length(a: np.ndarray) -> np.ndarray:
+    """Per flow, 1 + the index of its last token with any non-zero value (0 for none)."""
+    used = a.reshape(len(a), a.shape[1], -1).any(-1)
+    return (used * np.arange(1, a.shape[1] + 1)).max(1)
+
+
 def token_groups(feats: dict[str, np.ndarray], granules: dict[str, int], batch: int | None = None
                  ) -> tuple[np.ndarray, list[tuple[np.ndarray, dict[str, int]]]]:
     """Flows grouped by how far their token inputs can be cut: the order, and runs of at most `batch`
@@ -58,28 +72,40 @@ def token_groups(feats: dict[str, np.ndarray], granules: dict[str, int], batch: 
     padding (at most the full length), so it depends on the flow alone: with static int8, a flow's scores
     do not depend on the rest of its batch, in `classify`, `classify --workers` and the daemon alike.
     Powers of two keep the number of runs small (~30 per 512 flows) at most 2x the padding of an exact cut.
-    Padding is zero in every token input (features.encode), so nothing else is ever cut off."""
+    Padding is zero in every token input (features.encode), so nothing else is ever cut off.
+
+    Groups come in the order of their cuts (first input most significant), flows in input order within a
+    group. The daemon calls this for every batch of a few flows, so it keeps numpy calls few: each flow's
+    cut levels are folded into one integer key, and small batches are grouped in a dict."""
     batch = batch or BATCH
-    cols = []
-    for k, g in granules.items():
-        a = feats[k]
-        used = (a != 0).reshape(len(a), a.shape[1], -1).any(-1)
-        last = np.where(used.any(1), a.shape[1] - used[:, ::-1].argmax(1), 0)
-        levels = [g << i for i in range(a.shape[1].bit_length()) if g << i < a.shape[1]] + [a.shape[1]]
-        cols.append(np.asarray(levels)[np.searchsorted(levels, last)])
     names = list(granules)
+    used = {k: _used_length(feats[k]) for k in names}
     if "byt" in granules and "seg" in granules:  # two views of the same units: one length
-        i, j = names.index("byt"), names.index("seg")
-        cols[i] = cols[j] = np.maximum(cols[i], cols[j])
-    cuts, which = np.unique(np.stack(cols, 1), axis=0, return_inverse=True)
-    which = which.reshape(-1)
-    order = np.argsort(which, kind="stable")
-    runs, start = [], 0
-    for b, count in enumerate(np.bincount(which, minlength=len(cuts))):
-        rows = order[start:start + count]
-        start += count
-        cut = dict(zip(names, map(int, cuts[b])))
-        runs += [(rows[i:i + batch], cut) for i in range(0, count, batch)]
+        used["byt"] = used["seg"] = np.maximum(used["byt"], used["seg"])
+    levels = [_cut_levels(granules[k], feats[k].shape[1]) for k in names]
+    key = np.zeros(len(feats[names[0]]), np.int64)
+    for k, lv in zip(names, levels):  # mixed radix: sorting keys sorts the cuts lexicographically
+        key = key * len(lv) + np.searchsorted(lv, used[k])
+    if len(key) <= SMALL_BATCH:
+        by_key: dict[int, list[int]] = {}
+        for row, kk in enumerate(key.tolist()):
+            by_key.setdefault(kk, []).append(row)
+        keys = sorted(by_key)
+        rows_of = [np.asarray(by_key[kk], np.int64) for kk in keys]
+        order = np.concatenate(rows_of) if rows_of else np.zeros(0, np.int64)
+    else:
+        uniq, which = np.unique(key, return_inverse=True)
+        keys = uniq.tolist()
+        order = np.argsort(which.reshape(-1), kind="stable")
+        rows_of = np.split(order, np.cumsum(np.bincount(which.reshape(-1), minlength=len(keys)))[:-1])
+    runs = []
+    for kk, rows in zip(keys, rows_of):
+        cut = {}
+        for k, lv in zip(reversed(names), reversed(levels)):
+            kk, i = divmod(kk, len(lv))
+            cut[k] = int(lv[i])
+        cut = {k: cut[k] for k in names}
+        runs += [(rows[i:i + batch], cut) for i in range(0, len(rows), batch)]
     return order, runs
 
 

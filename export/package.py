@@ -5,9 +5,10 @@ manifest.json:
   label_sets {"service": [...], "app": [...]}, inputs, outputs {"service", "app", "kind"},
   sha256 (of model.onnx), quantization, architecture {config, tokens, macs, flops, params},
   token_granules {input: multiple its token axis may be cut to} (export/token_axes.py),
-  simplified {rewrite: times applied} (export/simplify.py),
-  parity {fp32_vs_torch, int8_vs_torch, simplified_vs_previous, cut_vs_full (the shipped graph, cut and
-  simplified, vs the full int8 one)}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}, metrics {} (eval fills it)
+  simplified {rewrite: times applied} (export/simplify.py), fused {rewrite: times applied} (export/fuse.py),
+  parity {fp32_vs_torch, int8_vs_torch, simplified_vs_previous, fused {previous_vs_reference,
+  fused_vs_reference, fused_vs_previous}, cut_vs_full (the shipped graph, cut, simplified and fused, vs the
+  full int8 one)}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}, metrics {} (eval fills it)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from etool_sensor.runtime import MANIFEST, MODEL_FILE, sha256_file
 
 from .onnx_export import OUTPUTS, export_onnx, torch_logits
 from .quantize import onnx_logits, parity, quantize_int8, quantize_static_int8
+from .fuse import check_closer, closeness, fuse_graph
 from .simplify import check_agreement, simplify_graph
 from .token_axes import cut_logits, granules, make_token_axes_dynamic
 
@@ -53,6 +55,31 @@ def hardware() -> str:
     except Exception:  # pragma: no cover
         pass
     return out
+
+
+STATIC_INT8_UNFUSED = "int8-static (QLinearMatMul on weight MatMuls, MinMax calibration on real flows)"
+STATIC_INT8 = ("int8-static (weight MatMuls as uint8 x int8 products with float outputs, MinMax-calibrated "
+               "activation scales on real flows; QAttention)")
+
+
+def _fuse(simple: Path, dst: Path, gran: dict[str, int], check_feats: dict[str, np.ndarray] | None,
+          ref: tuple[np.ndarray, np.ndarray] | None, par: dict[str, Any]) -> tuple[Path, dict[str, int]]:
+    """export/fuse.py on a static-int8 export: the fused graph and its rewrites if it is at least as close to
+    the torch model as the simplified one on the check flows (or when there are none to check on), else the
+    simplified graph and no rewrites, with the reason in par["fused"]."""
+    done = fuse_graph(simple, dst)
+    if ref is None:
+        return dst, done
+    n = len(check_feats["pkt"])  # type: ignore[index]
+    before, after = cut_logits(simple, check_feats, gran), cut_logits(dst, check_feats, gran)  # type: ignore[arg-type]
+    par["fused"] = {"flows": n, "reference": "torch", "previous_vs_reference": closeness(ref, before),
+                    "fused_vs_reference": closeness(ref, after), "fused_vs_previous": parity(before, after)}
+    try:
+        check_closer(par["fused"]["previous_vs_reference"], par["fused"]["fused_vs_reference"], n, "build_package")
+    except ValueError as e:
+        par["fused"]["kept_previous"] = str(e)
+        return simple, {}
+    return dst, done
 
 
 def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-student", version: str = "0.1.0",
@@ -89,6 +116,7 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
         simple = Path(tmp) / "simple.onnx"
         simplified = simplify_graph(cut, simple)
         par: dict[str, Any] = {}
+        ref = None
         if check_feats is not None and len(check_feats["pkt"]):
             ref = torch_logits(model, check_feats)
             par["flows"] = int(len(check_feats["pkt"]))
@@ -99,8 +127,12 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
             before = cut_logits(cut, check_feats, gran)
             par["simplified_vs_previous"] = sp = parity(before, cut_logits(simple, check_feats, gran))
             check_agreement(sp, par["flows"], "build_package")
-            par["cut_vs_full"] = parity(full, cut_logits(simple, check_feats, gran))
-        shutil.copyfile(simple, out / MODEL_FILE)
+        shipped, fused = simple, {}
+        if mode == "static":
+            shipped, fused = _fuse(simple, Path(tmp) / "fused.onnx", gran, check_feats, ref, par)
+        if "flows" in par:
+            par["cut_vs_full"] = parity(full, cut_logits(shipped, check_feats, gran))
+        shutil.copyfile(shipped, out / MODEL_FILE)
     fl = flops_per_flow(cfg, len(student.label_sets["service"]), len(student.label_sets["app"]))
     manifest: dict[str, Any] = {
         "name": name,
@@ -113,8 +145,9 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
         "outputs": {"service": OUTPUTS[0], "app": OUTPUTS[1], "kind": "logits"},
         "token_granules": gran,
         "simplified": simplified,
+        "fused": fused,
         "sha256": sha256_file(out / MODEL_FILE),
-        "quantization": {"static": "int8-static (QLinearMatMul on weight MatMuls, MinMax calibration on real flows)",
+        "quantization": {"static": STATIC_INT8 if fused else STATIC_INT8_UNFUSED,
                          "dynamic": "int8-dynamic (weight MatMuls)", "none": "none (fp32)"}[mode],
         "architecture": {"type": "TrafficEncoder (pre-LN transformer) + linear heads", "config": cfg.to_dict(),
                          "params": int(sum(p.numel() for p in model.parameters())), **fl},

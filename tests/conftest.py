@@ -16,3 +16,20 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is not present")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def quick_package(tmp_path_factory):
+    """`etool-sensor train --quick --no-teacher` on real captures: the package tests/test_model.py and
+    tests/test_fuse.py check (trained once per session)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    if not (NDPI / "labels.csv").is_file():
+        pytest.skip("shared/data not present")
+    from etool_sensor.train.cli import main
+
+    out = tmp_path_factory.mktemp("pkg") / "model"
+    rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--out", str(out), "--quick",
+               "--no-teacher", "--quick-pcaps", "30", "--name", "quick-test", "--version", "0.0.1"])
+    assert rc == 0
+    return out

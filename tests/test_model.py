@@ -49,22 +49,6 @@ def real_flows():
     return recs, ctxs
 
 
-@pytest.fixture(scope="module")
-def quick_package(tmp_path_factory):
-    """`etool-sensor train --quick --no-teacher` on real captures: the package every test below checks."""
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    if not LABELS.is_file():
-        pytest.skip("shared/data not present")
-    from etool_sensor.train.cli import main
-
-    out = tmp_path_factory.mktemp("pkg") / "model"
-    rc = main(["--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out), "--quick", "--no-teacher",
-               "--quick-pcaps", "30", "--name", "quick-test", "--version", "0.0.1"])
-    assert rc == 0
-    return out
-
-
 # ---------------------------------------------------------------------------------------- training
 @needs_data
 def test_train_student_config_sets_the_exported_shape(tmp_path):

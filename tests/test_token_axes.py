@@ -80,6 +80,31 @@ def test_token_groups_cover_every_flow_and_cut_only_padding(real_flows):
 
 
 @needs_data
+def test_small_batches_group_as_large_ones(real_flows, monkeypatch):
+    """token_groups groups batches of up to SMALL_BATCH flows in a dict, larger ones with numpy: both give
+    the same order and runs, at every size around the switch."""
+    import etool_sensor.runtime as rt
+
+    m = rt.load_model(threads=1)
+    recs, ctxs = real_flows
+    feats = m.features(recs, ctxs)
+    gran = m.manifest["token_granules"]
+    rng = np.random.default_rng(3)
+    small = rt.SMALL_BATCH
+    for size in (1, 2, 7, small - 1, small, small + 1, 300):
+        for _ in range(5):
+            rows = rng.choice(len(recs), size, replace=False)
+            sub = {k: v[rows] for k, v in feats.items()}
+            order, runs = rt.token_groups(sub, gran, batch=5)
+            monkeypatch.setattr(rt, "SMALL_BATCH", 0 if size <= small else 10**6)  # the other way
+            order2, runs2 = rt.token_groups(sub, gran, batch=5)
+            monkeypatch.undo()
+            assert order.tolist() == order2.tolist()
+            assert [(r.tolist(), c) for r, c in runs] == [(r.tolist(), c) for r, c in runs2]
+            assert sorted(order.tolist()) == list(range(size))
+
+
+@needs_data
 def test_a_flows_scores_do_not_depend_on_its_batch(real_flows, monkeypatch):
     """Each flow's cut depends on the flow alone: alone, in small batches or shuffled, the scores are the
     same bits (static int8), so classify, classify --workers and the daemon agree exactly."""
