@@ -428,18 +428,30 @@ class Daemon:
             raise failed[0]
 
     async def _batches(self, slots: asyncio.Semaphore, running: set, failed: list) -> None:
+        """Form batches and start their inference, INFLIGHT at a time.
+
+        A batch is formed only once an inference slot is free, and its deadline runs from its first flow's
+        arrival: on a quiet sensor a batch waits up to batch_deadline_ms for company, as before; under load
+        the flows that queued while both slots were busy go out at once, in one larger batch, instead of in
+        deadline-sized pieces that then wait for a slot. Larger batches cost less CPU per flow (fewer
+        onnxruntime runs per flow), so the daemon keeps up longer."""
         q = self.queue
         bs = self.s.batch_size
         deadline = self.s.batch_deadline_ms / 1000.0
         stop = False
         while not stop:
+            await slots.acquire()
+            if failed:
+                slots.release()
+                return
             first = await q.get()
             if first is _STOP:
+                slots.release()
                 if q.empty():
                     return
                 continue
             batch = [first]
-            t_end = time.perf_counter() + deadline
+            t_end = first.t_recv + deadline
             while len(batch) < bs:
                 while len(batch) < bs and not q.empty():
                     it = q.get_nowait()
@@ -469,10 +481,11 @@ class Daemon:
                     if it is not _STOP:
                         batch.append(it)
             for i in range(0, len(batch), bs):
-                await slots.acquire()
-                if failed:
-                    slots.release()
-                    return
+                if i:  # the first piece has its slot already
+                    await slots.acquire()
+                    if failed:
+                        slots.release()
+                        return
                 t = asyncio.create_task(self._infer_and_send(batch[i:i + bs]))
                 running.add(t)
                 t.add_done_callback(lambda t: _task_done(t, running, slots, failed))

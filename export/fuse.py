@@ -14,7 +14,7 @@ product and adds a rounding step the trained function does not have. Three rewri
   mask. Padding then gets weight 0 instead of the clamp's exp(-20), which the check below shows moves
   nothing that matters (as docs/performance.md, 2026-11-27 IV, found for exact zeros).
 
-About 45 fewer kernels per run for the default student (166 -> ~120), which matters most to the daemon's
+56 fewer kernels per run for the default student (166 -> 110), which matters most to the daemon's
 small batches (a few flows per run). The result is one rounding step closer to the trained function, so it
 is not the previous graph's bits: `fuse_package` accepts the new graph only if it is at least as close to a
 reference as the graph it replaces (`check_closer`). The reference is the torch model when there is one
