@@ -19,7 +19,7 @@ import numpy as np
 
 from .context import CONTEXT_SIZES, Context
 from .flows import FlowParams, FlowRecord
-from .masking import compact_tls_hello, mask_payload, normalize_random
+from .masking import compact_tls_hello, mask_chunk
 
 FEATURES_VERSION = 2  # 2: per-session random fields normalised (masking.normalize_random)
 
@@ -135,6 +135,7 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
     n, m, bb, k = spec.packets, spec.payload_packets, spec.payload_bytes, spec.context
     mask = spec.mask_names if mask_names is None else mask_names
     compact = spec.compact_hello
+    norm = spec.normalize_random
     bsz = len(records)
     pkt = np.zeros((bsz, n, 4), np.int64)
     byt = np.zeros((bsz, m * bb), np.int64)
@@ -160,9 +161,7 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
             if not data:
                 continue
             if mask:
-                data = mask_payload(data, r.proto, r.orig_p, r.resp_p)
-                if spec.normalize_random:
-                    data = normalize_random(data, r.proto, r.orig_p, r.resp_p)
+                data = mask_chunk(data, r.proto, r.orig_p, r.resp_p, norm)
             if compact:
                 data = compact_tls_hello(data)[:bb]
             pieces.append(data)

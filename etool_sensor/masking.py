@@ -13,6 +13,15 @@ random fields; it is not a privacy measure but keeps the model from memorising p
 
 from __future__ import annotations
 
+import os
+
+try:  # the compiled port of mask_chunk_py (optional, like the pcap engine)
+    from ._fastpath import mask_chunk as _mask_chunk_c
+except ImportError:  # no C compiler at install time, or a build from before mask_chunk
+    _mask_chunk_c = None
+if os.environ.get("ETOOL_PURE_PYTHON"):
+    _mask_chunk_c = None
+
 STAR = 0x2A
 _STRING_TAGS = {0x0C, 0x13, 0x14, 0x16, 0x1E, 0x1C, 0x12}
 _OID_CN = bytes.fromhex("0603550403")
@@ -275,3 +284,22 @@ def mask_payload(data: bytes, proto: str, orig_p: int, resp_p: int) -> bytes:
     elif proto == "udp":
         mask_gquic_sni(buf)
     return bytes(buf)
+
+
+def mask_chunk_py(data: bytes, proto: str, orig_p: int, resp_p: int, normalize: bool = True) -> bytes:
+    """mask_payload, then normalize_random when `normalize`: what features.encode does to every payload chunk
+    the model reads. The reference for the compiled port (_fastpath.mask_chunk)."""
+    data = mask_payload(data, proto, orig_p, resp_p)
+    return normalize_random(data, proto, orig_p, resp_p) if normalize else data
+
+
+_PROTO_CODE = {"tcp": 0, "udp": 1}
+
+
+def mask_chunk(data: bytes, proto: str, orig_p: int, resp_p: int, normalize: bool = True) -> bytes:
+    """mask_chunk_py, in C where the extension is built (the same bytes: tests/test_masking_fast.py compares
+    both on every chunk of the shared captures and on mutated ones). In Python the two passes cost as much as
+    the rest of features.encode together."""
+    if _mask_chunk_c is not None and type(data) is bytes:
+        return _mask_chunk_c(data, _PROTO_CODE.get(proto, 2), orig_p, resp_p, normalize)
+    return mask_chunk_py(data, proto, orig_p, resp_p, normalize)
