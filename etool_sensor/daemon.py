@@ -430,11 +430,11 @@ class Daemon:
     async def _batches(self, slots: asyncio.Semaphore, running: set, failed: list) -> None:
         """Form batches and start their inference, INFLIGHT at a time.
 
-        A batch is formed only once an inference slot is free, and its deadline runs from its first flow's
-        arrival: on a quiet sensor a batch waits up to batch_deadline_ms for company, as before; under load
-        the flows that queued while both slots were busy go out at once, in one larger batch, instead of in
-        deadline-sized pieces that then wait for a slot. Larger batches cost less CPU per flow (fewer
-        onnxruntime runs per flow), so the daemon keeps up longer."""
+        A batch is formed once an inference slot is free, and its deadline runs from its first flow's
+        arrival. On a quiet sensor a batch waits up to batch_deadline_ms for company, as before. Under load,
+        a batch closed before its slot was free would leave the flows that arrive during that wait to the
+        next batch and the next free slot; formed at the free slot, it takes them along, and a backlog goes
+        out without a further deadline wait."""
         q = self.queue
         bs = self.s.batch_size
         deadline = self.s.batch_deadline_ms / 1000.0

@@ -316,6 +316,36 @@ def test_slow_model_full_queue_drops_are_counted(flows):
     run(main())
 
 
+class _Recording(StubModel):
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.sizes: list[int] = []
+
+    def classify(self, records, *a, **kw):
+        self.sizes.append(len(records))
+        return super().classify(records, *a, **kw)
+
+
+def test_flows_that_queue_behind_a_busy_model_go_out_together(flows):
+    """Flows that arrive while both inference slots are busy are answered together once a slot is free,
+    not in deadline-sized batches one slot-time after another."""
+    async def main():
+        m = _Recording(0.1)
+        async with ZeekPeer() as peer, serving(peer, m, batch_size=256, batch_deadline_ms=5) as d:
+            assert await peer.wait_connected()
+            sent = flows[:100]
+            for r in sent:  # one flow every ~3 ms for ~0.3 s: ~30 arrive during each 0.1 s batch
+                await peer.publish_flow(r)
+                await asyncio.sleep(0.003)
+            await peer.wait_for(lambda: len(peer.verdicts) >= len(sent), 30)
+            assert sorted(uids(peer)) == sorted(r.uid for r in sent)
+            assert sum(m.sizes) == len(sent)
+            # deadline-sized batches would be ~2 flows each (~50 calls)
+            assert len(m.sizes) <= len(sent) // 4 and max(m.sizes) >= 15, m.sizes
+            assert d.counts()["verdicts_out"] == len(sent)
+    run(main())
+
+
 def test_rate_limit_drops_the_excess_and_counts_it(flows):
     """serve.max_flows_per_s: a burst above the limit is cut to about the limit; nothing goes uncounted."""
     async def main():
