@@ -135,7 +135,9 @@ def _attention(G: _Graph, split: Any) -> tuple[Any, dict[str, Any]] | None:
     # the additive mask: Reshape(Mul(Cast(Not(keep)), big negative)) -> keep [batch, tokens] (bool)
     r = G.producer.get(mask_add)
     mm = G.producer.get(r.input[0]) if r is not None and r.op_type == "Reshape" else None
-    big = G.const(next((i for i in mm.input if G.const(i) is not None), "")) if mm is not None and mm.op_type == "Mul" else None
+    big = None
+    if mm is not None and mm.op_type == "Mul":
+        big = G.const(next((i for i in mm.input if G.const(i) is not None), ""))
     cast = next((G.producer.get(i) for i in mm.input if G.producer.get(i) is not None
                  and G.producer[i].op_type == "Cast"), None) if mm is not None else None
     not_ = G.producer.get(cast.input[0]) if cast is not None else None
@@ -291,21 +293,12 @@ def fuse_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str |
     `fused` (both graphs against that reference, and against each other)."""
     import tempfile
 
-    from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest
-
     from .quantize import parity
-    from .token_axes import commit_rewrite, cut_logits, real_features
+    from .token_axes import commit_rewrite, cut_logits, open_rewrite
 
-    d, manifest = read_manifest(pkg)
-    spec = check_manifest(d, manifest)
-    if manifest.get("fused"):
-        raise ValueError(f"{d}: already fused ({manifest['fused']})")
-    gran = manifest.get("token_granules")
-    if not gran or not manifest.get("simplified"):
-        raise ValueError(f"{d}: run `python -m export.token_axes` and `python -m export.simplify` on it first")
-    feats, n = real_features(pcaps, spec)
-    src = d / MODEL_FILE
-    tmp = d / (MODEL_FILE + ".fused")
+    first = "run `python -m export.token_axes` and `python -m export.simplify` on it first"
+    d, manifest, gran, feats, n, src, tmp = open_rewrite(
+        pkg, pcaps, ("fused", "already fused"), [("token_granules", first), ("simplified", first)], ".fused")
     try:
         done = fuse_graph(src, tmp)
         with tempfile.TemporaryDirectory() as td:

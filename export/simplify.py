@@ -180,21 +180,12 @@ def simplify_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: s
     Both graphs compute the same function; with static int8 a last-bit change in the fp32 product can tip
     a later rounding by one step, which moves a few flows' probabilities by up to ~0.03 and may flip a
     near-tie. So labels must agree on at least AGREE of the flows per head (check_agreement), not on every one."""
-    from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest
-
     from .quantize import parity
-    from .token_axes import commit_rewrite, cut_logits, real_features
+    from .token_axes import commit_rewrite, cut_logits, open_rewrite
 
-    d, manifest = read_manifest(pkg)
-    spec = check_manifest(d, manifest)
-    if manifest.get("simplified"):
-        raise ValueError(f"{d}: already simplified ({manifest['simplified']})")
-    gran = manifest.get("token_granules")
-    if not gran:
-        raise ValueError(f"{d}: token axes are not dynamic; run `python -m export.token_axes` on it first")
-    feats, n = real_features(pcaps, spec)
-    src = d / MODEL_FILE
-    tmp = d / (MODEL_FILE + ".simplified")
+    first = "token axes are not dynamic; run `python -m export.token_axes` on it first"
+    d, manifest, gran, feats, n, src, tmp = open_rewrite(
+        pkg, pcaps, ("simplified", "already simplified"), [("token_granules", first)], ".simplified")
     try:
         done = simplify_graph(src, tmp)
         par = parity(cut_logits(src, feats, gran), cut_logits(tmp, feats, gran))

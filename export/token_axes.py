@@ -162,21 +162,36 @@ def real_features(pcaps: Sequence[str | Path], spec: Any) -> tuple[dict[str, np.
     return encode(recs, ctxs, spec), len(recs)
 
 
-def upgrade_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str | None = None) -> dict[str, Any]:
-    """Rewrite the model.onnx of an existing package (one exported before this step existed) in place: token
-    axes dynamic, manifest token_granules, sha256, parity cut_vs_full measured on the flows of `pcaps`."""
-    from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest
+Rewrite = tuple[Path, dict[str, Any], "dict[str, int] | None", dict[str, np.ndarray], int, Path, Path]
 
-    from .quantize import onnx_logits, parity
+
+def open_rewrite(pkg: str | Path, pcaps: Sequence[str | Path], done: tuple[str, str],
+                 needs: Sequence[tuple[str, str]], suffix: str) -> Rewrite:
+    """The start every package rewrite shares (upgrade_package, simplify_package, fuse_package): (directory,
+    manifest, token granules, the check flows' features and count, the model file, a path beside it for the
+    new graph). ValueError if the manifest says the rewrite was made (`done`: manifest key and what to say), or
+    lacks a step it builds on (`needs`: manifest key and what to do about it)."""
+    from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest
 
     d, manifest = read_manifest(pkg)
     spec = check_manifest(d, manifest)
-    if manifest.get("token_granules"):
-        raise ValueError(f"{d}: token axes are already dynamic")
+    if manifest.get(done[0]):
+        raise ValueError(f"{d}: {done[1]} ({done[0]}: {manifest[done[0]]})")
+    for key, fix in needs:
+        if not manifest.get(key):
+            raise ValueError(f"{d}: {fix}")
     feats, n = real_features(pcaps, spec)
+    return d, manifest, manifest.get("token_granules"), feats, n, d / MODEL_FILE, d / (MODEL_FILE + suffix)
+
+
+def upgrade_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str | None = None) -> dict[str, Any]:
+    """Rewrite the model.onnx of an existing package (one exported before this step existed) in place: token
+    axes dynamic, manifest token_granules, sha256, parity cut_vs_full measured on the flows of `pcaps`."""
+    from .quantize import onnx_logits, parity
+
+    done = ("token_granules", "token axes are already dynamic")
+    d, manifest, _, feats, n, src, tmp = open_rewrite(pkg, pcaps, done, (), ".cut")
     gran = granules(manifest["architecture"]["config"])
-    src = d / MODEL_FILE
-    tmp = d / (MODEL_FILE + ".cut")
     make_token_axes_dynamic(src, tmp, gran)
     par = parity(onnx_logits(src, feats), cut_logits(tmp, feats, gran))
     if min(par["service_argmax_agreement"], par["app_argmax_agreement"]) < 0.99:

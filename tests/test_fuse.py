@@ -65,7 +65,8 @@ def test_fused_graph_is_closer_to_torch_and_batch_independent(shape, real_flows,
     assert not [o for o in after if o in ("Softmax", "Split")]
     assert len(after) < len(before) - 15 * layers
     ref = torch_logits(model, feats)
-    prev, new = closeness(ref, cut_logits(simple, feats, gran)), closeness(ref, cut_logits(tmp_path / "fused.onnx", feats, gran))
+    prev = closeness(ref, cut_logits(simple, feats, gran))
+    new = closeness(ref, cut_logits(tmp_path / "fused.onnx", feats, gran))
     check_closer(prev, new, len(feats["pkt"]), "test")
     assert new["service_mean_abs_logit_diff"] < prev["service_mean_abs_logit_diff"]
     # a flow's scores: the same bits alone, shuffled in batches of 7, or all together
@@ -124,7 +125,8 @@ def test_fuse_package_rewrites_an_unfused_package_once(quick_package, tmp_path):
     par = up.manifest["parity"]["fused"]
     assert par["flows"] > 50 and "without activation quantisation" in par["reference"]
     for h in ("service", "app"):
-        assert par["fused_vs_reference"][f"{h}_mean_abs_logit_diff"] <= par["previous_vs_reference"][f"{h}_mean_abs_logit_diff"]
+        key = f"{h}_mean_abs_logit_diff"
+        assert par["fused_vs_reference"][key] <= par["previous_vs_reference"][key]
     assert "QAttention" in _ops(pkg / "model.onnx")
     assert fuse.main([str(pkg), "--pcap", *caps]) == 2  # already fused: refused, nothing rewritten
     assert up.manifest["sha256"] == sha256_file(pkg / "model.onnx")
@@ -143,4 +145,5 @@ def test_bundled_models_are_fused_and_closer_to_their_float_activations(name):
     par = m.manifest["parity"]["fused"]
     assert par["flows"] >= 3000
     for h in ("service", "app"):
-        assert par["fused_vs_reference"][f"{h}_mean_abs_logit_diff"] < par["previous_vs_reference"][f"{h}_mean_abs_logit_diff"]
+        key = f"{h}_mean_abs_logit_diff"
+        assert par["fused_vs_reference"][key] < par["previous_vs_reference"][key]
