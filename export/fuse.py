@@ -33,63 +33,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .simplify import _attr, _prune
+from .graph import Graph, attr
 
 
-class _Graph:
-    """An ONNX graph with its producer / consumer maps and constant lookup."""
-
-    def __init__(self, m: Any) -> None:
-        from .token_axes import graph_const
-
-        self.m, self.g = m, m.graph
-        self.inits = {i.name: i for i in self.g.initializer}
-        self.producer = {o: n for n in self.g.node for o in n.output}
-        self.consumers: dict[str, list[Any]] = {}
-        for n in self.g.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-        self._const = graph_const
-
-    def const(self, name: str) -> np.ndarray | None:
-        """A constant's value; through Identity nodes (the exporter shares equal initializers that way)."""
-        n = self.producer.get(name)
-        while n is not None and n.op_type == "Identity":
-            name, n = n.input[0], self.producer.get(n.input[0])
-        return self._const(name, self.inits, self.producer)
-
-    def only_consumer(self, name: str, op: str) -> Any | None:
-        c = self.consumers.get(name, [])
-        return c[0] if len(c) == 1 and c[0].op_type == op else None
-
-    def make(self, op: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> Any:
-        from onnx import helper
-
-        return helper.make_node(op, inputs, outputs, name=name,
-                                domain="com.microsoft" if op in ("QAttention", "MatMulIntegerToFloat") else "",
-                                **attrs)
-
-    def rewrite(self, drop: set[int], replace: dict[int, list[Any]]) -> None:
-        """Drop nodes, put replacements in place of nodes (in order), prune what nothing reads."""
-        from onnx import helper
-
-        out: list[Any] = []
-        for n in self.g.node:
-            if id(n) not in drop:
-                out.extend(replace.get(id(n), [n]))
-        del self.g.node[:]
-        self.g.node.extend(out)
-        if not any(o.domain == "com.microsoft" for o in self.m.opset_import):
-            self.m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-        _prune(self.g)
-        del self.g.value_info[:]
-
-
-def _attention(G: _Graph, split: Any) -> tuple[Any, dict[str, Any]] | None:
+def _attention(G: Graph, split: Any) -> tuple[Any, dict[str, Any]] | None:
     """For a Split of the dequantised qkv product: (the node whose output is the merged heads, the
     QAttention inputs and attributes), or None when the block is not the exporter's attention."""
     add = G.producer.get(split.input[0])
-    if add is None or add.op_type != "Add" or len(split.output) != 3 or _attr(split, "axis") not in (2, -1):
+    if add is None or add.op_type != "Add" or len(split.output) != 3 or attr(split, "axis") not in (2, -1):
         return None
     dq = next((G.producer.get(i) for i in add.input if G.producer.get(i) is not None
                and G.producer[i].op_type == "DequantizeLinear"), None)
@@ -105,7 +56,7 @@ def _attention(G: _Graph, split: Any) -> tuple[Any, dict[str, Any]] | None:
         target = G.const(r.input[1]) if r is not None else None
         if t is None or target is None or target.size != 4:
             return None
-        heads.append((int(target[2]), int(target[3]), list(_attr(t, "perm", [])), t))
+        heads.append((int(target[2]), int(target[3]), list(attr(t, "perm", [])), t))
     (h, hd, pq, tq), (_, _, pk, tk), (_, _, pv, tv) = heads
     if pq != [0, 2, 1, 3] or pk != [0, 2, 3, 1] or pv != [0, 2, 1, 3] or h * hd * 3 != bias.size:
         return None
@@ -130,7 +81,7 @@ def _attention(G: _Graph, split: Any) -> tuple[Any, dict[str, Any]] | None:
         return None
     t_out = G.only_consumer(weighted.output[0], "Transpose")
     merged = G.only_consumer(t_out.output[0], "Reshape") if t_out is not None else None
-    if merged is None or list(_attr(t_out, "perm", [])) != [0, 2, 1, 3]:
+    if merged is None or list(attr(t_out, "perm", [])) != [0, 2, 1, 3]:
         return None
     # the additive mask: Reshape(Mul(Cast(Not(keep)), big negative)) -> keep [batch, tokens] (bool)
     r = G.producer.get(mask_add)
@@ -154,7 +105,7 @@ def fuse_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
     import onnx
     from onnx import TensorProto
 
-    G = _Graph(onnx.load(str(src)))
+    G = Graph(onnx.load(str(src)))
     drop: set[int] = set()
     replace: dict[int, list[Any]] = {}
     done = {"int8_attention": 0, "matmul_float_out": 0, "gemm_float_out": 0}
@@ -225,7 +176,7 @@ def float_activations_graph(src: str | Path, dst: str | Path) -> Path:
     import onnx
     from onnx import helper, numpy_helper
 
-    G = _Graph(onnx.load(str(src)))
+    G = Graph(onnx.load(str(src)))
     drop: set[int] = set()
     replace: dict[int, list[Any]] = {}
     for k, n in enumerate(G.g.node):
@@ -250,8 +201,8 @@ def float_activations_graph(src: str | Path, dst: str | Path) -> Path:
                     (c.astype(np.float64) * float(a_scale) * ws.astype(np.float64)).astype(np.float32), name + "_b"))
                 inputs.append(name + "_b")
             node = helper.make_node("Gemm", inputs, [dq.output[0]], name=f"etool_ref_gemm{k}",
-                                    alpha=float(_attr(n, "alpha", 1.0)), transA=int(_attr(n, "transA", 0)),
-                                    transB=int(_attr(n, "transB", 0)))
+                                    alpha=float(attr(n, "alpha", 1.0)), transA=int(attr(n, "transA", 0)),
+                                    transB=int(attr(n, "transB", 0)))
         drop.add(id(n))
         replace[id(dq)] = [node]
     if not drop:

@@ -23,14 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
-def _attr(node: Any, name: str, default: Any = None) -> Any:
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
+from .graph import Graph, attr
 
 
 def simplify_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
@@ -39,19 +32,8 @@ def simplify_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
     import onnx
     from onnx import helper, numpy_helper
 
-    from .token_axes import graph_const
-
-    m = onnx.load(str(src))
-    g = m.graph
-    inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
-    def const(name: str) -> np.ndarray | None:
-        return graph_const(name, inits, producer)
+    G = Graph(onnx.load(str(src)))
+    m, g, producer, consumers, const = G.m, G.g, G.producer, G.consumers, G.const
 
     drop: set[int] = set()  # ids of nodes to remove
     add: list[tuple[Any, list[Any]]] = []  # (node to replace, its replacements in order)
@@ -69,10 +51,10 @@ def simplify_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
             continue
         t_out = outs[0]
         k = w.shape[2]
-        if (t_out.op_type != "Transpose" or list(_attr(t_in, "perm", [])) != [0, 2, 1]
-                or list(_attr(t_out, "perm", [])) != [0, 2, 1] or list(_attr(n, "kernel_shape", [k])) != [k]
-                or list(_attr(n, "strides", [1])) != [k] or any(_attr(n, "pads", [0, 0]))
-                or list(_attr(n, "dilations", [1])) != [1] or _attr(n, "group", 1) != 1
+        if (t_out.op_type != "Transpose" or list(attr(t_in, "perm", [])) != [0, 2, 1]
+                or list(attr(t_out, "perm", [])) != [0, 2, 1] or list(attr(n, "kernel_shape", [k])) != [k]
+                or list(attr(n, "strides", [1])) != [k] or any(attr(n, "pads", [0, 0]))
+                or list(attr(n, "dilations", [1])) != [1] or attr(n, "group", 1) != 1
                 or len(consumers.get(t_in.output[0], [])) != 1):
             continue
         d_out, d_in = w.shape[0], w.shape[1]
@@ -97,13 +79,13 @@ def simplify_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
         gat = producer.get(u.input[0]) if u is not None and u.op_type == "Unsqueeze" else None
         if gat is None or gat.op_type != "Gather" or producer.get(gat.input[0]) is None:
             return None
-        if producer[gat.input[0]].op_type != "Shape" or _attr(producer[gat.input[0]], "start") is not None:
+        if producer[gat.input[0]].op_type != "Shape" or attr(producer[gat.input[0]], "start") is not None:
             return None
         i = const(gat.input[1])
         return int(i) if i is not None and i.size == 1 else None
 
     for n in g.node:
-        if n.op_type != "Reshape" or _attr(n, "allowzero", 0):
+        if n.op_type != "Reshape" or attr(n, "allowzero", 0):
             continue
         cat = producer.get(n.input[1])
         if cat is None or cat.op_type != "Concat":
@@ -129,35 +111,10 @@ def simplify_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
 
     if not any(done.values()):
         raise ValueError(f"{src}: nothing to simplify (not the exporter's graph, or already simplified)")
-    out: list[Any] = []
-    for n in g.node:
-        if id(n) in drop:
-            continue
-        rep = next((r for t, r in add if t is n), None)
-        out.extend(rep if rep is not None else [n])
-    del g.node[:]
-    g.node.extend(out)
-    _prune(g)
-    del g.value_info[:]
+    G.rewrite(drop, {id(t): r for t, r in add})
     onnx.checker.check_model(m)
     onnx.save(m, str(dst))
     return done
-
-
-def _prune(g: Any) -> None:
-    """Drop nodes and initializers nothing reads any more (the shape arithmetic, the conv weights)."""
-    needed = {o.name for o in g.output}
-    keep = []
-    for n in reversed(list(g.node)):
-        if any(o in needed for o in n.output):
-            keep.append(n)
-            needed.update(i for i in n.input if i)
-    keep.reverse()
-    del g.node[:]
-    g.node.extend(keep)
-    used = [i for i in g.initializer if i.name in needed]
-    del g.initializer[:]
-    g.initializer.extend(used)
 
 
 AGREE = 0.999  # least label agreement per head with the graph it replaces (one flow in any check set)

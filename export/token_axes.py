@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .graph import Graph
+
 TOKEN_INPUTS = ("pkt", "byt", "seg", "ctx")
 
 
@@ -39,26 +41,14 @@ def granules(config: dict[str, Any]) -> dict[str, int]:
     return {"pkt": s if n % s == 0 else n, "byt": byt, "seg": byt, "ctx": 1}
 
 
-def graph_const(name: str, inits: dict[str, Any], producer: dict[str, Any]) -> np.ndarray | None:
-    """The value of a graph tensor that is an initializer or a Constant node's output, else None."""
-    from onnx import numpy_helper
-
-    if name in inits:
-        return numpy_helper.to_array(inits[name])
-    n = producer.get(name)
-    if n is not None and n.op_type == "Constant":
-        return numpy_helper.to_array(n.attribute[0].t)
-    return None
-
-
 def make_token_axes_dynamic(src: str | Path, dst: str | Path, granules_: dict[str, int] | None = None) -> Path:
     """Rewrite the graph at `src` (fp32 or int8) to `dst`; ValueError if it does not have the exporter's shape
     or, given the granules, if onnxruntime cannot run it with every token input one granule long."""
     import onnx
     from onnx import helper, numpy_helper
 
-    m = onnx.load(str(src))
-    g = m.graph
+    G = Graph(onnx.load(str(src)))
+    m, g, producer, const = G.m, G.g, G.producer, G.const
     inputs = {i.name: i for i in g.input}
     missing = [n for n in ("pkt", "ctx") if n not in inputs]  # byt/seg are pruned from a model without payload
     if missing:
@@ -66,12 +56,7 @@ def make_token_axes_dynamic(src: str | Path, dst: str | Path, granules_: dict[st
     for n in TOKEN_INPUTS:
         if n in inputs:
             inputs[n].type.tensor_type.shape.dim[1].dim_param = f"{n}_len"
-    producer = {o: n for n in g.node for o in n.output}
-    inits = {i.name: i for i in g.initializer}
-
-    def const(name: str) -> np.ndarray | None:
-        return graph_const(name, inits, producer)
-
+    inits = G.inits
     new_nodes: list[Any] = []
     positions = reshapes = 0
     minus_one = numpy_helper.from_array(np.array([-1], np.int64), "etool_token_axes_minus_one")
