@@ -232,6 +232,41 @@ def test_simplified_graph_computes_the_same_logits(shape, real_flows, tmp_path):
 
 
 @needs_data
+def test_simplify_keeps_a_bias_the_exporter_routes_through_identity(real_flows, tmp_path):
+    """torch.onnx shares equal initializers through Identity nodes: the convolution's bias may reach it that
+    way, and the matrix product that replaces the convolution must still add it."""
+    torch = pytest.importorskip("torch")
+    import onnx
+    from onnx import helper
+
+    from etool_sensor.features import FeatureSpec, encode
+    from etool_sensor.train.model import EncoderConfig, StudentClassifier
+    from export.onnx_export import export_onnx
+    from export.quantize import parity
+    from export.simplify import simplify_graph
+    from export.token_axes import cut_logits, granules, make_token_axes_dynamic
+
+    torch.manual_seed(0)
+    model = StudentClassifier(EncoderConfig.from_spec(FeatureSpec()), 6, 9)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    gran = granules(model.encoder.c.to_dict())
+    cut = make_token_axes_dynamic(export_onnx(model, tmp_path / "full.onnx"), tmp_path / "cut.onnx", gran)
+    m = onnx.load(str(cut))
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    m.graph.node.insert(0, helper.make_node("Identity", [conv.input[2]], ["shared_bias"], name="share"))
+    conv.input[2] = "shared_bias"
+    onnx.save(m, str(tmp_path / "shared.onnx"))
+    simplify_graph(tmp_path / "shared.onnx", tmp_path / "simple.onnx")
+    nodes = onnx.load(str(tmp_path / "simple.onnx")).graph.node
+    assert [n for n in nodes if n.name.endswith("_bias") and n.op_type == "Add"]
+    recs, ctxs = real_flows
+    feats = encode(recs[:300], ctxs[:300], FeatureSpec())
+    p = parity(cut_logits(cut, feats, gran), cut_logits(tmp_path / "simple.onnx", feats, gran))
+    assert p["service_max_abs_logit_diff"] < 1e-4 and p["app_max_abs_logit_diff"] < 1e-4, p
+
+
+@needs_data
 @pytest.mark.parametrize("name", ["default", "fast"])
 def test_bundled_models_are_simplified_and_label_as_before(name):
     """The shipped graphs went through export.simplify; the manifest keeps what the check measured."""
