@@ -100,11 +100,11 @@ def token_groups(feats: dict[str, np.ndarray], granules: dict[str, int], batch: 
         rows_of = np.split(order, np.cumsum(np.bincount(which.reshape(-1), minlength=len(keys)))[:-1])
     runs = []
     for kk, rows in zip(keys, rows_of):
-        cut = {}
-        for k, lv in zip(reversed(names), reversed(levels)):
+        lengths = []
+        for lv in reversed(levels):  # the key's digits, last input first
             kk, i = divmod(kk, len(lv))
-            cut[k] = int(lv[i])
-        cut = {k: cut[k] for k in names}
+            lengths.append(int(lv[i]))
+        cut = dict(zip(names, reversed(lengths)))
         runs += [(rows[i:i + batch], cut) for i in range(0, len(rows), batch)]
     return order, runs
 

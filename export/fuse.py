@@ -36,9 +36,10 @@ import numpy as np
 from .graph import Graph, attr
 
 
-def _attention(G: Graph, split: Any) -> tuple[Any, dict[str, Any]] | None:
-    """For a Split of the dequantised qkv product: (the node whose output is the merged heads, the
-    QAttention inputs and attributes), or None when the block is not the exporter's attention."""
+def _attention(G: Graph, split: Any) -> tuple[Any, list[str], str, int, float] | None:
+    """For a Split of the dequantised qkv product: (the node whose output is the merged heads, QAttention's
+    inputs but the mask, the bool keep mask [batch, tokens], heads, scale), or None when the block is not
+    the exporter's attention."""
     add = G.producer.get(split.input[0])
     if add is None or add.op_type != "Add" or len(split.output) != 3 or attr(split, "axis") not in (2, -1):
         return None
@@ -95,8 +96,7 @@ def _attention(G: Graph, split: Any) -> tuple[Any, dict[str, Any]] | None:
     if big is None or big.size != 1 or float(big.reshape(-1)[0]) > -1000.0 or not_ is None or not_.op_type != "Not":
         return None
     x, xs, xz, w, ws, wz = qmm.input[:6]
-    return merged, {"inputs": [x, w, bias_name, xs, ws, None, xz, wz], "keep": not_.input[0], "num_heads": h,
-                    "scale": float(scale.reshape(-1)[0])}
+    return merged, [x, w, bias_name, xs, ws, xz, wz], not_.input[0], h, float(scale.reshape(-1)[0])
 
 
 def fuse_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
@@ -109,25 +109,19 @@ def fuse_graph(src: str | Path, dst: str | Path) -> dict[str, int]:
     drop: set[int] = set()
     replace: dict[int, list[Any]] = {}
     done = {"int8_attention": 0, "matmul_float_out": 0, "gemm_float_out": 0}
-    masks: dict[str, str] = {}  # keep tensor -> its int32 copy
-    attn = 0
+    masks: dict[str, str] = {}  # keep tensor -> its int32 copy, made before the first attention reading it
     for n in list(G.g.node):
-        if n.op_type != "Split":
-            continue
-        found = _attention(G, n)
+        found = _attention(G, n) if n.op_type == "Split" else None
         if found is None:
             continue
-        merged, a = found
-        keep = a["keep"]
+        merged, (x, w, bias, xs, ws, xz, wz), keep, heads, scale = found
+        nodes = []
         if keep not in masks:
             masks[keep] = f"etool_fuse_keep{len(masks)}"
-            cast = G.make("Cast", [keep], [masks[keep]], masks[keep], to=TensorProto.INT32)
-            p = G.producer[keep]
-            replace[id(p)] = replace.get(id(p), [p]) + [cast]
-        a["inputs"][5] = masks[keep]
-        attn += 1
-        replace[id(merged)] = [G.make("QAttention", a["inputs"], [merged.output[0]], f"etool_fuse_attn{attn}",
-                                      num_heads=a["num_heads"], scale=a["scale"])]
+            nodes.append(G.make("Cast", [keep], [masks[keep]], masks[keep], to=TensorProto.INT32))
+        nodes.append(G.make("QAttention", [x, w, bias, xs, ws, masks[keep], xz, wz], [merged.output[0]],
+                            f"etool_fuse_{merged.name}", num_heads=heads, scale=scale))
+        replace[id(merged)] = nodes
     for n in G.g.node:  # a fused attention's qkv product is rewritten too, then pruned as dead
         dq = G.only_consumer(n.output[0], "DequantizeLinear") if n.op_type in ("QLinearMatMul", "QGemm") else None
         if dq is None:

@@ -147,7 +147,7 @@ def real_features(pcaps: Sequence[str | Path], spec: Any) -> tuple[dict[str, np.
     return encode(recs, ctxs, spec), len(recs)
 
 
-Rewrite = tuple[Path, dict[str, Any], "dict[str, int] | None", dict[str, np.ndarray], int, Path, Path]
+Rewrite = tuple[Path, dict[str, Any], dict[str, int] | None, dict[str, np.ndarray], int, Path, Path]
 
 
 def open_rewrite(pkg: str | Path, pcaps: Sequence[str | Path], done: tuple[str, str],
