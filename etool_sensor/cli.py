@@ -325,6 +325,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
 
         workers = usable_cores()
     _warn_collection(runtime, args.model or cfg.model.path, cfg.flow_params)
+    runtime.tune_gc()  # before the workers fork: they inherit it
     if workers > 1:
         # N processes, each reading the whole capture and classifying one shard (etool_sensor/parallel.py);
         # same rows in the same order, same summary, exit codes and errors as this one-process path.

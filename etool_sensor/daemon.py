@@ -654,7 +654,7 @@ def serve_main(args: argparse.Namespace, cfg: Any = None) -> int:
 
 def _serve_one(s: ServeSettings, workers: int = 1) -> int:
     try:
-        from .runtime import load_model
+        from .runtime import load_model, tune_gc
     except ImportError as e:
         print(f"etool-sensor serve: the model runtime is not available: {e}", file=sys.stderr)
         return 2
@@ -668,6 +668,7 @@ def _serve_one(s: ServeSettings, workers: int = 1) -> int:
         return 2
     log.info("model %s %s loaded", getattr(model, "name", "?"), getattr(model, "version", "?"))
     sys.setswitchinterval(GIL_SWITCH_S)  # this process is the daemon: see GIL_SWITCH_S
+    tune_gc()
     return asyncio.run(_serve(s, model))
 
 

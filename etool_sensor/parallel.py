@@ -91,6 +91,7 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
             conn.send(("error", EXIT_INPUT, f"model: {e}", None))
             return
         model_id = f"{model.name}@{model.version}"
+        runtime.tune_gc()  # inherited under 'fork'; 'spawn' starts with Python's defaults
         conn.send(("ready", model_id))
 
         fmt_e = row_formatter(ETOOL_FIELDS, spec.fmt)
