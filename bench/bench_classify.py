@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +70,35 @@ def run_e2e(threads: int | None, workers: int = 1, model: str = "default") -> fl
         if rc not in (0, 3):
             raise SystemExit(f"classify failed with exit code {rc}")
     return dt
+
+
+_ROOT_RUN = """
+import sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+from etool_sensor import cli, runtime  # imported before the clock starts, as in run_e2e
+import onnxruntime  # noqa: F401
+argv = ["classify", sys.argv[2], "-q", "--workers", sys.argv[3], "--model", sys.argv[4]] + sys.argv[5:]
+with tempfile.TemporaryDirectory() as td:
+    t = time.perf_counter()
+    rc = cli.main(argv + ["-o", td])
+    print(time.perf_counter() - t, rc)
+"""
+
+
+def run_e2e_root(root: Path, threads: int | None, workers: int, model: str) -> float:
+    """run_e2e with the etool_sensor of another checkout (its own process; imports done before timing)."""
+    extra: list[str] = []
+    with tempfile.TemporaryDirectory() as td:
+        if threads:
+            cfgfile = Path(td) / "etool.yaml"
+            cfgfile.write_text(f'{{"model": {{"threads": {threads}}}}}')
+            extra = ["--config", str(cfgfile)]
+        out = subprocess.run([sys.executable, "-c", _ROOT_RUN, str(root), str(CAPTURE), str(workers), model, *extra],
+                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(root)), check=True)
+    dt, rc = out.stdout.split()
+    if int(rc) not in (0, 3):
+        raise SystemExit(f"classify in {root} failed with exit code {rc}")
+    return float(dt)
 
 
 def run_stages(model, batch: int) -> tuple[dict[str, float], int, int]:
@@ -183,6 +213,9 @@ def main(argv=None) -> int:
     ap.add_argument("--readers", default="engine",
                     help="comma-separated pcap readers for the e2e runs: engine (the compiled packet path where "
                          "it applies, the default) and/or python (ETOOL_PURE_PYTHON=1), interleaved")
+    ap.add_argument("--roots", default=None,
+                    help="comma-separated checkouts (directories holding etool_sensor/) whose classify is timed end "
+                         "to end, each in its own process, interleaved round by round: an A/B of two commits")
     ap.add_argument("--no-stages", action="store_true", help="end-to-end runs only")
     ap.add_argument("--no-bert", action="store_true")
     ap.add_argument("--bert-seconds", type=float, default=3.0)
@@ -197,7 +230,9 @@ def main(argv=None) -> int:
     readers = [r for r in a.readers.split(",") if r]
     if set(readers) - {"engine", "python"}:
         ap.error("--readers takes engine and/or python")
-    runs_e2e: dict[tuple, list[float]] = {(n, w, r): [] for n in names for w in workers for r in readers}
+    roots = [Path(x).resolve() for x in a.roots.split(",") if x] if a.roots else [None]
+    runs_e2e: dict[tuple, list[float]] = {(n, w, r, root): [] for n in names for w in workers for r in readers
+                                          for root in roots}
     runs_st: list[dict[str, float]] = []
     nflows = npk = 0
     if a.no_stages:
@@ -208,12 +243,14 @@ def main(argv=None) -> int:
         for n in names:
             for w in workers:
                 for r in readers:
-                    if r == "python":
-                        os.environ["ETOOL_PURE_PYTHON"] = "1"
-                    try:
-                        runs_e2e[(n, w, r)].append(run_e2e(a.threads, w, n))
-                    finally:
-                        os.environ.pop("ETOOL_PURE_PYTHON", None)
+                    for root in roots:
+                        if r == "python":
+                            os.environ["ETOOL_PURE_PYTHON"] = "1"
+                        try:
+                            runs_e2e[(n, w, r, root)].append(
+                                run_e2e(a.threads, w, n) if root is None else run_e2e_root(root, a.threads, w, n))
+                        finally:
+                            os.environ.pop("ETOOL_PURE_PYTHON", None)
         if not a.no_stages:
             st: dict[str, float] = {}
             for j, n in enumerate(names):
@@ -237,20 +274,29 @@ def main(argv=None) -> int:
     if runs_st:
         print(f"{'sum of stages (' + names[0] + ')':24} {ssum:8.3f} {nflows / ssum:10,.0f} {npk / ssum:11,.0f}")
     e2e_fps = 0.0
-    for (n, w, r), runs in runs_e2e.items():
+    def where(root: Path | None) -> str:
+        return "" if root is None else f" {root.name or root}"
+
+    for (n, w, r, root), runs in runs_e2e.items():
         e2e, e2e_med = min(runs), statistics.median(runs)
         e2e_fps = max(e2e_fps, nflows / e2e)
         share = f"{e2e / ssum:6.1%}" if runs_st else f"{'':6}"
         label = f"e2e {n} w={w}" if len(names) > 1 else f"classify e2e workers={w}"
         if len(readers) > 1:
             label += f" {r}"
+        label += where(root)
         print(f"{label:24} {e2e:8.3f} {nflows / e2e:10,.0f} {npk / e2e:11,.0f} {share}  ({e2e_med:6.3f})")
+    if len(roots) > 1:
+        print("# per round, flows/s: " + "; ".join(
+            f"{n} w={w}{where(root)}: " + " ".join(f"{nflows / x:,.0f}" for x in runs)
+            for (n, w, r, root), runs in runs_e2e.items()))
     first = next(iter(runs_e2e))
     b1 = min(runs_e2e[first])
     others = [k for k in runs_e2e if k != first]
     if others:
-        print(f"# speed-up over {first[0]} workers={first[1]} reader={first[2]}: " + ", ".join(
-            f"{n} workers={w} reader={r} {b1 / min(runs_e2e[(n, w, r)]):.2f}x" for n, w, r in others))
+        print(f"# speed-up over {first[0]} workers={first[1]} reader={first[2]}{where(first[3])}: " + ", ".join(
+            f"{n} workers={w} reader={r}{where(root)} {b1 / min(runs_e2e[(n, w, r, root)]):.2f}x"
+            for n, w, r, root in others))
     model_fps = nflows / best["model"] if best else float("nan")
     if not a.no_bert:
         rows = bert_baseline(a.threads, a.bert_seconds)

@@ -97,6 +97,7 @@ def rec(packets, payload, proto="tcp", final=True, orig_p=51000, resp_p=443):
     return FlowRecord("C1", 1.0, "10.0.0.1", orig_p, "10.0.0.2", resp_p, proto, packets, payload, final)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")  # numpy on the 1e300 gaps
 def test_odd_records_encode_alike():
     spec = FeatureSpec()
     huge = 1e300
