@@ -187,51 +187,33 @@ class Counts:
     conns: int = 0
 
 
-def _verdict_row(rec: Any, v: Any, model_id: str, top_k: int) -> dict[str, Any]:
+def _verdict_row(rec: Any, v: Any, model_id: str, top_k: int, uid: str | None = None) -> list[Any]:
+    """etool.log's row for one verdict, in ETOOL_FIELDS order (a list: cheaper to format than a mapping);
+    `uid` instead of the record's (classify --workers: a placeholder the parent fills in)."""
     ok = v.status == "ok"
-    return {
-        "ts": rec.ts,
-        "uid": rec.uid,
-        "id.orig_h": rec.orig_h,
-        "id.orig_p": rec.orig_p,
-        "id.resp_h": rec.resp_h,
-        "id.resp_p": rec.resp_p,
-        "proto": rec.proto,
-        "service": (v.service or None) if ok else None,
-        "app": (v.app or None) if ok else None,
-        "confidence": v.confidence if ok and v.confidence is not None else None,
-        "unknown": bool(v.unknown) if ok else None,
-        "alternatives": list(v.alternatives or [])[:top_k] if ok else None,
-        "model": v.model or model_id,
-        "latency": None,  # online only: publish-to-verdict time
-        "status": v.status,
-    }
+    return [
+        rec.ts, rec.uid if uid is None else uid, rec.orig_h, rec.orig_p, rec.resp_h, rec.resp_p, rec.proto,
+        (v.service or None) if ok else None,  # service
+        (v.app or None) if ok else None,  # app
+        v.confidence if ok and v.confidence is not None else None,  # confidence
+        bool(v.unknown) if ok else None,  # unknown
+        list(v.alternatives or [])[:top_k] if ok else None,  # alternatives
+        v.model or model_id,  # model
+        None,  # latency: online only, publish-to-verdict time
+        v.status,  # status
+    ]
 
 
-def _conn_row(c: Any) -> dict[str, Any]:
-    return {
-        "ts": c.ts,
-        "uid": c.uid,
-        "id.orig_h": c.orig_h,
-        "id.orig_p": c.orig_p,
-        "id.resp_h": c.resp_h,
-        "id.resp_p": c.resp_p,
-        "proto": c.proto,
-        "service": getattr(c, "service", None) or None,
-        "duration": getattr(c, "duration", None),
-        "orig_bytes": getattr(c, "orig_bytes", None),
-        "resp_bytes": getattr(c, "resp_bytes", None),
-        "conn_state": getattr(c, "conn_state", None),
-        "local_orig": getattr(c, "local_orig", None),
-        "local_resp": getattr(c, "local_resp", None),
-        "missed_bytes": getattr(c, "missed_bytes", 0),
-        "history": getattr(c, "history", None),
-        "orig_pkts": getattr(c, "orig_pkts", None),
-        "orig_ip_bytes": getattr(c, "orig_ip_bytes", None),
-        "resp_pkts": getattr(c, "resp_pkts", None),
-        "resp_ip_bytes": getattr(c, "resp_ip_bytes", None),
-        "tunnel_parents": getattr(c, "tunnel_parents", None),
-    }
+def _conn_row(c: Any, uid: str | None = None) -> list[Any]:
+    """conn.log's row for one connection summary, in CONN_FIELDS order; `uid` as in _verdict_row."""
+    g = getattr
+    return [
+        c.ts, c.uid if uid is None else uid, c.orig_h, c.orig_p, c.resp_h, c.resp_p, c.proto,
+        g(c, "service", None) or None, g(c, "duration", None), g(c, "orig_bytes", None), g(c, "resp_bytes", None),
+        g(c, "conn_state", None), g(c, "local_orig", None), g(c, "local_resp", None), g(c, "missed_bytes", 0),
+        g(c, "history", None), g(c, "orig_pkts", None), g(c, "orig_ip_bytes", None), g(c, "resp_pkts", None),
+        g(c, "resp_ip_bytes", None), g(c, "tunnel_parents", None),
+    ]
 
 
 def _import_runtime_parts() -> tuple[Any, Any, Any]:

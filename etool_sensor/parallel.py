@@ -117,8 +117,7 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
             if len(verdicts) != len(recs):
                 raise RuntimeError(f"model returned {len(verdicts)} verdicts for {len(recs)} flows")
             for key, rec, v in zip(keys, recs, verdicts):
-                row = _verdict_row(rec, v, model_id, top_k)
-                row["uid"] = ph
+                row = _verdict_row(rec, v, model_id, top_k, ph)
                 ok = v.status == "ok"
                 erows.append((key, rec.uid, fmt_e(row), v.status, ok and bool(v.unknown),
                               v.alert(alert_labels) if ok else None))
@@ -147,8 +146,7 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
                         classify()
                         send(key)
                 elif kind == pcap.EV_CONN:
-                    row = _conn_row(obj)
-                    row["uid"] = ph
+                    row = _conn_row(obj, ph)
                     crows.append((key, obj.uid, fmt_c(row)))
                 elif kind == pcap.EV_NEW:
                     news.append(obj)

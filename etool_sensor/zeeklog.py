@@ -158,12 +158,15 @@ def ascii_row_formatter(types: Sequence[str]) -> Callable[[Sequence[Any]], str]:
     Generated once per log (as dataclasses generate __init__), so a row costs one call and the scalar
     cases are inlined; anything unusual (escaping, containers, non-native types) goes to the generic code."""
     env: dict[str, Any] = {"_fa": format_ascii, "_fd": format_double, "_sa": _scalar_ascii, "_U": UNSET_FIELD,
-                           "_E": EMPTY_FIELD}
+                           "_E": EMPTY_FIELD, "_fs": _plain_strings}
     exprs = []
     for i, t in enumerate(types):
         base = _check_type(t)
         v = f"v{i}"
-        if _is_container(t):
+        if _is_container(t) and base in ("string", "enum"):
+            # the common case (etool.log's alternatives): plain strings, joined as they are
+            e = f"((_fs({v}) if type({v}) is list and {v} else None) or _fa({t!r}, {v}))"
+        elif _is_container(t):
             e = f"_fa({t!r}, {v})"
         elif base in ("time", "interval"):
             e = f"'%.6f' % (({v}) if type({v}) is float else float({v}))"
@@ -188,6 +191,19 @@ def ascii_row_formatter(types: Sequence[str]) -> Callable[[Sequence[Any]], str]:
            + f"    return {SEPARATOR!r}.join(({', '.join(exprs)}{',' if len(exprs) == 1 else ''}))\n")
     exec(compile(src, f"<ascii row formatter {len(types)} fields>", "exec"), env)
     return env["row"]
+
+
+def _plain_strings(items: list) -> str | None:
+    """format_ascii of a non-empty container of strings when no item needs escaping (printable ASCII, no
+    backslash or separator, not empty and not a reserved marker); None otherwise (format_ascii decides)."""
+    try:
+        s = SET_SEPARATOR.join(items)
+    except TypeError:  # an item that is not a str (None, bytes, ...)
+        return None
+    if (s.isascii() and s.isprintable() and "\\" not in s and s.count(SET_SEPARATOR) == len(items) - 1
+            and "" not in items and UNSET_FIELD not in items and EMPTY_FIELD not in items):
+        return s
+    return None
 
 
 def format_ascii(ztype: str, v: Any) -> str:

@@ -381,3 +381,29 @@ def test_alert_labels_are_counted_in_the_summary(tmp_path: Path, capsys) -> None
     cfg.write_text(f"classify: {{alert_labels: [{label}]}}\n")
     rc, _, err = run(["classify", SAMPLE, "-o", tmp_path / "b", "--config", cfg], capsys)
     assert rc == 0 and f"{want} alerts ({label} {want})" in err, err
+
+
+def test_log_rows_follow_the_field_order() -> None:
+    """_verdict_row / _conn_row are lists in ETOOL_FIELDS / CONN_FIELDS order: each value lands in its column."""
+    from etool_sensor.cli import _conn_row, _verdict_row
+    from etool_sensor.flows import Verdict
+
+    conns: list = []
+    rec = list(read_flows(SAMPLE, on_conn=conns.append))[0]
+    v = Verdict(rec.uid, service="Web", app="TLS", confidence=0.75, unknown=False,
+                alternatives=["Web:0.75", "VPN:0.2", "Chat:0.05"], model="m@1")
+    row = dict(zip([n for n, _ in ETOOL_FIELDS], _verdict_row(rec, v, "x@0", 2)))
+    assert row == {"ts": rec.ts, "uid": rec.uid, "id.orig_h": rec.orig_h, "id.orig_p": rec.orig_p,
+                   "id.resp_h": rec.resp_h, "id.resp_p": rec.resp_p, "proto": rec.proto, "service": "Web",
+                   "app": "TLS", "confidence": 0.75, "unknown": False, "alternatives": ["Web:0.75", "VPN:0.2"],
+                   "model": "m@1", "latency": None, "status": "ok"}
+    assert len(_verdict_row(rec, v, "x", 3)) == len(ETOOL_FIELDS) and _verdict_row(rec, v, "x", 3, "@U")[1] == "@U"
+    c = conns[0]
+    row = dict(zip([n for n, _ in CONN_FIELDS], _conn_row(c, "@U")))
+    assert len(row) == len(CONN_FIELDS) == len(_conn_row(c))
+    assert row["uid"] == "@U" and row["id.resp_p"] == c.resp_p and row["history"] == c.history
+    assert (row["duration"], row["orig_bytes"], row["resp_bytes"], row["conn_state"]) == \
+        (c.duration, c.orig_bytes, c.resp_bytes, c.conn_state)
+    assert (row["orig_pkts"], row["orig_ip_bytes"], row["resp_pkts"], row["resp_ip_bytes"]) == \
+        (c.orig_pkts, c.orig_ip_bytes, c.resp_pkts, c.resp_ip_bytes)
+    assert row["missed_bytes"] == getattr(c, "missed_bytes", 0) and row["tunnel_parents"] is None

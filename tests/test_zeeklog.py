@@ -132,7 +132,9 @@ _TYPES = ["time", "interval", "double", "bool", "count", "int", "port", "addr", 
           "vector[string]", "set[string]"]
 _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
                     st.text(max_size=12), st.sampled_from(["-", "(empty)", "", "a,b", "a\tb", "x\\y"]),
-                    st.lists(st.one_of(st.none(), st.text(max_size=6)), max_size=3))
+                    st.lists(st.one_of(st.none(), st.text(max_size=6),
+                                       st.sampled_from(["-", "(empty)", "", ",", "a,b", "x\\y", "Web:0.5", "é"])),
+                             max_size=3))
 
 
 @settings(max_examples=300, deadline=None)
