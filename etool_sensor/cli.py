@@ -8,6 +8,7 @@ never imports torch and a missing optional part gives a one-line error instead o
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import inspect
 import os
@@ -297,6 +298,17 @@ def _summary(counts: Counts, stats: Any, outputs: Sequence[Path]) -> str:
 
 
 def classify_main(args: argparse.Namespace, cfg: Any) -> int:
+    """`classify`. The process settings it tunes (garbage collector, GIL switch interval) are put back after
+    the run, so that a program calling cli.main (tests, notebooks) keeps its own."""
+    before = gc.get_threshold(), sys.getswitchinterval()
+    try:
+        return _classify(args, cfg)
+    finally:
+        gc.set_threshold(*before[0])
+        sys.setswitchinterval(before[1])
+
+
+def _classify(args: argparse.Namespace, cfg: Any) -> int:
     from .zeeklog import LogWriteError
 
     _check_inputs(args.captures)
@@ -366,6 +378,10 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
     # order; at most PIPELINE + threads - 1 batches are in flight, so memory stays bounded.
     inflight: deque[tuple[list[Any], Future]] = deque()
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etool-model")
+    # The model threads give the GIL up at every onnxruntime run (one per distinct cut of a batch) and need it
+    # back to go on, while this thread reads; at CPython's 5 ms switch interval they waited that long each
+    # time: 0.2 ms is 1.1x end to end (docs/performance.md, 2026-11-27 VI).
+    sys.setswitchinterval(runtime.GIL_SWITCH_S)
 
     def classify_batch(recs: list[Any], ctxs: list[Any]) -> list[Any]:
         return model.classify(recs, ctxs, thresholds, mask_names=cfg.privacy.mask_names,

@@ -166,12 +166,6 @@ class Metrics:
 
 
 INFLIGHT = 2  # batches in inference at once (see Daemon._pool)
-# The GIL switch interval of a daemon process (CPython's default is 5 ms). The inference thread gives the
-# GIL up at every onnxruntime run and needs it back to go on; while the event loop decodes frames, it waited
-# up to 5 ms each time, several times per batch. At 0.2 ms, p99 verdict latency was lower at 2,000 and
-# 3,000 flows/s in each of four A/B pairs (e.g. 70 -> 51 and 441 -> 313 ms), at the same CPU per flow, and
-# unchanged at 1,000 flows/s (docs/performance.md, 2026-11-27 IV).
-GIL_SWITCH_S = 0.0002
 
 
 def _task_done(t: asyncio.Task, running: set, slots: asyncio.Semaphore, failed: list) -> None:
@@ -654,7 +648,7 @@ def serve_main(args: argparse.Namespace, cfg: Any = None) -> int:
 
 def _serve_one(s: ServeSettings, workers: int = 1) -> int:
     try:
-        from .runtime import load_model, tune_gc
+        from .runtime import GIL_SWITCH_S, load_model, tune_gc
     except ImportError as e:
         print(f"etool-sensor serve: the model runtime is not available: {e}", file=sys.stderr)
         return 2
@@ -667,7 +661,7 @@ def _serve_one(s: ServeSettings, workers: int = 1) -> int:
         print(f"etool-sensor serve: cannot load model: {e}", file=sys.stderr)
         return 2
     log.info("model %s %s loaded", getattr(model, "name", "?"), getattr(model, "version", "?"))
-    sys.setswitchinterval(GIL_SWITCH_S)  # this process is the daemon: see GIL_SWITCH_S
+    sys.setswitchinterval(GIL_SWITCH_S)  # this process is the daemon: see runtime.GIL_SWITCH_S
     tune_gc()
     return asyncio.run(_serve(s, model))
 

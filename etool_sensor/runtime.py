@@ -321,6 +321,13 @@ def session_options(threads: int | None = None) -> Any:
     return so
 
 
+#: The GIL switch interval of processes where inference threads run beside a busy Python thread (the daemon's
+#: event loop, classify's reader; CPython's default is 5 ms). An inference thread gives the GIL up at every
+#: onnxruntime run and needs it back to go on; at 5 ms it waited that long several times per batch. At 0.2 ms
+#: the daemon's p99 at 2,000-3,000 flows/s fell (e.g. 70 -> 51 and 441 -> 313 ms, the same CPU per flow;
+#: docs/performance.md, 2026-11-27 IV) and one-process classify ran 1.1x faster (2026-11-27 VI).
+GIL_SWITCH_S = 0.0002
+
 #: The cyclic garbage collector's thresholds for classify and serve (Python's default: 700, 10, 10).
 GC_THRESHOLDS = (50_000, 20, 20)
 
