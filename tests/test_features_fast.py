@@ -159,3 +159,16 @@ def test_encode_uses_the_compiled_path(monkeypatch, flows):
         b = encode(recs[:400], ctxs[:400], spec)
         monkeypatch.undo()
         same(a, b)
+
+
+def test_pure_python_switch_turns_the_compiled_encoder_off():
+    import os
+    import subprocess
+    import sys
+
+    code = "import etool_sensor.features as f; print(f._encode_c is None)"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                        env={k: v for k, v in os.environ.items() if k != "ETOOL_PURE_PYTHON"})
+    off = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ETOOL_PURE_PYTHON="1"),
+                         capture_output=True, text=True, check=True)
+    assert (on.stdout.strip(), off.stdout.strip()) == ("False", "True")
