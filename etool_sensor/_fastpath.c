@@ -11,6 +11,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -252,6 +253,99 @@ static int hist_add(Conn *c, char ch) {
 static int hist_has(const Conn *c, char ch) { return c->hist_len && memchr(c->hist, ch, c->hist_len) != NULL; }
 
 /* ------------------------------------------------------------------------------------------ */
+/* ------------------------------------------------------------------------------------------------
+ * Record objects. flows.Packet and flows.Chunk are dataclasses with __slots__ whose generated __init__
+ * only stores its arguments in the slots, in field order; calling it (a Python function) was most of the
+ * cost of a packet here. For such a class make() allocates the instance and fills the slots directly; any
+ * other class (no __slots__, a __post_init__, other fields, a custom __init__) is called as before.
+ */
+typedef struct {
+    PyObject *type; /* strong reference; NULL = free entry */
+    int n;          /* fields; -1 = call the class */
+    Py_ssize_t off[8];
+} SlotCls;
+
+static SlotCls slot_cache[8];
+
+static int slots_of(PyObject *cls, SlotCls *s) {
+    s->n = -1;
+    if (!PyType_Check(cls)) return 0;
+    PyObject *fields = NULL, *params = NULL, *flag = NULL, *post = NULL;
+    int ok = 0;
+    if (!(fields = PyObject_GetAttrString(cls, "__dataclass_fields__")) || !PyDict_Check(fields)) goto done;
+    if (!(params = PyObject_GetAttrString(cls, "__dataclass_params__"))) goto done;
+    if (!(flag = PyObject_GetAttrString(params, "init")) || flag != Py_True) goto done;
+    if (PyObject_HasAttrString(cls, "__post_init__")) goto done;
+    /* the generated __init__ of this class, not an inherited or hand-written one */
+    if (!(post = PyObject_GetAttrString(cls, "__init__")) || !PyFunction_Check(post)) goto done;
+    PyObject *qn = ((PyFunctionObject *)post)->func_qualname, *want = PyUnicode_FromFormat(
+        "%U.__init__", ((PyHeapTypeObject *)cls)->ht_qualname);
+    if (!want) goto done;
+    int same = PyUnicode_Check(qn) && PyUnicode_Compare(qn, want) == 0;
+    Py_DECREF(want);
+    if (!same || PyDict_GET_SIZE(fields) > 8) goto done;
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *name, *fld;
+    while (PyDict_Next(fields, &pos, &name, &fld)) {
+        PyObject *d = PyObject_GetAttr(cls, name);
+        if (!d) goto done;
+        int good = Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+                   !(((PyMemberDescrObject *)d)->d_member->flags & READONLY) &&
+                   ((PyMemberDescrObject *)d)->d_common.d_type == (PyTypeObject *)cls;
+        if (good) s->off[i++] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!good) goto done;
+        /* a field __init__ does not take (init=False) or a pseudo-field (ClassVar, InitVar) */
+        PyObject *fi = PyObject_GetAttrString(fld, "init"), *ft = PyObject_GetAttrString(fld, "_field_type");
+        PyObject *fname = ft ? PyObject_GetAttrString(ft, "name") : NULL;
+        PyObject *kw = PyObject_GetAttrString(fld, "kw_only"); /* True: not positional */
+        good = fi == Py_True && kw != Py_True && fname && PyUnicode_Check(fname) &&
+               PyUnicode_CompareWithASCIIString(fname, "_FIELD") == 0;
+        Py_XDECREF(kw);
+        Py_XDECREF(fi);
+        Py_XDECREF(ft);
+        Py_XDECREF(fname);
+        if (!good) goto done;
+    }
+    s->n = (int)i;
+    ok = 1;
+done:
+    Py_XDECREF(fields);
+    Py_XDECREF(params);
+    Py_XDECREF(flag);
+    Py_XDECREF(post);
+    if (!ok) s->n = -1;
+    PyErr_Clear();
+    return 0;
+}
+
+/* cls(*args) (args borrowed), for the classes above without running __init__ */
+static PyObject *make(PyObject *cls, PyObject *const *args, int n) {
+    SlotCls *s = NULL;
+    for (int k = 0; k < 8; k++) {
+        if (slot_cache[k].type == cls) {
+            s = &slot_cache[k];
+            break;
+        }
+        if (!slot_cache[k].type) {
+            s = &slot_cache[k];
+            Py_INCREF(cls);
+            s->type = cls;
+            slots_of(cls, s);
+            break;
+        }
+    }
+    if (!s || s->n != n) return PyObject_Vectorcall(cls, args, (size_t)n, NULL);
+    PyTypeObject *tp = (PyTypeObject *)cls;
+    PyObject *o = tp->tp_alloc(tp, 0);
+    if (!o) return NULL;
+    for (int i = 0; i < n; i++) {
+        Py_INCREF(args[i]);
+        *(PyObject **)((char *)o + s->off[i]) = args[i];
+    }
+    return o;
+}
+
 /* events */
 
 static PyObject *addr_bytes(const uint8_t *a, int n) { return PyBytes_FromStringAndSize((const char *)a, n); }
@@ -269,7 +363,7 @@ static int emit_record(Engine *e, Conn *c, int final) {
         args[3] = PyLong_FromUnsignedLong(p->plen);
         args[4] = PyLong_FromLong(p->flags);
         PyObject *o = NULL;
-        if (args[0] && args[2] && args[3] && args[4]) o = PyObject_Vectorcall(e->packet_cls, args, 5, NULL);
+        if (args[0] && args[2] && args[3] && args[4]) o = make(e->packet_cls, args, 5);
         for (int j = 0; j < 5; j++) Py_XDECREF(args[j]);
         if (!o) goto fail;
         PyList_SET_ITEM(pl, i, o);
@@ -281,7 +375,7 @@ static int emit_record(Engine *e, Conn *c, int final) {
         args[0] = c->payorig[i] ? Py_True : Py_False;
         Py_INCREF(args[0]);
         args[1] = PyBytes_FromStringAndSize((const char *)c->pay + (size_t)i * e->pay_bytes, c->paylen[i]);
-        PyObject *o = args[1] ? PyObject_Vectorcall(e->chunk_cls, args, 2, NULL) : NULL;
+        PyObject *o = args[1] ? make(e->chunk_cls, args, 2) : NULL;
         Py_DECREF(args[0]);
         Py_XDECREF(args[1]);
         if (!o) goto fail;
@@ -1629,7 +1723,7 @@ static PyObject *packet(Cur *c, PyObject *cls) {
     PyObject *a[5] = {PyFloat_FromDouble(num * unit), PyBool_FromLong(io), PyLong_FromUnsignedLongLong(v[0]),
                       PyLong_FromUnsignedLongLong(v[1]), PyLong_FromUnsignedLongLong(v[2])};
     PyObject *r = NULL;
-    if (a[0] && a[2] && a[3] && a[4]) r = PyObject_Vectorcall(cls, a, 5, NULL);
+    if (a[0] && a[2] && a[3] && a[4]) r = make(cls, a, 5);
     for (int i = 0; i < 5; i++) Py_XDECREF(a[i]);
     return r;
 }
@@ -1659,7 +1753,7 @@ static PyObject *chunk(Cur *c, PyObject *cls) {
         o[i] = (char)(hexval((unsigned char)c->p[2 * i]) << 4 | hexval((unsigned char)c->p[2 * i + 1]));
     c->p = q + 4;
     PyObject *a[2] = {PyBool_FromLong(io), b};
-    PyObject *r = PyObject_Vectorcall(cls, a, 2, NULL);
+    PyObject *r = make(cls, a, 2);
     Py_DECREF(a[0]);
     Py_DECREF(b);
     return r;

@@ -197,6 +197,65 @@ def test_compiled_decoder_takes_every_real_frame_and_agrees(real_frames):
 
 
 @needs_c
+def test_record_objects_built_in_c_are_the_classes_own():
+    """flows.Packet / Chunk are filled slot by slot in C (no __init__ call); any class whose __init__ might do
+    more (a __post_init__, keyword-only or non-init fields, no slots, a hand-written __init__) is called."""
+    import dataclasses
+    import gc
+
+    frame = z.encode_flow("etool/flows/", sample(), "etool/verdicts/w/")
+    t = z._flow_frame(frame, Packet, Chunk)
+    pk, ch = t[7], t[8]
+    ref = z._flow_text(frame).record  # the regular-expression decoder builds them by calling the classes
+    assert pk == ref.packets and ch == ref.payload and len(pk) == 6
+    assert all(type(p) is Packet and gc.is_tracked(p) for p in pk)
+    p = pk[2]
+    p.tcp_flags = 7  # an ordinary, writable instance
+    assert dataclasses.replace(p, dt=1.0).tcp_flags == 7 and p.__slots__ == Packet.__slots__
+
+    calls = []
+
+    @dataclasses.dataclass(slots=True)
+    class Post:
+        dt: float
+        is_orig: bool
+        ip_len: int
+        payload_len: int
+        tcp_flags: int = 0
+
+        def __post_init__(self):
+            calls.append(self.ip_len)
+
+    @dataclasses.dataclass(slots=True)
+    class KwOnly:
+        is_orig: bool
+        data: bytes = dataclasses.field(kw_only=True, default=b"")
+
+    class Plain:
+        def __init__(self, *a):
+            calls.append(a)
+
+    @dataclasses.dataclass(slots=True)
+    class OwnInit:
+        is_orig: bool
+        data: bytes
+
+    def own(self, is_orig, data):
+        calls.append("own")
+        self.is_orig, self.data = is_orig, data
+    OwnInit.__init__ = own
+
+    t = z._flow_frame(frame, Post, Plain)
+    assert calls[:6] == [60, 61, 62, 63, 64, 65] and len(calls) == 8  # 6 __post_init__ and 2 Plain calls
+    assert [type(x) for x in t[7]] == [Post] * 6 and [type(x) for x in t[8]] == [Plain] * 2
+    calls.clear()
+    t = z._flow_frame(frame, Packet, OwnInit)
+    assert calls == ["own", "own"] and t[8][1].data == b"\x16\x03"
+    with pytest.raises(TypeError):  # called positionally, as the class demands: not filled behind its back
+        z._flow_frame(frame, Packet, KwOnly)
+
+
+@needs_c
 def test_compiled_decoder_declines_what_it_cannot_decide_exactly():
     rec = sample()
     base = z.encode_flow("etool/flows/", rec, "r/", network_time=1700000001.5)
