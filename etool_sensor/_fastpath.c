@@ -2446,6 +2446,132 @@ done:
     Py_RETURN_TRUE;
 }
 
+
+/* ------------------------------------------------------------------------------------------------
+ * zeeklog.ascii_row_formatter's common case in C: one TSV row from values in field order, each field by a
+ * type code: t time/interval ('%.6f'), d double (format_double), b bool, c count/int/port, a addr/subnet,
+ * s string/enum, v container of string/enum. Only values whose text needs no escaping and no conversion
+ * beyond float()/str(int) are written here; for anything else it returns None and the generated Python
+ * formatter writes the row (the same text: tests/test_zeeklog.py compares both with format_ascii).
+ */
+static int plain_ascii(PyObject *v, int in_container) {
+    if (!PyUnicode_CheckExact(v) || PyUnicode_READY(v) < 0 || PyUnicode_KIND(v) != PyUnicode_1BYTE_KIND) return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+    const Py_UCS1 *b = PyUnicode_1BYTE_DATA(v);
+    if (n == 0) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS1 ch = b[i];
+        if (ch < 0x20 || ch > 0x7E || ch == '\\' || (in_container && ch == ',')) return 0;
+    }
+    if ((n == 1 && b[0] == '-') || (n == 7 && memcmp(b, "(empty)", 7) == 0)) return 0;
+    return 1;
+}
+
+static PyObject *tsv_row(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "tsv_row(codes: bytes, row: list)");
+        return NULL;
+    }
+    const char *codes = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]), nv;
+    PyObject *row;
+    /* the values as they are now (Python's formatter unpacks them first; bool(v) could change a list) */
+    if (PyList_CheckExact(args[1])) row = PyList_AsTuple(args[1]);
+    else if (PyTuple_CheckExact(args[1])) row = Py_NewRef(args[1]);
+    else Py_RETURN_NONE;
+    if (!row) return NULL;
+    nv = PyTuple_GET_SIZE(row);
+    PyObject *parts = nv == n ? PyList_New(n) : NULL;
+    if (!parts) {
+        Py_DECREF(row);
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyTuple_GET_ITEM(row, i), *out = NULL;
+        if (v == Py_None) {
+            out = PyUnicode_FromString("-");
+        } else {
+            switch (codes[i]) {
+            case 't':
+            case 'd': {
+                double d;
+                if (PyFloat_CheckExact(v)) d = PyFloat_AS_DOUBLE(v);
+                else if (PyLong_CheckExact(v) || PyBool_Check(v)) {
+                    d = PyLong_AsDouble(v);
+                    if (d == -1.0 && PyErr_Occurred()) goto decline;
+                } else goto decline;
+                if (isnan(d)) { out = PyUnicode_FromString("nan"); break; }
+                if (isinf(d)) { out = PyUnicode_FromString(d > 0 ? "inf" : "-inf"); break; }
+                char *txt = PyOS_double_to_string(d, 'f', 6, 0, NULL);
+                if (!txt) goto fail;
+                if (codes[i] == 'd') { /* format_double: trailing zeros off, at least one decimal, no -0.0 */
+                    size_t L = strlen(txt);
+                    while (L > 0 && txt[L - 1] == '0') L--;
+                    if (L > 0 && txt[L - 1] == '.') txt[L++] = '0';
+                    txt[L] = 0;
+                    out = strcmp(txt, "-0.0") == 0 ? PyUnicode_FromString("0.0") : PyUnicode_FromString(txt);
+                } else
+                    out = PyUnicode_FromString(txt);
+                PyMem_Free(txt);
+                break;
+            }
+            case 'b': {
+                int t = PyObject_IsTrue(v);
+                if (t < 0) goto fail;
+                out = PyUnicode_FromString(t ? "T" : "F");
+                break;
+            }
+            case 'c':
+                if (PyBool_Check(v)) out = PyUnicode_FromString(v == Py_True ? "1" : "0");
+                else if (PyLong_CheckExact(v)) out = PyObject_Str(v);
+                else goto decline;
+                break;
+            case 'a':
+                if (!PyUnicode_CheckExact(v)) goto decline;
+                out = Py_NewRef(v);
+                break;
+            case 's':
+                if (!plain_ascii(v, 0)) goto decline;
+                out = Py_NewRef(v);
+                break;
+            case 'v': {
+                if (!PyList_CheckExact(v)) goto decline;
+                Py_ssize_t k = PyList_GET_SIZE(v);
+                if (k == 0) { out = PyUnicode_FromString("(empty)"); break; }
+                for (Py_ssize_t j = 0; j < k; j++)
+                    if (!plain_ascii(PyList_GET_ITEM(v, j), 1)) goto decline;
+                PyObject *sep = PyUnicode_FromString(",");
+                if (!sep) goto fail;
+                out = PyUnicode_Join(sep, v);
+                Py_DECREF(sep);
+                break;
+            }
+            default:
+                goto decline;
+            }
+        }
+        if (!out) goto fail;
+        PyList_SET_ITEM(parts, i, out);
+    }
+    PyObject *tab = PyUnicode_FromString("\t");
+    if (!tab) goto fail;
+    PyObject *res = PyUnicode_Join(tab, parts);
+    Py_DECREF(tab);
+    Py_DECREF(parts);
+    Py_DECREF(row);
+    return res;
+decline:
+    Py_DECREF(parts);
+    Py_DECREF(row);
+    PyErr_Clear();
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(parts);
+    Py_DECREF(row);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
     {"uid_text", uid_text, METH_O, "uid_text(digest12) -> the Zeek-format uid text of flows.make_uid"},
     {"flow_frame", (PyCFunction)(void (*)(void))flow_frame, METH_FASTCALL,
@@ -2454,6 +2580,8 @@ static PyMethodDef module_methods[] = {
     {"mask_chunk", (PyCFunction)(void (*)(void))mask_chunk, METH_FASTCALL,
      "mask_chunk(data, proto (0 tcp, 1 udp, 2 other), orig_p, resp_p, normalize) -> bytes: "
      "masking.mask_payload, then masking.normalize_random when normalize"},
+    {"tsv_row", (PyCFunction)(void (*)(void))tsv_row, METH_FASTCALL,
+     "tsv_row(codes, row) -> str | None: zeeklog.ascii_row_formatter's plain rows; None = let Python write it"},
     {"encode_arrays", (PyCFunction)(void (*)(void))encode_arrays, METH_FASTCALL,
      "encode_arrays(records, contexts|None, n, m, bb, k, sizes, mask, normalize, pkt, byt, seg, ctx, meta) -> "
      "bool: features._arrays_py into the given zeroed arrays; False = declined, use the Python version"},

@@ -28,6 +28,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 Field = tuple[str, str]  # (name, zeek type) e.g. ("id.orig_h", "addr")
 
+try:  # the compiled row writer for the common case (optional, like the pcap engine)
+    from ._fastpath import tsv_row as _tsv_row
+except ImportError:  # no C compiler at install time, or a build from before tsv_row
+    _tsv_row = None
+if os.environ.get("ETOOL_PURE_PYTHON"):
+    _tsv_row = None
+
 SEPARATOR = "\t"
 SET_SEPARATOR = ","
 EMPTY_FIELD = "(empty)"
@@ -190,7 +197,22 @@ def ascii_row_formatter(types: Sequence[str]) -> Callable[[Sequence[Any]], str]:
            + (f"    {names}{',' if len(types) == 1 else ''} = r\n" if types else "")
            + f"    return {SEPARATOR!r}.join(({', '.join(exprs)}{',' if len(exprs) == 1 else ''}))\n")
     exec(compile(src, f"<ascii row formatter {len(types)} fields>", "exec"), env)
-    return env["row"]
+    py_row = env["row"]
+    codes = [_TSV_CODES.get(_check_type(t) + ("[]" if _is_container(t) else "")) for t in types]
+    if _tsv_row is None or not types or None in codes:
+        return py_row
+    code = "".join(codes).encode()
+
+    def row(r: Sequence[Any], _c=code, _t=_tsv_row, _py=py_row) -> str:
+        s = _t(_c, r)
+        return _py(r) if s is None else s
+
+    return row
+
+
+#: zeeklog field types -> _fastpath.tsv_row's type codes (containers of other types stay in Python)
+_TSV_CODES = {"time": "t", "interval": "t", "double": "d", "bool": "b", "count": "c", "int": "c", "port": "c",
+              "addr": "a", "subnet": "a", "string": "s", "enum": "s", "string[]": "v", "enum[]": "v"}
 
 
 def _plain_strings(items: list) -> str | None:
@@ -296,6 +318,10 @@ class LogWriter:
         return self._pending
 
     def _values(self, row: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        if type(row) is list:  # classify's rows: no copy, no ABC check (isinstance(row, Mapping) costs ~1 us)
+            if len(row) != len(self.names):
+                raise ValueError(f"{self.log_path}: row has {len(row)} values, the log has {len(self.names)} fields")
+            return row
         if type(row) is dict or isinstance(row, Mapping):
             if not self._nameset.issuperset(row):
                 unknown = set(row) - self._nameset

@@ -225,3 +225,61 @@ def test_unwritable_directory(tmp_path: Path) -> None:
 
 def test_escape_helper() -> None:
     assert escape("a\x7fb\x85") == "a\\x7fb\\x85"
+
+
+# ------------------------------------------------------------------- the compiled row writer (tsv_row)
+def _py_formatter(types):
+    """The generated Python formatter alone (the compiled path switched off)."""
+    import etool_sensor.zeeklog as zl
+
+    saved, zl._tsv_row = zl._tsv_row, None
+    try:
+        return zl.ascii_row_formatter(types)
+    finally:
+        zl._tsv_row = saved
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_TYPES), st.one_of(
+    _VALUES, st.floats(), st.sampled_from([-0.0, 0.0, 1e16, 1e300, -1e-7, 2.5e-7, float("inf"), float("-nan")]),
+    st.integers(), st.lists(st.sampled_from(["Web:0.5", "a", "b,c", "-", "(empty)", "", "é", "x\ty"]), max_size=4))),
+    min_size=1, max_size=10))
+def test_compiled_row_writer_writes_what_python_writes(fields) -> None:
+    import etool_sensor.zeeklog as zl
+
+    if zl._tsv_row is None:
+        pytest.skip("no compiled extension")
+    types = [t for t, _ in fields]
+    row = [v for _, v in fields]
+    outs = []
+    for f in (ascii_row_formatter(types), _py_formatter(types)):
+        try:
+            outs.append(f(row))
+        except (TypeError, ValueError, OverflowError) as e:
+            outs.append(type(e))
+    assert outs[0] == outs[1]
+
+
+def test_compiled_row_writer_takes_real_rows(tmp_path: Path) -> None:
+    """classify's rows are plain: the compiled writer writes them (it does not decline them all to Python)."""
+    import etool_sensor.zeeklog as zl
+    from etool_sensor.cli import main as cli_main
+
+    if zl._tsv_row is None:
+        pytest.skip("no compiled extension")
+    sample = Path(__file__).resolve().parents[1] / "etool_sensor" / "data" / "sample.pcap"
+    assert cli_main(["classify", "-q", str(sample), "-o", str(tmp_path)]) == 0
+    for name, fields in (("etool", ETOOL_FIELDS), ("conn", CONN_FIELDS)):
+        _, rows = read_ascii_log(tmp_path / f"{name}.log")
+        assert rows
+        codes = "".join(zl._TSV_CODES[zl._check_type(t) + ("[]" if zl._is_container(t) else "")]
+                        for _, t in fields).encode()
+        for r in rows:  # the logged text, parsed back into values of the field types, written again alike
+            vals = [None if r[n] == "-" else r[n] for n, _ in fields]
+            typed = [float(v) if v is not None and t in ("time", "interval", "double") else
+                     int(v) if v is not None and t in ("count", "port") else
+                     (v == "T") if v is not None and t == "bool" else
+                     (v.split(",") if v != "(empty)" else []) if v is not None and t.startswith("vector") else v
+                     for v, (_, t) in zip(vals, fields)]
+            got = zl._tsv_row(codes, typed)
+            assert got is not None and got == _py_formatter([t for _, t in fields])(typed)
