@@ -2467,109 +2467,132 @@ static int plain_ascii(PyObject *v, int in_container) {
     return 1;
 }
 
+/* a growing ASCII text */
+typedef struct {
+    char *b;
+    Py_ssize_t n, cap;
+    char small[1024];
+} Text;
+
+static int text_put(Text *t, const char *s, Py_ssize_t n) {
+    if (t->n + n > t->cap) {
+        Py_ssize_t cap = (t->n + n) * 2;
+        char *nb = t->b == t->small ? PyMem_Malloc((size_t)cap) : PyMem_Realloc(t->b, (size_t)cap);
+        if (!nb) return -1;
+        if (t->b == t->small) memcpy(nb, t->small, (size_t)t->n);
+        t->b = nb;
+        t->cap = cap;
+    }
+    memcpy(t->b + t->n, s, (size_t)n);
+    t->n += n;
+    return 0;
+}
+
+static int text_str(Text *t, PyObject *v) { /* an ASCII str's characters */
+    return text_put(t, (const char *)PyUnicode_1BYTE_DATA(v), PyUnicode_GET_LENGTH(v));
+}
+
+static int ascii_str(PyObject *v) {
+    return PyUnicode_CheckExact(v) && PyUnicode_READY(v) == 0 && PyUnicode_IS_ASCII(v);
+}
+
 static PyObject *tsv_row(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyBytes_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "tsv_row(codes: bytes, row: list)");
         return NULL;
     }
     const char *codes = PyBytes_AS_STRING(args[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]), nv;
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     PyObject *row;
     /* the values as they are now (Python's formatter unpacks them first; bool(v) could change a list) */
     if (PyList_CheckExact(args[1])) row = PyList_AsTuple(args[1]);
     else if (PyTuple_CheckExact(args[1])) row = Py_NewRef(args[1]);
     else Py_RETURN_NONE;
     if (!row) return NULL;
-    nv = PyTuple_GET_SIZE(row);
-    PyObject *parts = nv == n ? PyList_New(n) : NULL;
-    if (!parts) {
+    if (PyTuple_GET_SIZE(row) != n) {
         Py_DECREF(row);
-        if (PyErr_Occurred()) return NULL;
         Py_RETURN_NONE;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *v = PyTuple_GET_ITEM(row, i), *out = NULL;
+    Text t = {NULL, 0, sizeof t.small, {0}};
+    t.b = t.small;
+    int bad = 0; /* 1 declined, -1 error */
+    char num[32];
+    for (Py_ssize_t i = 0; i < n && !bad; i++) {
+        PyObject *v = PyTuple_GET_ITEM(row, i);
+        if (i && text_put(&t, "\t", 1) < 0) { bad = -1; break; }
         if (v == Py_None) {
-            out = PyUnicode_FromString("-");
-        } else {
-            switch (codes[i]) {
-            case 't':
-            case 'd': {
-                double d;
-                if (PyFloat_CheckExact(v)) d = PyFloat_AS_DOUBLE(v);
-                else if (PyLong_CheckExact(v) || PyBool_Check(v)) {
-                    d = PyLong_AsDouble(v);
-                    if (d == -1.0 && PyErr_Occurred()) goto decline;
-                } else goto decline;
-                if (isnan(d)) { out = PyUnicode_FromString("nan"); break; }
-                if (isinf(d)) { out = PyUnicode_FromString(d > 0 ? "inf" : "-inf"); break; }
-                char *txt = PyOS_double_to_string(d, 'f', 6, 0, NULL);
-                if (!txt) goto fail;
-                if (codes[i] == 'd') { /* format_double: trailing zeros off, at least one decimal, no -0.0 */
-                    size_t L = strlen(txt);
-                    while (L > 0 && txt[L - 1] == '0') L--;
-                    if (L > 0 && txt[L - 1] == '.') txt[L++] = '0';
-                    txt[L] = 0;
-                    out = strcmp(txt, "-0.0") == 0 ? PyUnicode_FromString("0.0") : PyUnicode_FromString(txt);
-                } else
-                    out = PyUnicode_FromString(txt);
-                PyMem_Free(txt);
-                break;
-            }
-            case 'b': {
-                int t = PyObject_IsTrue(v);
-                if (t < 0) goto fail;
-                out = PyUnicode_FromString(t ? "T" : "F");
-                break;
-            }
-            case 'c':
-                if (PyBool_Check(v)) out = PyUnicode_FromString(v == Py_True ? "1" : "0");
-                else if (PyLong_CheckExact(v)) out = PyObject_Str(v);
-                else goto decline;
-                break;
-            case 'a':
-                if (!PyUnicode_CheckExact(v)) goto decline;
-                out = Py_NewRef(v);
-                break;
-            case 's':
-                if (!plain_ascii(v, 0)) goto decline;
-                out = Py_NewRef(v);
-                break;
-            case 'v': {
-                if (!PyList_CheckExact(v)) goto decline;
-                Py_ssize_t k = PyList_GET_SIZE(v);
-                if (k == 0) { out = PyUnicode_FromString("(empty)"); break; }
-                for (Py_ssize_t j = 0; j < k; j++)
-                    if (!plain_ascii(PyList_GET_ITEM(v, j), 1)) goto decline;
-                PyObject *sep = PyUnicode_FromString(",");
-                if (!sep) goto fail;
-                out = PyUnicode_Join(sep, v);
-                Py_DECREF(sep);
-                break;
-            }
-            default:
-                goto decline;
-            }
+            bad = text_put(&t, "-", 1);
+            continue;
         }
-        if (!out) goto fail;
-        PyList_SET_ITEM(parts, i, out);
+        switch (codes[i]) {
+        case 't':
+        case 'd': {
+            double d;
+            if (PyFloat_CheckExact(v)) d = PyFloat_AS_DOUBLE(v);
+            else if (PyLong_CheckExact(v) || PyBool_Check(v)) {
+                d = PyLong_AsDouble(v);
+                if (d == -1.0 && PyErr_Occurred()) { bad = 1; break; }
+            } else { bad = 1; break; }
+            if (isnan(d)) { bad = text_put(&t, "nan", 3); break; }
+            if (isinf(d)) { bad = d > 0 ? text_put(&t, "inf", 3) : text_put(&t, "-inf", 4); break; }
+            char *txt = PyOS_double_to_string(d, 'f', 6, 0, NULL); /* what '%.6f' % d uses */
+            if (!txt) { bad = -1; break; }
+            size_t L = strlen(txt);
+            if (codes[i] == 'd') { /* format_double: trailing zeros off, at least one decimal, no -0.0 */
+                while (L > 0 && txt[L - 1] == '0') L--;
+                if (L > 0 && txt[L - 1] == '.') txt[L++] = '0';
+                if (L == 4 && memcmp(txt, "-0.0", 4) == 0) { bad = text_put(&t, "0.0", 3); PyMem_Free(txt); break; }
+            }
+            bad = text_put(&t, txt, (Py_ssize_t)L);
+            PyMem_Free(txt);
+            break;
+        }
+        case 'b': {
+            int tr = PyObject_IsTrue(v);
+            bad = tr < 0 ? -1 : text_put(&t, tr ? "T" : "F", 1);
+            break;
+        }
+        case 'c':
+            if (PyBool_Check(v)) bad = text_put(&t, v == Py_True ? "1" : "0", 1);
+            else if (PyLong_CheckExact(v)) {
+                int of;
+                long long x = PyLong_AsLongLongAndOverflow(v, &of);
+                if (of || (x == -1 && PyErr_Occurred())) { bad = 1; break; } /* beyond 64 bits: Python writes it */
+                int k = snprintf(num, sizeof num, "%lld", x);
+                bad = text_put(&t, num, k);
+            } else bad = 1;
+            break;
+        case 'a':
+            bad = ascii_str(v) ? text_str(&t, v) : 1; /* a non-ASCII address text: Python writes it as is */
+            break;
+        case 's':
+            bad = plain_ascii(v, 0) ? text_str(&t, v) : 1;
+            break;
+        case 'v': {
+            if (!PyList_CheckExact(v)) { bad = 1; break; }
+            Py_ssize_t k = PyList_GET_SIZE(v);
+            if (k == 0) { bad = text_put(&t, "(empty)", 7); break; }
+            for (Py_ssize_t j = 0; j < k && !bad; j++) {
+                PyObject *x = PyList_GET_ITEM(v, j);
+                if (!plain_ascii(x, 1)) bad = 1;
+                else bad = (j && text_put(&t, ",", 1) < 0) ? -1 : text_str(&t, x);
+            }
+            break;
+        }
+        default:
+            bad = 1;
+        }
     }
-    PyObject *tab = PyUnicode_FromString("\t");
-    if (!tab) goto fail;
-    PyObject *res = PyUnicode_Join(tab, parts);
-    Py_DECREF(tab);
-    Py_DECREF(parts);
+    PyObject *res = NULL;
+    if (!bad) res = PyUnicode_DecodeASCII(t.b, t.n, NULL);
+    if (t.b != t.small) PyMem_Free(t.b);
     Py_DECREF(row);
+    if (bad < 0) return NULL;
+    if (bad > 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
     return res;
-decline:
-    Py_DECREF(parts);
-    Py_DECREF(row);
-    PyErr_Clear();
-    Py_RETURN_NONE;
-fail:
-    Py_DECREF(parts);
-    Py_DECREF(row);
-    return NULL;
 }
 
 static PyMethodDef module_methods[] = {
