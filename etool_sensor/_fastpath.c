@@ -2219,6 +2219,15 @@ static PyObject *head(PyObject *seq, Py_ssize_t n, Py_ssize_t *len) {
     return h;
 }
 
+/* head(getattr(o, name), n, len) */
+static PyObject *attr_head(PyObject *o, PyObject *name, Py_ssize_t n, Py_ssize_t *len) {
+    PyObject *a = PyObject_GetAttr(o, name);
+    if (!a) return NULL;
+    PyObject *h = head(a, n, len);
+    Py_DECREF(a);
+    return h;
+}
+
 /* 0 tcp, 1 udp, 2 other str; -1 not a str (declined) */
 static int proto_code(PyObject *v) {
     if (!PyUnicode_CheckExact(v)) return -1;
@@ -2260,10 +2269,7 @@ static int encode_one(EncOut *o, Py_ssize_t i, PyObject *r, PyObject *cx) {
     PyObject *pk = NULL, *pay = NULL, *data = NULL, *nbs = NULL, *sizes = NULL, *a = NULL;
     Py_ssize_t nc, cnt;
     /* packet tokens */
-    if (!(a = PyObject_GetAttr(r, S_packets))) goto done;
-    pk = head(a, o->n, &cnt);
-    Py_CLEAR(a);
-    if (!pk) goto done;
+    if (!(pk = attr_head(r, S_packets, o->n, &cnt))) goto done;
     PyObject **ps = PySequence_Fast_ITEMS(pk);
     double prev = 0.0;
     for (Py_ssize_t j = 0; j < cnt; j++) {
@@ -2286,10 +2292,7 @@ static int encode_one(EncOut *o, Py_ssize_t i, PyObject *r, PyObject *cx) {
         prev = dt;
     }
     /* payload bytes, names masked */
-    if (!(a = PyObject_GetAttr(r, S_payload))) goto done;
-    pay = head(a, o->m, &nc);
-    Py_CLEAR(a);
-    if (!pay) goto done;
+    if (!(pay = attr_head(r, S_payload, o->m, &nc))) goto done;
     PyObject **cs = PySequence_Fast_ITEMS(pay);
     for (Py_ssize_t c = 0; c < nc; c++) {
         Py_CLEAR(data);
@@ -2329,10 +2332,7 @@ static int encode_one(EncOut *o, Py_ssize_t i, PyObject *r, PyObject *cx) {
     double position = 0.0;
     if (cx && cx != Py_None) {
         Py_ssize_t nn;
-        if (!(a = PyObject_GetAttr(cx, S_neighbours))) goto done;
-        nbs = head(a, o->k, &nn);
-        Py_CLEAR(a);
-        if (!nbs) goto done;
+        if (!(nbs = attr_head(cx, S_neighbours, o->k, &nn))) goto done;
         PyObject **ns = PySequence_Fast_ITEMS(nbs);
         for (Py_ssize_t j = 0; j < nn; j++) {
             double dt, gap;
@@ -2345,10 +2345,7 @@ static int encode_one(EncOut *o, Py_ssize_t i, PyObject *r, PyObject *cx) {
             if (udp < 0) goto done;
             Py_CLEAR(sizes);
             Py_ssize_t nz;
-            if (!(a = PyObject_GetAttr(ns[j], S_sizes))) goto done;
-            sizes = head(a, o->sz, &nz);
-            Py_CLEAR(a);
-            if (!sizes) goto done;
+            if (!(sizes = attr_head(ns[j], S_sizes, o->sz, &nz))) goto done;
             PyObject **zs = PySequence_Fast_ITEMS(sizes);
             float *row = o->ctx + (i * o->k + j) * (3 + o->sz);
             row[0] = (float)(dt <= 0 ? -log1p(neg) : log1p(dt));
