@@ -328,10 +328,13 @@ static PyObject *make(PyObject *cls, PyObject *const *args, int n) {
             break;
         }
         if (!slot_cache[k].type) {
+            /* worked out aside and published whole: another thread may get the GIL meanwhile */
+            SlotCls found = {NULL, -1, {0}};
+            slots_of(cls, &found);
+            if (slot_cache[k].type) break; /* taken meanwhile: call the class this time */
+            found.type = Py_NewRef(cls);
+            slot_cache[k] = found;
             s = &slot_cache[k];
-            Py_INCREF(cls);
-            s->type = cls;
-            slots_of(cls, s);
             break;
         }
     }
