@@ -11,23 +11,18 @@ IP addresses are never a feature; the responder port only when `use_ports` is se
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from operator import attrgetter
 from typing import Sequence
 
 import numpy as np
 
+from .compiled import compiled
 from .context import CONTEXT_SIZES, Context
 from .flows import FlowParams, FlowRecord
 from .masking import compact_tls_hello, mask_chunk
 
-try:  # the compiled port of _arrays_py (optional, like the pcap engine)
-    from ._fastpath import encode_arrays as _encode_c
-except ImportError:  # no C compiler at install time, or a build from before encode_arrays
-    _encode_c = None
-if os.environ.get("ETOOL_PURE_PYTHON"):
-    _encode_c = None
+_encode_c = compiled("encode_arrays")  # the compiled port of _arrays_py, or None
 
 FEATURES_VERSION = 2  # 2: per-session random fields normalised (masking.normalize_random)
 

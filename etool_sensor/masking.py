@@ -13,14 +13,9 @@ random fields; it is not a privacy measure but keeps the model from memorising p
 
 from __future__ import annotations
 
-import os
+from .compiled import compiled
 
-try:  # the compiled port of mask_chunk_py (optional, like the pcap engine)
-    from ._fastpath import mask_chunk as _mask_chunk_c
-except ImportError:  # no C compiler at install time, or a build from before mask_chunk
-    _mask_chunk_c = None
-if os.environ.get("ETOOL_PURE_PYTHON"):
-    _mask_chunk_c = None
+_mask_chunk_c = compiled("mask_chunk")  # the compiled port of mask_chunk_py, or None
 
 STAR = 0x2A
 _STRING_TAGS = {0x0C, 0x13, 0x14, 0x16, 0x1E, 0x1C, 0x12}

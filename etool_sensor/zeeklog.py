@@ -26,14 +26,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .compiled import compiled
+
 Field = tuple[str, str]  # (name, zeek type) e.g. ("id.orig_h", "addr")
 
-try:  # the compiled row writer for the common case (optional, like the pcap engine)
-    from ._fastpath import tsv_row as _tsv_row
-except ImportError:  # no C compiler at install time, or a build from before tsv_row
-    _tsv_row = None
-if os.environ.get("ETOOL_PURE_PYTHON"):
-    _tsv_row = None
+_tsv_row = compiled("tsv_row")  # the compiled row writer for the common case, or None
 
 SEPARATOR = "\t"
 SET_SEPARATOR = ","

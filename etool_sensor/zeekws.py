@@ -40,7 +40,6 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import random
 import re
 import ssl
@@ -48,14 +47,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, NamedTuple
 
+from .compiled import compiled
 from .flows import Chunk, FlowError, FlowRecord, Packet, Verdict
 
-try:  # the compiled decoder of the ETooL::flow frame (parse_flow); optional, like the pcap engine
-    from ._fastpath import flow_frame as _flow_frame
-except ImportError:  # no C compiler at install time, or a build from before flow_frame
-    _flow_frame = None
-if os.environ.get("ETOOL_PURE_PYTHON"):
-    _flow_frame = None
+_flow_frame = compiled("flow_frame")  # the compiled decoder of the ETooL::flow frame (parse_flow), or None
 
 try:  # orjson is strict (UTF-8, no NaN, depth limit) and ~5x faster; json is the fallback.
     import orjson as _orjson
