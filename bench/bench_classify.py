@@ -57,13 +57,19 @@ def ensure_capture(packets: int) -> None:
     bench_ingest.build(packets)
 
 
+def threads_config(td: str, threads: int | None) -> list[str]:
+    """classify arguments setting model.threads (a config file in td), or none for the default."""
+    if not threads:
+        return []
+    cfgfile = Path(td) / "etool.yaml"
+    cfgfile.write_text(f'{{"model": {{"threads": {threads}}}}}')
+    return ["--config", str(cfgfile)]
+
+
 def run_e2e(threads: int | None, workers: int = 1, model: str = "default") -> float:
     with tempfile.TemporaryDirectory() as td:
         argv = ["classify", str(CAPTURE), "-o", td, "-q", "--workers", str(workers), "--model", model]
-        if threads:
-            cfgfile = Path(td) / "etool.yaml"
-            cfgfile.write_text(f'{{"model": {{"threads": {threads}}}}}')
-            argv += ["--config", str(cfgfile)]
+        argv += threads_config(td, threads)
         t = time.perf_counter()
         rc = cli.main(argv)
         dt = time.perf_counter() - t
@@ -87,12 +93,8 @@ with tempfile.TemporaryDirectory() as td:
 
 def run_e2e_root(root: Path, threads: int | None, workers: int, model: str) -> float:
     """run_e2e with the etool_sensor of another checkout (its own process; imports done before timing)."""
-    extra: list[str] = []
     with tempfile.TemporaryDirectory() as td:
-        if threads:
-            cfgfile = Path(td) / "etool.yaml"
-            cfgfile.write_text(f'{{"model": {{"threads": {threads}}}}}')
-            extra = ["--config", str(cfgfile)]
+        extra = threads_config(td, threads)
         out = subprocess.run([sys.executable, "-c", _ROOT_RUN, str(root), str(CAPTURE), str(workers), model, *extra],
                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(root)), check=True)
     dt, rc = out.stdout.split()
