@@ -183,6 +183,8 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
             cfg = Path(td) / f"etool-{i}.yaml"
             serve = {"metrics_port": mport, "queue_size": a.queue_size, "batch_size": a.batch_size,
                      "topics": topics}
+            if a.deadline_ms is not None:
+                serve["batch_deadline_ms"] = a.deadline_ms
             cfg.write_text(json.dumps({"serve": serve}))
             cmd = [sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url", peer.url] + extra
             if a.stub:
@@ -342,6 +344,8 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--queue-size", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--deadline-ms", type=float, default=None,
+                   help="serve.batch_deadline_ms for the daemons (default: the daemon's, 5 ms)")
     p.add_argument("--daemons", type=ints, default=[1], help="daemon processes, e.g. 1,2 (one run each)")
     p.add_argument("--workers", action="store_true",
                    help="one `serve --workers N` process instead of N daemon processes")
