@@ -1415,14 +1415,34 @@ def read_flows(paths: str | Path | Sequence[str | Path], params: FlowParams = Fl
             yield from _read_one(Path(p), idx, params, st, on_conn, progress, checksums, likely_server_ports)
 
 
-def _open_records(src: _Source, st: ReadStats, progress):
-    """The record iterator of an opened capture (pcap or pcapng); PcapError when it is neither."""
+def _magic(src: _Source) -> bytes:
+    """The first 4 bytes of an opened capture, which say pcap or pcapng; PcapError when they say neither."""
     path = src.path
     head = src.read(4)
     if src.gz and src.error:
         raise PcapError(f"{path}: corrupt gzip data")
     if len(head) < 4:
         raise PcapError(f"{path}: not a capture file (too short)")
+    if head not in _PCAP_MAGIC and head != _PCAPNG_SHB:
+        raise PcapError(f"{path}: not a pcap or pcapng capture (magic {head.hex()})")
+    return head
+
+
+def check_capture(path: str | os.PathLike) -> None:
+    """Raise PcapError with read_flows' message unless `path` opens and starts as a pcap or pcapng capture
+    (gzip-compressed or not). `classify` checks every capture this way before it reads any, so that a
+    stray file in a long list stops the run at once instead of after the captures before it."""
+    src = _Source(Path(path))
+    try:
+        _magic(src)
+    finally:
+        src.close()
+
+
+def _open_records(src: _Source, st: ReadStats, progress):
+    """The record iterator of an opened capture (pcap or pcapng); PcapError when it is neither."""
+    path = src.path
+    head = _magic(src)
     if head in _PCAP_MAGIC:
         it = _iter_pcap(src, head, st, progress)
     elif head == _PCAPNG_SHB:
@@ -1430,8 +1450,6 @@ def _open_records(src: _Source, st: ReadStats, progress):
         if len(rest) < 8:
             raise PcapError(f"{path}: not a capture file (truncated pcapng header)")
         it = _iter_pcapng(_Prefixed(src, head + rest), st, progress)
-    else:
-        raise PcapError(f"{path}: not a pcap or pcapng capture (magic {head.hex()})")
     st.files += 1
     return it
 

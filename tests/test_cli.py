@@ -201,6 +201,29 @@ def test_not_a_capture(tmp_path: Path, capsys) -> None:
     assert_one_line_error(err, "empty.pcap")
 
 
+def test_a_stray_file_in_a_list_stops_the_run_before_any_capture_is_read(tmp_path: Path, capsys) -> None:
+    """Every capture is checked before reading starts: the good capture before the stray file is not
+    classified half-way into logs that the error then leaves behind; nothing is written."""
+    import gzip
+
+    stray = tmp_path / "notes.pcap"
+    stray.write_text("not a capture\n")
+    gz = tmp_path / "sample.pcap.gz"
+    gz.write_bytes(gzip.compress(SAMPLE.read_bytes()))
+    bad_gz = tmp_path / "bad.pcap.gz"
+    bad_gz.write_bytes(b"\x1f\x8b\x08" + b"garbage" * 4)
+    for bad, what in ((stray, "not a pcap or pcapng capture"), (bad_gz, "corrupt gzip")):
+        out = tmp_path / f"o_{bad.name}"
+        rc, _, err = run(["classify", SAMPLE, gz, bad, "-o", out], capsys)
+        assert rc == EXIT_INPUT
+        assert_one_line_error(err, bad.name, what)
+        assert not out.exists()
+    rc, _, err = run(["classify", SAMPLE, gz, "-o", tmp_path / "ok"], capsys)  # gzip-compressed captures pass
+    assert rc == 0, err
+    _, rows = read_ascii_log(tmp_path / "ok" / "etool.log")
+    assert len(rows) == 18
+
+
 def test_truncated_capture_classifies_what_was_read(tmp_path: Path, capsys) -> None:
     data = SAMPLE.read_bytes()
     cut = tmp_path / "cut.pcap"
