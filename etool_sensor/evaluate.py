@@ -677,7 +677,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 def eval_main(args: argparse.Namespace) -> int:
     from .features import FeatureSpec
     from .flows import FlowParams
-    from .train.data import load_labelled
+    from .train.data import LabelsError, check_labelled_inputs, load_labelled
 
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.time()
@@ -705,6 +705,11 @@ def eval_main(args: argparse.Namespace) -> int:
             return 2
     if args.no_model and not args.splits:
         log("eval: nothing to evaluate: --no-model skips the shipped model, so name --splits (e.g. all)")
+        return 2
+    try:
+        check_labelled_inputs(args.data, args.labels, args.label_column)
+    except LabelsError as e:
+        log(f"eval: {e}")
         return 2
     ds = load_labelled(args.data, args.labels, label_column=args.label_column,
                        encrypted_only=args.encrypted_only, pcaps=pcaps, params=params)

@@ -218,6 +218,33 @@ def test_eval_rejects_bad_student_config(shared, tmp_path, capsys):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_eval_and_train_refuse_bad_labels_and_data_in_one_line(shared, tmp_path, capsys):
+    """A wrong --labels or --data is the user's error (exit 2, one line naming the file), found before any
+    capture is read: not an internal error, not 483 "skipping" lines."""
+    from etool_sensor.cli import main as cli_main
+
+    labels, data = NDPI / "labels.csv", NDPI / "pcap"
+    no_pcap = tmp_path / "no_pcap.csv"
+    rows = labels.read_text().splitlines()
+    cols = rows[0].split(",")
+    keep = [i for i, c in enumerate(cols) if c != "pcap"]
+    no_pcap.write_text("\n".join(",".join(r.split(",")[i] for i in keep) for r in rows[:3]) + "\n")
+    cases = [
+        (data, tmp_path / "missing.csv", "missing.csv: cannot read"),
+        (data, no_pcap, "no_pcap.csv: missing column pcap"),
+        (data, data / PCAPS[0], "not a CSV file"),
+        (tmp_path / "nowhere", labels, "nowhere: not a directory"),
+    ]
+    for d, lab, msg in cases:
+        for cmd in (["eval", "--json", str(tmp_path / "r.json")], ["train", "--out", str(tmp_path / "m")]):
+            rc = cli_main([cmd[0], "--data", str(d), "--labels", str(lab)] + cmd[1:])
+            err = capsys.readouterr().err
+            assert rc == 2, (cmd[0], msg, err)
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert len(lines) == 1 and msg in lines[0] and "internal error" not in err, (cmd[0], err)
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "m").exists()
+
+
 def test_eval_no_model_needs_splits(shared, tmp_path, capsys):
     """--no-model alone would evaluate nothing: refused before any work, no JSON that looks like a score."""
     from etool_sensor.evaluate import main

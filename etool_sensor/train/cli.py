@@ -65,7 +65,7 @@ def train_main(args: argparse.Namespace) -> int:
     from etool_sensor.flows import FlowParams
     build_package = _import_export().build_package
 
-    from .data import capture_files, load_labelled, load_unlabelled
+    from .data import LabelsError, capture_files, check_labelled_inputs, load_labelled, load_unlabelled
     from .student import set_threads, train_student
 
     t0 = time.time()
@@ -77,6 +77,11 @@ def train_main(args: argparse.Namespace) -> int:
         except ValueError as e:
             _log(f"train: --student-config {e}")
             return 2
+    try:
+        check_labelled_inputs(args.data, args.labels, args.label_column)
+    except LabelsError as e:
+        _log(f"train: {e}")
+        return 2
     threads = set_threads()
     params = FlowParams()
     data = Path(args.data)

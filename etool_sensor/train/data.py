@@ -85,6 +85,32 @@ def _progress(items: Sequence, enabled: bool, desc: str) -> Iterable:
     return tqdm(items, desc=desc, file=sys.stderr, leave=False)
 
 
+#: The columns of ../shared/data/ndpi/labels.csv that load_labelled reads (the label column comes on top).
+LABEL_CSV_COLUMNS = ("pcap", "l4", "src", "sport", "dst", "dport", "encrypted", "category", "app")
+
+
+class LabelsError(ValueError):
+    """The labels CSV or the capture directory cannot be used (a user error, reported in one line)."""
+
+
+def check_labelled_inputs(data_dir: str | Path, labels_csv: str | Path, label_column: str = "category") -> None:
+    """Raise LabelsError unless `data_dir` is a directory and `labels_csv` a readable CSV with the columns
+    load_labelled reads: `eval` and `train` check this before reading hundreds of captures."""
+    if not Path(data_dir).is_dir():
+        raise LabelsError(f"{data_dir}: not a directory (--data names the directory that holds the captures)")
+    try:
+        with open(labels_csv, newline="") as f:
+            header = next(csv.reader(f), None)
+    except OSError as e:
+        raise LabelsError(f"{labels_csv}: cannot read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise LabelsError(f"{labels_csv}: not a CSV file ({e})") from None
+    need = [c for c in dict.fromkeys(LABEL_CSV_COLUMNS + (label_column,)) if c not in (header or [])]
+    if need:
+        raise LabelsError(f"{labels_csv}: missing column{'s' if len(need) > 1 else ''} {', '.join(need)} (a labels "
+                          "CSV has the columns of nDPI's labels.csv, docs/model-card.md)")
+
+
 def load_labelled(data_dir: str | Path, labels_csv: str | Path, *, label_column: str = "category",
                   encrypted_only: bool = False, params: FlowParams = FlowParams(), window: float = 1.0,
                   bursts: int = 3, pcaps: Sequence[str] | None = None, progress: bool = False,
@@ -96,6 +122,7 @@ def load_labelled(data_dir: str | Path, labels_csv: str | Path, *, label_column:
     """
     if label_column not in ("category", "app", "label", "master"):
         raise ValueError(f"label_column must be category, app, label or master, got {label_column!r}")
+    check_labelled_inputs(data_dir, labels_csv, label_column)
     rows_by_pcap: dict[str, dict[Key, dict]] = defaultdict(dict)
     with open(labels_csv, newline="") as f:
         for row in csv.DictReader(f):
