@@ -185,7 +185,7 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
                      "topics": topics}
             if a.deadline_ms is not None:
                 serve["batch_deadline_ms"] = a.deadline_ms
-            cfg.write_text(json.dumps({"serve": serve}))
+            cfg.write_text(json.dumps({"serve": serve, **({"model": {"path": a.model}} if a.model else {})}))
             cmd = [sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url", peer.url] + extra
             if a.stub:
                 cmd = [sys.executable, str(root / "tests" / "stub_daemon.py")] + cmd[3:]
@@ -344,6 +344,7 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--queue-size", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--model", default=None, help="model.path for the daemons (default: the bundled default model)")
     p.add_argument("--deadline-ms", type=float, default=None,
                    help="serve.batch_deadline_ms for the daemons (default: the daemon's, 5 ms)")
     p.add_argument("--daemons", type=ints, default=[1], help="daemon processes, e.g. 1,2 (one run each)")
