@@ -198,8 +198,10 @@ def test_truncated_capture_with_workers(tmp_path: Path, capsys) -> None:
 
 
 def test_bad_capture_after_a_good_one(tmp_path: Path, capsys) -> None:
+    """A capture that starts as pcapng but breaks in its first block passes the check before reading and
+    fails while being read: the good file's rows are logged and the logs closed, the same with workers."""
     bad = tmp_path / "bad.pcap"
-    bad.write_bytes(b"this is not a capture file at all")
+    bad.write_bytes(b"\x0a\x0d\x0d\x0a" + b"this is not a capture file at all")
     results = []
     for w in (1, 2):
         out = tmp_path / f"w{w}"
@@ -213,6 +215,18 @@ def test_bad_capture_after_a_good_one(tmp_path: Path, capsys) -> None:
                         etool.read_text().rstrip("\n").splitlines()[-1].startswith("#close")))
     assert results[0] == results[1]
     assert len(results[1][1]) == 9 and results[1][3]  # the good file's rows, and the log is closed
+
+
+def test_not_a_capture_in_the_list_stops_before_reading_with_workers_too(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "notes.pcap"
+    bad.write_bytes(b"this is not a capture file at all")
+    for w in (1, 2):
+        out = tmp_path / f"w{w}"
+        rc = main(["classify", "--workers", str(w), str(SAMPLE), str(bad), "-o", str(out)])
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert rc == EXIT_INPUT and len(lines) == 1 and "notes.pcap: not a pcap or pcapng capture" in lines[0], err
+        assert not out.exists()
 
 
 def test_bad_model_with_workers_writes_nothing(tmp_path: Path, capsys) -> None:
