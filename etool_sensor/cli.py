@@ -350,6 +350,9 @@ def _classify(args: argparse.Namespace, cfg: Any) -> int:
     except runtime.ModelError as e:
         raise CliError(f"model: {e}") from None
     model_id = f"{model.name}@{model.version}"
+    # a collection longer than the model reads (flow.packets above its window): cut, as the daemon does
+    window = runtime.model_window(model.spec)
+    cut = runtime.exceeds(cfg.flow_params, window)
 
     outdir = Path(args.output or cfg.log.dir)
     fmt = args.format or cfg.log.format
@@ -439,6 +442,8 @@ def _classify(args: argparse.Namespace, cfg: Any) -> int:
             for rec in pcap.read_flows(args.captures, cfg.flow_params, stats=stats, on_conn=on_conn,
                                        progress=progress, checksums=cfg.flow.verify_checksums):
                 counts.flows += 1
+                if cut:
+                    rec = rec.within(window)
                 contexts.append(tracker.observe(rec))
                 batch.append(rec)
                 if len(batch) >= BATCH:

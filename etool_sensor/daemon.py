@@ -237,7 +237,11 @@ class Daemon:
                  metrics: Metrics | None = None) -> None:
         self.s = settings
         self.model = model
-        self._model_packets = int(getattr(getattr(model, "spec", None), "packets", 0) or 0)
+        from .runtime import model_window
+
+        # what the model reads of a flow: records Zeek collected beyond it are cut to it (FlowRecord.within)
+        self._window = model_window(getattr(model, "spec", None))
+        self._model_packets = self._window.packets if self._window is not None else 0
         self.thresholds = thresholds if thresholds is not None else _thresholds(settings)
         self.m = metrics or Metrics()
         self.warn = RateLimitedLog(log)
@@ -373,12 +377,21 @@ class Daemon:
             self.warn.warn("decode:internal", "decoder failed: %r", e)
             return
         rec = fe.record
-        if not rec.final and len(rec.packets) < self._model_packets:
-            # sent at Zeek's packet threshold: ETooL::packets_per_flow is below the model's window
-            m.short_collection.inc()
-            self.warn.warn("short_collection", "flows arrive after %d packets (ETooL::packets_per_flow) but the model "
-                           "reads %d: verdicts are less accurate than the model card measured; raise it in local.zeek",
-                           len(rec.packets), self._model_packets)
+        n_pk = len(rec.packets)
+        if n_pk != self._model_packets and self._model_packets:
+            if not rec.final and n_pk < self._model_packets:
+                # sent at Zeek's packet threshold: ETooL::packets_per_flow is below the model's window
+                m.short_collection.inc()
+                self.warn.warn("short_collection", "flows arrive after %d packets (ETooL::packets_per_flow) but the "
+                               "model reads %d: verdicts are less accurate than the model card measured; raise it in "
+                               "local.zeek", n_pk, self._model_packets)
+            elif n_pk > self._model_packets:
+                # the model reads its first packets: same verdicts, but Zeek waited for packets nobody reads
+                self.warn.warn("long_collection", "flows arrive after %d packets (ETooL::packets_per_flow) but the "
+                               "model reads only the first %d: verdicts come later than they need to; lower it to %d "
+                               "in local.zeek", n_pk, self._model_packets, self._model_packets)
+        if self._window is not None:
+            rec = rec.within(self._window)
         uid = rec.uid
         if uid in self._seen:
             m.drops.labels("duplicate").inc()

@@ -110,6 +110,25 @@ class FlowRecord:
                 raise FlowError(f"{self.uid}: payload chunk longer than B={p.payload_bytes}")
         return self
 
+    def within(self, params: FlowParams) -> "FlowRecord":
+        """This record as a collection of `params` would have recorded it: the first N packets, the chunks of
+        the payload packets among them (at most M), each cut to B bytes; `final` only if the connection
+        ended before the N-th packet (at the N-th, the smaller collection would have sent it, not final).
+        Returns self when the record already fits. The daemon applies the
+        model's window when Zeek collects more than the model reads (ETooL::packets_per_flow redef'd up), and
+        classify when flow.* is set above it: the model and the BURST context then read what a matching
+        collection records. (Such flows still arrive when the longer collection completes, later and so
+        possibly in another order, which can change their neighbours.)"""
+        n, m, b = params.packets, params.payload_packets, params.payload_bytes
+        pk, ch = self.packets, self.payload
+        if (len(pk) < n or len(pk) == n and not self.final) and len(ch) <= m and all(len(c.data) <= b for c in ch):
+            return self
+        kept = pk[:n]
+        m = min(m, sum(1 for p in kept if p.payload_len > 0))
+        chunks = [c if len(c.data) <= b else Chunk(c.is_orig, c.data[:b]) for c in ch[:m]]
+        return FlowRecord(self.uid, self.ts, self.orig_h, self.orig_p, self.resp_h, self.resp_p, self.proto,
+                          kept, chunks, self.final and len(pk) < n)
+
     # JSON form (docs/flow-record.md): bytes as hex so it survives any JSON encoder.
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -97,6 +97,8 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
         fmt_e = row_formatter(ETOOL_FIELDS, spec.fmt)
         fmt_c = row_formatter(CONN_FIELDS, spec.fmt)
         thresholds = runtime.Thresholds(spec.threshold, dict(spec.label_thresholds))
+        window = runtime.model_window(model.spec)  # records beyond it are cut to it, as in one process
+        cut = runtime.exceeds(spec.flow_params, window)
         tracker = ContextTracker(window=spec.window, bursts=spec.bursts)
         top_k, alert_labels, ph = spec.top_k, spec.alert_labels, UID_PLACEHOLDER
         stats, shard_stats = pcap.ReadStats(), pcap.ReadStats()
@@ -139,6 +141,8 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
                                      checksums=spec.checksums)
             for key, kind, obj in events:
                 if kind == pcap.EV_RECORD:
+                    if cut:
+                        obj = obj.within(window)
                     keys.append(key)
                     recs.append(obj)
                     ctxs.append(tracker.observe(obj))

@@ -135,6 +135,25 @@ def run_graph(session: Any, outputs: Sequence[str], feats: dict[str, np.ndarray]
     return out
 
 
+def model_window(spec: Any) -> Any:
+    """What a model reads of a flow, as the collection (flows.FlowParams) that records exactly that; None for a
+    model without a feature spec. Records collected beyond it are cut to it (FlowRecord.within) before their
+    BURST context is taken, so the model never reads packets or bytes it was not trained on."""
+    from .flows import FlowParams
+
+    packets = int(getattr(spec, "packets", 0) or 0)
+    if not packets:
+        return None
+    return FlowParams(packets, int(getattr(spec, "collect_payload_bytes", 0) or getattr(spec, "payload_bytes", 0)),
+                      int(getattr(spec, "payload_packets", 0)))
+
+
+def exceeds(params: Any, window: Any) -> bool:
+    """True when a collection of `params` can record more than `window` holds (then records need cutting)."""
+    return window is not None and any(getattr(params, k) > getattr(window, k)
+                                      for k in ("packets", "payload_bytes", "payload_packets"))
+
+
 def collection_shortfalls(spec: FeatureSpec, params: Any) -> list[str]:
     """Where the flow collection (flows.FlowParams) keeps less than the model reads: one sentence each, for a
     warning. The model still runs, on less than it was trained and measured on."""

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, NamedTuple
 
 from .compiled import compiled
-from .flows import Chunk, FlowError, FlowRecord, Packet, Verdict
+from .flows import Chunk, FlowError, FlowParams, FlowRecord, Packet, Verdict
 
 _flow_frame = compiled("flow_frame")  # the compiled decoder of the ETooL::flow frame (parse_flow), or None
 
@@ -637,6 +637,10 @@ CHUNK_FIELDS = ("is_orig", "hex")
 VERDICT_FIELDS = ("uid", "service", "app", "confidence", "unknown", "alternatives", "model")
 MAX_FLOW_PACKETS = 1024  # FlowParams' upper bound
 MAX_FLOW_CHUNKS = 64
+#: What a flow event may hold: contract v1's bounds (docs/flow-record.md), not the default collection. Zeek's
+#: ETooL::packets_per_flow, payload_bytes and payload_packets are &redef; the model reads its own window of
+#: whatever arrives (the daemon warns when Zeek collects more or less than that).
+WIRE_LIMITS = FlowParams(packets=MAX_FLOW_PACKETS, payload_bytes=65535, payload_packets=MAX_FLOW_CHUNKS)
 
 
 @dataclass(slots=True)
@@ -749,7 +753,7 @@ def flow_from_event(ev: Event) -> FlowEvent:
     rec = FlowRecord(uid, ts.seconds, orig_h, orig_p.number, resp_h, resp_p.number, orig_p.proto,
                      packets, chunks, final)
     try:
-        rec.validate()
+        rec.validate(WIRE_LIMITS)
     except FlowError as e:
         raise WireError("flow", str(e)[:200]) from None
     nt = None
@@ -926,7 +930,7 @@ def _flow_event(topic: str, uid: str, ts_s: str, oh: str, op: str, rh: str, rp: 
         return None
     rec = FlowRecord(uid, ts.seconds, orig_h, orig_p.number, resp_h, resp_p.number, orig_p.proto,
                      packets, chunks, final)
-    rec.validate()
+    rec.validate(WIRE_LIMITS)
     return FlowEvent(rec, reply_topic, topic, nt)
 
 
@@ -1024,7 +1028,7 @@ def _flow_fast(msg: Any) -> FlowEvent | None:
         chunks.append(Chunk(io, bytes.fromhex(h)))
     rec = FlowRecord(uid, ts.seconds, orig_h, orig_p.number, resp_h, resp_p.number, orig_p.proto,
                      packets, chunks, final)
-    rec.validate()
+    rec.validate(WIRE_LIMITS)
     return FlowEvent(rec, reply_topic, topic, nt)
 
 

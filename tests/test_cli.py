@@ -430,3 +430,36 @@ def test_log_rows_follow_the_field_order() -> None:
     assert (row["orig_pkts"], row["orig_ip_bytes"], row["resp_pkts"], row["resp_ip_bytes"]) == \
         (c.orig_pkts, c.orig_ip_bytes, c.resp_pkts, c.resp_ip_bytes)
     assert row["missed_bytes"] == getattr(c, "missed_bytes", 0) and row["tunnel_parents"] is None
+
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_longer_collection_than_the_model_reads_is_cut_to_its_window(tmp_path: Path, capsys, monkeypatch,
+                                                                         workers: int) -> None:
+    """flow.packets/payload_bytes/payload_packets above the model's window: every record reaches the model
+    and the BURST context cut to the window (FlowRecord.within), in one process and in workers."""
+    from etool_sensor import runtime
+
+    seen: list[tuple[int, int, int]] = []
+    orig = runtime.Model.classify
+
+    def classify(self, records, *a, **k):
+        seen.extend((len(r.packets), len(r.payload), max((len(c.data) for c in r.payload), default=0))
+                    for r in records)
+        if workers > 1:  # in a worker process: the parent cannot see `seen`, so fail there
+            assert all(n <= 32 and m <= 3 and b <= 64 for n, m, b in seen[-len(records):]), seen[-len(records):]
+        return orig(self, records, *a, **k)
+
+    monkeypatch.setattr(runtime.Model, "classify", classify)
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text("flow:\n  packets: 64\n  payload_bytes: 128\n  payload_packets: 5\n")
+    from conftest import NDPI
+
+    cap = NDPI / "pcap" / "telegram.pcap"  # TLS flows of hundreds of packets
+    if not cap.is_file():
+        pytest.skip("the nDPI captures are not present")
+    rc, _, err = run(["classify", cap, "-o", tmp_path / "o", "--config", cfg, "--workers", str(workers)], capsys)
+    assert rc == 0, err
+    if workers == 1:
+        assert len(seen) > 20 and all(n <= 32 and m <= 3 and b <= 64 for n, m, b in seen), seen
+        assert max(n for n, _, _ in seen) == 32 and max(b for _, _, b in seen) == 64  # cuts were needed

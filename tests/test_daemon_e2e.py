@@ -163,6 +163,54 @@ def test_a_collection_below_the_models_window_is_warned_and_counted(model, flows
     assert len(warned) == 1 and f"after {want // 2} packets" in warned[0] and f"reads {want}" in warned[0]
 
 
+def test_a_collection_above_the_models_window_is_answered_alike_and_warned(model, flows, caplog):
+    """Zeek collecting more than the model reads (ETooL::packets_per_flow = 64, payload_bytes = 128 for a
+    32-packet, 64-byte model) is within the flow contract: every flow is answered, and (sent in the same
+    order) with the verdict a matching collection gives, since the record is cut to the model's window
+    before its BURST context is taken; the daemon says once that Zeek waits for packets nobody reads."""
+    import dataclasses
+
+    from etool_sensor.flows import Chunk
+
+    want = getattr(getattr(model, "spec", None), "packets", 0)
+    if not want:
+        pytest.skip("the stand-in model has no input window")
+    base = [r for r in flows if not r.final and len(r.packets) == want][:40]
+    assert len(base) >= 20 and sum(bool(r.payload) for r in base) >= 10
+
+    def sparse(r):  # the same connection with payload in its first two payload packets only (ACK-heavy TCP)
+        first = [i for i, p in enumerate(r.packets) if p.payload_len][:2]
+        return dataclasses.replace(r, uid=r.uid + "s", payload=r.payload[:2], packets=[
+            p if i in first else dataclasses.replace(p, payload_len=0) for i, p in enumerate(r.packets)])
+    base += [sparse(r) for r in base[:20]]  # here the made-up tail below would add chunks and context sizes
+    # What Zeek would send with twice the packets, 128 payload bytes and 5 payload packets: a made-up tail of
+    # packets (carrying payload, so a longer collection also has more payload sizes for the BURST context),
+    # chunks cut at 64 bytes continued, two more chunks. The model's window must leave all of it out.
+    B = model.spec.payload_bytes
+    wide = [dataclasses.replace(r, packets=r.packets + [dataclasses.replace(p, payload_len=p.payload_len + 100)
+                                                        for p in r.packets],
+                                payload=[Chunk(c.is_orig, c.data + b"\x00" * B if len(c.data) == B else c.data)
+                                         for c in r.payload] + [Chunk(True, b"\x17\x03\x03" * 40)] * 2)
+            for r in base]
+
+    async def answers(recs):
+        async with ZeekPeer() as peer, serving(peer, model) as d:
+            assert await peer.wait_connected()
+            for r in recs:
+                await peer.publish_flow(r)
+            assert await peer.wait_verdicts(len(recs), 30)
+            c = d.counts()
+            assert c["verdicts_out"] == len(recs) and c.get("short_collection", 0) == 0
+            assert not any(k.startswith("decode_errors") and v for k, v in c.items()), c
+            return {v.uid: (v.service, v.app, v.confidence, v.unknown) for _, v, _ in peer.verdicts}
+
+    with caplog.at_level("WARNING"):
+        got = run(answers(wide))
+    warned = [r.getMessage() for r in caplog.records if "packets_per_flow" in r.getMessage()]
+    assert len(warned) == 1 and f"after {2 * want} packets" in warned[0] and f"only the first {want}" in warned[0]
+    assert got == run(answers(base))
+
+
 def test_pipeline_with_stand_in_model(flows):
     """Always runs (no model package needed): decode -> context -> batch -> classify -> publish."""
     async def main():

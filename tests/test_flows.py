@@ -86,3 +86,28 @@ def test_uid_maker_equals_make_uid(compiled, monkeypatch):
         make = uid_maker(base)
         for n in list(range(300)) + [rnd.randrange(10**15) for _ in range(3000)]:
             assert make(n) == make_uid(base, n)
+
+
+def test_within_gives_what_a_smaller_collection_records_on_real_captures():
+    """FlowRecord.within(params) on a record collected with more packets, bytes and payload packets is the
+    record a collection of `params` makes of the same connection: checked flow by flow against the reader run
+    with each collection on real captures (TCP and UDP, flows that end early and flows cut at N)."""
+    from conftest import NDPI
+    from etool_sensor.pcap import read_flows
+
+    pcaps = [NDPI / "pcap" / n for n in ("443-chrome.pcap", "quic.pcap", "whatsapp_login_chat.pcap", "dns.pcap", "zoom.pcap", "teams.pcap",
+                                          "telegram.pcap", "ssh.pcap", "youtube_quic.pcap")]
+    pcaps = [p for p in pcaps if p.is_file()]
+    if len(pcaps) < 3:
+        pytest.skip("the nDPI captures are not present")
+    small, big = FlowParams(32, 64, 3), FlowParams(64, 128, 5)
+    for pairs in ((small, big), (FlowParams(8, 16, 1), small), (FlowParams(2, 0, 0), big)):
+        lo, hi = pairs
+        want = {r.uid: r for r in read_flows(pcaps, lo)}
+        got = {r.uid: r.within(lo) for r in read_flows(pcaps, hi)}
+        assert got.keys() == want.keys() and len(got) > 100
+        assert got == want
+        cut = sum(len(r.packets) > lo.packets for r in read_flows(pcaps, hi))
+        assert cut > 20  # the comparison covered records that had to be cut
+    r = next(iter(read_flows(pcaps[:1], small)))
+    assert r.within(small) is r  # a record that fits is returned as it is

@@ -343,3 +343,29 @@ def test_canonical_ipv4_shortcut_is_parse_address():
         for s in (".".join(p), ".".join(p) + "\n"):
             z._addr_cache.clear()
             assert outcome(lambda t, _: z._addr_str(t), s) == outcome(lambda t, _: str(z.parse_address(t)), s), s
+
+
+def test_collections_up_to_the_contracts_bounds_decode_alike_on_every_path():
+    """Zeek's ETooL::packets_per_flow, payload_bytes and payload_packets are &redef: a flow event may carry
+    up to contract v1's bounds (1024 packets, 64 chunks of up to 65,535 bytes), not only the default
+    32 / 3 / 64 the bundled models read. Every decoder takes such a frame alike; one packet more is refused
+    alike."""
+    pk = [Packet(i * 1e-3, i % 2 == 0, 60 + i, i % 7, 0x18) for i in range(64)]
+    chunks = [Chunk(i % 2 == 0, bytes(range(256)) * 2) for i in range(5)]
+    rec = FlowRecord("CWideCollection01", 1700000000.25, "10.1.2.3", 40000, "192.0.2.9", 443, "tcp", pk, chunks)
+    frame = z.encode_flow("etool/flows/", rec, "etool/verdicts/")
+    fe = z.parse_flow(frame)
+    assert len(fe.record.packets) == 64 and fe.record.payload == chunks  # (times go through Zeek's formats)
+    assert outcome(lambda f, mb: z.parse_flow(f, mb), frame) == outcome(reference, frame)
+    assert z._flow_text(frame) == fe
+    if z._flow_frame is not None:
+        assert z._flow_compiled(frame) == fe
+    most = FlowRecord("CWideCollection02", 1700000000.25, "10.1.2.3", 40001, "192.0.2.9", 443, "tcp",
+                      [Packet(0.0, True, 60, 0, 2)] * 1024, [Chunk(True, b"\x16" * 65535)] * 2)
+    got = z.parse_flow(z.encode_flow("etool/flows/", most, "etool/verdicts/"), 1 << 24).record
+    assert len(got.packets) == 1024 and got.payload == most.payload
+    over = z.encode_flow("etool/flows/", FlowRecord("CWideCollection03", 1700000000.25, "10.1.2.3", 40002,
+                                                    "192.0.2.9", 443, "tcp", [Packet(0.0, True, 60, 0, 2)] * 1025),
+                         "etool/verdicts/")
+    got = outcome(lambda f, mb: z.parse_flow(f, mb), over, 1 << 24)
+    assert got[0] == "err" and got == outcome(reference, over, 1 << 24)
