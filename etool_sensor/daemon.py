@@ -386,7 +386,7 @@ class Daemon:
                                "model reads %d: verdicts are less accurate than the model card measured; raise it in "
                                "local.zeek", n_pk, self._model_packets)
             elif n_pk > self._model_packets:
-                # the model reads its first packets: same verdicts, but Zeek waited for packets nobody reads
+                # cut to the model's window below: verdicts from the same packets, but Zeek waited for more
                 self.warn.warn("long_collection", "flows arrive after %d packets (ETooL::packets_per_flow) but the "
                                "model reads only the first %d: verdicts come later than they need to; lower it to %d "
                                "in local.zeek", n_pk, self._model_packets, self._model_packets)

@@ -114,10 +114,11 @@ class FlowRecord:
         """This record as a collection of `params` would have recorded it: the first N packets, the chunks of
         the payload packets among them (at most M), each cut to B bytes; `final` only if the connection
         ended before the N-th packet (at the N-th, the smaller collection would have sent it, not final).
-        Returns self when the record already fits. The daemon applies the
-        model's window when Zeek collects more than the model reads (ETooL::packets_per_flow redef'd up), and
-        classify when flow.* is set above it: the model and the BURST context then read what a matching
-        collection records. (Such flows still arrive when the longer collection completes, later and so
+        Returns self when the record already fits.
+
+        The daemon cuts to the model's window when Zeek collects more than the model reads
+        (ETooL::packets_per_flow redef'd up), and classify when flow.* is set above it: the model and the
+        BURST context then read what a matching collection records. (Such flows still complete later, so
         possibly in another order, which can change their neighbours.)"""
         n, m, b = params.packets, params.payload_packets, params.payload_bytes
         pk, ch = self.packets, self.payload
