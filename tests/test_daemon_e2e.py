@@ -100,6 +100,16 @@ async def http_get(port: int, path: str) -> tuple[int, bytes]:
     return await asyncio.to_thread(get)
 
 
+async def serve_flows(model, recs, timeout: float = 30) -> tuple[dict, list]:
+    """One daemon session: publish `recs` in order, wait for every verdict; (daemon counts, verdicts)."""
+    async with ZeekPeer() as peer, serving(peer, model) as d:
+        assert await peer.wait_connected()
+        for r in recs:
+            await peer.publish_flow(r)
+        assert await peer.wait_verdicts(len(recs), timeout)
+        return d.counts(), [v for _, v, _ in peer.verdicts]
+
+
 def uids(peer: ZeekPeer) -> list[str]:
     return [v.uid for _, v, _ in peer.verdicts]
 
@@ -149,16 +159,9 @@ def test_a_collection_below_the_models_window_is_warned_and_counted(model, flows
     assert len(long) >= 10
     cut = [dataclasses.replace(r, packets=r.packets[:want // 2]) for r in long]
 
-    async def main():
-        async with ZeekPeer() as peer, serving(peer, model) as d:
-            assert await peer.wait_connected()
-            for r in cut:
-                await peer.publish_flow(r)
-            assert await peer.wait_verdicts(len(cut), 30)
-            c = d.counts()
-            assert c["short_collection"] == len(cut) and c["verdicts_out"] == len(cut)
     with caplog.at_level("WARNING"):
-        run(main())
+        c, _ = run(serve_flows(model, cut))
+    assert c["short_collection"] == len(cut) and c["verdicts_out"] == len(cut)
     warned = [r.getMessage() for r in caplog.records if "packets_per_flow" in r.getMessage()]
     assert len(warned) == 1 and f"after {want // 2} packets" in warned[0] and f"reads {want}" in warned[0]
 
@@ -193,22 +196,17 @@ def test_a_collection_above_the_models_window_is_answered_alike_and_warned(model
                                          for c in r.payload] + [Chunk(True, b"\x17\x03\x03" * 40)] * 2)
             for r in base]
 
-    async def answers(recs):
-        async with ZeekPeer() as peer, serving(peer, model) as d:
-            assert await peer.wait_connected()
-            for r in recs:
-                await peer.publish_flow(r)
-            assert await peer.wait_verdicts(len(recs), 30)
-            c = d.counts()
-            assert c["verdicts_out"] == len(recs) and c.get("short_collection", 0) == 0
-            assert not any(k.startswith("decode_errors") and v for k, v in c.items()), c
-            return {v.uid: (v.service, v.app, v.confidence, v.unknown) for _, v, _ in peer.verdicts}
+    def answers(recs):
+        c, verdicts = run(serve_flows(model, recs))
+        assert c["verdicts_out"] == len(recs) and c.get("short_collection", 0) == 0
+        assert not any(k.startswith("decode_errors") and v for k, v in c.items()), c
+        return {v.uid: (v.service, v.app, v.confidence, v.unknown) for v in verdicts}
 
     with caplog.at_level("WARNING"):
-        got = run(answers(wide))
+        got = answers(wide)
     warned = [r.getMessage() for r in caplog.records if "packets_per_flow" in r.getMessage()]
     assert len(warned) == 1 and f"after {2 * want} packets" in warned[0] and f"only the first {want}" in warned[0]
-    assert got == run(answers(base))
+    assert got == answers(base)
 
 
 def test_pipeline_with_stand_in_model(flows):
