@@ -122,8 +122,12 @@ class FlowRecord:
         possibly in another order, which can change their neighbours.)"""
         n, m, b = params.packets, params.payload_packets, params.payload_bytes
         pk, ch = self.packets, self.payload
-        if (len(pk) < n or len(pk) == n and not self.final) and len(ch) <= m and all(len(c.data) <= b for c in ch):
-            return self
+        if (len(pk) < n or len(pk) == n and not self.final) and len(ch) <= m:
+            for c in ch:  # (a loop: the daemon calls this for every flow)
+                if len(c.data) > b:
+                    break
+            else:
+                return self
         kept = pk[:n]
         m = min(m, sum(1 for p in kept if p.payload_len > 0))
         chunks = [c if len(c.data) <= b else Chunk(c.is_orig, c.data[:b]) for c in ch[:m]]
