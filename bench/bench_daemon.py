@@ -4,7 +4,7 @@ The bench process plays Zeek (the WebSocket v1 server side) and is the load gene
 bench/loadgen.LeanPeer, which speaks the protocol with websockets' Sans-I/O layer, writes pre-encoded frames
 and matches verdicts by uid (one in 64 decoded in full): 27-38 us of CPU per flow at 6,000-10,000 flows/s
 against 65-90 us for tests/zeek_peer.ZeekPeer, the conformance peer (``--peer full``), which decodes and checks
-every verdict, on the same two cores as the daemons (docs/performance.md, "2026-11-27 VII"). Either way, it it publishes ETooL::flow events built from real captures at a fixed rate, steps the
+every verdict, on the same two cores as the daemons (docs/performance.md, "2026-11-27 VII"). Either way, it publishes ETooL::flow events built from real captures at a fixed rate, steps the
 rate up until the daemons drop flows or fall behind, and reports per step: offered and answered
 flows/s, p50/p99 verdict latency (flow sent -> verdict received, both ends on this machine), drops
 (from the daemons' /metrics) and the daemons' RSS (largest and summed). Each daemon runs as its own
@@ -90,8 +90,10 @@ def pct(xs: list[float], q: float) -> float:
 
 @dataclasses.dataclass
 class Template:
-    parts: tuple[str, str, str] | None  # frame = parts[0] + uid + parts[1] + orig_h + parts[2]
-    whole: tuple[str, str]  # frame = whole[0] + uid + whole[1] (the capture's own orig_h)
+    """One real flow's ETooL::flow frame (UTF-8) with holes for the uid and the originator address."""
+
+    parts: tuple[bytes, bytes, bytes] | None  # frame = parts[0] + uid + parts[1] + orig_h + parts[2]
+    whole: tuple[bytes, bytes]  # frame = whole[0] + uid + whole[1] (the capture's own orig_h)
     orig_h: str
 
 
@@ -107,8 +109,8 @@ def make_templates(clients: int) -> tuple[list[Template], str]:
                               "etool/verdicts/", network_time=time.time())
             p0, rest = f.split(UID_MARK)
             p1, p2 = rest.split('"' + ADDR_MARK + '"')
-            parts = (p0, p1 + '"', '"' + p2)
-        out.append(Template(parts, (a, b), r.orig_h))
+            parts = (p0.encode(), (p1 + '"').encode(), ('"' + p2).encode())
+        out.append(Template(parts, (a.encode(), b.encode()), r.orig_h))
     info = (f"# {len(flows)} distinct flows from real captures, avg "
             f"{sum(len(r.packets) for r in flows) / len(flows):.1f} packets, avg frame "
             f"{sum(len(t.whole[0]) + len(t.whole[1]) + 18 for t in out) / len(out):.0f} bytes; "
@@ -133,29 +135,18 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
         caddr = [client_addr(i) for i in range(K)]
     ttopic = [daemon_topic(t.orig_h, names) for t in tmpls]
 
-    def frame_for(seq: int, uid: str) -> tuple[str, str]:
-        t = tmpls[seq % len(tmpls)]
-        if K and t.parts is not None:
-            c = seq % K
-            p = t.parts
-            return ctopic[c], p[0] + uid + p[1] + caddr[c] + p[2]
-        return ttopic[seq % len(tmpls)], t.whole[0] + uid + t.whole[1]
-
-    # the same frames as bytes, pieces encoded once (the lean peer sends bytes)
-    bparts = [None if t.parts is None else tuple(x.encode() for x in t.parts) for t in tmpls]
-    bwhole = [tuple(x.encode() for x in t.whole) for t in tmpls]
     baddr = [x.encode() for x in caddr] if K else []
 
     def frame_bytes(seq: int, uid: bytes) -> tuple[str, bytes]:
-        i = seq % len(tmpls)
-        p = bparts[i]
+        """Flow number seq: its topic and frame."""
+        t = tmpls[seq % len(tmpls)]
+        p = t.parts
         if K and p is not None:
             c = seq % K
             return ctopic[c], b"".join((p[0], uid, p[1], baddr[c], p[2]))
-        w = bwhole[i]
-        return ttopic[i], b"".join((w[0], uid, w[1]))
+        return ttopic[seq % len(tmpls)], b"".join((t.whole[0], uid, t.whole[1]))
 
-    share = collections.Counter(frame_for(s, "x")[0] for s in range(len(tmpls) * max(1, K)))
+    share = collections.Counter(frame_bytes(s, b"x")[0] for s in range(len(tmpls) * max(1, K)))
     tot = sum(share.values())
     label = (f"serve --workers {n}" if a.workers and n > 1 else f"{n} daemon{'s' if n > 1 else ''}") \
         + (f" from {root}" if root != ROOT else "")
@@ -263,10 +254,10 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
                         await peer.publish_many(batch)
                     else:
                         for _ in range(due):
-                            uid = f"B{seq:017d}"
-                            topic, frame = frame_for(seq, uid)
-                            sent_at[uid.encode()] = time.perf_counter()
-                            await peer.publish(topic, frame)
+                            uid = b"B%017d" % seq
+                            topic, frame = frame_bytes(seq, uid)
+                            sent_at[uid] = time.perf_counter()
+                            await peer.publish(topic, frame.decode())
                             seq += 1
                             n_sent += 1
                     await asyncio.sleep(0.001)
