@@ -23,6 +23,10 @@ import time
 import uuid
 from typing import Any
 
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
 from etool_sensor import zeekws as z
 
 # the verdict's first field, the uid: {"@data-type":"string","data":"<uid>"} right after the record opens
@@ -31,8 +35,6 @@ _UID = re.compile(rb'"data":\[\{"@data-type":"vector","data":\[\{"@data-type":"s
 
 class _Conn(asyncio.Protocol):
     def __init__(self, peer: "LeanPeer") -> None:
-        from websockets.server import ServerProtocol
-
         self.peer = peer
         self.ws = ServerProtocol(max_size=16 << 20)
         self.subs: tuple[str, ...] | None = None
@@ -59,9 +61,6 @@ class _Conn(asyncio.Protocol):
         self.paused = None
 
     def data_received(self, data: bytes) -> None:
-        from websockets.frames import Frame, Opcode
-        from websockets.http11 import Request
-
         ws = self.ws
         ws.receive_data(data)
         peer = self.peer
