@@ -677,7 +677,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 def eval_main(args: argparse.Namespace) -> int:
     from .features import FeatureSpec
     from .flows import FlowParams
-    from .train.data import LabelsError, check_labelled_inputs, load_labelled
+    from .train.data import LabelsError, load_labelled
 
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.time()
@@ -706,13 +706,12 @@ def eval_main(args: argparse.Namespace) -> int:
     if args.no_model and not args.splits:
         log("eval: nothing to evaluate: --no-model skips the shipped model, so name --splits (e.g. all)")
         return 2
-    try:
-        check_labelled_inputs(args.data, args.labels, args.label_column)
+    try:  # load_labelled checks --data and --labels before it reads any capture
+        ds = load_labelled(args.data, args.labels, label_column=args.label_column,
+                           encrypted_only=args.encrypted_only, pcaps=pcaps, params=params)
     except LabelsError as e:
         log(f"eval: {e}")
         return 2
-    ds = load_labelled(args.data, args.labels, label_column=args.label_column,
-                       encrypted_only=args.encrypted_only, pcaps=pcaps, params=params)
     log(f"eval: {len(ds)} matched flows from {len(set(ds.pcap))} captures ({time.time() - t0:.1f}s)")
     if len(ds) == 0:
         log("eval: no flow matched the labels")
