@@ -2241,11 +2241,50 @@ static int proto_code(PyObject *v) {
 
 typedef struct {
     int64_t *pkt, *byt, *seg;
-    float *ctx, *meta;
-    Py_ssize_t n, m, bb, k, sz;
+    float *ctx, *meta, *flt;
+    Py_ssize_t n, m, bb, k, sz, f;
     int mask, norm;
-    uint8_t *tmp; /* bb bytes */
+    double fscale, cscale; /* flt: log1p(65535), log1p(N) */
+    double *fsum;          /* 2 * f scratch: byte and packet totals of the flights */
+    uint8_t *tmp;          /* bb bytes */
 } EncOut;
+
+/* features._flight_array's row for one record: its first f flights (runs of payload-carrying packets in one
+ * direction, over all of its packets) as signed log bytes / fscale and log packets / cscale; 1 done, 0 declined */
+static int encode_flights(EncOut *o, Py_ssize_t i, PyObject *r) {
+    Py_ssize_t np_;
+    PyObject *all = attr_head(r, S_packets, PY_SSIZE_T_MAX, &np_);
+    if (!all) return 0;
+    PyObject **ps = PySequence_Fast_ITEMS(all);
+    double *sz = o->fsum, *ct = o->fsum + o->f;
+    memset(o->fsum, 0, (size_t)(2 * o->f) * sizeof(double));
+    Py_ssize_t j = -1;
+    int last = -1, ok = 1;
+    for (Py_ssize_t q = 0; q < np_; q++) {
+        double plen, orig;
+        if (attr_double(ps[q], S_payload_len, &plen) < 0 || attr_double(ps[q], S_is_orig, &orig) < 0) {
+            ok = 0;
+            break;
+        }
+        if (!(plen > 0)) continue;
+        int ob = orig != 0.0;
+        if (ob != last) {
+            if (j == o->f - 1) break;
+            j++;
+            last = ob;
+        }
+        sz[j] += ob ? plen : -plen;
+        ct[j] += 1.0;
+    }
+    Py_DECREF(all);
+    if (!ok) return 0;
+    float *row = o->flt + i * 2 * o->f;
+    for (Py_ssize_t t = 0; t < o->f; t++) {
+        row[2 * t] = (float)copysign(log1p(fabs(sz[t])) / o->fscale, sz[t]);
+        row[2 * t + 1] = (float)(log1p(ct[t]) / o->cscale);
+    }
+    return 1;
+}
 
 /* getattr(o, name) is truthy: 1/0, -1 on error */
 static int attr_true(PyObject *o, PyObject *name) {
@@ -2375,6 +2414,7 @@ static int encode_one(EncOut *o, Py_ssize_t i, PyObject *r, PyObject *cx) {
     mt[1] = (float)((double)cnt / (double)o->n);
     mt[2] = (float)fin;
     mt[3] = (float)position;
+    if (o->f > 0 && !encode_flights(o, i, r)) goto done;
     ok = 1;
 done:
     Py_XDECREF(a);
@@ -2397,14 +2437,15 @@ static int out_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t bytes, Py_ssize
     return 0;
 }
 
-/* encode_arrays(records, contexts|None, n, m, bb, k, sizes, mask, normalize, pkt, byt, seg, ctx, meta) -> bool */
+/* encode_arrays(records, contexts|None, n, m, bb, k, sizes, mask, normalize, pkt, byt, seg, ctx, meta
+ *               [, f, flt, fscale, cscale]) -> bool */
 static PyObject *encode_arrays(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 14) {
-        PyErr_SetString(PyExc_TypeError, "encode_arrays takes 14 arguments");
+    if (nargs != 14 && nargs != 18) {
+        PyErr_SetString(PyExc_TypeError, "encode_arrays takes 14 or 18 arguments");
         return NULL;
     }
     EncOut o = {0};
-    Py_buffer vb[5];
+    Py_buffer vb[6];
     int nviews = 0, ok = 0;
     Py_ssize_t nr, nx = 0;
     PyObject *recs = NULL, *ctxs = NULL;
@@ -2415,8 +2456,13 @@ static PyObject *encode_arrays(PyObject *Py_UNUSED(mod), PyObject *const *args, 
     o.sz = PyLong_AsSsize_t(args[6]);
     o.mask = PyObject_IsTrue(args[7]);
     o.norm = PyObject_IsTrue(args[8]);
+    if (nargs == 18) {
+        o.f = PyLong_AsSsize_t(args[14]);
+        o.fscale = PyFloat_AsDouble(args[16]);
+        o.cscale = PyFloat_AsDouble(args[17]);
+    }
     if (PyErr_Occurred() || o.mask < 0 || o.norm < 0) return NULL;
-    if (o.n < 1 || o.m < 0 || o.bb < 0 || o.k < 0 || o.sz < 0) Py_RETURN_FALSE;
+    if (o.n < 1 || o.m < 0 || o.bb < 0 || o.k < 0 || o.sz < 0 || o.f < 0) Py_RETURN_FALSE;
     if (!(recs = head(args[0], PY_SSIZE_T_MAX, &nr))) goto done;
     if (args[1] != Py_None && (!(ctxs = head(args[1], PY_SSIZE_T_MAX, &nx)) || nx < nr)) goto done;
     const Py_ssize_t sizes[5] = {nr * o.n * 4 * 8, nr * o.m * o.bb * 8, nr * o.m * o.bb * 8,
@@ -2424,6 +2470,11 @@ static PyObject *encode_arrays(PyObject *Py_UNUSED(mod), PyObject *const *args, 
     const Py_ssize_t isz[5] = {8, 8, 8, 4, 4};
     for (; nviews < 5; nviews++)
         if (out_buffer(args[9 + nviews], &vb[nviews], sizes[nviews], isz[nviews]) < 0) goto done;
+    if (o.f > 0) {
+        if (out_buffer(args[15], &vb[nviews], nr * 2 * o.f * 4, 4) < 0) goto done;
+        o.flt = vb[nviews++].buf;
+        if (!(o.fsum = PyMem_Malloc((size_t)(2 * o.f) * sizeof(double)))) goto done;
+    }
     o.pkt = vb[0].buf;
     o.byt = vb[1].buf;
     o.seg = vb[2].buf;
@@ -2435,6 +2486,7 @@ static PyObject *encode_arrays(PyObject *Py_UNUSED(mod), PyObject *const *args, 
     for (Py_ssize_t i = 0; i < nr && ok; i++) ok = encode_one(&o, i, rs[i], xs ? xs[i] : NULL);
 done:
     PyMem_Free(o.tmp);
+    PyMem_Free(o.fsum);
     for (int v = 0; v < nviews; v++) PyBuffer_Release(&vb[v]);
     Py_XDECREF(recs);
     Py_XDECREF(ctxs);
@@ -2606,7 +2658,8 @@ static PyMethodDef module_methods[] = {
     {"tsv_row", (PyCFunction)(void (*)(void))tsv_row, METH_FASTCALL,
      "tsv_row(codes, row) -> str | None: zeeklog.ascii_row_formatter's plain rows; None = let Python write it"},
     {"encode_arrays", (PyCFunction)(void (*)(void))encode_arrays, METH_FASTCALL,
-     "encode_arrays(records, contexts|None, n, m, bb, k, sizes, mask, normalize, pkt, byt, seg, ctx, meta) -> "
+     "encode_arrays(records, contexts|None, n, m, bb, k, sizes, mask, normalize, pkt, byt, seg, ctx, meta"
+     "[, f, flt, fscale, cscale]) -> "
      "bool: features._arrays_py into the given zeroed arrays; False = declined, use the Python version"},
     {NULL, NULL, 0, NULL},
 };

@@ -44,10 +44,12 @@ import numpy as np
 
 SPLITS = ("iid", "capture", "unseen_app", "shifted")
 EXTRA_SPLITS = ("capture_kfold", "iid_kfold")  # run only when named: K trainings per method
-METHODS = ("rf", "knn", "etool", "student_no_llm", "student_no_payload", "student_ports", "teacher",
-           "encoder_only")
-EXTRA_METHODS = ("rf_hello", "student_capbal")  # run only when named (an experiment, see docs/model-card.md)
+METHODS = ("rf", "knn", "etool", "hybrid", "student_no_llm", "hybrid_no_llm", "student_no_payload",
+           "student_ports", "teacher", "encoder_only")
+HYBRIDS = {"hybrid": "etool", "hybrid_no_llm": "student_no_llm"}  # student times the shape forest (train/forest.py)
+EXTRA_METHODS = ("rf_hello", "rf_shape", "student_capbal")  # only when named (experiments, docs/model-card.md)
 N_SIZES = 20
+N_FLIGHTS = 12  # rf_shape
 
 # ------------------------------------------------------------------------------------------- metrics
 
@@ -269,7 +271,9 @@ class SizeBaseline:
     """rf / knn on the first 20 signed packet sizes. rf_hello: the forest with the TLS handshake structure too
     (hello version, cipher suites and extension types present, as bits over the training flows' most common
     values; features.parse_hello): how much of that signal survives the capture shift (needs flows read with
-    the whole hello, eval --hello-tokens COLLECT)."""
+    the whole hello, eval --hello-tokens COLLECT). rf_shape: the forest on what does not move with the path:
+    the first flights (features.flights: direction-run byte and packet totals), TCP or UDP, and the
+    handshake bits of rf_hello, without the single packet sizes."""
 
     def __init__(self, kind: str, seed: int = 0, quick: bool = False) -> None:
         from sklearn.ensemble import RandomForestClassifier
@@ -278,14 +282,23 @@ class SizeBaseline:
         from sklearn.preprocessing import StandardScaler
 
         self.kind = kind
-        if kind in ("rf", "rf_hello"):
+        if kind in ("rf", "rf_hello", "rf_shape"):
             self.m = RandomForestClassifier(n_estimators=50 if quick else 300, random_state=seed, n_jobs=2)
         else:
             self.m = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5, weights="distance"))
 
     def _x(self, records) -> np.ndarray:
-        x = signed_sizes(records)
-        if self.kind != "rf_hello":
+        if self.kind == "rf_shape":
+            from .features import flights
+
+            x = np.zeros((len(records), 2 * N_FLIGHTS + 1), np.float32)
+            for i, r in enumerate(records):
+                x[i, -1] = r.proto == "tcp"
+                for j, (size, count) in enumerate(flights(r, N_FLIGHTS)):
+                    x[i, j], x[i, N_FLIGHTS + j] = size, count
+        else:
+            x = signed_sizes(records)
+        if self.kind not in ("rf_hello", "rf_shape"):
             return x
         from .features import parse_hello
 
@@ -308,7 +321,7 @@ class SizeBaseline:
         return np.hstack([x, h])
 
     def fit(self, records, labels) -> "SizeBaseline":
-        if self.kind == "rf_hello":
+        if self.kind in ("rf_hello", "rf_shape"):
             from collections import Counter
 
             from .features import parse_hello
@@ -430,25 +443,38 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
             teacher = t
         return t
 
+    students: dict = {}
+
+    def student_for(m: str):
+        from .train.student import train_student
+
+        kw = {"etool": {}, "student_no_llm": {}, "student_no_payload": dict(use_payload=False),
+              "student_ports": dict(use_ports=True), "student_capbal": dict(capture_balance=capture_balance)}[m]
+        # ablations change one thing from etool: they keep its teacher (built only when needed)
+        t = None if m in ("student_no_llm", "student_capbal") else get_teacher()
+        # SSL on the training flows plus the extra unlabelled ones, as the teacher's stage 1 does
+        ssl = None if unlabelled is None else (list(tr.records) + list(unlabelled[0]),
+                                               list(tr.contexts) + list(unlabelled[1]))
+        return train_student(tr, label_column=col, quick=quick, seed=seed, teacher=t, log=log, spec=spec,
+                             config=student_config, unlabelled=ssl, **kw)
+
     for m in methods:
         t0 = time.time()
         try:
-            if m in ("rf", "knn", "rf_hello"):
+            if m in ("rf", "knn", "rf_hello", "rf_shape"):
                 model = SizeBaseline(m, seed, quick).fit(tr.records, tr.labels)
             elif m in ("teacher", "encoder_only"):
                 model = get_teacher(m)
-            else:
-                from .train.student import train_student
+            elif m in HYBRIDS:  # the student of the named method (trained once per split) times the forest
+                from .train.forest import Hybrid, train_forest
 
-                kw = {"etool": {}, "student_no_llm": {}, "student_no_payload": dict(use_payload=False),
-                      "student_ports": dict(use_ports=True), "student_capbal": dict(capture_balance=capture_balance)}[m]
-                # ablations change one thing from etool: they keep its teacher (built only when needed)
-                t = None if m in ("student_no_llm", "student_capbal") else get_teacher()
-                # SSL on the training flows plus the extra unlabelled ones, as the teacher's stage 1 does
-                ssl = None if unlabelled is None else (list(tr.records) + list(unlabelled[0]),
-                                                       list(tr.contexts) + list(unlabelled[1]))
-                model = train_student(tr, label_column=col, quick=quick, seed=seed, teacher=t, log=log, spec=spec,
-                                      config=student_config, unlabelled=ssl, **kw)
+                base = HYBRIDS[m]
+                if base not in students:
+                    students[base] = student_for(base)
+                model = Hybrid(students[base], train_forest(tr.records, tr.contexts, tr.labels, spec=spec,
+                                                            seed=seed, quick=quick))
+            else:
+                model = students[m] = student_for(m)
             fit_s = time.time() - t0
             pred, conf = _predict(model, te.records, te.contexts, list(model.labels))
             r = metrics(te.labels, pred, conf)
@@ -456,7 +482,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
             if keep_predictions:
                 r["_pred"], r["_conf"] = list(pred), [float(c) for c in conf]
             res["methods"][m] = r
-            if png_dir is not None and m in ("etool", "teacher", "rf") and len(te):
+            if png_dir is not None and m in ("etool", "hybrid", "teacher", "rf") and len(te):
                 png = png_dir / f"confusion_{col}_{split_name}_{m}.png"
                 confusion_png(te.labels, pred, png, f"{m}, {split_name} split, {col}")
                 r["confusion_png"] = png.name
@@ -544,7 +570,7 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
         r.update(fold_macro_f1_min5=[round(float(v), 4) for v in f], fold_mean=float(f.mean()),
                  fold_sd=float(f.std(ddof=1)) if len(f) > 1 else 0.0, fit_s=round(fit_s[m], 1))
         out["methods"][m] = r
-        if png_dir is not None and m in ("etool", "rf", "student_no_llm"):
+        if png_dir is not None and m in ("etool", "hybrid", "hybrid_no_llm", "rf", "student_no_llm"):
             png = png_dir / f"confusion_{column}_{kind}_{m}.png"
             confusion_png(y, pred[m], png, f"{m}, {kind} (pooled), {column}")
             r["confusion_png"] = png.name
@@ -667,6 +693,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hello-tokens", type=int, default=None, metavar="COLLECT",
                    help="students also get the TLS handshake structure as hashed tokens (features.hello_tokens); "
                         "flows are read with COLLECT payload bytes per chunk, the datagram window stays B")
+    p.add_argument("--flights", type=int, default=0, metavar="F",
+                   help="students also get the first F flights (direction-run byte and packet totals, "
+                        "features.flights) in their meta token; 0 = off (the shipped features)")
     p.add_argument("--capture-balance", type=float, default=0.5, metavar="POWER",
                    help="method student_capbal draws training flows with probability (flows of their capture) "
                         "** -POWER (default 0.5; 1 = every capture equally often)")
@@ -695,6 +724,11 @@ def eval_main(args: argparse.Namespace) -> int:
         collect = max(collect, spec.collect_payload_bytes)
         spec = dataclasses.replace(spec, collect_payload_bytes=collect, **extra)
         params = dataclasses.replace(params, payload_bytes=collect)
+    if getattr(args, "flights", 0):
+        if args.flights < 0 or args.flights > params.packets:
+            log(f"eval: --flights {args.flights} must be between 0 and the {params.packets} packets read")
+            return 2
+        spec = dataclasses.replace(spec, flights=args.flights)
     student_config = None
     if getattr(args, "student_config", None):
         from .train.model import parse_shape

@@ -52,6 +52,9 @@ class FeatureSpec:
     # TLS handshake structure as up to this many hashed tokens (hello_tokens(); 0 = off): versions, cipher
     # suites and extension types of the ClientHello / ServerHello, parsed from the collected chunk, never names.
     hello_tokens: int = 0
+    # The first `flights` direction runs of payload packets as (signed bytes, packets) pairs (flights()):
+    # sums over TCP segments, so they do not move with the path's MSS as single packet sizes do. 0 = off.
+    flights: int = 0
 
     @classmethod
     def from_params(cls, params: FlowParams, **kw: object) -> "FeatureSpec":
@@ -124,6 +127,54 @@ def hello_tokens(rec: FlowRecord, chunks: int = 3) -> list[int]:
     return out
 
 
+FLIGHT_SCALE = math.log1p(65535.0)
+
+
+def flights(rec: FlowRecord, n: int) -> list[tuple[int, int]]:
+    """The first n flights of a flow: runs of consecutive payload-carrying packets in one direction, as
+    (payload bytes, + from the originator and - from the responder; packets). Pure ACKs neither end nor
+    join a run. Why: a TLS server's first flight (hello, certificate chain) is one size wherever it is
+    captured, but the path's MSS and offloads cut it into different packets (the packet counts do follow
+    the MSS; the byte totals do not)."""
+    out: list[list[int]] = []
+    for p in rec.packets:
+        if p.payload_len <= 0:
+            continue
+        s = p.payload_len if p.is_orig else -p.payload_len
+        if out and (out[-1][0] > 0) == p.is_orig:
+            out[-1][0] += s
+            out[-1][1] += 1
+        elif len(out) < n:
+            out.append([s, 1])
+        else:
+            break
+    return [(a, b) for a, b in out]
+
+
+def _flight_array(records: Sequence[FlowRecord], n: int, packets: int) -> np.ndarray:
+    """encode()'s flt: flights() of every record, scaled with a few vector operations per batch."""
+    size = np.zeros((len(records), n), np.float64)
+    count = np.zeros((len(records), n), np.float64)
+    for i, r in enumerate(records):
+        row_s, row_c = size[i], count[i]
+        j, last = -1, None
+        for p in r.packets:
+            b = p.payload_len
+            if b <= 0:
+                continue
+            o = p.is_orig
+            if o is not last:
+                if j == n - 1:
+                    break
+                j, last = j + 1, o
+            row_s[j] += b if o else -b
+            row_c[j] += 1
+    flt = np.empty((len(records), 2 * n), np.float32)
+    flt[:, 0::2] = np.copysign(np.log1p(np.abs(size)) / FLIGHT_SCALE, size)
+    flt[:, 1::2] = np.log1p(count) / math.log1p(packets)
+    return flt
+
+
 def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None, spec: FeatureSpec,
            mask_names: bool | None = None) -> dict[str, np.ndarray]:
     """Encode a batch. Arrays (B = batch):
@@ -133,6 +184,8 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
     - seg   int64 [B, M*Bb]: 0 pad, else 1 + 2*chunk + (1 if from the responder)
     - ctx   float32 [B, K, 3 + S]: neighbour (log dt, burst gap, is_udp, S signed sizes / 1500); zeros pad
     - meta  float32 [B, 4]: is_udp, packets/N, final, position in BURST (log)
+    - flt   float32 [B, 2F]: per flight (flights()) signed log bytes / log 65536, log packets / log (N+1)
+            (only when spec.flights)
     - port  int64 [B]: responder port token (only when spec.use_ports)
     """
     mask = spec.mask_names if mask_names is None else mask_names
@@ -154,9 +207,12 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
 
 def _zeros(bsz: int, spec: FeatureSpec) -> dict[str, np.ndarray]:
     n, m, bb, k = spec.packets, spec.payload_packets, spec.payload_bytes, spec.context
-    return {"pkt": np.zeros((bsz, n, 4), np.int64), "byt": np.zeros((bsz, m * bb), np.int64),
-            "seg": np.zeros((bsz, m * bb), np.int64), "ctx": np.zeros((bsz, k, 3 + CONTEXT_SIZES), np.float32),
-            "meta": np.zeros((bsz, 4), np.float32)}
+    out = {"pkt": np.zeros((bsz, n, 4), np.int64), "byt": np.zeros((bsz, m * bb), np.int64),
+           "seg": np.zeros((bsz, m * bb), np.int64), "ctx": np.zeros((bsz, k, 3 + CONTEXT_SIZES), np.float32),
+           "meta": np.zeros((bsz, 4), np.float32)}
+    if spec.flights:
+        out["flt"] = np.zeros((bsz, 2 * spec.flights), np.float32)
+    return out
 
 
 def _arrays_c(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None, spec: FeatureSpec,
@@ -165,16 +221,17 @@ def _arrays_c(records: Sequence[FlowRecord], contexts: Sequence[Context | None] 
     lists/tuples, bytes and numbers), and the caller runs _arrays_py. tests/test_features_fast.py checks that
     both give the same arrays on every flow of the shared captures and on odd records."""
     out = _zeros(len(records), spec)
+    extra = (spec.flights, out["flt"], FLIGHT_SCALE, math.log1p(spec.packets)) if spec.flights else ()
     if _encode_c(records, contexts, spec.packets, spec.payload_packets, spec.payload_bytes, spec.context,
                  CONTEXT_SIZES, mask, spec.normalize_random, out["pkt"], out["byt"], out["seg"], out["ctx"],
-                 out["meta"]):
+                 out["meta"], *extra):
         return out
     return None
 
 
 def _arrays_py(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None, spec: FeatureSpec,
                mask: bool) -> dict[str, np.ndarray]:
-    """pkt, byt, seg, ctx and meta of encode(); the reference for _arrays_c."""
+    """pkt, byt, seg, ctx, meta (and flt) of encode(); the reference for _arrays_c."""
     n, m, bb, k = spec.packets, spec.payload_packets, spec.payload_bytes, spec.context
     compact = spec.compact_hello
     norm = spec.normalize_random
@@ -245,4 +302,6 @@ def _arrays_py(records: Sequence[FlowRecord], contexts: Sequence[Context | None]
         pos = np.repeat(np.asarray(piece_at) - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
         byt.reshape(-1)[pos] = np.frombuffer(b"".join(pieces), np.uint8).astype(np.int64) + 1
         seg.reshape(-1)[pos] = np.repeat(np.asarray(piece_seg, np.int64), lens)
+    if spec.flights:
+        arrays["flt"] = _flight_array(records, spec.flights, spec.packets)
     return arrays

@@ -172,6 +172,17 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def hybrid_logits(student_logits: np.ndarray, forest_proba: np.ndarray, w: float, eps: float) -> np.ndarray:
+    """A hybrid package's service logits: w * log_softmax(student) + (1 - w) * log(forest + eps); their
+    softmax is the normalised product p_student^w * (p_forest + eps)^(1 - w) (train/forest.py). Computed here
+    in numpy, not in the graph: numpy's exp/log give every element the same bits wherever it sits in the
+    batch, onnxruntime's vectorised ones do not (a last-bit change in 6 of 744 flows between batch sizes),
+    and a flow's scores must not depend on its batch."""
+    z = student_logits - student_logits.max(axis=1, keepdims=True)
+    log_s = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return (np.float32(w) * log_s + np.float32(1.0 - w) * np.log(forest_proba + np.float32(eps))).astype(np.float32)
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=1, keepdims=True)
     np.exp(x, out=x)
@@ -248,10 +259,17 @@ class Model:
         outs = manifest.get("outputs") or {}
         self._out = {h: outs.get(h, f"{h}_logits") for h in HEADS}
         self._out_kind = outs.get("kind", "logits")
+        hyb = manifest.get("hybrid") or {}
+        # a hybrid package: the graph also gives the shape forest's probabilities for this head's labels
+        self._hybrid = (hyb["head"], outs["forest"], float(hyb["mix"]), float(hyb["eps"])) if hyb else None
         self._inputs = [i.name for i in session.get_inputs()]
         gran = manifest.get("token_granules") or {}
         self._granules: dict[str, int] = {k: int(v) for k, v in gran.items() if k in self._inputs}
         names = {o.name for o in session.get_outputs()}
+        if self._hybrid and (self._hybrid[0] not in HEADS or self._hybrid[1] not in names
+                             or self._out_kind != "logits"):
+            raise ModelError(f"{path}: manifest 'hybrid' needs a logits head and the graph output "
+                             f"{self._hybrid[1]!r} (outputs.forest)")
         for h, o in self._out.items():
             if o not in names:
                 raise ModelError(f"{path}: model.onnx has no output {o!r} for the {h} head")
@@ -269,10 +287,16 @@ class Model:
         return encode(records, contexts, self.spec, mask_names=mask_names)
 
     def _run(self, feats: dict[str, np.ndarray], heads: Sequence[str]) -> dict[str, np.ndarray]:
-        res = run_graph(self.session, [self._out[h] for h in heads], feats, self._inputs, self._granules)
+        outs = [self._out[h] for h in heads]
+        mixed = self._hybrid is not None and self._hybrid[0] in heads
+        if mixed:
+            outs.append(self._hybrid[1])
+        res = run_graph(self.session, outs, feats, self._inputs, self._granules)
         probs = {}
         for h, x in zip(heads, res):
             x = x if x is not None else np.zeros((0, len(self.label_sets[h])), np.float32)
+            if mixed and h == self._hybrid[0] and len(x):
+                x = hybrid_logits(x, res[-1], self._hybrid[2], self._hybrid[3])
             probs[h] = softmax(x) if self._out_kind == "logits" else x
         return probs
 

@@ -19,7 +19,7 @@ OUTPUTS = ["service_logits", "app_logits"]
 
 
 class _Wrapped(torch.nn.Module):
-    """Fixes the positional signature the exporter sees (port, hello only when the model uses them)."""
+    """Fixes the positional signature the exporter sees (port, hello, flt only when the model uses them)."""
 
     def __init__(self, m: StudentClassifier) -> None:
         super().__init__()
@@ -46,6 +46,8 @@ def dummy_inputs(model: StudentClassifier, batch: int = 2) -> dict[str, torch.Te
     if c.hello_tokens:
         d["hello"] = torch.zeros(batch, c.hello_tokens, dtype=torch.long)
         d["hello"][:, 0] = 1
+    if c.flights:
+        d["flt"] = torch.zeros(batch, 2 * c.flights)
     return d
 
 

@@ -20,8 +20,8 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def quick_package(tmp_path_factory):
-    """`etool-sensor train --quick --no-teacher` on real captures: the package tests/test_model.py and
-    tests/test_fuse.py check (trained once per session)."""
+    """`etool-sensor train --quick --no-teacher --no-forest` on real captures: the student package
+    tests/test_model.py, tests/test_fuse.py and tests/test_hybrid.py check (trained once per session)."""
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
     if not (NDPI / "labels.csv").is_file():
@@ -30,6 +30,6 @@ def quick_package(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("pkg") / "model"
     rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--out", str(out), "--quick",
-               "--no-teacher", "--quick-pcaps", "30", "--name", "quick-test", "--version", "0.0.1"])
+               "--no-teacher", "--no-forest", "--quick-pcaps", "30", "--name", "quick-test", "--version", "0.0.1"])
     assert rc == 0
     return out

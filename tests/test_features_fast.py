@@ -33,6 +33,8 @@ SPECS = [
     FeatureSpec(normalize_random=False),
     FeatureSpec(packets=8, payload_bytes=16, payload_packets=2, context=3),
     FeatureSpec(packets=48, payload_bytes=200, payload_packets=5, context=12),
+    FeatureSpec(flights=12),  # the hybrid's flt (records of 48 packets: flights over all of them)
+    FeatureSpec(packets=8, flights=3),
 ]
 
 
@@ -60,7 +62,8 @@ def flows() -> tuple[list, list]:
     return recs, ctxs
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"n{s.packets}b{s.payload_bytes}m{s.mask_names}r{s.normalize_random}")
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"n{s.packets}b{s.payload_bytes}m{s.mask_names}r{s.normalize_random}"
+                                                    f"f{s.flights}")
 def test_every_real_flow_encodes_alike(flows, spec):
     recs, ctxs = flows
     for i in range(0, len(recs), 500):
@@ -72,6 +75,8 @@ def test_every_real_flow_encodes_alike(flows, spec):
     # the comparison is over real content: packets, bytes and neighbours were written
     assert (nonzero["pkt"] != 0).sum() > 10_000 and (nonzero["byt"] != 0).sum() > 10_000
     assert (nonzero["ctx"] != 0).sum() > 1_000 and (nonzero["meta"][:, 3] != 0).sum() > 100
+    if spec.flights:
+        assert (nonzero["flt"][:, 2 * spec.flights - 2] != 0).sum() > 50  # flows that reach the last flight
 
 
 def test_batching_and_missing_contexts(flows):
@@ -153,7 +158,7 @@ def test_declines_and_errors_are_the_python_paths():
 def test_encode_uses_the_compiled_path(monkeypatch, flows):
     """encode() gives _arrays_py's arrays with the C path on and off (and the extras on top)."""
     recs, ctxs = flows
-    for spec in (FeatureSpec(), FeatureSpec(use_ports=True, hello_tokens=16)):
+    for spec in (FeatureSpec(), FeatureSpec(use_ports=True, hello_tokens=16, flights=4)):
         a = encode(recs[:400], ctxs[:400], spec)
         monkeypatch.setattr(features, "_encode_c", None)
         b = encode(recs[:400], ctxs[:400], spec)

@@ -65,10 +65,17 @@ def test_fused_graph_is_closer_to_torch_and_batch_independent(shape, real_flows,
     assert not [o for o in after if o in ("Softmax", "Split")]
     assert len(after) < len(before) - 15 * layers
     ref = torch_logits(model, feats)
-    prev = closeness(ref, cut_logits(simple, feats, gran))
-    new = closeness(ref, cut_logits(tmp_path / "fused.onnx", feats, gran))
-    check_closer(prev, new, len(feats["pkt"]), "test")
+    before, after = cut_logits(simple, feats, gran), cut_logits(tmp_path / "fused.onnx", feats, gran)
+    prev, new = closeness(ref, before), closeness(ref, after)
     assert new["service_mean_abs_logit_diff"] < prev["service_mean_abs_logit_diff"]
+    # labels off the reference, counted where the untrained model's top two logits are not a near-tie on
+    # either head: at random init a quarter of the flows are, and which of those an int8 path rounds the
+    # other way depends on the CPU's int8 kernel (AVX2 without VNNI saturates u8 x s8 pairs)
+    margin = [np.diff(np.sort(r, 1)[:, -2:], axis=1)[:, 0] for r in ref]
+    keep = (margin[0] > 0.05) & (margin[1] > 0.05)
+    assert keep.sum() >= 0.3 * len(keep)
+    sub = lambda x: (x[0][keep], x[1][keep])  # noqa: E731
+    check_closer(closeness(sub(ref), sub(before)), closeness(sub(ref), sub(after)), int(keep.sum()), "test")
     # a flow's scores: the same bits alone, shuffled in batches of 7, or all together
     s = ort.InferenceSession(str(tmp_path / "fused.onnx"), session_options(1), providers=["CPUExecutionProvider"])
     names = [i.name for i in s.get_inputs()]

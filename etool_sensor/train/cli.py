@@ -31,6 +31,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-config", default=None, metavar="JSON",
                    help='student encoder shape, e.g. \'{"layers": 1, "pkt_stride": 4, "dgram_stride": 16}\' '
                         "(the bundled fast model); default: train/model.py EncoderConfig")
+    p.add_argument("--no-forest", action="store_true",
+                   help="a student package only: do not join the shape forest to its service head "
+                        "(train/forest.py, export/hybrid.py; the bundled default model has it)")
     p.add_argument("--name", default="etool-student")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--seed", type=int, default=0)
@@ -39,19 +42,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
 
 
-def _import_export():
-    """The top-level `export` package lives beside etool_sensor in the repository; setup.cfg does not
-    install it yet, so from a checkout (editable install) fall back to the repository root."""
+def _import_export(module: str = "package"):
+    """export.<module>. The top-level `export` package lives beside etool_sensor in the repository; setup.cfg
+    does not install it yet, so from a checkout (editable install) fall back to the repository root."""
+    import importlib
+
     try:
-        import export.package as ep
+        return importlib.import_module(f"export.{module}")
     except ModuleNotFoundError as e:
         if e.name != "export":
             raise
         root = str(Path(__file__).resolve().parents[2])
         if root not in sys.path:
             sys.path.append(root)
-        import export.package as ep
-    return ep
+        return importlib.import_module(f"export.{module}")
 
 
 def _log(msg: str) -> None:
@@ -162,7 +166,19 @@ def train_main(args: argparse.Namespace) -> int:
     training["seconds"] = round(time.time() - t0, 1)
     m = build_package(st, out, name=args.name, version=args.version, training=training, check_feats=feats,
                       quantize=args.quantize)
-    _log(f"train: wrote {out} in {time.time() - t0:.0f}s; parity {json.dumps(m['parity'].get('int8_vs_torch', m['parity'].get('fp32_vs_torch', {})))}")
+    if not args.no_forest:
+        from .forest import forest_spec, train_forest
+
+        ts = time.time()
+        fspec = forest_spec(spec)
+        forest = train_forest(train.records, train.contexts, list(train.service), spec=fspec, seed=args.seed,
+                              quick=args.quick)
+        m = _import_export("hybrid").attach_forest(out, forest, encode(train.records[:2000], train.contexts[:2000],
+                                                                        fspec), log=_log)
+        m["training"]["forest_seconds"] = round(time.time() - ts, 1)
+        (out / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
+    par = m["parity"].get("int8_vs_torch", m["parity"].get("fp32_vs_torch", {}))
+    _log(f"train: wrote {out} in {time.time() - t0:.0f}s; parity {json.dumps(par)}")
     return 0
 
 

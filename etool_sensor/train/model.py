@@ -50,6 +50,7 @@ class EncoderConfig:
     use_payload: bool = True
     use_ports: bool = False
     hello_tokens: int = 0  # hashed TLS handshake tokens, pooled into the meta token (features.hello_tokens)
+    flights: int = 0  # direction-run totals (features.flights), added to the meta token
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec, **kw) -> "EncoderConfig":
@@ -59,7 +60,8 @@ class EncoderConfig:
             units = (spec.payload_packets * spec.payload_bytes + 1) // 2
             kw["dgram_stride"] = max(8, math.ceil(units / MAX_DGRAM_TOKENS))
         return cls(packets=spec.packets, payload_bytes=spec.payload_bytes, payload_packets=spec.payload_packets,
-                   context=spec.context, use_ports=spec.use_ports, hello_tokens=spec.hello_tokens, **kw)
+                   context=spec.context, use_ports=spec.use_ports, hello_tokens=spec.hello_tokens,
+                   flights=spec.flights, **kw)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,6 +169,7 @@ class TrafficEncoder(nn.Module):
         self.m_in = nn.Linear(4, d)
         self.port = nn.Embedding(PORT_VOCAB, d) if c.use_ports else None
         self.hello = nn.Embedding(HELLO_VOCAB, d) if c.hello_tokens else None
+        self.flt = nn.Sequential(nn.Linear(2 * c.flights, d), nn.GELU(), nn.Linear(d, d)) if c.flights else None
         self.cls = nn.Parameter(torch.zeros(1, 1, d))
         self.tok_type = nn.Parameter(torch.zeros(5, d))  # cls, meta, pkt, dgram, ctx
         self.drop = nn.Dropout(c.dropout)
@@ -189,14 +192,15 @@ class TrafficEncoder(nn.Module):
 
     def forward(self, pkt: torch.Tensor, byt: torch.Tensor, seg: torch.Tensor, ctx: torch.Tensor,
                 meta: torch.Tensor, *extra: torch.Tensor, port: torch.Tensor | None = None,
-                hello: torch.Tensor | None = None, pkt_masked: torch.Tensor | None = None,
-                unit_masked: torch.Tensor | None = None):
-        """extra: the optional inputs in input_names() order (port, hello), or by keyword. pkt_masked [B,N] /
-        unit_masked [B,U] (bool, SSL only): positions whose content is hidden."""
+                hello: torch.Tensor | None = None, flt: torch.Tensor | None = None,
+                pkt_masked: torch.Tensor | None = None, unit_masked: torch.Tensor | None = None):
+        """extra: the optional inputs in input_names() order (port, hello, flt), or by keyword.
+        pkt_masked [B,N] / unit_masked [B,U] (bool, SSL only): positions whose content is hidden."""
         c = self.c
         opt = dict(zip(input_names(c)[5:], extra))
         port = opt.get("port", port)
         hello = opt.get("hello", hello)
+        flt = opt.get("flt", flt)
         b = pkt.shape[0]
         # packets
         pv = pkt[:, :, 0] > 0
@@ -246,6 +250,8 @@ class TrafficEncoder(nn.Module):
         if self.hello is not None and hello is not None:  # mean of the hello token embeddings (0 = padding)
             hv = (hello > 0).unsqueeze(-1).float()
             me = me + (self.hello(hello) * hv).sum(1) / hv.sum(1).clamp(min=1.0)
+        if self.flt is not None and flt is not None:
+            me = me + self.flt(flt)
         me = (me + self.tok_type[1]).unsqueeze(1)
         ones = torch.ones(b, 1, dtype=torch.bool, device=pkt.device)
         x = torch.cat([self.cls.expand(b, -1, -1) + self.tok_type[0], me] + toks, dim=1)
@@ -278,14 +284,15 @@ class StudentClassifier(nn.Module):
         self.service = nn.Linear(c.d, n_service)
         self.app = nn.Linear(c.d, n_app)
 
-    def forward(self, pkt, byt, seg, ctx, meta, *extra, port=None, hello=None):
-        z, _, _ = self.encoder(pkt, byt, seg, ctx, meta, *extra, port=port, hello=hello)
+    def forward(self, pkt, byt, seg, ctx, meta, *extra, port=None, hello=None, flt=None):
+        z, _, _ = self.encoder(pkt, byt, seg, ctx, meta, *extra, port=port, hello=hello, flt=flt)
         return self.service(z), self.app(z)
 
 
 def input_names(c: EncoderConfig) -> list[str]:
     names = ["pkt", "byt", "seg", "ctx", "meta"]
-    return names + (["port"] if c.use_ports else []) + (["hello"] if c.hello_tokens else [])
+    return (names + (["port"] if c.use_ports else []) + (["hello"] if c.hello_tokens else [])
+            + (["flt"] if c.flights else []))
 
 
 def flops_per_flow(c: EncoderConfig, n_service: int = 25, n_app: int = 200) -> dict[str, int]:

@@ -1,0 +1,152 @@
+"""The hybrid (train/forest.py, export/hybrid.py): the student's service head times the shape forest. The mix
+is the normalised product it claims to be; the joined ONNX graph computes it (runtime, classify) with the
+app head untouched; the package rewrite refuses what it cannot do; eval trains one student for both."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.test_model import LABELS, PCAPS, needs_data, real_flows  # noqa: F401 (fixture)
+
+
+def test_mix_is_the_normalised_weighted_product():
+    from etool_sensor.train.forest import EPS, mix
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 7)).astype(np.float32) * 3
+    pf = rng.dirichlet(np.full(7, 0.3), size=50).astype(np.float32)
+    pf[:, 3] = 0.0  # a class no tree votes for
+    pf /= pf.sum(1, keepdims=True)
+    for w in (0.0, 0.5, 1.0):
+        h = mix(logits, pf, w)
+        got = np.exp(h - h.max(1, keepdims=True))
+        got /= got.sum(1, keepdims=True)
+        ps = np.exp(logits - logits.max(1, keepdims=True))
+        ps /= ps.sum(1, keepdims=True)
+        want = ps ** w * (pf + EPS) ** (1 - w)
+        want /= want.sum(1, keepdims=True)
+        assert np.allclose(got, want, atol=1e-5)
+    assert (mix(logits, pf, 1.0).argmax(1) == logits.argmax(1)).all()  # w = 1: the student alone
+
+
+def test_spread_moves_forest_classes_to_label_columns():
+    from etool_sensor.train.forest import spread
+
+    p = np.array([[0.25, 0.75], [1.0, 0.0]], np.float32)
+    out = spread(p, ["VPN", "Web"], ["Chat", "VPN", "Video", "Web"])
+    assert out.tolist() == [[0.0, 0.25, 0.0, 0.75], [0.0, 1.0, 0.0, 0.0]]
+    assert spread(p, ["Gone", "Web"], ["VPN", "Web"]).tolist() == [[0.0, 0.75], [0.0, 0.0]]
+
+
+@pytest.fixture(scope="module")
+def hybrid_package(quick_package, tmp_path_factory):
+    """The session's quick student package with a shape forest joined, trained on 30 captures."""
+    from export.hybrid import hybrid_package as make
+
+    pcaps = sorted(PCAPS.glob("*.pcap"))
+    d = tmp_path_factory.mktemp("hyb") / "model"
+    shutil.copytree(quick_package, d)
+    names = [p.name for p in pcaps[:30]]
+    data = tmp_path_factory.mktemp("data")
+    for n in names:
+        (data / n).symlink_to(PCAPS / n)
+    m = make(d, data, LABELS, [PCAPS / n for n in names[:10]], version="0.0.2", name="quick-hybrid",
+             log=lambda s: None)
+    return d, m
+
+
+@needs_data
+def test_joined_graph_computes_the_hybrid_and_keeps_the_app_head(quick_package, hybrid_package, real_flows):
+    from etool_sensor.runtime import load_model
+    from etool_sensor.train.forest import FLIGHTS
+
+    d, m = hybrid_package
+    par = m["parity"]["hybrid"]
+    assert par["hybrid_argmax_agreement_vs_sklearn"] == 1.0 and par["forest_max_abs_diff_vs_sklearn"] < 1e-4
+    assert par["student_outputs_unchanged"] and m["features"]["flights"] == FLIGHTS and m["inputs"][-1] == "flt"
+    assert m["outputs"]["forest"] == "forest_proba" and m["hybrid"]["head"] == "service"
+    assert m["name"] == "quick-hybrid" and m["version"] == "0.0.2" and m["hybrid"]["forest"]["flows"] > 100
+    hyb, base = load_model(d, threads=1), load_model(quick_package, threads=1)
+    recs, ctxs = real_flows
+    assert "flt" in hyb.features(recs[:3], ctxs[:3]) and "flt" not in base.features(recs[:3], ctxs[:3])
+    assert np.array_equal(hyb.predict_proba(recs, ctxs, "app"), base.predict_proba(recs, ctxs, "app"))
+    hs, bs = hyb.predict_proba(recs, ctxs), base.predict_proba(recs, ctxs)
+    assert np.allclose(hs.sum(1), 1.0, atol=1e-5)
+    moved = (hs.argmax(1) != bs.argmax(1)).mean()
+    assert 0.0 < moved < 0.6  # the forest moves some service labels, not all
+    v = hyb.classify(recs[:20], ctxs[:20])
+    assert all(x.model == "quick-hybrid@0.0.2" for x in v)
+    # the service head is the mix of the graph's two outputs, which the runtime makes (the same bits)
+    from etool_sensor.runtime import hybrid_logits, softmax
+
+    feats = hyb.features(recs, ctxs)
+    s_logits, pf = (hyb.session.run(["service_logits", "forest_proba"], {k: feats[k] for k in hyb._inputs}))
+    assert np.array_equal(softmax(hybrid_logits(s_logits, pf, m["hybrid"]["mix"], m["hybrid"]["eps"])), hs)
+
+
+@needs_data
+def test_runtime_refuses_a_hybrid_manifest_without_the_forest_output(hybrid_package, tmp_path):
+    from etool_sensor.runtime import ModelError, load_model
+
+    d, _ = hybrid_package
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    man["outputs"]["forest"] = "no_such_output"
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ModelError, match="outputs.forest"):
+        load_model(bad)
+
+
+@needs_data
+def test_hybrid_rewrite_refusals(hybrid_package, quick_package, tmp_path, capsys):
+    from export.hybrid import main
+
+    d, _ = hybrid_package
+    pcap = str(sorted(PCAPS.glob("*.pcap"))[0])
+    args = ["--data", str(PCAPS), "--labels", str(LABELS), "--pcap", pcap]
+    assert main([str(d)] + args) == 2
+    assert "already has the shape forest" in capsys.readouterr().err
+    old = tmp_path / "old"
+    shutil.copytree(quick_package, old)
+    man = json.loads((old / "manifest.json").read_text())
+    del man["token_granules"]
+    (old / "manifest.json").write_text(json.dumps(man))
+    assert main([str(old)] + args) == 2
+    assert "upgrade it first" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing")] + args) == 2
+
+
+@needs_data
+def test_eval_hybrid_trains_its_student_once(tmp_path, capsys):
+    from etool_sensor.evaluate import main
+
+    out = tmp_path / "h.json"
+    pcaps = "tls_verylong_certificate.pcap,chrome.pcap,quic.pcap,dnscrypt-v2.pcap,signal.pcap,teams.pcap,1kxun.pcap"
+    assert main(["--data", str(PCAPS), "--labels", str(LABELS), "--json", str(out), "--no-model", "--splits", "iid",
+                 "--methods", "student_no_llm,hybrid_no_llm", "--encrypted-only", "--quick", "--pcaps", pcaps]) == 0
+    err = capsys.readouterr().err
+    assert err.count("student: epoch 1/") == 1
+    m = json.loads(out.read_text())["splits"]["iid"]["methods"]
+    assert "error" not in m["hybrid_no_llm"] and 0.0 < m["hybrid_no_llm"]["accuracy"] <= 1.0
+
+
+@needs_data
+def test_train_joins_the_forest_unless_told_not_to(tmp_path):
+    """`train` makes what ships: the student with the shape forest joined (--no-forest: the student alone,
+    the package quick_package is)."""
+    from etool_sensor.runtime import load_model
+    from etool_sensor.train.cli import main
+
+    out = tmp_path / "m"
+    assert main(["--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out), "--quick", "--no-teacher",
+                 "--no-ssl", "--quick-pcaps", "12", "--epochs", "1"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["hybrid"]["forest"]["flows"] == m["training"]["flows"] and m["inputs"][-1] == "flt"
+    assert m["parity"]["hybrid"]["hybrid_argmax_agreement_vs_sklearn"] == 1.0
+    model = load_model(out, threads=1)
+    assert model.spec.flights == m["features"]["flights"] > 0
