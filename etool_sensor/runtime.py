@@ -180,7 +180,8 @@ def hybrid_logits(student_logits: np.ndarray, forest_proba: np.ndarray, w: float
     and a flow's scores must not depend on its batch."""
     z = student_logits - student_logits.max(axis=1, keepdims=True)
     log_s = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return (np.float32(w) * log_s + np.float32(1.0 - w) * np.log(forest_proba + np.float32(eps))).astype(np.float32)
+    log_f = np.log(forest_proba + np.float32(eps))
+    return (np.float32(w) * log_s + np.float32(1.0 - w) * log_f).astype(np.float32)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -260,8 +261,12 @@ class Model:
         self._out = {h: outs.get(h, f"{h}_logits") for h in HEADS}
         self._out_kind = outs.get("kind", "logits")
         hyb = manifest.get("hybrid") or {}
-        # a hybrid package: the graph also gives the shape forest's probabilities for this head's labels
-        self._hybrid = (hyb["head"], outs["forest"], float(hyb["mix"]), float(hyb["eps"])) if hyb else None
+        self._hybrid: tuple[str, str, float, float] | None = None
+        if hyb:  # a hybrid package: the graph also gives the shape forest's probabilities for this head's labels
+            try:
+                self._hybrid = (str(hyb["head"]), str(outs["forest"]), float(hyb["mix"]), float(hyb["eps"]))
+            except (KeyError, TypeError, ValueError):
+                raise ModelError(f"{path}: manifest 'hybrid' needs head, mix, eps and outputs.forest") from None
         self._inputs = [i.name for i in session.get_inputs()]
         gran = manifest.get("token_granules") or {}
         self._granules: dict[str, int] = {k: int(v) for k, v in gran.items() if k in self._inputs}

@@ -62,8 +62,8 @@ def flows() -> tuple[list, list]:
     return recs, ctxs
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"n{s.packets}b{s.payload_bytes}m{s.mask_names}r{s.normalize_random}"
-                                                    f"f{s.flights}")
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"n{s.packets}b{s.payload_bytes}m{s.mask_names}"
+                                                    f"r{s.normalize_random}f{s.flights}")
 def test_every_real_flow_encodes_alike(flows, spec):
     recs, ctxs = flows
     for i in range(0, len(recs), 500):

@@ -88,26 +88,16 @@ def test_flights_do_not_move_with_the_mss_on_real_tls_flows():
 
 @pytest.mark.skipif(not NDPI.is_dir(), reason="shared data absent")
 def test_a_student_with_flights_exports_and_reads_them(tmp_path):
-    torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
     from etool_sensor.pcap import read_flows
-    from etool_sensor.train.model import EncoderConfig, StudentClassifier, input_names
-    from export.onnx_export import export_onnx, torch_logits
-    from export.quantize import onnx_logits, parity
+    from tests.test_hello import student_reads_extra_input
 
     recs = list(read_flows(NDPI / "pcap" / "tls_verylong_certificate.pcap", FlowParams()))
     recs += list(read_flows(NDPI / "pcap" / "quic.pcap", FlowParams()))
     spec = FeatureSpec(flights=6)
     feats = encode(recs, None, spec)
     assert feats["flt"].any(axis=1).sum() >= len(recs) - 1
-    torch.manual_seed(0)
-    model = StudentClassifier(EncoderConfig.from_spec(spec), 5, 7).eval()
-    assert input_names(model.encoder.c)[-1] == "flt"
-    ref = torch_logits(model, feats)
-    p = parity(ref, onnx_logits(export_onnx(model, tmp_path / "f.onnx"), feats))
-    assert p["service_max_abs_logit_diff"] < 1e-3 and p["service_argmax_agreement"] == 1.0
-    off = dict(feats, flt=np.zeros_like(feats["flt"]))
-    assert not np.allclose(torch_logits(model, off)[0], ref[0])
+    student_reads_extra_input(spec, feats, "flt", tmp_path)
 
 
 @pytest.mark.skipif(not NDPI.is_dir(), reason="shared data absent")

@@ -69,12 +69,9 @@ def test_hello_tokens_server_first_then_client():
 
 @pytest.mark.skipif(not PCAPS.is_dir(), reason="shared data absent")
 def test_real_hellos_parse_and_a_student_exports_with_them(tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("onnx")
     from etool_sensor.pcap import read_flows
-    from etool_sensor.train.model import EncoderConfig, StudentClassifier, input_names
-    from export.onnx_export import export_onnx, torch_logits
-    from export.quantize import onnx_logits, parity
 
     recs = []
     for p in sorted(PCAPS.glob("*.pcap"))[::4]:
@@ -88,12 +85,22 @@ def test_real_hellos_parse_and_a_student_exports_with_them(tmp_path):
     spec = FeatureSpec(hello_tokens=48, collect_payload_bytes=1024)
     feats = encode(recs, None, spec)
     assert feats["hello"].any(axis=1).sum() >= len(client)
+    student_reads_extra_input(spec, feats, "hello", tmp_path)
+
+
+def student_reads_extra_input(spec: FeatureSpec, feats: dict, name: str, tmp_path: Path) -> None:
+    """A student built for `spec` takes the optional input `name` last, exports to ONNX with torch's logits,
+    and reads it: zeroing the input changes the logits."""
+    torch = pytest.importorskip("torch")
+    from etool_sensor.train.model import EncoderConfig, StudentClassifier, input_names
+    from export.onnx_export import export_onnx, torch_logits
+    from export.quantize import onnx_logits, parity
+
     torch.manual_seed(0)
     model = StudentClassifier(EncoderConfig.from_spec(spec), 5, 7).eval()
-    assert input_names(model.encoder.c)[-1] == "hello"
+    assert input_names(model.encoder.c)[-1] == name
     ref = torch_logits(model, feats)
-    p = parity(ref, onnx_logits(export_onnx(model, tmp_path / "h.onnx"), feats))
+    p = parity(ref, onnx_logits(export_onnx(model, tmp_path / f"{name}.onnx"), feats))
     assert p["service_max_abs_logit_diff"] < 1e-3 and p["service_argmax_agreement"] == 1.0
-    # the tokens reach the output: zeroing them changes the logits
-    off = dict(feats, hello=np.zeros_like(feats["hello"]))
+    off = dict(feats, **{name: np.zeros_like(feats[name])})
     assert not np.allclose(torch_logits(model, off)[0], ref[0])

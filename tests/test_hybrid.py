@@ -100,6 +100,10 @@ def test_runtime_refuses_a_hybrid_manifest_without_the_forest_output(hybrid_pack
     (bad / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(ModelError, match="outputs.forest"):
         load_model(bad)
+    del man["outputs"]["forest"]  # the key missing altogether: the same refusal, not a KeyError
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ModelError, match="outputs.forest"):
+        load_model(bad)
 
 
 @needs_data

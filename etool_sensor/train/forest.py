@@ -6,9 +6,9 @@ err differently. A forest on the flights (features.flights: direction-run byte t
 the path's MSS, and their packet counts) and TCP/UDP, combined with the student as a product of experts
 (weighted geometric mean of their class probabilities), scores well above either alone by capture file
 (docs/model-card.md, "The hybrid"). The package's graph gives the student's logits and the forest's
-probabilities; the runtime mixes them (runtime.hybrid_logits). The forest reads encode()'s own arrays (flt and meta's is_udp), so
-the runtime, the exported graph and training see the same numbers; a forest splits on order only, so the
-log scaling of flt costs it nothing.
+probabilities; the runtime mixes them (runtime.hybrid_logits). The forest reads encode()'s own arrays (flt
+and meta's is_udp), so the runtime, the exported graph and training see the same numbers; a forest splits
+on order only, so the log scaling of flt costs it nothing.
 """
 
 from __future__ import annotations
