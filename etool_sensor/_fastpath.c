@@ -2249,41 +2249,36 @@ typedef struct {
     uint8_t *tmp;          /* bb bytes */
 } EncOut;
 
-/* features._flight_array's row for one record: its first f flights (runs of payload-carrying packets in one
- * direction, over all of its packets) as signed log bytes / fscale and log packets / cscale; 1 done, 0 declined */
-static int encode_flights(EncOut *o, Py_ssize_t i, PyObject *r) {
-    Py_ssize_t np_;
-    PyObject *all = attr_head(r, S_packets, PY_SSIZE_T_MAX, &np_);
-    if (!all) return 0;
-    PyObject **ps = PySequence_Fast_ITEMS(all);
-    double *sz = o->fsum, *ct = o->fsum + o->f;
-    memset(o->fsum, 0, (size_t)(2 * o->f) * sizeof(double));
-    Py_ssize_t j = -1;
-    int last = -1, ok = 1;
-    for (Py_ssize_t q = 0; q < np_; q++) {
-        double plen, orig;
-        if (attr_double(ps[q], S_payload_len, &plen) < 0 || attr_double(ps[q], S_is_orig, &orig) < 0) {
-            ok = 0;
-            break;
+/* features._flight_array for one record, fed packet by packet (encode_one's packet loop, then the packets
+ * beyond the model's window): runs of payload-carrying packets in one direction, the first o->f of them */
+typedef struct {
+    Py_ssize_t j; /* the current flight, -1 before the first */
+    int last;     /* its direction (1 originator), -1 before the first */
+    int full;     /* a packet opened flight f + 1: the rest cannot change the row */
+} Flights;
+
+static void flight_add(EncOut *o, Flights *fl, double orig, double plen) {
+    if (fl->full || !(plen > 0)) return;
+    int ob = orig != 0.0;
+    if (ob != fl->last) {
+        if (fl->j == o->f - 1) {
+            fl->full = 1;
+            return;
         }
-        if (!(plen > 0)) continue;
-        int ob = orig != 0.0;
-        if (ob != last) {
-            if (j == o->f - 1) break;
-            j++;
-            last = ob;
-        }
-        sz[j] += ob ? plen : -plen;
-        ct[j] += 1.0;
+        fl->j++;
+        fl->last = ob;
     }
-    Py_DECREF(all);
-    if (!ok) return 0;
+    o->fsum[fl->j] += ob ? plen : -plen;
+    o->fsum[o->f + fl->j] += 1.0;
+}
+
+static void flight_row(EncOut *o, Py_ssize_t i) {
+    const double *sz = o->fsum, *ct = o->fsum + o->f;
     float *row = o->flt + i * 2 * o->f;
     for (Py_ssize_t t = 0; t < o->f; t++) {
         row[2 * t] = (float)copysign(log1p(fabs(sz[t])) / o->fscale, sz[t]);
         row[2 * t + 1] = (float)(log1p(ct[t]) / o->cscale);
     }
-    return 1;
 }
 
 /* getattr(o, name) is truthy: 1/0, -1 on error */
@@ -2308,10 +2303,12 @@ static int attr_udp(PyObject *o, PyObject *name) {
 static int encode_one(EncOut *o, Py_ssize_t i, PyObject *r, PyObject *cx) {
     int ok = 0, proto = -1;
     long orig_p = 0, resp_p = 0;
-    PyObject *pk = NULL, *pay = NULL, *data = NULL, *nbs = NULL, *sizes = NULL, *a = NULL;
+    PyObject *pall = NULL, *pk = NULL, *pay = NULL, *data = NULL, *nbs = NULL, *sizes = NULL, *a = NULL;
     Py_ssize_t nc, cnt;
-    /* packet tokens */
-    if (!(pk = attr_head(r, S_packets, o->n, &cnt))) goto done;
+    Flights fl = {-1, -1, 0};
+    if (o->f > 0) memset(o->fsum, 0, (size_t)(2 * o->f) * sizeof(double));
+    /* packet tokens (and the flights of the same packets) */
+    if (!(pall = PyObject_GetAttr(r, S_packets)) || !(pk = head(pall, o->n, &cnt))) goto done;
     PyObject **ps = PySequence_Fast_ITEMS(pk);
     double prev = 0.0;
     for (Py_ssize_t j = 0; j < cnt; j++) {
@@ -2332,6 +2329,17 @@ static int encode_one(EncOut *o, Py_ssize_t i, PyObject *r, PyObject *cx) {
         }
         t[3] = f2i(flags) & 0xFF;
         prev = dt;
+        if (o->f > 0) flight_add(o, &fl, orig, plen);
+    }
+    if (o->f > 0) { /* flights over every packet of the record, as features.flights() */
+        PyObject **all = PySequence_Fast_ITEMS(pall); /* a list or tuple: head() took it */
+        for (Py_ssize_t q = cnt; q < PySequence_Fast_GET_SIZE(pall) && !fl.full; q++) {
+            double orig, plen;
+            if (attr_double(all[q], S_payload_len, &plen) < 0 || attr_double(all[q], S_is_orig, &orig) < 0)
+                goto done;
+            flight_add(o, &fl, orig, plen);
+        }
+        flight_row(o, i);
     }
     /* payload bytes, names masked */
     if (!(pay = attr_head(r, S_payload, o->m, &nc))) goto done;
@@ -2414,7 +2422,6 @@ static int encode_one(EncOut *o, Py_ssize_t i, PyObject *r, PyObject *cx) {
     mt[1] = (float)((double)cnt / (double)o->n);
     mt[2] = (float)fin;
     mt[3] = (float)position;
-    if (o->f > 0 && !encode_flights(o, i, r)) goto done;
     ok = 1;
 done:
     Py_XDECREF(a);
@@ -2423,6 +2430,7 @@ done:
     Py_XDECREF(nbs);
     Py_XDECREF(pay);
     Py_XDECREF(pk);
+    Py_XDECREF(pall);
     return ok;
 }
 

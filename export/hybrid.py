@@ -111,17 +111,6 @@ def join(student_onnx: str | Path, forest: Any, labels: Sequence[str], dst: str 
     return dst
 
 
-def graph_outputs(path: Path, feats: dict[str, np.ndarray], granules: dict[str, int]) -> list[np.ndarray]:
-    """service_logits, app_logits (and forest_proba where the graph has it), run as the runtime runs them."""
-    import onnxruntime as ort
-
-    from etool_sensor.runtime import run_graph, session_options
-
-    s = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
-    names = [o.name for o in s.get_outputs()]
-    return run_graph(s, names, feats, [i.name for i in s.get_inputs()], granules)
-
-
 def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *, version: str | None = None,
                   name: str | None = None, log: Any = None) -> dict[str, Any]:
     """Join a trained ShapeForest to the student package `pkg` in place, checked on `feats` (encoded real
@@ -129,7 +118,7 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
     from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest
     from etool_sensor.train.forest import EPS, MIX, mix, spread
 
-    from .token_axes import commit_rewrite
+    from .token_axes import commit_rewrite, graph_outputs
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     d, manifest = read_manifest(pkg)

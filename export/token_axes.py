@@ -115,15 +115,23 @@ def _smoke(path: Path, granules_: dict[str, int]) -> None:
         raise ValueError(f"{path}: the rewritten graph does not run cut to one granule ({e})") from None
 
 
-def cut_logits(path: str | Path, feats: dict[str, np.ndarray], granules_: dict[str, int]
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of the rewritten graph run as the runtime runs it (runtime.run_graph), in input order."""
+def graph_outputs(path: str | Path, feats: dict[str, np.ndarray], granules_: dict[str, int],
+                  names: Sequence[str] | None = None) -> list[np.ndarray]:
+    """The graph's outputs `names` (default: all, in the graph's order) run as the runtime runs it
+    (runtime.run_graph: padding cut, one thread), in input order."""
     import onnxruntime as ort
 
     from etool_sensor.runtime import run_graph, session_options
 
     s = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
-    service, app = run_graph(s, ["service_logits", "app_logits"], feats, [i.name for i in s.get_inputs()], granules_)
+    names = list(names) if names is not None else [o.name for o in s.get_outputs()]
+    return run_graph(s, names, feats, [i.name for i in s.get_inputs()], granules_)
+
+
+def cut_logits(path: str | Path, feats: dict[str, np.ndarray], granules_: dict[str, int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of the rewritten graph run as the runtime runs it (runtime.run_graph), in input order."""
+    service, app = graph_outputs(path, feats, granules_, ["service_logits", "app_logits"])
     return service, app
 
 

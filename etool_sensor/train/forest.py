@@ -13,13 +13,14 @@ on order only, so the log scaling of flt costs it nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from etool_sensor.features import FeatureSpec, encode
-from etool_sensor.runtime import hybrid_logits
+from etool_sensor.runtime import hybrid_logits, softmax
 
 FLIGHTS = 12  # flights the forest reads
 MIX = 0.5  # weight of the student's log-probabilities; the forest's is 1 - MIX
@@ -71,8 +72,6 @@ class ShapeForest:
 
 
 def forest_spec(spec: FeatureSpec | None = None) -> FeatureSpec:
-    import dataclasses
-
     return dataclasses.replace(spec or FeatureSpec(), flights=FLIGHTS)
 
 
@@ -109,6 +108,4 @@ class Hybrid:
         z = s if self.student.head == "service" else a
         pf = spread(self.forest.proba(encode(records, contexts, self.forest.spec)), self.forest.classes,
                     self.labels)
-        h = mix(z, pf, self.w, self.eps)
-        e = np.exp(h - h.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+        return softmax(mix(z, pf, self.w, self.eps))
