@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,16 @@ def quick_package(tmp_path_factory):
     from etool_sensor.train.cli import main
 
     out = tmp_path_factory.mktemp("pkg") / "model"
-    rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--out", str(out), "--quick",
-               "--no-teacher", "--no-forest", "--quick-pcaps", "30", "--name", "quick-test", "--version", "0.0.1"])
+    # one torch thread whatever the load: the package's weights (and its int8 parity) do not depend on it
+    old = os.environ.get("ETOOL_TORCH_THREADS")
+    os.environ["ETOOL_TORCH_THREADS"] = "1"
+    try:
+        rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--out", str(out), "--quick",
+                   "--no-teacher", "--no-forest", "--quick-pcaps", "30", "--name", "quick-test", "--version", "0.0.1"])
+    finally:
+        if old is None:
+            os.environ.pop("ETOOL_TORCH_THREADS", None)
+        else:
+            os.environ["ETOOL_TORCH_THREADS"] = old
     assert rc == 0
     return out

@@ -87,6 +87,9 @@ def train_main(args: argparse.Namespace) -> int:
         _log(f"train: {e}")
         return 2
     threads = set_threads()
+    import torch
+
+    torch.manual_seed(args.seed)  # the SSL encoder's initial weights and dropout: the same seed, the same model
     params = FlowParams()
     data = Path(args.data)
     pcaps = None

@@ -34,8 +34,14 @@ def to_tensors(feats: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def set_threads() -> int:
-    """Use the idle cores only: on a busy 2-core box a second torch thread makes training ~5x slower."""
+    """Use the idle cores only: on a busy 2-core box a second torch thread makes training ~5x slower.
+    ETOOL_TORCH_THREADS=N fixes the count instead: the weights then do not depend on the machine's load
+    (a model trained with another thread count sums in another order)."""
     import os
+    fixed = os.environ.get("ETOOL_TORCH_THREADS", "").strip()
+    if fixed.isdigit() and int(fixed) > 0:
+        torch.set_num_threads(int(fixed))
+        return int(fixed)
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         busy = int(round(os.getloadavg()[0]))
