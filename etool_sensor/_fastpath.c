@@ -82,6 +82,7 @@ typedef struct {
     PyObject_HEAD
     /* parameters */
     int n_packets, pay_bytes, pay_packets, checksums, want_summaries;
+    int hello_bytes, pay_stride; /* H (flows.chunk_length), bytes per chunk slot: max(B, H) */
     uint8_t lsp_tcp[8192], lsp_udp[8192];
     PyObject *packet_cls, *chunk_cls;
     /* pcap */
@@ -377,7 +378,7 @@ static int emit_record(Engine *e, Conn *c, int final) {
         PyObject *args[2];
         args[0] = c->payorig[i] ? Py_True : Py_False;
         Py_INCREF(args[0]);
-        args[1] = PyBytes_FromStringAndSize((const char *)c->pay + (size_t)i * e->pay_bytes, c->paylen[i]);
+        args[1] = PyBytes_FromStringAndSize((const char *)c->pay + (size_t)i * e->pay_stride, c->paylen[i]);
         PyObject *o = args[1] ? make(e->chunk_cls, args, 2) : NULL;
         Py_DECREF(args[0]);
         Py_XDECREF(args[1]);
@@ -856,7 +857,7 @@ static int collect(Engine *e, Conn *c, double ts, int is_orig, uint32_t ip_len, 
     p->flags = (uint8_t)flags;
     if (plen > 0 && c->npay < e->pay_packets) {
         if (!c->pay) {
-            c->pay = PyMem_Malloc((size_t)e->pay_packets * (size_t)(e->pay_bytes ? e->pay_bytes : 1));
+            c->pay = PyMem_Malloc((size_t)e->pay_packets * (size_t)(e->pay_stride ? e->pay_stride : 1));
             c->paylen = PyMem_Malloc(sizeof(int) * (size_t)e->pay_packets);
             c->payorig = PyMem_Malloc((size_t)e->pay_packets);
             if (!c->pay || !c->paylen || !c->payorig) {
@@ -864,8 +865,16 @@ static int collect(Engine *e, Conn *c, double ts, int is_orig, uint32_t ip_len, 
                 return -1;
             }
         }
-        size_t n = avail < (size_t)e->pay_bytes ? avail : (size_t)e->pay_bytes;
-        if (n) memcpy(c->pay + (size_t)c->npay * e->pay_bytes, pay, n);
+        size_t lim = (size_t)e->pay_bytes;
+        /* flows.chunk_length: a chunk that starts a TLS ClientHello/ServerHello keeps it whole, up to H */
+        if (e->hello_bytes > e->pay_bytes && avail >= 9 && pay[0] == 0x16 && pay[1] == 0x03 &&
+            (pay[5] == 1 || pay[5] == 2)) {
+            size_t end = 9 + (((size_t)pay[6] << 16) | ((size_t)pay[7] << 8) | pay[8]);
+            if (end > (size_t)e->hello_bytes) end = (size_t)e->hello_bytes;
+            if (end > lim) lim = end;
+        }
+        size_t n = avail < lim ? avail : lim;
+        if (n) memcpy(c->pay + (size_t)c->npay * e->pay_stride, pay, n);
         c->paylen[c->npay] = (int)n;
         c->payorig[c->npay] = (uint8_t)is_orig;
         c->npay++;
@@ -1530,7 +1539,7 @@ static PyObject *Engine_stats(Engine *e, PyObject *Py_UNUSED(ignored)) {
 static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"header", "packets", "payload_bytes", "payload_packets", "checksums", "summaries",
                              "lsp_tcp", "lsp_udp", "packet_cls", "chunk_cls", "shard_n", "shard_me", "gi", "pcapng",
-                             "scan", NULL};
+                             "scan", "hello_bytes", NULL};
     Py_buffer hdr, lt, lu;
     PyObject *pc, *cc;
     if (e->tab) {
@@ -1538,11 +1547,12 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
         return -1;
     }
     e->gi = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*iiipiy*y*OO|iiLpp", kwlist, &hdr, &e->n_packets, &e->pay_bytes,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*iiipiy*y*OO|iiLppi", kwlist, &hdr, &e->n_packets, &e->pay_bytes,
                                      &e->pay_packets, &e->checksums, &e->want_summaries, &lt, &lu, &pc, &cc,
-                                     &e->shard_n, &e->shard_me, &e->gi, &e->ng, &e->scan_only))
+                                     &e->shard_n, &e->shard_me, &e->gi, &e->ng, &e->scan_only, &e->hello_bytes))
         return -1;
-    int ok = hdr.len == (e->ng ? 0 : 24) && lt.len == 8192 && lu.len == 8192 && e->n_packets >= 1 && e->pay_bytes >= 0 &&
+    e->pay_stride = e->hello_bytes > e->pay_bytes ? e->hello_bytes : e->pay_bytes;
+    int ok = hdr.len == (e->ng ? 0 : 24) && lt.len == 8192 && lu.len == 8192 && e->n_packets >= 1 && e->pay_bytes >= 0 && e->hello_bytes >= 0 &&
              e->pay_packets >= 0 && e->shard_n >= 0 && (e->shard_n == 0 || (e->shard_me >= 0 && e->shard_me < e->shard_n));
     if (ok && !e->ng) {
         const uint8_t *h = hdr.buf;
@@ -2704,7 +2714,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (!m) return NULL;
     /* pcap.py's _FASTPATH_ABI: a module left from an older build (a failed optional rebuild keeps the old
        file) is not used with a newer pcap.py */
-    if (PyModule_AddIntConstant(m, "ABI", 6) < 0) {
+    if (PyModule_AddIntConstant(m, "ABI", 7) < 0) {
         Py_DECREF(m);
         return NULL;
     }

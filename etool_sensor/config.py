@@ -95,6 +95,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "packets": Int(32, 1, 1024, "N: packets recorded per connection (contract v1)"),
         "payload_bytes": Int(64, 0, 65535, "B: payload bytes kept from each payload packet"),
         "payload_packets": Int(3, 0, 64, "M: payload-carrying packets whose first B bytes are kept"),
+        "hello_bytes": Int(1024, 0, 65535, "H: a chunk that starts a TLS ClientHello/ServerHello keeps the whole "
+                           "hello, up to H bytes (0: cut at B like any other)"),
         "min_packets": Int(2, 1, 1024, "flows with fewer packets get status too_few_packets, no verdict"),
         "verify_checksums": Bool(False, "offline: drop packets with bad TCP/UDP checksums as Zeek does without -C"),
     },
@@ -232,7 +234,8 @@ class Config:
     @property
     def flow_params(self) -> FlowParams:
         f = self.flow
-        return FlowParams(packets=f.packets, payload_bytes=f.payload_bytes, payload_packets=f.payload_packets)
+        return FlowParams(packets=f.packets, payload_bytes=f.payload_bytes, payload_packets=f.payload_packets,
+                          hello_bytes=f.hello_bytes)
 
     @property
     def thresholds(self) -> Any:

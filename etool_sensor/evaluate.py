@@ -42,6 +42,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .flows import DEFAULT_HELLO_BYTES
+
 SPLITS = ("iid", "capture", "unseen_app", "shifted")
 EXTRA_SPLITS = ("capture_kfold", "iid_kfold")  # run only when named: K trainings per method
 METHODS = ("rf", "knn", "etool", "hybrid", "student_no_llm", "hybrid_no_llm", "student_no_payload",
@@ -415,7 +417,7 @@ def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str
 def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
               teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
               split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False,
-              student_config: dict | None = None, capture_balance: float = 0.5) -> dict:
+              student_config: dict | None = None, capture_balance: float = 0.5, hello_bytes: int = 0) -> dict:
     col = split["label"] or column
     full = _relabel(ds, col)
     tr, te = full.subset(split["train"]), full.subset(split["test"])
@@ -471,8 +473,17 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                 base = HYBRIDS[m]
                 if base not in students:
                     students[base] = student_for(base)
-                model = Hybrid(students[base], train_forest(tr.records, tr.contexts, tr.labels, spec=spec,
-                                                            seed=seed, quick=quick))
+                from .features import FeatureSpec
+
+                st = students[base]
+                table = None
+                if hello_bytes:  # flows read with TLS hellos whole: the hello table too, as the default has
+                    from .fingerprints import HelloTable, fingerprints
+
+                    n_chunks = (spec or FeatureSpec()).payload_packets
+                    table = HelloTable.fit(fingerprints(tr.records, n_chunks), tr.labels, st.labels)
+                model = Hybrid(st, train_forest(tr.records, tr.contexts, tr.labels, spec=spec, seed=seed,
+                                                quick=quick), table=table)
             else:
                 model = students[m] = student_for(m)
             fit_s = time.time() - t0
@@ -693,6 +704,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hello-tokens", type=int, default=None, metavar="COLLECT",
                    help="students also get the TLS handshake structure as hashed tokens (features.hello_tokens); "
                         "flows are read with COLLECT payload bytes per chunk, the datagram window stays B")
+    p.add_argument("--hello-bytes", type=int, default=DEFAULT_HELLO_BYTES, metavar="H",
+                   help="flows are read with TLS hellos whole up to H bytes (flow.hello_bytes) and the hybrids "
+                        "add a hello table (fingerprints.py) trained on the same flows, as the default model "
+                        f"does (default {DEFAULT_HELLO_BYTES}; 0: no table, as 0.5.0)")
     p.add_argument("--flights", type=int, default=0, metavar="F",
                    help="students also get the first F flights (direction-run byte and packet totals, "
                         "features.flights) in their meta token; 0 = off (the shipped features)")
@@ -712,6 +727,11 @@ def eval_main(args: argparse.Namespace) -> int:
     t0 = time.time()
     pcaps = args.pcaps.split(",") if args.pcaps else None
     params = FlowParams(payload_bytes=args.payload_bytes) if getattr(args, "payload_bytes", None) else FlowParams()
+    hello = getattr(args, "hello_bytes", DEFAULT_HELLO_BYTES)
+    if not 0 <= hello <= 65535:
+        log(f"eval: --hello-bytes {hello} must be in 0..65535")
+        return 2
+    params = dataclasses.replace(params, hello_bytes=hello)
     spec = FeatureSpec.from_params(params, normalize_random=not getattr(args, "no_normalize_random", False))
     # experiments that read more of each payload chunk than the students' window (docs/model-card.md)
     for flag, extra in (("hello_tokens", {"hello_tokens": 48}), ("compact_hello", {"compact_hello": True})):
@@ -815,7 +835,7 @@ def eval_main(args: argparse.Namespace) -> int:
                                                 log=log, png_dir=png_dir, quick=args.quick, kind=name,
                                                 teacher_cache=args.teacher_cache, device=args.device, spec=spec,
                                                 student_config=student_config, unlabelled=unlabelled,
-                                                capture_balance=args.capture_balance)
+                                                capture_balance=args.capture_balance, hello_bytes=hello)
                 out.write_text(json.dumps(res, indent=1))
                 continue
             sp = splits[name]
@@ -824,7 +844,7 @@ def eval_main(args: argparse.Namespace) -> int:
                                             teacher_cache=args.teacher_cache, device=args.device, log=log,
                                             png_dir=png_dir, split_name=name, spec=spec,
                                             student_config=student_config, unlabelled=unlabelled,
-                                            capture_balance=args.capture_balance)
+                                            capture_balance=args.capture_balance, hello_bytes=hello)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=1))

@@ -11,6 +11,7 @@ IP addresses are never a feature; the responder port only when `use_ports` is se
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import asdict, dataclass
 from operator import attrgetter
 from typing import Sequence
@@ -55,6 +56,10 @@ class FeatureSpec:
     # The first `flights` direction runs of payload packets as (signed bytes, packets) pairs (flights()):
     # sums over TCP segments, so they do not move with the path's MSS as single packet sizes do. 0 = off.
     flights: int = 0
+    # Chunks that start a TLS ClientHello/ServerHello are collected whole up to this many bytes
+    # (flows.chunk_length; 0 = off); encode() then also gives each flow's hello fingerprint (hfp,
+    # fingerprints.py), which a hybrid package's hello table reads.
+    hello_bytes: int = 0
 
     @classmethod
     def from_params(cls, params: FlowParams, **kw: object) -> "FeatureSpec":
@@ -88,7 +93,7 @@ def parse_hello(data: bytes) -> tuple[int, int, list[int], list[int]] | None:
         if p + 2 > n:
             return kind, version, [], []
         end = p + 2 + ((data[p] << 8) | data[p + 1])
-        ciphers = [(data[i] << 8) | data[i + 1] for i in range(p + 2, min(end, n) - 1, 2)]
+        ciphers = list(_unpack_u16(data, p + 2, (min(end, n) - p - 2) // 2))
         p = end + 1 + data[end] if end < n else n  # compression methods
     elif p + 3 <= n:
         ciphers = [(data[p] << 8) | data[p + 1]]
@@ -102,8 +107,13 @@ def parse_hello(data: bytes) -> tuple[int, int, list[int], list[int]] | None:
         while p + 4 <= end:
             exts.append((data[p] << 8) | data[p + 1])
             p += 4 + ((data[p + 2] << 8) | data[p + 3])
-    grease = lambda v: v & 0x0F0F == 0x0A0A  # noqa: E731
-    return kind, version, [c for c in ciphers if not grease(c)], [e for e in exts if not grease(e)]
+    return (kind, version, [c for c in ciphers if c & 0x0F0F != 0x0A0A],  # GREASE values dropped
+            [e for e in exts if e & 0x0F0F != 0x0A0A])
+
+
+def _unpack_u16(data: bytes, at: int, count: int) -> tuple[int, ...]:
+    """`count` big-endian 16-bit values from data[at:] (the cipher suite list: one C call, not a loop)."""
+    return struct.unpack_from(f">{count}H", data, at) if count > 0 else ()
 
 
 def _hello_id(kind: int, value: int) -> int:
@@ -186,6 +196,8 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
     - meta  float32 [B, 4]: is_udp, packets/N, final, position in BURST (log)
     - flt   float32 [B, 2F]: per flight (flights()) signed log bytes / log 65536, log packets / log (N+1)
             (only when spec.flights)
+    - hfp   uint64 [B]: TLS hello fingerprint, 0 for none (fingerprints.fingerprint; only when spec.hello_bytes;
+            not a graph input)
     - port  int64 [B]: responder port token (only when spec.use_ports)
     """
     mask = spec.mask_names if mask_names is None else mask_names
@@ -200,6 +212,10 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
             t = hello_tokens(r, spec.payload_packets)[:spec.hello_tokens]
             if t:
                 out["hello"][i, :len(t)] = t
+    if spec.hello_bytes:
+        from .fingerprints import fingerprints
+
+        out["hfp"] = fingerprints(records, spec.payload_packets)
     if spec.use_ports:
         out["port"] = np.array([port_token(r.resp_p) for r in records], np.int64)
     return out

@@ -16,6 +16,7 @@ SCHEMA_VERSION = 1
 DEFAULT_PACKETS = 32
 DEFAULT_PAYLOAD_BYTES = 64
 DEFAULT_PAYLOAD_PACKETS = 3
+DEFAULT_HELLO_BYTES = 1024  # H: a whole TLS hello up to this; 0 = hello chunks are cut at B like any other
 
 #: TCP header flag bits as they appear in the header (FIN=0x01 ... CWR=0x80).
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
@@ -30,11 +31,13 @@ class FlowError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class FlowParams:
-    """How much of each connection is collected (N packets, B bytes from each of M payload packets)."""
+    """How much of each connection is collected (N packets, B bytes from each of M payload packets; a chunk
+    that starts a TLS ClientHello or ServerHello keeps that whole message, up to H bytes: chunk_length)."""
 
     packets: int = DEFAULT_PACKETS
     payload_bytes: int = DEFAULT_PAYLOAD_BYTES
     payload_packets: int = DEFAULT_PAYLOAD_PACKETS
+    hello_bytes: int = DEFAULT_HELLO_BYTES
 
     def __post_init__(self) -> None:
         if not 1 <= self.packets <= 1024:
@@ -43,6 +46,29 @@ class FlowParams:
             raise FlowError(f"payload_bytes must be in 0..65535, got {self.payload_bytes}")
         if not 0 <= self.payload_packets <= 64:
             raise FlowError(f"payload_packets must be in 0..64, got {self.payload_packets}")
+        if not 0 <= self.hello_bytes <= 65535:
+            raise FlowError(f"hello_bytes must be in 0..65535, got {self.hello_bytes}")
+
+
+def hello_end(data: bytes | memoryview) -> int:
+    """Where the TLS ClientHello or ServerHello that `data` starts with ends (5-byte record header + 4-byte
+    handshake header + its length), or 0 when `data` does not start one. Why: the cipher suites and
+    extension types lie beyond any small B, and a hello is one message that the record header sizes."""
+    if len(data) < 9 or data[0] != 0x16 or data[1] != 0x03 or data[5] not in (1, 2):
+        return 0
+    return 9 + ((data[6] << 16) | (data[7] << 8) | data[8])
+
+
+def chunk_length(data: bytes | memoryview, payload_bytes: int, hello_bytes: int) -> int:
+    """How many of a payload packet's first bytes (`data`: all that was captured) a chunk keeps: B, or for a
+    chunk that starts a TLS hello, the whole hello up to H bytes when H > B. The Zeek script, the pcap
+    reader (Python and C) and FlowRecord.within all cut by this rule."""
+    n = len(data)
+    if hello_bytes > payload_bytes:
+        end = hello_end(data)
+        if end:
+            return min(n, max(payload_bytes, min(end, hello_bytes)))
+    return min(n, payload_bytes)
 
 
 @dataclass(slots=True)
@@ -106,8 +132,9 @@ class FlowRecord:
             if not 0 <= pk.tcp_flags <= 0xFF:
                 raise FlowError(f"{self.uid}: packet {i} tcp_flags out of range")
         for c in self.payload:
-            if len(c.data) > p.payload_bytes:
-                raise FlowError(f"{self.uid}: payload chunk longer than B={p.payload_bytes}")
+            if len(c.data) > p.payload_bytes and len(c.data) > chunk_length(c.data, p.payload_bytes, p.hello_bytes):
+                raise FlowError(f"{self.uid}: payload chunk longer than B={p.payload_bytes}"
+                                + (f" (a TLS hello: H={p.hello_bytes})" if p.hello_bytes > p.payload_bytes else ""))
         return self
 
     def within(self, params: FlowParams) -> "FlowRecord":
@@ -120,17 +147,17 @@ class FlowRecord:
         (ETooL::packets_per_flow redef'd up), and classify when flow.* is set above it: the model and the
         BURST context then read what a matching collection records. (Such flows still complete later, so
         possibly in another order, which can change their neighbours.)"""
-        n, m, b = params.packets, params.payload_packets, params.payload_bytes
+        n, m, b, h = params.packets, params.payload_packets, params.payload_bytes, params.hello_bytes
         pk, ch = self.packets, self.payload
         if (len(pk) < n or len(pk) == n and not self.final) and len(ch) <= m:
             for c in ch:  # (a loop: the daemon calls this for every flow)
-                if len(c.data) > b:
+                if len(c.data) > b and len(c.data) > chunk_length(c.data, b, h):
                     break
             else:
                 return self
         kept = pk[:n]
         m = min(m, sum(1 for p in kept if p.payload_len > 0))
-        chunks = [c if len(c.data) <= b else Chunk(c.is_orig, c.data[:b]) for c in ch[:m]]
+        chunks = [c if len(c.data) <= b else Chunk(c.is_orig, c.data[:chunk_length(c.data, b, h)]) for c in ch[:m]]
         return FlowRecord(self.uid, self.ts, self.orig_h, self.orig_p, self.resp_h, self.resp_p, self.proto,
                           kept, chunks, self.final and len(pk) < n)
 
@@ -204,7 +231,8 @@ class FlowCollector:
             return False
         self.packets.append(Packet(max(0.0, ts - self.ts0), is_orig, ip_len, payload_len, tcp_flags))
         if payload_len > 0 and len(self.payload) < self.params.payload_packets:
-            self.payload.append(Chunk(is_orig, bytes(payload[: self.params.payload_bytes])))
+            p = self.params
+            self.payload.append(Chunk(is_orig, bytes(payload[: chunk_length(payload, p.payload_bytes, p.hello_bytes)])))
         return len(self.packets) >= self.params.packets
 
     def record(self, uid: str, orig_h: str, orig_p: int, resp_h: str, resp_p: int, proto: str,

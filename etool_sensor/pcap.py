@@ -30,7 +30,7 @@ try:  # the compiled packet path (setup.py builds it when a C compiler is there)
     from . import _fastpath
 except ImportError:  # pragma: no cover - depends on the build
     _fastpath = None
-_FASTPATH_ABI = 6  # the engine interface this module speaks (_fastpath.ABI)
+_FASTPATH_ABI = 7  # the engine interface this module speaks (_fastpath.ABI)
 if _fastpath is not None and getattr(_fastpath, "ABI", None) != _FASTPATH_ABI:  # pragma: no cover - stale build
     _fastpath = None
 
@@ -1686,7 +1686,8 @@ def _read_one_fast(path: Path, idx: int, head: bytes, params: FlowParams, st: Re
     try:
         lt, lu = _portmaps(lsp)
         eng = _fastpath.Engine(src.read(len(head)), params.packets, params.payload_bytes, params.payload_packets,
-                               checksums, on_conn is not None, lt, lu, Packet, Chunk, pcapng=not head)
+                               checksums, on_conn is not None, lt, lu, Packet, Chunk, pcapng=not head,
+                               hello_bytes=params.hello_bytes)
         st.files += 1
         make = uid_maker(f"{_file_identity(path)}:{idx}")
         counters = _Counters(eng, st, st)
@@ -1905,7 +1906,8 @@ def _read_shard_fast(path: Path, idx: int, head: bytes, shard: tuple[int, int], 
     try:
         lt, lu = _portmaps(lsp)
         eng = _fastpath.Engine(src.read(len(head)), params.packets, params.payload_bytes, params.payload_packets,
-                               checksums, True, lt, lu, Packet, Chunk, shard[0], shard[1], gi, pcapng=not head)
+                               checksums, True, lt, lu, Packet, Chunk, shard[0], shard[1], gi, pcapng=not head,
+                               hello_bytes=params.hello_bytes)
         st.files += 1
         uid_base = f"{_file_identity(path)}:{idx}"
         counters = _Counters(eng, st, sst)

@@ -145,13 +145,13 @@ def model_window(spec: Any) -> Any:
     if not packets:
         return None
     return FlowParams(packets, int(getattr(spec, "collect_payload_bytes", 0) or getattr(spec, "payload_bytes", 0)),
-                      int(getattr(spec, "payload_packets", 0)))
+                      int(getattr(spec, "payload_packets", 0)), int(getattr(spec, "hello_bytes", 0) or 0))
 
 
 def exceeds(params: Any, window: Any) -> bool:
     """True when a collection of `params` can record more than `window` holds (then records need cutting)."""
     return window is not None and any(getattr(params, k) > getattr(window, k)
-                                      for k in ("packets", "payload_bytes", "payload_packets"))
+                                      for k in ("packets", "payload_bytes", "payload_packets", "hello_bytes"))
 
 
 def collection_shortfalls(spec: FeatureSpec, params: Any) -> list[str]:
@@ -159,7 +159,8 @@ def collection_shortfalls(spec: FeatureSpec, params: Any) -> list[str]:
     warning. The model still runs, on less than it was trained and measured on."""
     need = (("packets", spec.packets, "packets"),
             ("payload_bytes", spec.collect_payload_bytes or spec.payload_bytes, "payload bytes per payload packet"),
-            ("payload_packets", spec.payload_packets, "payload packets"))
+            ("payload_packets", spec.payload_packets, "payload packets"),
+            ("hello_bytes", spec.hello_bytes, "bytes of a TLS hello (its cipher suites and extensions)"))
     return [f"flow.{key} is {getattr(params, key)}, below the {want} {what} the model reads"
             for key, want, what in need if getattr(params, key) < want]
 
@@ -182,6 +183,30 @@ def hybrid_logits(student_logits: np.ndarray, forest_proba: np.ndarray, w: float
     log_s = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     log_f = np.log(forest_proba + np.float32(eps))
     return (np.float32(w) * log_s + np.float32(1.0 - w) * log_f).astype(np.float32)
+
+
+def _load_table(path: Path, entry: Any, spec: FeatureSpec, label_sets: dict[str, list[str]]) -> Any:
+    """A hybrid package's hello table (manifest hybrid.hello_table: file, sha256), checked against the package."""
+    from .fingerprints import HelloTable
+
+    try:
+        f = path / str(entry["file"])
+        want = str(entry["sha256"])
+    except (KeyError, TypeError):
+        raise ModelError(f"{path}: manifest hybrid.hello_table needs file and sha256") from None
+    if not f.is_file():
+        raise ModelError(f"{path}: no {f.name} (manifest hybrid.hello_table)")
+    if sha256_file(f) != want:
+        raise ModelError(f"{f}: sha256 does not match the manifest; the package is corrupt or was edited")
+    try:
+        table = HelloTable.load(f)
+    except ValueError as e:
+        raise ModelError(f"{f}: {e}") from None
+    if table.labels != label_sets["service"]:
+        raise ModelError(f"{f}: its labels are not the service head's")
+    if not spec.hello_bytes:
+        raise ModelError(f"{path}: a hello table needs features.hello_bytes (flows read with TLS hellos whole)")
+    return table
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -282,6 +307,9 @@ class Model:
             if isinstance(n, int) and n != len(self.label_sets[h]):
                 raise ModelError(f"{path}: {h} head has {n} outputs but the manifest lists "
                                  f"{len(self.label_sets[h])} labels")
+        self._table = None  # the hybrid's hello table (fingerprints.py): service evidence per TLS hello fingerprint
+        if hyb.get("hello_table"):
+            self._table = _load_table(path, hyb["hello_table"], spec, self.label_sets)
 
     @property
     def id(self) -> str:
@@ -302,6 +330,8 @@ class Model:
             x = x if x is not None else np.zeros((0, len(self.label_sets[h])), np.float32)
             if mixed and h == self._hybrid[0] and len(x):
                 x = hybrid_logits(x, res[-1], self._hybrid[2], self._hybrid[3])
+                if self._table is not None:
+                    x = x + self._table.log_proba(feats["hfp"])
             probs[h] = softmax(x) if self._out_kind == "logits" else x
         return probs
 

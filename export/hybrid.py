@@ -3,13 +3,17 @@
 runtime turns them into the hybrid service head, w * log_softmax(student) + (1 - w) * log(forest + eps)
 (runtime.hybrid_logits, in numpy so a flow's scores do not depend on its batch).
 
+With a hello table (etool_sensor/fingerprints.py: services of the training flows per TLS hello fingerprint)
+the package also gets hello_table.json, and its features read TLS hellos whole (hello_bytes); the runtime
+adds the table's log-probabilities to the mix.
+
 The forest is converted with skl2onnx (ai.onnx.ml TreeEnsembleClassifier) and joined to the student's graph
 by name, so `serve`, `classify` and the daemon run one graph as before: the package's features gain
 `flights`, its inputs `flt`. The student's own outputs keep their bits. Before it replaces the package's
 model.onnx, the joined graph is checked on real flows against the student graph and sklearn.
 
     python -m export.hybrid PKG --data ../shared/data/ndpi/pcap --labels ../shared/data/ndpi/labels.csv \\
-        --pcap ../shared/data/ndpi/pcap/*.pcap* --name etool-hybrid --version 0.5.0
+        --pcap ../shared/data/ndpi/pcap/*.pcap* --name etool-hybrid --version 0.6.0 --hello-bytes 1024
 """
 
 from __future__ import annotations
@@ -112,10 +116,13 @@ def join(student_onnx: str | Path, forest: Any, labels: Sequence[str], dst: str 
 
 
 def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *, version: str | None = None,
-                  name: str | None = None, log: Any = None) -> dict[str, Any]:
-    """Join a trained ShapeForest to the student package `pkg` in place, checked on `feats` (encoded real
-    flows with the forest's features: flt included); ValueError when the package cannot take it."""
-    from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest
+                  name: str | None = None, table: Any = None, hello_bytes: int = 0, log: Any = None) -> dict[str, Any]:
+    """Join a trained ShapeForest (and a fingerprints.HelloTable over the service labels, which needs flows
+    read with hellos whole: hello_bytes) to the student package `pkg` in place, checked on `feats` (encoded
+    real flows with the forest's features: flt included, hfp with a table); ValueError when the package
+    cannot take it."""
+    from etool_sensor.fingerprints import TABLE_FILE
+    from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest, sha256_file
     from etool_sensor.train.forest import EPS, MIX, mix, spread
 
     from .token_axes import commit_rewrite, graph_outputs
@@ -132,6 +139,10 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
         raise ValueError(f"{d}: the forest was trained on other features ({forest.spec}) than the package's ({spec})")
     if "flt" not in feats or not len(feats["flt"]):
         raise ValueError("no check flows with the forest's features (flt)")
+    if table is not None and (not hello_bytes or "hfp" not in feats):
+        raise ValueError("a hello table needs hello_bytes and check flows with their fingerprints (hfp)")
+    if table is not None and table.labels != manifest["label_sets"]["service"]:
+        raise ValueError(f"{d}: the hello table's labels are not the package's service labels")
     src, tmp = d / MODEL_FILE, d / (MODEL_FILE + ".hybrid")
     labels = manifest["label_sets"]["service"]
     join(src, forest, labels, tmp)
@@ -145,6 +156,10 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
            "student_outputs_unchanged": bool(np.array_equal(s_logits, student[0])
                                              and np.array_equal(a_logits, student[1])),
            "service_labels_changed_vs_student": float((mixed.argmax(1) != s_logits.argmax(1)).mean())}
+    if table is not None:
+        with_table = mixed + table.log_proba(feats["hfp"])
+        par["flows_with_a_table_fingerprint"] = int(sum(1 for k in feats["hfp"].tolist() if k in table.counts))
+        par["service_labels_changed_by_table"] = float((with_table.argmax(1) != mixed.argmax(1)).mean())
     if (par["forest_max_abs_diff_vs_sklearn"] > 1e-4 or par["hybrid_argmax_agreement_vs_sklearn"] < 0.999
             or not par["student_outputs_unchanged"]):
         tmp.unlink()
@@ -153,7 +168,13 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
     hybrid = {"head": "service", "mix": MIX, "eps": EPS, "forest": forest.info,
               "forest_inputs": f"flt ({2 * forest.spec.flights}) + meta[:, 0] (is_udp)",
               "student": f"{manifest['name']}@{manifest['version']}", "graph_bytes": size}
-    manifest["features"] = forest.spec.to_dict()
+    if table is not None:
+        table.save(d / TABLE_FILE)
+        hybrid["hello_table"] = {"file": TABLE_FILE, "sha256": sha256_file(d / TABLE_FILE),
+                                 "fingerprints": len(table.counts),
+                                 "flows": int(sum(c.sum() for c in table.counts.values())),
+                                 "alpha": table.alpha, "weight": table.weight}
+    manifest["features"] = dataclasses.replace(forest.spec, hello_bytes=hello_bytes).to_dict()
     manifest["inputs"] = list(manifest.get("inputs", [])) + ["flt"]
     manifest["outputs"] = {**manifest.get("outputs", {}), "forest": FOREST_OUTPUT}
     if name:
@@ -163,10 +184,12 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
 
 
 def hybrid_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pcaps: Sequence[str | Path], *,
-                   version: str | None = None, name: str | None = None, seed: int = 0,
+                   version: str | None = None, name: str | None = None, seed: int = 0, hello_bytes: int = 0,
                    log: Any = None) -> dict[str, Any]:
     """Train the shape forest on the labelled flows of `data`/`labels_csv` (all of them, as `train` reads
-    them; service labels) and join it to the student package `pkg` in place, checked on the flows of `pcaps`."""
+    them; service labels) and join it to the student package `pkg` in place, checked on the flows of `pcaps`.
+    hello_bytes > 0: the flows are read with TLS hellos whole (flows.chunk_length) and a hello table is
+    added (fingerprints.py); the package then asks for that collection (features.hello_bytes)."""
     from etool_sensor.features import FeatureSpec
     from etool_sensor.flows import FlowParams
     from etool_sensor.runtime import check_manifest, read_manifest
@@ -180,12 +203,21 @@ def hybrid_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pc
     spec: FeatureSpec = forest_spec(check_manifest(d, manifest))
     if manifest.get("hybrid"):  # before reading hundreds of captures
         raise ValueError(f"{d}: the package already has the shape forest ({manifest['hybrid']['forest']})")
-    p = FlowParams(packets=spec.packets, payload_bytes=spec.payload_bytes, payload_packets=spec.payload_packets)
+    p = FlowParams(packets=spec.packets, payload_bytes=spec.payload_bytes, payload_packets=spec.payload_packets,
+                   hello_bytes=hello_bytes)
     ds = load_labelled(data, labels_csv, label_column="category", params=p)
     log(f"hybrid: {len(ds)} labelled flows from {len(set(ds.pcap))} captures")
     forest = train_forest(ds.records, ds.contexts, list(ds.service), spec=spec, seed=seed)
-    feats, _ = real_features(pcaps, spec)
-    return attach_forest(d, forest, feats, version=version, name=name, log=log)
+    table = None
+    if hello_bytes:
+        from etool_sensor.fingerprints import HelloTable, fingerprints
+
+        table = HelloTable.fit(fingerprints(ds.records, spec.payload_packets), ds.service,
+                               manifest["label_sets"]["service"])
+        log(f"hybrid: hello table of {len(table.counts)} fingerprints")
+    feats, _ = real_features(pcaps, dataclasses.replace(spec, hello_bytes=hello_bytes))
+    return attach_forest(d, forest, feats, version=version, name=name, table=table, hello_bytes=hello_bytes,
+                         log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -202,9 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--version", help="new package version")
     ap.add_argument("--name", help="new package name (e.g. etool-hybrid)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hello-bytes", type=int, default=0, metavar="H",
+                    help="read TLS hellos whole up to H bytes and add the hello table (0: the forest alone)")
     a = ap.parse_args(argv)
     try:
-        m = hybrid_package(a.package, a.data, a.labels, a.pcap, version=a.version, name=a.name, seed=a.seed)
+        m = hybrid_package(a.package, a.data, a.labels, a.pcap, version=a.version, name=a.name, seed=a.seed,
+                           hello_bytes=a.hello_bytes)
     except (ValueError, OSError, ModelError, LabelsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -141,11 +141,13 @@ def real_features(pcaps: Sequence[str | Path], spec: Any) -> tuple[dict[str, np.
     from etool_sensor.context import ContextTracker
     from etool_sensor.features import encode
     from etool_sensor.pcap import read_flows
+    from etool_sensor.runtime import model_window
 
     recs, ctxs = [], []
+    params = model_window(spec)  # what the runtime reads for this spec (TLS hellos whole for a hello forest)
     for p in pcaps:
         tr = ContextTracker()
-        for r in read_flows(p):
+        for r in read_flows(p, params):
             ctx = tr.observe(r)
             if len(r.packets) >= 2:
                 recs.append(r)

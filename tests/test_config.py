@@ -77,7 +77,7 @@ def test_empty_file_is_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("raw, key, allowed", [
-    ({"flow": {"pakets": 3}}, "flow.pakets", "allowed: packets, payload_bytes, payload_packets, min_packets"),
+    ({"flow": {"pakets": 3}}, "flow.pakets", "allowed: packets, payload_bytes, payload_packets, hello_bytes, min_packets"),
     ({"flows": {}}, "flows", "allowed: flow, privacy, model"),
     ({"flow": {"packets": 0}}, "flow.packets", "an integer in 1..1024"),
     ({"flow": {"packets": "32"}}, "flow.packets", "an integer in 1..1024"),

@@ -88,6 +88,67 @@ def test_joined_graph_computes_the_hybrid_and_keeps_the_app_head(quick_package, 
     assert np.array_equal(softmax(hybrid_logits(s_logits, pf, m["hybrid"]["mix"], m["hybrid"]["eps"])), hs)
 
 
+@pytest.fixture(scope="module")
+def hello_package(quick_package, tmp_path_factory):
+    """hybrid_package's forest plus the hello table (export.hybrid --hello-bytes 1024): the same 30 captures,
+    so the same forest (flights do not change when hellos are read whole)."""
+    from export.hybrid import hybrid_package as make
+
+    pcaps = sorted(PCAPS.glob("*.pcap"))
+    d = tmp_path_factory.mktemp("hello") / "model"
+    shutil.copytree(quick_package, d)
+    names = [p.name for p in pcaps[:30]]
+    data = tmp_path_factory.mktemp("hdata")
+    for n in names:
+        (data / n).symlink_to(PCAPS / n)
+    m = make(d, data, LABELS, [PCAPS / n for n in names[:10]], version="0.0.3", name="quick-hello",
+             hello_bytes=1024, log=lambda s: None)
+    return d, m
+
+
+@needs_data
+def test_hello_table_joins_the_service_head(hybrid_package, hello_package, real_flows):
+    """The runtime adds the table's log-probabilities to the hybrid's mix (the same forest, the same seed):
+    only flows whose hello fingerprint is in the table move; the app head is untouched."""
+    from etool_sensor.fingerprints import HelloTable
+    from etool_sensor.runtime import hybrid_logits, load_model, softmax
+
+    d, m = hello_package
+    t = m["hybrid"]["hello_table"]
+    assert m["features"]["hello_bytes"] == 1024 and t["file"] == "hello_table.json" and t["fingerprints"] > 5
+    assert m["parity"]["hybrid"]["flows_with_a_table_fingerprint"] > 0 and m["inputs"][-1] == "flt"
+    hello, plain = load_model(d, threads=1), load_model(hybrid_package[0], threads=1)
+    recs, ctxs = real_flows
+    feats = hello.features(recs, ctxs)
+    assert "hfp" in feats and "hfp" not in plain.features(recs, ctxs) and (feats["hfp"] > 0).sum() >= 5
+    s_logits, pf = hello.session.run(["service_logits", "forest_proba"], {k: feats[k] for k in hello._inputs})
+    table = HelloTable.load(d / "hello_table.json")
+    mixed = hybrid_logits(s_logits, pf, m["hybrid"]["mix"], m["hybrid"]["eps"])
+    got = hello.predict_proba(recs, ctxs)
+    assert np.array_equal(got, softmax(mixed + table.log_proba(feats["hfp"])))
+    known = np.array([k in table.counts for k in feats["hfp"].tolist()])
+    assert known.any() and np.array_equal(got[~known], plain.predict_proba(recs, ctxs)[~known])
+    assert np.array_equal(hello.predict_proba(recs, ctxs, "app"), plain.predict_proba(recs, ctxs, "app"))
+
+
+@needs_data
+def test_runtime_refuses_a_broken_hello_table(hello_package, tmp_path):
+    from etool_sensor.runtime import ModelError, load_model
+
+    d, _ = hello_package
+    for change, match in ((lambda p, m: (p / "hello_table.json").write_text("{}"), "sha256 does not match"),
+                          (lambda p, m: (p / "hello_table.json").unlink(), "no hello_table.json"),
+                          (lambda p, m: m["features"].update(hello_bytes=0), "needs features.hello_bytes"),
+                          (lambda p, m: m["hybrid"]["hello_table"].pop("sha256"), "needs file and sha256")):
+        bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(d, bad)
+        man = json.loads((bad / "manifest.json").read_text())
+        change(bad, man)
+        (bad / "manifest.json").write_text(json.dumps(man))
+        with pytest.raises(ModelError, match=match):
+            load_model(bad)
+
+
 @needs_data
 def test_runtime_refuses_a_hybrid_manifest_without_the_forest_output(hybrid_package, tmp_path):
     from etool_sensor.runtime import ModelError, load_model
@@ -154,3 +215,6 @@ def test_train_joins_the_forest_unless_told_not_to(tmp_path):
     assert m["parity"]["hybrid"]["hybrid_argmax_agreement_vs_sklearn"] == 1.0
     model = load_model(out, threads=1)
     assert model.spec.flights == m["features"]["flights"] > 0
+    # with the hello table by default: flows read with hellos whole, the table's fingerprints from them
+    assert m["features"]["hello_bytes"] == 1024 and m["hybrid"]["hello_table"]["fingerprints"] > 0
+    assert model._table is not None and m["parity"]["hybrid"]["flows_with_a_table_fingerprint"] > 0

@@ -219,8 +219,8 @@ def test_manifest_refusals(tmp_path):
     from etool_sensor.runtime import DEFAULT_MODEL_DIR, ModelError, load_model
 
     pkg = _copy(DEFAULT_MODEL_DIR, tmp_path / "ok")
-    for f in list(pkg.iterdir()):
-        if f.name not in ("model.onnx", "manifest.json"):
+    for f in list(pkg.iterdir()):  # a package is its graph, its manifest and the files the manifest names
+        if f.name not in ("model.onnx", "manifest.json", "hello_table.json"):
             f.unlink()
     load_model(pkg, threads=1)
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+
+from etool_sensor.flows import DEFAULT_HELLO_BYTES
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,6 +34,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-config", default=None, metavar="JSON",
                    help='student encoder shape, e.g. \'{"layers": 1, "pkt_stride": 4, "dgram_stride": 16}\' '
                         "(the bundled fast model); default: train/model.py EncoderConfig")
+    p.add_argument("--hello-bytes", type=int, default=DEFAULT_HELLO_BYTES, metavar="H",
+                   help="read TLS hellos whole up to H bytes (flow.hello_bytes) and join a hello table "
+                        f"(fingerprints.py) with the forest (default {DEFAULT_HELLO_BYTES}; 0: the forest alone)")
     p.add_argument("--no-forest", action="store_true",
                    help="a student package only: do not join the shape forest to its service head "
                         "(train/forest.py, export/hybrid.py; the bundled default model has it)")
@@ -90,7 +96,8 @@ def train_main(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(args.seed)  # the SSL encoder's initial weights and dropout: the same seed, the same model
-    params = FlowParams()
+    # TLS hellos whole for the shape forest (features.hello_matrix); a student alone reads only its window
+    params = FlowParams(hello_bytes=0 if args.no_forest else args.hello_bytes)
     data = Path(args.data)
     pcaps = None
     if args.quick:
@@ -176,8 +183,16 @@ def train_main(args: argparse.Namespace) -> int:
         fspec = forest_spec(spec)
         forest = train_forest(train.records, train.contexts, list(train.service), spec=fspec, seed=args.seed,
                               quick=args.quick)
-        m = _import_export("hybrid").attach_forest(out, forest, encode(train.records[:2000], train.contexts[:2000],
-                                                                        fspec), log=_log)
+        table = None
+        if params.hello_bytes:
+            from etool_sensor.fingerprints import HelloTable, fingerprints
+
+            table = HelloTable.fit(fingerprints(train.records, spec.payload_packets), train.service,
+                                   m["label_sets"]["service"])
+        check = encode(train.records[:2000], train.contexts[:2000],
+                       dataclasses.replace(fspec, hello_bytes=params.hello_bytes))
+        m = _import_export("hybrid").attach_forest(out, forest, check, table=table, hello_bytes=params.hello_bytes,
+                                                   log=_log)
         m["training"]["forest_seconds"] = round(time.time() - ts, 1)
         (out / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
     par = m["parity"].get("int8_vs_torch", m["parity"].get("fp32_vs_torch", {}))

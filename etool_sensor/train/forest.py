@@ -97,10 +97,13 @@ def train_forest(records: Sequence[Any], contexts: Sequence[Any] | None, labels:
 
 
 class Hybrid:
-    """The student's head for `label_column` times the shape forest (eval method `hybrid`)."""
+    """The student's head for `label_column` times the shape forest, and with a hello table its evidence
+    (fingerprints.HelloTable, as a package's runtime adds it); eval methods `hybrid`, `hybrid_no_llm`."""
 
-    def __init__(self, student: Any, forest: ShapeForest, w: float = MIX, eps: float = EPS) -> None:
+    def __init__(self, student: Any, forest: ShapeForest, w: float = MIX, eps: float = EPS,
+                 table: Any = None, chunks: int = 3) -> None:
         self.student, self.forest, self.w, self.eps = student, forest, w, eps
+        self.table, self.chunks = table, chunks
         self.labels = list(student.labels)
 
     def predict_proba(self, records: Sequence[Any], contexts: Sequence[Any] | None) -> np.ndarray:
@@ -108,4 +111,9 @@ class Hybrid:
         z = s if self.student.head == "service" else a
         pf = spread(self.forest.proba(encode(records, contexts, self.forest.spec)), self.forest.classes,
                     self.labels)
-        return softmax(mix(z, pf, self.w, self.eps))
+        h = mix(z, pf, self.w, self.eps)
+        if self.table is not None:
+            from etool_sensor.fingerprints import fingerprints
+
+            h = h + self.table.log_proba(fingerprints(records, self.chunks))
+        return softmax(h)

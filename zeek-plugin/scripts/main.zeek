@@ -81,6 +81,11 @@ export {
 	const payload_bytes = 64 &redef;
 	## Number of payload-carrying packets whose bytes are kept.
 	const payload_packets = 3 &redef;
+	## A kept chunk that starts a TLS ClientHello or ServerHello keeps that
+	## whole hello, up to this many bytes, so the model can read its cipher
+	## suites and extension types (never its names). 0: cut at payload_bytes
+	## like any other chunk. The default model reads hellos up to 1024.
+	const hello_bytes = 1024 &redef;
 	## Connections that end with fewer packets than this are not published.
 	const min_packets = 2 &redef;
 
@@ -293,6 +298,25 @@ function payload_offset(pkt: pcap_packet, hdr: raw_pkt_hdr, plen: count): int
 	return end_ - plen;
 	}
 
+## Where the TLS ClientHello or ServerHello that starts at data[start] ends,
+## relative to start (5-byte record header + 4-byte handshake header + its
+## length), or 0 if none starts there. The Python side's flows.hello_end.
+function hello_end(data: string, start: int, plen: count): count
+	{
+	if ( plen < 9 || start + 9 > |data| )
+		return 0;
+
+	if ( data[start] != "\x16" || data[start + 1] != "\x03" )
+		return 0;
+
+	local t = data[start + 5];
+	if ( t != "\x01" && t != "\x02" )
+		return 0;
+
+	return 9 + 65536 * bytestring_to_count(data[start + 6]) +
+	    bytestring_to_count(data[start + 7:start + 9]);
+	}
+
 ## Records the current packet. Called once per packet via ConnThreshold.
 function add_packet(c: connection, is_orig: bool)
 	{
@@ -329,6 +353,18 @@ function add_packet(c: connection, is_orig: bool)
 		return;
 
 	local n = plen < payload_bytes ? plen : payload_bytes;
+
+	# flows.chunk_length: a TLS hello is kept whole, up to hello_bytes.
+	if ( hello_bytes > payload_bytes )
+		{
+		local hend = hello_end(pkt$data, start, plen);
+		if ( hend > 0 )
+			{
+			local h = hend < hello_bytes ? hend : hello_bytes;
+			if ( h > n )
+				n = h < plen ? h : plen;
+			}
+		}
 	s$payload += Chunk($is_orig=is_orig,
 	    $hex=bytestring_to_hexstr(pkt$data[start:start + n]));
 	}

@@ -1,0 +1,138 @@
+"""TLS hello fingerprints, and the table that turns them into evidence about a flow's service.
+
+Why: a client's TLS stack writes the same ClientHello (cipher suites, extension types) wherever its app runs,
+and a server stack answers with the same ServerHello, so the services of training flows whose hellos match a
+new flow's exactly are evidence that survives a new capture, where packet sizes and timing do not (the
+pooled capture K-fold: docs/model-card.md, "Hello fingerprints"). The fingerprint is JA4/JA4S material
+without the names: legacy version, cipher suites and extension types of both hellos, GREASE dropped, suites
+and types sorted (browsers shuffle their extension order). A server name never enters it.
+
+The table holds, per fingerprint, how many labelled training flows had each service; a hybrid package
+carries it as hello_table.json and the runtime adds its log-probabilities to the service head
+(runtime.Model), the way eval's hybrids (train/forest.Hybrid) do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .features import parse_hello
+from .flows import FlowRecord
+
+TABLE_FILE = "hello_table.json"
+TABLE_VERSION = 1
+ALPHA = 1.0  # pseudo-count spread evenly over the labels: one flow with a fingerprint is weak evidence
+WEIGHT = 1.0  # the table's log-probabilities are added to the hybrid logits at this weight
+
+
+def _hellos(rec: FlowRecord, chunks: int) -> list:
+    """parse_hello of the first ClientHello and ServerHello among the first `chunks` chunks ([client, server],
+    None where absent). Chunks that cannot start a hello are skipped before any parsing: most flows have none."""
+    got: list = [None, None]
+    for ch in rec.payload[:chunks]:
+        d = ch.data
+        if len(d) < 44 or d[0] != 0x16 or d[1] != 0x03:
+            continue
+        h = parse_hello(d)
+        if h is not None and got[h[0] - 1] is None:
+            got[h[0] - 1] = h
+    return got
+
+
+def canonical(rec: FlowRecord, chunks: int = 3) -> str | None:
+    """The readable fingerprint of a flow's first ClientHello and ServerHello among its first `chunks`
+    payload chunks, e.g. 'c771:002f,c02b:0,10,43|s771:c02b:43'; None when there is neither. fingerprint()
+    hashes the same content."""
+    got = _hellos(rec, chunks)
+    if got == [None, None]:
+        return None
+    return "|".join("" if h is None else f"{'cs'[k]}{h[1]}:{','.join(f'{v:04x}' for v in sorted(h[2]))}:"
+                    f"{','.join(str(v) for v in sorted(h[3]))}" for k, h in enumerate(got))
+
+
+def fingerprint(rec: FlowRecord, chunks: int = 3) -> int:
+    """The hellos of canonical(), packed and hashed to 64 bits (blake2b); 0 when the flow shows no hello."""
+    got = _hellos(rec, chunks)
+    if got == [None, None]:
+        return 0
+    parts = []
+    for h in got:
+        if h is None:
+            parts.append(b"-")
+            continue
+        su, ex = sorted(h[2]), sorted(h[3])
+        parts.append(struct.pack(f">BHH{len(su)}HH{len(ex)}H", h[0], h[1], len(su), *su, len(ex), *ex))
+    return int.from_bytes(hashlib.blake2b(b"".join(parts), digest_size=8).digest(), "big") or 1
+
+
+def fingerprints(records: Sequence[FlowRecord], chunks: int = 3) -> np.ndarray:
+    """fingerprint() of every record, as encode()'s hfp (uint64 [B])."""
+    return np.fromiter((fingerprint(r, chunks) for r in records), np.uint64, len(records))
+
+
+@dataclass
+class HelloTable:
+    """Service counts per fingerprint, over `labels` (a model's service labels, in its column order)."""
+
+    labels: list[str]
+    counts: dict[int, np.ndarray]
+    alpha: float = ALPHA
+    weight: float = WEIGHT
+
+    @classmethod
+    def fit(cls, keys: np.ndarray, y: Sequence[str], labels: Sequence[str], *, alpha: float = ALPHA,
+            weight: float = WEIGHT) -> "HelloTable":
+        """Count the labelled flows (`keys` from fingerprints(), `y` their services) per fingerprint; flows with
+        no hello or a label outside `labels` are left out."""
+        pos = {l: j for j, l in enumerate(labels)}
+        counts: dict[int, np.ndarray] = {}
+        for k, l in zip(np.asarray(keys, np.uint64).tolist(), y):
+            j = pos.get(l)
+            if k and j is not None:
+                counts.setdefault(k, np.zeros(len(labels), np.float64))[j] += 1
+        return cls(list(labels), counts, alpha, weight)
+
+    def log_proba(self, keys: np.ndarray) -> np.ndarray:
+        """[B, labels] weight * log((counts + alpha / K) / (n + alpha)) for flows whose fingerprint is in the
+        table; 0 (no evidence: the same shift for every label) for the others."""
+        k = len(self.labels)
+        out = np.zeros((len(keys), k), np.float32)
+        for i, key in enumerate(np.asarray(keys, np.uint64).tolist()):
+            c = self.counts.get(key) if key else None
+            if c is not None:
+                out[i] = self.weight * np.log((c + self.alpha / k) / (c.sum() + self.alpha))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": TABLE_VERSION, "labels": self.labels, "alpha": self.alpha, "weight": self.weight,
+                "counts": {f"{k:016x}": [int(v) for v in c] for k, c in sorted(self.counts.items())}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "HelloTable":
+        """Inverse of to_json; ValueError on anything malformed."""
+        try:
+            if d["version"] != TABLE_VERSION:
+                raise ValueError(f"hello table version {d['version']!r}, this build reads {TABLE_VERSION}")
+            labels = [str(x) for x in d["labels"]]
+            counts = {}
+            for k, c in d["counts"].items():
+                if len(c) != len(labels) or min(c, default=0) < 0:
+                    raise ValueError(f"hello table row {k}: {len(c)} counts for {len(labels)} labels")
+                counts[int(k, 16)] = np.asarray(c, np.float64)
+            return cls(labels, counts, float(d["alpha"]), float(d["weight"]))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"malformed hello table: {e!r}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HelloTable":
+        return cls.from_json(json.loads(Path(path).read_text()))

@@ -1,0 +1,127 @@
+"""TLS hellos kept whole (flows.chunk_length, flow.hello_bytes, ETooL::hello_bytes) and their fields as forest
+inputs (features.hello_matrix). The rule cuts the same bytes in the Python and the compiled reader and in
+FlowRecord.within; the fields are codes only, so a hidden or changed server name does not move them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from tests.test_model import PCAPS, needs_data
+
+# a real ClientHello (164 bytes) and ServerHello (66 bytes) from zeek-plugin/testing/Traces/tls-ecdhe.pcap
+TRACE = os.path.join(os.path.dirname(__file__), "..", "zeek-plugin", "testing", "Traces", "tls-ecdhe.pcap")
+
+
+def _hello_chunks():
+    from etool_sensor.flows import FlowParams
+    from etool_sensor.pcap import read_flows
+
+    r = next(iter(read_flows(TRACE, FlowParams(packets=8, hello_bytes=4096))))
+    return r.payload[0].data, r.payload[1].data, r.payload[2].data
+
+
+def test_chunk_length_keeps_a_hello_whole_up_to_h():
+    from etool_sensor.flows import chunk_length, hello_end
+
+    client, server, cert = _hello_chunks()
+    assert (len(client), len(server), hello_end(client), hello_end(server)) == (164, 66, 164, 66)
+    assert hello_end(cert) == 0 and chunk_length(cert, 64, 1024) == 64  # not a hello: cut at B
+    assert chunk_length(client, 64, 1024) == 164 and chunk_length(server, 64, 1024) == 66
+    assert chunk_length(client, 64, 100) == 100  # cut at H
+    assert chunk_length(client, 64, 0) == 64 and chunk_length(client, 64, 32) == 64  # H <= B: B, as before
+    assert chunk_length(client, 200, 1024) == 164  # B beyond the hello: what there is
+    assert chunk_length(client[:8], 64, 1024) == 8 and hello_end(client[:8]) == 0  # too short to tell
+    not_hello = bytearray(client)
+    not_hello[5] = 11  # a Certificate handshake message: not a hello
+    assert chunk_length(bytes(not_hello), 64, 1024) == 64
+
+
+def test_validate_accepts_a_whole_hello_and_refuses_other_long_chunks():
+    from etool_sensor.flows import Chunk, FlowError, FlowParams, FlowRecord, Packet
+
+    client, _, cert = _hello_chunks()
+    pk = [Packet(0.0, True, 216, 164, 24)]
+    ok = FlowRecord("Cx", 1.0, "10.0.0.1", 5000, "10.0.0.2", 443, "tcp", pk, [Chunk(True, client)])
+    ok.validate(FlowParams())
+    with pytest.raises(FlowError, match="H=100"):
+        ok.validate(FlowParams(hello_bytes=100))
+    bad = FlowRecord("Cy", 1.0, "10.0.0.1", 5000, "10.0.0.2", 443, "tcp", pk, [Chunk(True, cert + cert)])
+    with pytest.raises(FlowError, match="longer than B=64"):
+        bad.validate(FlowParams())
+
+
+@needs_data
+def test_readers_and_within_cut_by_the_same_rule(monkeypatch):
+    """The compiled and the Python reader give the same records with hellos whole; a record read with H cut
+    to a smaller window (FlowRecord.within) is the record read with that window."""
+    from etool_sensor import pcap
+    from etool_sensor.flows import FlowParams, chunk_length, hello_end
+    from etool_sensor.pcap import read_flows
+
+    if not pcap.fast_path_available():
+        pytest.skip("compiled reader not built")
+    names = [PCAPS / n for n in ("chrome.pcap", "tls_verylong_certificate.pcap", "signal.pcap", "1kxun.pcap",
+                                 "long_tls_certificate.pcap")]
+    big = FlowParams(hello_bytes=1024)
+    fast = [r.to_dict() for r in read_flows(names, big)]
+    monkeypatch.setenv("ETOOL_PURE_PYTHON", "1")
+    slow = list(read_flows(names, big))
+    assert fast == [r.to_dict() for r in slow]
+    whole = [c for r in slow for c in r.payload if len(c.data) > 64]
+    assert len(whole) >= 20 and all(len(c.data) == min(hello_end(c.data), 1024) for c in whole)
+    for h in (0, 100):
+        small = FlowParams(hello_bytes=h)
+        want = [r.to_dict() for r in read_flows(names, small)]
+        assert [r.within(small).to_dict() for r in slow] == want
+        assert all(len(c.data) == chunk_length(c.data, 64, h) for r in slow for c in r.within(small).payload)
+
+
+def test_fingerprint_reads_codes_not_names():
+    from etool_sensor.fingerprints import canonical, fingerprint, fingerprints
+    from etool_sensor.flows import Chunk, FlowParams
+    from etool_sensor.masking import mask_chunk
+    from etool_sensor.pcap import read_flows
+
+    recs = list(read_flows(TRACE, FlowParams()))
+    c = canonical(recs[0])
+    # TLS 1.2 hellos: 2 suites offered, ECDHE-RSA-AES256-SHA taken; extension types sorted, no names
+    assert c == "c771:00ff,c014:10,11,13,15,35|s771:c014:11,35,65281"
+    assert canonical(recs[0], 1) == c.split("|")[0] + "|"  # the first chunk holds only the ClientHello
+    fp = fingerprint(recs[0])
+    assert fp > 0 and fingerprints(recs).tolist()[0] == fp and fingerprints([]).shape == (0,)
+    # the server name masked (and the Random zeroed): the same fingerprint
+    data = recs[0].payload[0].data
+    masked = mask_chunk(data, "tcp", 1, 443, True)
+    assert masked != data
+    assert fingerprint(dataclasses.replace(recs[0], payload=[Chunk(True, masked)] + recs[0].payload[1:])) == fp
+    # no hello: 0
+    assert fingerprint(dataclasses.replace(recs[0], payload=[Chunk(True, b"GET / HTTP/1.1")])) == 0
+
+
+def test_hello_table_counts_and_log_probabilities(tmp_path):
+    from etool_sensor.fingerprints import HelloTable
+
+    labels = ["Chat", "VPN", "Web"]
+    keys = np.array([5, 5, 5, 7, 0, 9], np.uint64)
+    y = ["Web", "Web", "Chat", "VPN", "Web", "Other"]  # key 0 (no hello) and a label outside: left out
+    t = HelloTable.fit(keys, y, labels)
+    assert sorted(t.counts) == [5, 7] and t.counts[5].tolist() == [1, 0, 2]
+    lp = t.log_proba(np.array([5, 7, 0, 8], np.uint64))
+    want = np.log((np.array([1, 0, 2]) + 1 / 3) / 4)
+    assert np.allclose(lp[0], want) and lp[2:].tolist() == [[0, 0, 0], [0, 0, 0]]  # unseen, none: no evidence
+    assert lp[1].argmax() == 1
+    t.save(tmp_path / "t.json")
+    back = HelloTable.load(tmp_path / "t.json")
+    assert back.labels == labels and np.array_equal(back.log_proba(keys), t.log_proba(keys))
+    bad = t.to_json()
+    bad["counts"]["0000000000000005"] = [1, 2]
+    with pytest.raises(ValueError, match="2 counts for 3 labels"):
+        HelloTable.from_json(bad)
+    with pytest.raises(ValueError, match="version"):
+        HelloTable.from_json({**t.to_json(), "version": 9})
+    with pytest.raises(ValueError, match="malformed"):
+        HelloTable.from_json({"version": 1})
