@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .compiled import compiled
 from .features import parse_hello
 from .flows import FlowRecord
 
@@ -57,19 +58,34 @@ def canonical(rec: FlowRecord, chunks: int = 3) -> str | None:
                     f"{','.join(str(v) for v in sorted(h[3]))}" for k, h in enumerate(got))
 
 
+def _hello_key_py(data: bytes) -> bytes | None:
+    """One hello's part of the fingerprint: parse_hello's kind and version, then its cipher suites and extension
+    types sorted, packed big-endian with their counts; None when `data` does not start a hello. The reference of
+    _fastpath.hello_key."""
+    h = parse_hello(data)
+    if h is None:
+        return None
+    su, ex = sorted(h[2]), sorted(h[3])
+    return struct.pack(f">BHH{len(su)}HH{len(ex)}H", h[0], h[1], len(su), *su, len(ex), *ex)
+
+
+_hello_key = compiled("hello_key") or _hello_key_py
+
+
 def fingerprint(rec: FlowRecord, chunks: int = 3) -> int:
-    """The hellos of canonical(), packed and hashed to 64 bits (blake2b); 0 when the flow shows no hello."""
-    got = _hellos(rec, chunks)
-    if got == [None, None]:
-        return 0
-    parts = []
-    for h in got:
-        if h is None:
-            parts.append(b"-")
+    """The hellos of canonical(), packed (_hello_key) and hashed to 64 bits (blake2b); 0 when the flow shows no
+    hello."""
+    got: list = [None, None]
+    for ch in rec.payload[:chunks]:
+        d = ch.data
+        if len(d) < 44 or d[0] != 0x16 or d[1] != 0x03:  # cannot start a hello: most chunks, no call
             continue
-        su, ex = sorted(h[2]), sorted(h[3])
-        parts.append(struct.pack(f">BHH{len(su)}HH{len(ex)}H", h[0], h[1], len(su), *su, len(ex), *ex))
-    return int.from_bytes(hashlib.blake2b(b"".join(parts), digest_size=8).digest(), "big") or 1
+        k = _hello_key(d)
+        if k is not None and got[k[0] - 1] is None:
+            got[k[0] - 1] = k
+    if got[0] is None and got[1] is None:
+        return 0
+    return int.from_bytes(hashlib.blake2b((got[0] or b"-") + (got[1] or b"-"), digest_size=8).digest(), "big") or 1
 
 
 def fingerprints(records: Sequence[FlowRecord], chunks: int = 3) -> np.ndarray:

@@ -125,3 +125,54 @@ def test_hello_table_counts_and_log_probabilities(tmp_path):
         HelloTable.from_json({**t.to_json(), "version": 9})
     with pytest.raises(ValueError, match="malformed"):
         HelloTable.from_json({"version": 1})
+
+
+@needs_data
+def test_bundled_table_holds_its_training_fingerprints():
+    """The default model's table was built from the labelled flows: every one of them that shows a hello finds
+    its fingerprint there (a changed fingerprint definition, or a table built with another one, fails here)."""
+    from etool_sensor.fingerprints import fingerprints
+    from etool_sensor.flows import FlowParams
+    from etool_sensor.runtime import load_model
+    from etool_sensor.train.data import load_labelled
+
+    model = load_model(threads=1)
+    names = [p.name for p in sorted(PCAPS.glob("*.pcap*")) if any(k in p.name for k in ("tls", "chrome", "signal"))]
+    ds = load_labelled(PCAPS, PCAPS.parent / "labels.csv", params=FlowParams(hello_bytes=model.spec.hello_bytes),
+                       pcaps=names)
+    keys = [k for k in fingerprints(ds.records).tolist() if k]
+    assert len(keys) >= 30
+    assert all(k in model._table.counts for k in keys)
+
+
+def test_compiled_hello_key_matches_python():
+    """_fastpath.hello_key against fingerprints._hello_key_py on every chunk of the shared captures that could
+    start a hello, cut at every length and with bytes changed."""
+    import random
+
+    from etool_sensor import fingerprints as F
+    from etool_sensor.compiled import compiled
+
+    fast = compiled("hello_key")
+    if fast is None:
+        pytest.skip("compiled extension not built")
+    from etool_sensor.flows import FlowParams
+    from etool_sensor.pcap import read_flows
+
+    files = sorted(PCAPS.glob("*.pcap*")) if PCAPS.is_dir() else [TRACE]
+    chunks = [c.data for r in read_flows(files, FlowParams()) for c in r.payload
+              if len(c.data) >= 44 and c.data[0] == 0x16]
+    assert chunks
+    rng = random.Random(0)
+    cases = list(chunks)
+    for d in chunks[:300]:
+        for _ in range(10):
+            b = bytearray(d[:rng.randint(0, len(d))])
+            for _ in range(rng.randint(0, 3)):
+                if b:
+                    b[rng.randrange(len(b))] = rng.randrange(256)
+            cases.append(bytes(b))
+    assert sum(F._hello_key_py(d) is not None for d in chunks) >= len(chunks) // 2
+    assert [fast(d) for d in cases] == [F._hello_key_py(d) for d in cases]
+    with pytest.raises(TypeError):
+        fast("not bytes")
