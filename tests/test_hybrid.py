@@ -42,21 +42,26 @@ def test_spread_moves_forest_classes_to_label_columns():
     assert spread(p, ["Gone", "Web"], ["VPN", "Web"]).tolist() == [[0.0, 0.75], [0.0, 0.0]]
 
 
-@pytest.fixture(scope="module")
-def hybrid_package(quick_package, tmp_path_factory):
-    """The session's quick student package with a shape forest joined, trained on 30 captures."""
+def _joined(quick_package, tmp_path_factory, name: str, version: str, **kw):
+    """A copy of the session's quick student package with export.hybrid run on it over 30 captures (checked on
+    10 of them)."""
     from export.hybrid import hybrid_package as make
 
     pcaps = sorted(PCAPS.glob("*.pcap"))
-    d = tmp_path_factory.mktemp("hyb") / "model"
+    d = tmp_path_factory.mktemp(name) / "model"
     shutil.copytree(quick_package, d)
     names = [p.name for p in pcaps[:30]]
-    data = tmp_path_factory.mktemp("data")
+    data = tmp_path_factory.mktemp(name + "-data")
     for n in names:
         (data / n).symlink_to(PCAPS / n)
-    m = make(d, data, LABELS, [PCAPS / n for n in names[:10]], version="0.0.2", name="quick-hybrid",
-             log=lambda s: None)
+    m = make(d, data, LABELS, [PCAPS / n for n in names[:10]], version=version, name=name, log=lambda s: None, **kw)
     return d, m
+
+
+@pytest.fixture(scope="module")
+def hybrid_package(quick_package, tmp_path_factory):
+    """The session's quick student package with a shape forest joined, trained on 30 captures."""
+    return _joined(quick_package, tmp_path_factory, "quick-hybrid", "0.0.2")
 
 
 @needs_data
@@ -92,18 +97,7 @@ def test_joined_graph_computes_the_hybrid_and_keeps_the_app_head(quick_package, 
 def hello_package(quick_package, tmp_path_factory):
     """hybrid_package's forest plus the hello table (export.hybrid --hello-bytes 1024): the same 30 captures,
     so the same forest (flights do not change when hellos are read whole)."""
-    from export.hybrid import hybrid_package as make
-
-    pcaps = sorted(PCAPS.glob("*.pcap"))
-    d = tmp_path_factory.mktemp("hello") / "model"
-    shutil.copytree(quick_package, d)
-    names = [p.name for p in pcaps[:30]]
-    data = tmp_path_factory.mktemp("hdata")
-    for n in names:
-        (data / n).symlink_to(PCAPS / n)
-    m = make(d, data, LABELS, [PCAPS / n for n in names[:10]], version="0.0.3", name="quick-hello",
-             hello_bytes=1024, log=lambda s: None)
-    return d, m
+    return _joined(quick_package, tmp_path_factory, "quick-hello", "0.0.3", hello_bytes=1024)
 
 
 @needs_data
