@@ -476,14 +476,13 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                 from .features import FeatureSpec
 
                 st = students[base]
-                table = None
+                table, n_chunks = None, (spec or FeatureSpec()).payload_packets
                 if hello_bytes:  # flows read with TLS hellos whole: the hello table too, as the default has
                     from .fingerprints import HelloTable, fingerprints
 
-                    n_chunks = (spec or FeatureSpec()).payload_packets
                     table = HelloTable.fit(fingerprints(tr.records, n_chunks), tr.labels, st.labels)
                 model = Hybrid(st, train_forest(tr.records, tr.contexts, tr.labels, spec=spec, seed=seed,
-                                                quick=quick), table=table)
+                                                quick=quick), table=table, chunks=n_chunks)
             else:
                 model = students[m] = student_for(m)
             fit_s = time.time() - t0

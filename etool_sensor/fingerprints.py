@@ -19,7 +19,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,15 +33,16 @@ ALPHA = 1.0  # pseudo-count spread evenly over the labels: one flow with a finge
 WEIGHT = 1.0  # the table's log-probabilities are added to the hybrid logits at this weight
 
 
-def _hellos(rec: FlowRecord, chunks: int) -> list:
-    """parse_hello of the first ClientHello and ServerHello among the first `chunks` chunks ([client, server],
-    None where absent). Chunks that cannot start a hello are skipped before any parsing: most flows have none."""
+def _hellos(rec: FlowRecord, chunks: int, parse: Callable[[bytes], Any]) -> list:
+    """parse(data) of the first ClientHello and ServerHello among the first `chunks` chunks ([client, server],
+    None where absent); parse gives None or something whose [0] is the handshake type (parse_hello, _hello_key).
+    Chunks that cannot start a hello are skipped without a call: most flows have none."""
     got: list = [None, None]
     for ch in rec.payload[:chunks]:
         d = ch.data
         if len(d) < 44 or d[0] != 0x16 or d[1] != 0x03:
             continue
-        h = parse_hello(d)
+        h = parse(d)
         if h is not None and got[h[0] - 1] is None:
             got[h[0] - 1] = h
     return got
@@ -51,7 +52,7 @@ def canonical(rec: FlowRecord, chunks: int = 3) -> str | None:
     """The readable fingerprint of a flow's first ClientHello and ServerHello among its first `chunks`
     payload chunks, e.g. 'c771:002f,c02b:0,10,43|s771:c02b:43'; None when there is neither. fingerprint()
     hashes the same content."""
-    got = _hellos(rec, chunks)
+    got = _hellos(rec, chunks, parse_hello)
     if got == [None, None]:
         return None
     return "|".join("" if h is None else f"{'cs'[k]}{h[1]}:{','.join(f'{v:04x}' for v in sorted(h[2]))}:"
@@ -75,14 +76,7 @@ _hello_key = compiled("hello_key") or _hello_key_py
 def fingerprint(rec: FlowRecord, chunks: int = 3) -> int:
     """The hellos of canonical(), packed (_hello_key) and hashed to 64 bits (blake2b); 0 when the flow shows no
     hello."""
-    got: list = [None, None]
-    for ch in rec.payload[:chunks]:
-        d = ch.data
-        if len(d) < 44 or d[0] != 0x16 or d[1] != 0x03:  # cannot start a hello: most chunks, no call
-            continue
-        k = _hello_key(d)
-        if k is not None and got[k[0] - 1] is None:
-            got[k[0] - 1] = k
+    got = _hellos(rec, chunks, _hello_key)
     if got[0] is None and got[1] is None:
         return 0
     return int.from_bytes(hashlib.blake2b((got[0] or b"-") + (got[1] or b"-"), digest_size=8).digest(), "big") or 1

@@ -1,5 +1,5 @@
-"""TLS hellos kept whole (flows.chunk_length, flow.hello_bytes, ETooL::hello_bytes) and their fields as forest
-inputs (features.hello_matrix). The rule cuts the same bytes in the Python and the compiled reader and in
+"""TLS hellos kept whole (flows.chunk_length, flow.hello_bytes, ETooL::hello_bytes) and their fingerprints and
+the hello table (fingerprints.py). The rule cuts the same bytes in the Python and the compiled reader and in
 FlowRecord.within; the fields are codes only, so a hidden or changed server name does not move them."""
 
 from __future__ import annotations

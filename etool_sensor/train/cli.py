@@ -96,7 +96,7 @@ def train_main(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(args.seed)  # the SSL encoder's initial weights and dropout: the same seed, the same model
-    # TLS hellos whole for the shape forest (features.hello_matrix); a student alone reads only its window
+    # TLS hellos whole for the hello table (fingerprints.py); a student alone reads only its window
     params = FlowParams(hello_bytes=0 if args.no_forest else args.hello_bytes)
     data = Path(args.data)
     pcaps = None
