@@ -57,8 +57,8 @@ class FeatureSpec:
     # sums over TCP segments, so they do not move with the path's MSS as single packet sizes do. 0 = off.
     flights: int = 0
     # Chunks that start a TLS ClientHello/ServerHello are collected whole up to this many bytes
-    # (flows.chunk_length; 0 = off); encode() then also gives each flow's hello fingerprint (hfp,
-    # fingerprints.py), which a hybrid package's hello table reads.
+    # (flows.chunk_length; 0 = off); encode() then also gives each flow's fingerprint (hfp: its hellos,
+    # else its opening bytes; fingerprints.py), which a hybrid package's hello table reads.
     hello_bytes: int = 0
 
     @classmethod
@@ -196,7 +196,8 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
     - meta  float32 [B, 4]: is_udp, packets/N, final, position in BURST (log)
     - flt   float32 [B, 2F]: per flight (flights()) signed log bytes / log 65536, log packets / log (N+1)
             (only when spec.flights)
-    - hfp   uint64 [B]: TLS hello fingerprint, 0 for none (fingerprints.fingerprint; only when spec.hello_bytes;
+    - hfp   uint64 [B]: flow fingerprint (TLS hellos, else opening bytes), 0 without payload
+            (fingerprints.fingerprint; only when spec.hello_bytes;
             not a graph input)
     - port  int64 [B]: responder port token (only when spec.use_ports)
     """

@@ -1,4 +1,5 @@
-"""TLS hello fingerprints, and the table that turns them into evidence about a flow's service.
+"""Flow fingerprints (TLS hellos, else the opening bytes), and the table that turns them into evidence about
+a flow's service.
 
 Why: a client's TLS stack writes the same ClientHello (cipher suites, extension types) wherever its app runs,
 and a server stack answers with the same ServerHello, so the services of training flows whose hellos match a
@@ -6,6 +7,12 @@ new flow's exactly are evidence that survives a new capture, where packet sizes 
 pooled capture K-fold: docs/model-card.md, "Hello fingerprints"). The fingerprint is JA4/JA4S material
 without the names: legacy version, cipher suites and extension types of both hellos, GREASE dropped, suites
 and types sorted (browsers shuffle their extension order). A server name never enters it.
+
+A flow that shows no hello (a non-TLS protocol: a VPN, a messenger's own framing, STUN, RTP, a game) is
+keyed by its opening instead: the protocol and the first OPENING_BYTES of the first payload chunk each way,
+masked and normalised as the model reads them (masking.mask_chunk), e.g. WhatsApp's 'ED' routing header or
+a WireGuard message type. Two bytes: more splits one app's flows apart, fewer merges protocols
+(docs/model-card.md, "Opening bytes").
 
 The table holds, per fingerprint, how many labelled training flows had each service; a hybrid package
 carries it as hello_table.json and the runtime adds its log-probabilities to the service head
@@ -26,11 +33,13 @@ import numpy as np
 from .compiled import compiled
 from .features import parse_hello
 from .flows import FlowRecord
+from .masking import mask_chunk
 
 TABLE_FILE = "hello_table.json"
 TABLE_VERSION = 1
 ALPHA = 1.0  # pseudo-count spread evenly over the labels: one flow with a fingerprint is weak evidence
 WEIGHT = 1.0  # the table's log-probabilities are added to the hybrid logits at this weight
+OPENING_BYTES = 2  # a flow with no hello is keyed by this many masked bytes of its first chunk each way
 
 
 def _hellos(rec: FlowRecord, chunks: int, parse: Callable[[bytes], Any]) -> list:
@@ -48,13 +57,28 @@ def _hellos(rec: FlowRecord, chunks: int, parse: Callable[[bytes], Any]) -> list
     return got
 
 
+def _opening(rec: FlowRecord, chunks: int) -> list:
+    """The first OPENING_BYTES of the first originator and responder chunk among the first `chunks`, masked
+    and normalised (mask_chunk); [None, None] when the flow carries no payload."""
+    got: list = [None, None]
+    for ch in rec.payload[:chunks]:
+        k = 0 if ch.is_orig else 1
+        if got[k] is None:
+            got[k] = mask_chunk(ch.data, rec.proto, rec.orig_p, rec.resp_p)[:OPENING_BYTES]
+    return got
+
+
 def canonical(rec: FlowRecord, chunks: int = 3) -> str | None:
     """The readable fingerprint of a flow's first ClientHello and ServerHello among its first `chunks`
-    payload chunks, e.g. 'c771:002f,c02b:0,10,43|s771:c02b:43'; None when there is neither. fingerprint()
-    hashes the same content."""
+    payload chunks, e.g. 'c771:002f,c02b:0,10,43|s771:c02b:43'; for a flow without a hello its opening,
+    e.g. 'o:tcp:4544|-' (protocol, then the first bytes each way in hex, '-' for a side that sent none); None
+    when the flow carries no payload. fingerprint() hashes the same content."""
     got = _hellos(rec, chunks, parse_hello)
     if got == [None, None]:
-        return None
+        op = _opening(rec, chunks)
+        if op == [None, None]:
+            return None
+        return f"o:{rec.proto}:" + "|".join("-" if b is None else b.hex() for b in op)
     return "|".join("" if h is None else f"{'cs'[k]}{h[1]}:{','.join(f'{v:04x}' for v in sorted(h[2]))}:"
                     f"{','.join(str(v) for v in sorted(h[3]))}" for k, h in enumerate(got))
 
@@ -74,12 +98,18 @@ _hello_key = compiled("hello_key") or _hello_key_py
 
 
 def fingerprint(rec: FlowRecord, chunks: int = 3) -> int:
-    """The hellos of canonical(), packed (_hello_key) and hashed to 64 bits (blake2b); 0 when the flow shows no
-    hello."""
+    """The content of canonical() hashed to 64 bits (blake2b): the hellos packed (_hello_key), or else the
+    opening under its own blake2b personalisation; 0 when the flow carries no payload."""
     got = _hellos(rec, chunks, _hello_key)
-    if got[0] is None and got[1] is None:
-        return 0
-    return int.from_bytes(hashlib.blake2b((got[0] or b"-") + (got[1] or b"-"), digest_size=8).digest(), "big") or 1
+    if got[0] is not None or got[1] is not None:
+        h = hashlib.blake2b((got[0] or b"-") + (got[1] or b"-"), digest_size=8)
+    else:
+        op = _opening(rec, chunks)
+        if op == [None, None]:
+            return 0
+        h = hashlib.blake2b(rec.proto.encode() + b"".join(b"\xff" if b is None else bytes([len(b)]) + b for b in op),
+                            digest_size=8, person=b"etool-opening")
+    return int.from_bytes(h.digest(), "big") or 1
 
 
 def fingerprints(records: Sequence[FlowRecord], chunks: int = 3) -> np.ndarray:
@@ -100,7 +130,7 @@ class HelloTable:
     def fit(cls, keys: np.ndarray, y: Sequence[str], labels: Sequence[str], *, alpha: float = ALPHA,
             weight: float = WEIGHT) -> "HelloTable":
         """Count the labelled flows (`keys` from fingerprints(), `y` their services) per fingerprint; flows with
-        no hello or a label outside `labels` are left out."""
+        no payload (key 0) or a label outside `labels` are left out."""
         pos = {l: j for j, l in enumerate(labels)}
         counts: dict[int, np.ndarray] = {}
         for k, l in zip(np.asarray(keys, np.uint64).tolist(), y):

@@ -307,7 +307,7 @@ class Model:
             if isinstance(n, int) and n != len(self.label_sets[h]):
                 raise ModelError(f"{path}: {h} head has {n} outputs but the manifest lists "
                                  f"{len(self.label_sets[h])} labels")
-        self._table = None  # the hybrid's hello table (fingerprints.py): service evidence per TLS hello fingerprint
+        self._table = None  # the hybrid's hello table (fingerprints.py): service evidence per flow fingerprint
         if hyb.get("hello_table"):
             self._table = _load_table(path, hyb["hello_table"], spec, self.label_sets)
 

@@ -3,7 +3,8 @@
 runtime turns them into the hybrid service head, w * log_softmax(student) + (1 - w) * log(forest + eps)
 (runtime.hybrid_logits, in numpy so a flow's scores do not depend on its batch).
 
-With a hello table (etool_sensor/fingerprints.py: services of the training flows per TLS hello fingerprint)
+With a hello table (etool_sensor/fingerprints.py: services of the training flows per
+fingerprint: TLS hellos, else the opening bytes)
 the package also gets hello_table.json, and its features read TLS hellos whole (hello_bytes); the runtime
 adds the table's log-probabilities to the mix.
 
@@ -13,7 +14,7 @@ by name, so `serve`, `classify` and the daemon run one graph as before: the pack
 model.onnx, the joined graph is checked on real flows against the student graph and sklearn.
 
     python -m export.hybrid PKG --data ../shared/data/ndpi/pcap --labels ../shared/data/ndpi/labels.csv \\
-        --pcap ../shared/data/ndpi/pcap/*.pcap* --name etool-hybrid --version 0.6.0 --hello-bytes 1024
+        --pcap ../shared/data/ndpi/pcap/*.pcap* --name etool-hybrid --version 0.7.0 --hello-bytes 1024
 """
 
 from __future__ import annotations

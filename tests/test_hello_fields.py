@@ -1,5 +1,5 @@
-"""TLS hellos kept whole (flows.chunk_length, flow.hello_bytes, ETooL::hello_bytes) and their fingerprints and
-the hello table (fingerprints.py). The rule cuts the same bytes in the Python and the compiled reader and in
+"""TLS hellos kept whole (flows.chunk_length, flow.hello_bytes, ETooL::hello_bytes), flow fingerprints (the
+hellos, else the opening bytes) and the hello table (fingerprints.py). The rule cuts the same bytes in the Python and the compiled reader and in
 FlowRecord.within; the fields are codes only, so a hidden or changed server name does not move them."""
 
 from __future__ import annotations
@@ -98,8 +98,37 @@ def test_fingerprint_reads_codes_not_names():
     masked = mask_chunk(data, "tcp", 1, 443, True)
     assert masked != data
     assert fingerprint(dataclasses.replace(recs[0], payload=[Chunk(True, masked)] + recs[0].payload[1:])) == fp
-    # no hello: 0
-    assert fingerprint(dataclasses.replace(recs[0], payload=[Chunk(True, b"GET / HTTP/1.1")])) == 0
+    # no payload: 0
+    assert fingerprint(dataclasses.replace(recs[0], payload=[])) == 0 and canonical(recs[0], 0) is None
+
+
+def test_flows_without_a_hello_are_keyed_by_their_opening_bytes():
+    """A flow with no TLS hello gets the fingerprint of its protocol and the first OPENING_BYTES of its first
+    chunk each way, as the model reads them (names masked): the same for every flow of a protocol's opening,
+    whatever follows, and never a hello's."""
+    from etool_sensor.fingerprints import OPENING_BYTES, canonical, fingerprint
+    from etool_sensor.flows import Chunk, FlowRecord
+    from etool_sensor.pcap import read_flows
+
+    assert OPENING_BYTES == 2
+    whatsapp = [r for r in read_flows(PCAPS / "whatsapp.pcap") if r.payload]
+    ops = {canonical(r) for r in whatsapp}
+    # the messenger's routing header 'ED' (0x4544) on every one of its connections to port 5222
+    assert {canonical(r) for r in whatsapp if r.resp_p == 5222} == {"o:tcp:4544|-"} and len(whatsapp) > 50
+    assert len({fingerprint(r) for r in whatsapp if r.resp_p == 5222}) == 1 and "o:tcp:4544|-" in ops
+
+    def rec(proto, *chunks):
+        return FlowRecord(uid="C1", ts=0.0, orig_h="10.0.0.1", orig_p=50000, resp_h="10.0.0.2", resp_p=443, proto=proto,
+                          payload=[Chunk(o, d) for o, d in chunks])
+
+    get = rec("tcp", (True, b"GET /a HTTP/1.1"), (False, b"HTTP/1.1 200 OK"))
+    assert canonical(get) == "o:tcp:4745|4854"
+    assert fingerprint(get) == fingerprint(rec("tcp", (True, b"GET /b"), (False, b"HTTP/1.0 404"), (True, b"x")))
+    # one side only; the other protocol; other bytes: other keys
+    keys = {fingerprint(f) for f in (get, rec("tcp", (True, b"GET /a")), rec("udp", (True, b"GET /a"), (False, b"HT")),
+                                     rec("tcp", (True, b"POST /"), (False, b"HTTP/1.1")), rec("tcp", (False, b"HT")))}
+    assert len(keys) == 5 and 0 not in keys
+    assert canonical(rec("tcp", (False, b"220 mail"))) == "o:tcp:-|3232"
 
 
 def test_hello_table_counts_and_log_probabilities(tmp_path):
@@ -129,8 +158,8 @@ def test_hello_table_counts_and_log_probabilities(tmp_path):
 
 @needs_data
 def test_bundled_table_holds_its_training_fingerprints():
-    """The default model's table was built from the labelled flows: every one of them that shows a hello finds
-    its fingerprint there (a changed fingerprint definition, or a table built with another one, fails here)."""
+    """The default model's table was built from the labelled flows: every one of them that carries payload
+    finds its fingerprint there (its hellos, else its opening bytes) (a changed fingerprint definition, or a table built with another one, fails here)."""
     from etool_sensor.fingerprints import fingerprints
     from etool_sensor.flows import FlowParams
     from etool_sensor.runtime import load_model
