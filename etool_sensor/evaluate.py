@@ -481,8 +481,10 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                     from .fingerprints import HelloTable, fingerprints
 
                     table = HelloTable.fit(fingerprints(tr.records, n_chunks), tr.labels, st.labels)
-                model = Hybrid(st, train_forest(tr.records, tr.contexts, tr.labels, spec=spec, seed=seed,
-                                                quick=quick), table=table, chunks=n_chunks)
+                # as a package: the forest joins the service head only, the tables both heads
+                forest = None if col == "app" else train_forest(tr.records, tr.contexts, tr.labels, spec=spec,
+                                                                seed=seed, quick=quick)
+                model = Hybrid(st, forest, table=table, chunks=n_chunks)
             else:
                 model = students[m] = student_for(m)
             fit_s = time.time() - t0

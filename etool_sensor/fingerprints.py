@@ -16,7 +16,8 @@ a WireGuard message type. Two bytes: more splits one app's flows apart, fewer me
 
 The table holds, per fingerprint, how many labelled training flows had each service; a hybrid package
 carries it as hello_table.json and the runtime adds its log-probabilities to the service head
-(runtime.Model), the way eval's hybrids (train/forest.Hybrid) do.
+(runtime.Model), the way eval's hybrids (train/forest.Hybrid) do. A second table over the app labels
+(app_table.json) does the same for the app head, which has no forest.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from .features import parse_hello
 from .flows import FlowRecord
 from .masking import mask_chunk
 
-TABLE_FILE = "hello_table.json"
-TABLE_VERSION = 1
+TABLE_FILE = "hello_table.json"  # over the service labels
+APP_TABLE_FILE = "app_table.json"  # the same fingerprints over the app labels (0.7.0 on)
+TABLE_VERSION = 2  # 2: sparse rows {label index: count}; 1 (0.6.0's tables): dense lists, still read
 ALPHA = 1.0  # pseudo-count spread evenly over the labels: one flow with a fingerprint is weak evidence
 WEIGHT = 1.0  # the table's log-probabilities are added to the hybrid logits at this weight
 OPENING_BYTES = 2  # a flow with no hello is keyed by this many masked bytes of its first chunk each way
@@ -152,20 +154,31 @@ class HelloTable:
 
     def to_json(self) -> dict[str, Any]:
         return {"version": TABLE_VERSION, "labels": self.labels, "alpha": self.alpha, "weight": self.weight,
-                "counts": {f"{k:016x}": [int(v) for v in c] for k, c in sorted(self.counts.items())}}
+                "counts": {f"{k:016x}": {str(j): int(c[j]) for j in np.flatnonzero(c)}
+                           for k, c in sorted(self.counts.items())}}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "HelloTable":
         """Inverse of to_json; ValueError on anything malformed."""
         try:
-            if d["version"] != TABLE_VERSION:
-                raise ValueError(f"hello table version {d['version']!r}, this build reads {TABLE_VERSION}")
+            if d["version"] not in (1, TABLE_VERSION):
+                raise ValueError(f"hello table version {d['version']!r}, this build reads 1 and {TABLE_VERSION}")
             labels = [str(x) for x in d["labels"]]
             counts = {}
             for k, c in d["counts"].items():
-                if len(c) != len(labels) or min(c, default=0) < 0:
-                    raise ValueError(f"hello table row {k}: {len(c)} counts for {len(labels)} labels")
-                counts[int(k, 16)] = np.asarray(c, np.float64)
+                if d["version"] == 1:
+                    if len(c) != len(labels):
+                        raise ValueError(f"hello table row {k}: {len(c)} counts for {len(labels)} labels")
+                    row = np.asarray(c, np.float64)
+                else:
+                    row = np.zeros(len(labels), np.float64)
+                    for j, v in c.items():
+                        if not 0 <= int(j) < len(labels):
+                            raise ValueError(f"hello table row {k}: label index {j} of {len(labels)} labels")
+                        row[int(j)] = v
+                if row.min(initial=0) < 0:
+                    raise ValueError(f"hello table row {k}: a negative count")
+                counts[int(k, 16)] = row
             return cls(labels, counts, float(d["alpha"]), float(d["weight"]))
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed hello table: {e!r}") from None

@@ -185,25 +185,28 @@ def hybrid_logits(student_logits: np.ndarray, forest_proba: np.ndarray, w: float
     return (np.float32(w) * log_s + np.float32(1.0 - w) * log_f).astype(np.float32)
 
 
-def _load_table(path: Path, entry: Any, spec: FeatureSpec, label_sets: dict[str, list[str]]) -> Any:
-    """A hybrid package's hello table (manifest hybrid.hello_table: file, sha256), checked against the package."""
+def _load_table(path: Path, entry: Any, spec: FeatureSpec, label_sets: dict[str, list[str]],
+                head: str = "service") -> Any:
+    """A hybrid package's fingerprint table for `head` (manifest hybrid.hello_table for the service head,
+    hybrid.app_table for the app head: file, sha256), checked against the package."""
     from .fingerprints import HelloTable
 
+    key = "hello_table" if head == "service" else f"{head}_table"
     try:
         f = path / str(entry["file"])
         want = str(entry["sha256"])
     except (KeyError, TypeError):
-        raise ModelError(f"{path}: manifest hybrid.hello_table needs file and sha256") from None
+        raise ModelError(f"{path}: manifest hybrid.{key} needs file and sha256") from None
     if not f.is_file():
-        raise ModelError(f"{path}: no {f.name} (manifest hybrid.hello_table)")
+        raise ModelError(f"{path}: no {f.name} (manifest hybrid.{key})")
     if sha256_file(f) != want:
         raise ModelError(f"{f}: sha256 does not match the manifest; the package is corrupt or was edited")
     try:
         table = HelloTable.load(f)
     except ValueError as e:
         raise ModelError(f"{f}: {e}") from None
-    if table.labels != label_sets["service"]:
-        raise ModelError(f"{f}: its labels are not the service head's")
+    if table.labels != label_sets[head]:
+        raise ModelError(f"{f}: its labels are not the {head} head's")
     if not spec.hello_bytes:
         raise ModelError(f"{path}: a hello table needs features.hello_bytes (flows read with TLS hellos whole)")
     return table
@@ -307,9 +310,11 @@ class Model:
             if isinstance(n, int) and n != len(self.label_sets[h]):
                 raise ModelError(f"{path}: {h} head has {n} outputs but the manifest lists "
                                  f"{len(self.label_sets[h])} labels")
-        self._table = None  # the hybrid's hello table (fingerprints.py): service evidence per flow fingerprint
-        if hyb.get("hello_table"):
-            self._table = _load_table(path, hyb["hello_table"], spec, self.label_sets)
+        # the hybrid's fingerprint tables (fingerprints.py): evidence per flow fingerprint, by head
+        self._tables: dict[str, Any] = {}
+        for head, key in (("service", "hello_table"), ("app", "app_table")):
+            if hyb.get(key):
+                self._tables[head] = _load_table(path, hyb[key], spec, self.label_sets, head)
 
     @property
     def id(self) -> str:
@@ -330,8 +335,8 @@ class Model:
             x = x if x is not None else np.zeros((0, len(self.label_sets[h])), np.float32)
             if mixed and h == self._hybrid[0] and len(x):
                 x = hybrid_logits(x, res[-1], self._hybrid[2], self._hybrid[3])
-                if self._table is not None:
-                    x = x + self._table.log_proba(feats["hfp"])
+            if h in self._tables and len(x):
+                x = x + self._tables[h].log_proba(feats["hfp"])
             probs[h] = softmax(x) if self._out_kind == "logits" else x
         return probs
 

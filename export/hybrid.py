@@ -3,10 +3,10 @@
 runtime turns them into the hybrid service head, w * log_softmax(student) + (1 - w) * log(forest + eps)
 (runtime.hybrid_logits, in numpy so a flow's scores do not depend on its batch).
 
-With a hello table (etool_sensor/fingerprints.py: services of the training flows per
-fingerprint: TLS hellos, else the opening bytes)
-the package also gets hello_table.json, and its features read TLS hellos whole (hello_bytes); the runtime
-adds the table's log-probabilities to the mix.
+With hello tables (etool_sensor/fingerprints.py: the services, and the apps, of the training flows per
+fingerprint: TLS hellos, else the opening bytes) the package also gets hello_table.json and app_table.json,
+and its features read TLS hellos whole (hello_bytes); the runtime adds the first table's log-probabilities
+to the mix and the second's to the student's app logits.
 
 The forest is converted with skl2onnx (ai.onnx.ml TreeEnsembleClassifier) and joined to the student's graph
 by name, so `serve`, `classify` and the daemon run one graph as before: the package's features gain
@@ -117,12 +117,13 @@ def join(student_onnx: str | Path, forest: Any, labels: Sequence[str], dst: str 
 
 
 def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *, version: str | None = None,
-                  name: str | None = None, table: Any = None, hello_bytes: int = 0, log: Any = None) -> dict[str, Any]:
-    """Join a trained ShapeForest (and a fingerprints.HelloTable over the service labels, which needs flows
-    read with hellos whole: hello_bytes) to the student package `pkg` in place, checked on `feats` (encoded
-    real flows with the forest's features: flt included, hfp with a table); ValueError when the package
-    cannot take it."""
-    from etool_sensor.fingerprints import TABLE_FILE
+                  name: str | None = None, table: Any = None, app_table: Any = None, hello_bytes: int = 0,
+                  log: Any = None) -> dict[str, Any]:
+    """Join a trained ShapeForest (and fingerprints.HelloTable's over the service and the app labels, which
+    need flows read with hellos whole: hello_bytes) to the student package `pkg` in place, checked on
+    `feats` (encoded real flows with the forest's features: flt included, hfp with a table); ValueError when
+    the package cannot take it."""
+    from etool_sensor.fingerprints import APP_TABLE_FILE, TABLE_FILE
     from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest, sha256_file
     from etool_sensor.train.forest import EPS, MIX, mix, spread
 
@@ -140,10 +141,12 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
         raise ValueError(f"{d}: the forest was trained on other features ({forest.spec}) than the package's ({spec})")
     if "flt" not in feats or not len(feats["flt"]):
         raise ValueError("no check flows with the forest's features (flt)")
-    if table is not None and (not hello_bytes or "hfp" not in feats):
+    tables = {"service": table, "app": app_table}
+    if any(t is not None for t in tables.values()) and (not hello_bytes or "hfp" not in feats):
         raise ValueError("a hello table needs hello_bytes and check flows with their fingerprints (hfp)")
-    if table is not None and table.labels != manifest["label_sets"]["service"]:
-        raise ValueError(f"{d}: the hello table's labels are not the package's service labels")
+    for head, t in tables.items():
+        if t is not None and t.labels != manifest["label_sets"][head]:
+            raise ValueError(f"{d}: the {head} table's labels are not the package's {head} labels")
     src, tmp = d / MODEL_FILE, d / (MODEL_FILE + ".hybrid")
     labels = manifest["label_sets"]["service"]
     join(src, forest, labels, tmp)
@@ -161,6 +164,11 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
         with_table = mixed + table.log_proba(feats["hfp"])
         par["flows_with_a_table_fingerprint"] = int(sum(1 for k in feats["hfp"].tolist() if k in table.counts))
         par["service_labels_changed_by_table"] = float((with_table.argmax(1) != mixed.argmax(1)).mean())
+    if app_table is not None:
+        with_table = a_logits + app_table.log_proba(feats["hfp"])
+        par["flows_with_an_app_table_fingerprint"] = int(sum(1 for k in feats["hfp"].tolist()
+                                                            if k in app_table.counts))
+        par["app_labels_changed_by_table"] = float((with_table.argmax(1) != a_logits.argmax(1)).mean())
     if (par["forest_max_abs_diff_vs_sklearn"] > 1e-4 or par["hybrid_argmax_agreement_vs_sklearn"] < 0.999
             or not par["student_outputs_unchanged"]):
         tmp.unlink()
@@ -169,12 +177,12 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
     hybrid = {"head": "service", "mix": MIX, "eps": EPS, "forest": forest.info,
               "forest_inputs": f"flt ({2 * forest.spec.flights}) + meta[:, 0] (is_udp)",
               "student": f"{manifest['name']}@{manifest['version']}", "graph_bytes": size}
-    if table is not None:
-        table.save(d / TABLE_FILE)
-        hybrid["hello_table"] = {"file": TABLE_FILE, "sha256": sha256_file(d / TABLE_FILE),
-                                 "fingerprints": len(table.counts),
-                                 "flows": int(sum(c.sum() for c in table.counts.values())),
-                                 "alpha": table.alpha, "weight": table.weight}
+    for key, fname, t in (("hello_table", TABLE_FILE, table), ("app_table", APP_TABLE_FILE, app_table)):
+        if t is not None:
+            t.save(d / fname)
+            hybrid[key] = {"file": fname, "sha256": sha256_file(d / fname), "fingerprints": len(t.counts),
+                           "flows": int(sum(c.sum() for c in t.counts.values())), "alpha": t.alpha,
+                           "weight": t.weight}
     manifest["features"] = dataclasses.replace(forest.spec, hello_bytes=hello_bytes).to_dict()
     manifest["inputs"] = list(manifest.get("inputs", [])) + ["flt"]
     manifest["outputs"] = {**manifest.get("outputs", {}), "forest": FOREST_OUTPUT}
@@ -209,16 +217,17 @@ def hybrid_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pc
     ds = load_labelled(data, labels_csv, label_column="category", params=p)
     log(f"hybrid: {len(ds)} labelled flows from {len(set(ds.pcap))} captures")
     forest = train_forest(ds.records, ds.contexts, list(ds.service), spec=spec, seed=seed)
-    table = None
+    table = app_table = None
     if hello_bytes:
         from etool_sensor.fingerprints import HelloTable, fingerprints
 
-        table = HelloTable.fit(fingerprints(ds.records, spec.payload_packets), ds.service,
-                               manifest["label_sets"]["service"])
-        log(f"hybrid: hello table of {len(table.counts)} fingerprints")
+        keys = fingerprints(ds.records, spec.payload_packets)
+        table = HelloTable.fit(keys, ds.service, manifest["label_sets"]["service"])
+        app_table = HelloTable.fit(keys, ds.app, manifest["label_sets"]["app"])
+        log(f"hybrid: hello tables of {len(table.counts)} (service) and {len(app_table.counts)} (app) fingerprints")
     feats, _ = real_features(pcaps, dataclasses.replace(spec, hello_bytes=hello_bytes))
-    return attach_forest(d, forest, feats, version=version, name=name, table=table, hello_bytes=hello_bytes,
-                         log=log)
+    return attach_forest(d, forest, feats, version=version, name=name, table=table, app_table=app_table,
+                         hello_bytes=hello_bytes, log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

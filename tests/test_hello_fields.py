@@ -146,10 +146,21 @@ def test_hello_table_counts_and_log_probabilities(tmp_path):
     t.save(tmp_path / "t.json")
     back = HelloTable.load(tmp_path / "t.json")
     assert back.labels == labels and np.array_equal(back.log_proba(keys), t.log_proba(keys))
+    # rows are written sparse: label index -> count
+    assert t.to_json()["version"] == 2 and t.to_json()["counts"]["0000000000000005"] == {"0": 1, "2": 2}
     bad = t.to_json()
-    bad["counts"]["0000000000000005"] = [1, 2]
-    with pytest.raises(ValueError, match="2 counts for 3 labels"):
+    bad["counts"]["0000000000000005"] = {"3": 1}
+    with pytest.raises(ValueError, match="label index 3 of 3 labels"):
         HelloTable.from_json(bad)
+    bad["counts"]["0000000000000005"] = {"1": -1}
+    with pytest.raises(ValueError, match="negative"):
+        HelloTable.from_json(bad)
+    # 0.6.0 wrote version 1, dense rows: still read, with the same answers
+    v1 = {**t.to_json(), "version": 1, "counts": {f"{k:016x}": c.tolist() for k, c in t.counts.items()}}
+    assert np.array_equal(HelloTable.from_json(v1).log_proba(keys), t.log_proba(keys))
+    v1["counts"]["0000000000000005"] = [1, 2]
+    with pytest.raises(ValueError, match="2 counts for 3 labels"):
+        HelloTable.from_json(v1)
     with pytest.raises(ValueError, match="version"):
         HelloTable.from_json({**t.to_json(), "version": 9})
     with pytest.raises(ValueError, match="malformed"):
@@ -171,7 +182,7 @@ def test_bundled_table_holds_its_training_fingerprints():
                        pcaps=names)
     keys = [k for k in fingerprints(ds.records).tolist() if k]
     assert len(keys) >= 30
-    assert all(k in model._table.counts for k in keys)
+    assert all(k in model._tables["service"].counts and k in model._tables["app"].counts for k in keys)
 
 
 def test_compiled_hello_key_matches_python():

@@ -103,7 +103,8 @@ def hello_package(quick_package, tmp_path_factory):
 @needs_data
 def test_hello_table_joins_the_service_head(hybrid_package, hello_package, real_flows):
     """The runtime adds the table's log-probabilities to the hybrid's mix (the same forest, the same seed):
-    only flows whose hello fingerprint is in the table move; the app head is untouched."""
+    only flows whose fingerprint is in the table move; the app table does the same to the student's app
+    logits."""
     from etool_sensor.fingerprints import HelloTable
     from etool_sensor.runtime import hybrid_logits, load_model, softmax
 
@@ -122,7 +123,18 @@ def test_hello_table_joins_the_service_head(hybrid_package, hello_package, real_
     assert np.array_equal(got, softmax(mixed + table.log_proba(feats["hfp"])))
     known = np.array([k in table.counts for k in feats["hfp"].tolist()])
     assert known.any() and np.array_equal(got[~known], plain.predict_proba(recs, ctxs)[~known])
-    assert np.array_equal(hello.predict_proba(recs, ctxs, "app"), plain.predict_proba(recs, ctxs, "app"))
+    # the app head: the student's logits plus the app table (no forest), known fingerprints only
+    a = m["hybrid"]["app_table"]
+    # (each table leaves out the flows whose label is outside its head's labels, which --quick keeps short)
+    assert a["file"] == "app_table.json" and a["fingerprints"] > 0 and 0 < a["flows"] <= m["hybrid"]["forest"]["flows"]
+    apps = HelloTable.load(d / "app_table.json")
+    assert apps.labels == m["label_sets"]["app"]
+    a_logits = hello.session.run(["app_logits"], {k: feats[k] for k in hello._inputs})[0]
+    got_app = hello.predict_proba(recs, ctxs, "app")
+    assert np.array_equal(got_app, softmax(a_logits + apps.log_proba(feats["hfp"])))
+    plain_app = plain.predict_proba(recs, ctxs, "app")
+    known = np.array([k in apps.counts for k in feats["hfp"].tolist()])
+    assert np.array_equal(got_app[~known], plain_app[~known]) and (got_app[known] != plain_app[known]).any()
 
 
 @needs_data
@@ -133,7 +145,11 @@ def test_runtime_refuses_a_broken_hello_table(hello_package, tmp_path):
     for change, match in ((lambda p, m: (p / "hello_table.json").write_text("{}"), "sha256 does not match"),
                           (lambda p, m: (p / "hello_table.json").unlink(), "no hello_table.json"),
                           (lambda p, m: m["features"].update(hello_bytes=0), "needs features.hello_bytes"),
-                          (lambda p, m: m["hybrid"]["hello_table"].pop("sha256"), "needs file and sha256")):
+                          (lambda p, m: m["hybrid"]["hello_table"].pop("sha256"), "needs file and sha256"),
+                          (lambda p, m: (p / "app_table.json").unlink(), "no app_table.json"),
+                          (lambda p, m: m["hybrid"]["app_table"].pop("file"), "hybrid.app_table needs file"),
+                          (lambda p, m: m["hybrid"].update(app_table=m["hybrid"]["hello_table"]),
+                           "not the app head's")):
         bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
         shutil.copytree(d, bad)
         man = json.loads((bad / "manifest.json").read_text())
@@ -211,4 +227,5 @@ def test_train_joins_the_forest_unless_told_not_to(tmp_path):
     assert model.spec.flights == m["features"]["flights"] > 0
     # with the hello table by default: flows read with hellos whole, the table's fingerprints from them
     assert m["features"]["hello_bytes"] == 1024 and m["hybrid"]["hello_table"]["fingerprints"] > 0
-    assert model._table is not None and m["parity"]["hybrid"]["flows_with_a_table_fingerprint"] > 0
+    assert set(model._tables) == {"service", "app"} and m["parity"]["hybrid"]["flows_with_a_table_fingerprint"] > 0
+    assert m["hybrid"]["app_table"]["fingerprints"] == m["hybrid"]["hello_table"]["fingerprints"]

@@ -220,7 +220,7 @@ def test_manifest_refusals(tmp_path):
 
     pkg = _copy(DEFAULT_MODEL_DIR, tmp_path / "ok")
     for f in list(pkg.iterdir()):  # a package is its graph, its manifest and the files the manifest names
-        if f.name not in ("model.onnx", "manifest.json", "hello_table.json"):
+        if f.name not in ("model.onnx", "manifest.json", "hello_table.json", "app_table.json"):
             f.unlink()
     load_model(pkg, threads=1)
 

@@ -97,10 +97,11 @@ def train_forest(records: Sequence[Any], contexts: Sequence[Any] | None, labels:
 
 
 class Hybrid:
-    """The student's head for `label_column` times the shape forest, and with a hello table its evidence
-    (fingerprints.HelloTable, as a package's runtime adds it); eval methods `hybrid`, `hybrid_no_llm`."""
+    """The student's head for `label_column` times the shape forest (None: the student's logits alone, as a
+    package's app head), and with a hello table its evidence (fingerprints.HelloTable, as a package's runtime
+    adds it); eval methods `hybrid`, `hybrid_no_llm`."""
 
-    def __init__(self, student: Any, forest: ShapeForest, w: float = MIX, eps: float = EPS,
+    def __init__(self, student: Any, forest: ShapeForest | None, w: float = MIX, eps: float = EPS,
                  table: Any = None, chunks: int = 3) -> None:
         self.student, self.forest, self.w, self.eps = student, forest, w, eps
         self.table, self.chunks = table, chunks
@@ -109,9 +110,12 @@ class Hybrid:
     def predict_proba(self, records: Sequence[Any], contexts: Sequence[Any] | None) -> np.ndarray:
         s, a = self.student.logits(records, contexts)
         z = s if self.student.head == "service" else a
-        pf = spread(self.forest.proba(encode(records, contexts, self.forest.spec)), self.forest.classes,
-                    self.labels)
-        h = mix(z, pf, self.w, self.eps)
+        if self.forest is None:
+            h = z
+        else:
+            pf = spread(self.forest.proba(encode(records, contexts, self.forest.spec)), self.forest.classes,
+                        self.labels)
+            h = mix(z, pf, self.w, self.eps)
         if self.table is not None:
             from etool_sensor.fingerprints import fingerprints
 
