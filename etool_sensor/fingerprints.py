@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -121,12 +121,14 @@ def fingerprints(records: Sequence[FlowRecord], chunks: int = 3) -> np.ndarray:
 
 @dataclass
 class HelloTable:
-    """Service counts per fingerprint, over `labels` (a model's service labels, in its column order)."""
+    """Counts per fingerprint over `labels` (a model head's labels, in its column order: the services, or
+    the apps). Not changed after fit/load: log_proba precomputes its rows once."""
 
     labels: list[str]
     counts: dict[int, np.ndarray]
     alpha: float = ALPHA
     weight: float = WEIGHT
+    _rows: Any = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def fit(cls, keys: np.ndarray, y: Sequence[str], labels: Sequence[str], *, alpha: float = ALPHA,
@@ -143,13 +145,21 @@ class HelloTable:
 
     def log_proba(self, keys: np.ndarray) -> np.ndarray:
         """[B, labels] weight * log((counts + alpha / K) / (n + alpha)) for flows whose fingerprint is in the
-        table; 0 (no evidence: the same shift for every label) for the others."""
+        table; 0 (no evidence: the same shift for every label) for the others. Rows precomputed, looked up
+        by binary search over the sorted fingerprints: most flows have one in the table since 0.7.0."""
         k = len(self.labels)
+        if self._rows is None:
+            fps = np.array(sorted(self.counts), np.uint64)
+            c = np.array([self.counts[f] for f in fps.tolist()], np.float64).reshape(len(fps), k)
+            self._rows = (fps, (self.weight * np.log((c + self.alpha / k) / (c.sum(1, keepdims=True)
+                                                                              + self.alpha))).astype(np.float32))
+        fps, rows = self._rows
+        keys = np.asarray(keys, np.uint64)
         out = np.zeros((len(keys), k), np.float32)
-        for i, key in enumerate(np.asarray(keys, np.uint64).tolist()):
-            c = self.counts.get(key) if key else None
-            if c is not None:
-                out[i] = self.weight * np.log((c + self.alpha / k) / (c.sum() + self.alpha))
+        if len(fps) and len(keys):
+            pos = np.minimum(np.searchsorted(fps, keys), len(fps) - 1)
+            hit = (fps[pos] == keys) & (keys != 0)
+            out[hit] = rows[pos[hit]]
         return out
 
     def to_json(self) -> dict[str, Any]:
