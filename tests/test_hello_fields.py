@@ -143,6 +143,7 @@ def test_hello_table_counts_and_log_probabilities(tmp_path):
     want = np.log((np.array([1, 0, 2]) + 1 / 3) / 4)
     assert np.allclose(lp[0], want) and lp[2:].tolist() == [[0, 0, 0], [0, 0, 0]]  # unseen, none: no evidence
     assert lp[1].argmax() == 1
+    assert not HelloTable(labels, {}).log_proba(keys).any() and t.log_proba(np.array([], np.uint64)).shape == (0, 3)
     t.save(tmp_path / "t.json")
     back = HelloTable.load(tmp_path / "t.json")
     assert back.labels == labels and np.array_equal(back.log_proba(keys), t.log_proba(keys))
