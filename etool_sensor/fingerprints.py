@@ -41,7 +41,8 @@ APP_TABLE_FILE = "app_table.json"  # the same fingerprints over the app labels (
 TABLE_VERSION = 2  # 2: sparse rows {label index: count}; 1 (0.6.0's tables): dense lists, still read
 ALPHA = 1.0  # pseudo-count spread evenly over the labels: one flow with a fingerprint is weak evidence
 WEIGHT = 1.0  # the table's log-probabilities are added to the hybrid logits at this weight
-OPENING_BYTES = 2  # a flow with no hello is keyed by this many masked bytes of its first chunk each way
+OPENING_BYTES = 2  # a flow with no hello is keyed by this many masked bytes of its first chunk each way (<= 2:
+# fingerprint() packs them into 64 bits)
 
 
 def _hellos(rec: FlowRecord, chunks: int, parse: Callable[[bytes], Any]) -> list:
@@ -99,19 +100,24 @@ def _hello_key_py(data: bytes) -> bytes | None:
 _hello_key = compiled("hello_key") or _hello_key_py
 
 
+_PROTO = {"tcp": 0, "udp": 1}
+
+
 def fingerprint(rec: FlowRecord, chunks: int = 3) -> int:
-    """The content of canonical() hashed to 64 bits (blake2b): the hellos packed (_hello_key), or else the
-    opening under its own blake2b personalisation; 0 when the flow carries no payload."""
+    """The content of canonical() as 64 bits: the hellos packed (_hello_key) and hashed (blake2b), or else the
+    opening packed as it is, bytes 01, protocol (0 TCP, 1 UDP), then per side its length (ff: none) and its
+    two bytes (a hash costs more than the rest of it; a hello hash equal to one of these 64-bit values is a
+    1 in 2^64 chance); 0 when the flow carries no payload."""
     got = _hellos(rec, chunks, _hello_key)
     if got[0] is not None or got[1] is not None:
         h = hashlib.blake2b((got[0] or b"-") + (got[1] or b"-"), digest_size=8)
-    else:
-        op = _opening(rec, chunks)
-        if op == [None, None]:
-            return 0
-        h = hashlib.blake2b(rec.proto.encode() + b"".join(b"\xff" if b is None else bytes([len(b)]) + b for b in op),
-                            digest_size=8, person=b"etool-opening")
-    return int.from_bytes(h.digest(), "big") or 1
+        return int.from_bytes(h.digest(), "big") or 1
+    op = _opening(rec, chunks)
+    if op == [None, None]:
+        return 0
+    key = bytes((1, _PROTO.get(rec.proto, 2))) + b"".join(
+        b"\xff\x00\x00" if b is None else bytes([len(b)]) + b.ljust(OPENING_BYTES, b"\x00") for b in op)
+    return int.from_bytes(key, "big")
 
 
 def fingerprints(records: Sequence[FlowRecord], chunks: int = 3) -> np.ndarray:
