@@ -1,5 +1,5 @@
-"""Flow fingerprints (TLS hellos, else the opening bytes), and the table that turns them into evidence about
-a flow's service.
+"""Flow fingerprints (TLS hellos, else the opening bytes), and the tables that turn them into evidence about
+a flow's service and app.
 
 Why: a client's TLS stack writes the same ClientHello (cipher suites, extension types) wherever its app runs,
 and a server stack answers with the same ServerHello, so the services of training flows whose hellos match a
@@ -12,7 +12,7 @@ A flow that shows no hello (a non-TLS protocol: a VPN, a messenger's own framing
 keyed by its opening instead: the protocol and the first OPENING_BYTES of the first payload chunk each way,
 masked and normalised as the model reads them (masking.mask_chunk), e.g. WhatsApp's 'ED' routing header or
 a WireGuard message type. Two bytes: more splits one app's flows apart, fewer merges protocols
-(docs/model-card.md, "Opening bytes").
+(docs/model-card.md, "Opening bytes and the app table").
 
 The table holds, per fingerprint, how many labelled training flows had each service; a hybrid package
 carries it as hello_table.json and the runtime adds its log-probabilities to the service head
