@@ -153,6 +153,11 @@ class HelloTable:
         """[B, labels] weight * log((counts + alpha / K) / (n + alpha)) for flows whose fingerprint is in the
         table; 0 (no evidence: the same shift for every label) for the others. Rows precomputed, looked up
         by binary search over the sorted fingerprints: most flows have one in the table since 0.7.0."""
+        return self.add_to(np.zeros((len(keys), len(self.labels)), np.float32), keys)
+
+    def add_to(self, logits: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """logits += log_proba(keys), in place (float32 [B, labels]); returns logits. The runtime's form: it
+        touches only the rows of flows the table knows."""
         k = len(self.labels)
         if self._rows is None:
             fps = np.array(sorted(self.counts), np.uint64)
@@ -161,12 +166,11 @@ class HelloTable:
                                                                               + self.alpha))).astype(np.float32))
         fps, rows = self._rows
         keys = np.asarray(keys, np.uint64)
-        out = np.zeros((len(keys), k), np.float32)
         if len(fps) and len(keys):
             pos = np.minimum(np.searchsorted(fps, keys), len(fps) - 1)
-            hit = (fps[pos] == keys) & (keys != 0)
-            out[hit] = rows[pos[hit]]
-        return out
+            hit = np.flatnonzero((fps[pos] == keys) & (keys != 0))
+            logits[hit] += rows[pos[hit]]
+        return logits
 
     def to_json(self) -> dict[str, Any]:
         return {"version": TABLE_VERSION, "labels": self.labels, "alpha": self.alpha, "weight": self.weight,

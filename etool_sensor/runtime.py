@@ -336,7 +336,7 @@ class Model:
             if mixed and h == self._hybrid[0] and len(x):
                 x = hybrid_logits(x, res[-1], self._hybrid[2], self._hybrid[3])
             if h in self._tables and len(x):
-                x = x + self._tables[h].log_proba(feats["hfp"])
+                x = self._tables[h].add_to(x, feats["hfp"])  # x: a fresh float32 array (run_graph)
             probs[h] = softmax(x) if self._out_kind == "logits" else x
         return probs
 
