@@ -115,9 +115,8 @@ def fingerprint(rec: FlowRecord, chunks: int = 3) -> int:
     op = _opening(rec, chunks)
     if op == [None, None]:
         return 0
-    key = bytes((1, _PROTO.get(rec.proto, 2))) + b"".join(
-        b"\xff\x00\x00" if b is None else bytes([len(b)]) + b.ljust(OPENING_BYTES, b"\x00") for b in op)
-    return int.from_bytes(key, "big")
+    o, s = (0xFF0000 if b is None else len(b) << 16 | int.from_bytes(b.ljust(OPENING_BYTES, b"\0"), "big") for b in op)
+    return 1 << 56 | _PROTO.get(rec.proto, 2) << 48 | o << 24 | s
 
 
 def fingerprints(records: Sequence[FlowRecord], chunks: int = 3) -> np.ndarray:
