@@ -75,7 +75,7 @@ def canonical(rec: FlowRecord, chunks: int = 3) -> str | None:
     """The readable fingerprint of a flow's first ClientHello and ServerHello among its first `chunks`
     payload chunks, e.g. 'c771:002f,c02b:0,10,43|s771:c02b:43'; for a flow without a hello its opening,
     e.g. 'o:tcp:4544|-' (protocol, then the first bytes each way in hex, '-' for a side that sent none); None
-    when the flow carries no payload. fingerprint() hashes the same content."""
+    when the flow carries no payload. fingerprint() keys the same content."""
     got = _hellos(rec, chunks, parse_hello)
     if got == [None, None]:
         op = _opening(rec, chunks)

@@ -1,6 +1,7 @@
 """TLS hellos kept whole (flows.chunk_length, flow.hello_bytes, ETooL::hello_bytes), flow fingerprints (the
-hellos, else the opening bytes) and the hello table (fingerprints.py). The rule cuts the same bytes in the Python and the compiled reader and in
-FlowRecord.within; the fields are codes only, so a hidden or changed server name does not move them."""
+hellos, else the opening bytes) and the tables (fingerprints.py). The rule cuts the same bytes in the Python
+and the compiled reader and in FlowRecord.within; the fields are codes only, so a hidden or changed server
+name does not move them."""
 
 from __future__ import annotations
 
@@ -170,8 +171,9 @@ def test_hello_table_counts_and_log_probabilities(tmp_path):
 
 @needs_data
 def test_bundled_table_holds_its_training_fingerprints():
-    """The default model's table was built from the labelled flows: every one of them that carries payload
-    finds its fingerprint there (its hellos, else its opening bytes) (a changed fingerprint definition, or a table built with another one, fails here)."""
+    """The default model's tables were built from the labelled flows: every one of them that carries payload
+    finds its fingerprint in both (its hellos, else its opening bytes); a changed fingerprint definition, or
+    a table built with another one, fails here."""
     from etool_sensor.fingerprints import fingerprints
     from etool_sensor.flows import FlowParams
     from etool_sensor.runtime import load_model
