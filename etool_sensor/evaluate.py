@@ -707,7 +707,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "flows are read with COLLECT payload bytes per chunk, the datagram window stays B")
     p.add_argument("--hello-bytes", type=int, default=DEFAULT_HELLO_BYTES, metavar="H",
                    help="flows are read with TLS hellos whole up to H bytes (flow.hello_bytes) and the hybrids "
-                        "add a hello table (fingerprints.py) trained on the same flows, as the default model "
+                        "add a fingerprint table (fingerprints.py) trained on the same flows, as the default model "
                         f"does (default {DEFAULT_HELLO_BYTES}; 0: no table, as 0.5.0)")
     p.add_argument("--flights", type=int, default=0, metavar="F",
                    help="students also get the first F flights (direction-run byte and packet totals, "

@@ -245,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--name", help="new package name (e.g. etool-hybrid)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hello-bytes", type=int, default=0, metavar="H",
-                    help="read TLS hellos whole up to H bytes and add the hello table (0: the forest alone)")
+                    help="read TLS hellos whole up to H bytes and add the fingerprint tables, service and app "
+                         "(0: the forest alone)")
     a = ap.parse_args(argv)
     try:
         m = hybrid_package(a.package, a.data, a.labels, a.pcap, version=a.version, name=a.name, seed=a.seed,

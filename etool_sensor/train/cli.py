@@ -35,8 +35,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help='student encoder shape, e.g. \'{"layers": 1, "pkt_stride": 4, "dgram_stride": 16}\' '
                         "(the bundled fast model); default: train/model.py EncoderConfig")
     p.add_argument("--hello-bytes", type=int, default=DEFAULT_HELLO_BYTES, metavar="H",
-                   help="read TLS hellos whole up to H bytes (flow.hello_bytes) and join a hello table "
-                        f"(fingerprints.py) with the forest (default {DEFAULT_HELLO_BYTES}; 0: the forest alone)")
+                   help="read TLS hellos whole up to H bytes (flow.hello_bytes) and join the fingerprint tables "
+                        "(fingerprints.py; service and app) with the forest "
+                        f"(default {DEFAULT_HELLO_BYTES}; 0: the forest alone)")
     p.add_argument("--no-forest", action="store_true",
                    help="a student package only: do not join the shape forest to its service head "
                         "(train/forest.py, export/hybrid.py; the bundled default model has it)")
