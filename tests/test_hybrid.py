@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +230,34 @@ def test_train_joins_the_forest_unless_told_not_to(tmp_path):
     assert m["features"]["hello_bytes"] == 1024 and m["hybrid"]["hello_table"]["fingerprints"] > 0
     assert set(model._tables) == {"service", "app"} and m["parity"]["hybrid"]["flows_with_a_table_fingerprint"] > 0
     assert m["hybrid"]["app_table"]["fingerprints"] == m["hybrid"]["hello_table"]["fingerprints"]
+
+
+def test_eval_hybrid_on_the_app_column_is_the_student_plus_the_table():
+    """Eval's hybrids on `--label-column app` are what a package's app head is (runtime: the student's app
+    logits plus the app table, no forest): train/forest.Hybrid with forest None."""
+    from etool_sensor.fingerprints import HelloTable, fingerprints
+    from etool_sensor.flows import FlowParams
+    from etool_sensor.pcap import read_flows
+    from etool_sensor.runtime import softmax
+    from etool_sensor.train.forest import Hybrid
+
+    trace = Path(__file__).parent.parent / "zeek-plugin" / "testing" / "Traces" / "tls-ecdhe.pcap"
+    recs = list(read_flows(trace, FlowParams(hello_bytes=1024)))
+    labels = ["Google", "Signal", "TLS"]
+    keys = fingerprints(recs)
+    assert keys[0] > 0
+
+    class Student:  # the two heads' logits of a trained student, fixed
+        head, label_sets = "app", {"app": labels}
+
+        def logits(self, records, contexts):
+            a = np.tile(np.array([[0.5, 0.2, 0.1]], np.float32), (len(records), 1))
+            return np.zeros((len(records), 2), np.float32), a
+
+    st = Student()
+    st.labels = labels
+    table = HelloTable.fit(keys, ["Signal"] * len(keys), labels)
+    got = Hybrid(st, None, table=table).predict_proba(recs, None)
+    want = softmax(st.logits(recs, None)[1] + table.log_proba(keys))
+    assert np.array_equal(got, want) and (got.argmax(1) == 1).all()
+    assert np.array_equal(Hybrid(st, None).predict_proba(recs, None), softmax(st.logits(recs, None)[1]))
