@@ -36,8 +36,8 @@ from .features import parse_hello
 from .flows import FlowRecord
 from .masking import mask_chunk
 
-TABLE_FILE = "hello_table.json"  # over the service labels
-APP_TABLE_FILE = "app_table.json"  # the same fingerprints over the app labels (0.7.0 on)
+# per model head, its table's key under the manifest's `hybrid` and its file in a package (app: 0.7.0 on)
+TABLES = {"service": ("hello_table", "hello_table.json"), "app": ("app_table", "app_table.json")}
 TABLE_VERSION = 2  # 2: sparse rows {label index: count}; 1 (0.6.0's tables): dense lists, still read
 ALPHA = 1.0  # pseudo-count spread evenly over the labels: one flow with a fingerprint is weak evidence
 WEIGHT = 1.0  # the table's log-probabilities are added to the hybrid logits at this weight
@@ -122,6 +122,14 @@ def fingerprint(rec: FlowRecord, chunks: int = 3) -> int:
 def fingerprints(records: Sequence[FlowRecord], chunks: int = 3) -> np.ndarray:
     """fingerprint() of every record, as encode()'s hfp (uint64 [B])."""
     return np.fromiter((fingerprint(r, chunks) for r in records), np.uint64, len(records))
+
+
+def fit_tables(records: Sequence[FlowRecord], labels: dict[str, Sequence[str]],
+               label_sets: dict[str, list[str]], chunks: int = 3) -> dict[str, "HelloTable"]:
+    """A HelloTable per head of `labels` (the records' labels for that head) over a package's label_sets for
+    it, from one fingerprints() pass: what `train` and export/hybrid.py join to a package."""
+    keys = fingerprints(records, chunks)
+    return {head: HelloTable.fit(keys, y, label_sets[head]) for head, y in labels.items()}
 
 
 @dataclass

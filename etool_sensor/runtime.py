@@ -185,13 +185,11 @@ def hybrid_logits(student_logits: np.ndarray, forest_proba: np.ndarray, w: float
     return (np.float32(w) * log_s + np.float32(1.0 - w) * log_f).astype(np.float32)
 
 
-def _load_table(path: Path, entry: Any, spec: FeatureSpec, label_sets: dict[str, list[str]],
-                head: str = "service") -> Any:
-    """A hybrid package's fingerprint table for `head` (manifest hybrid.hello_table for the service head,
-    hybrid.app_table for the app head: file, sha256), checked against the package."""
+def _load_table(path: Path, key: str, entry: Any, spec: FeatureSpec, labels: list[str], head: str) -> Any:
+    """A hybrid package's fingerprint table for `head` (manifest hybrid.`key`: file, sha256; fingerprints.TABLES),
+    checked against the package."""
     from .fingerprints import HelloTable
 
-    key = "hello_table" if head == "service" else f"{head}_table"
     try:
         f = path / str(entry["file"])
         want = str(entry["sha256"])
@@ -205,7 +203,7 @@ def _load_table(path: Path, entry: Any, spec: FeatureSpec, label_sets: dict[str,
         table = HelloTable.load(f)
     except ValueError as e:
         raise ModelError(f"{f}: {e}") from None
-    if table.labels != label_sets[head]:
+    if table.labels != labels:
         raise ModelError(f"{f}: its labels are not the {head} head's")
     if not spec.hello_bytes:
         raise ModelError(f"{path}: a hello table needs features.hello_bytes (flows read with TLS hellos whole)")
@@ -311,10 +309,11 @@ class Model:
                 raise ModelError(f"{path}: {h} head has {n} outputs but the manifest lists "
                                  f"{len(self.label_sets[h])} labels")
         # the hybrid's fingerprint tables (fingerprints.py): evidence per flow fingerprint, by head
-        self._tables: dict[str, Any] = {}
-        for head, key in (("service", "hello_table"), ("app", "app_table")):
-            if hyb.get(key):
-                self._tables[head] = _load_table(path, hyb[key], spec, self.label_sets, head)
+        from .fingerprints import TABLES
+
+        self._tables: dict[str, Any] = {
+            head: _load_table(path, key, hyb[key], spec, self.label_sets[head], head)
+            for head, (key, _) in TABLES.items() if hyb.get(key)}
 
     @property
     def id(self) -> str:

@@ -117,13 +117,13 @@ def join(student_onnx: str | Path, forest: Any, labels: Sequence[str], dst: str 
 
 
 def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *, version: str | None = None,
-                  name: str | None = None, table: Any = None, app_table: Any = None, hello_bytes: int = 0,
+                  name: str | None = None, tables: dict[str, Any] | None = None, hello_bytes: int = 0,
                   log: Any = None) -> dict[str, Any]:
-    """Join a trained ShapeForest (and fingerprints.HelloTable's over the service and the app labels, which
-    need flows read with hellos whole: hello_bytes) to the student package `pkg` in place, checked on
-    `feats` (encoded real flows with the forest's features: flt included, hfp with a table); ValueError when
-    the package cannot take it."""
-    from etool_sensor.fingerprints import APP_TABLE_FILE, TABLE_FILE
+    """Join a trained ShapeForest (and `tables`, fingerprints.HelloTable's by head from fit_tables, which need
+    flows read with hellos whole: hello_bytes) to the student package `pkg` in place, checked on `feats`
+    (encoded real flows with the forest's features: flt included, hfp with tables); ValueError when the
+    package cannot take it."""
+    from etool_sensor.fingerprints import TABLES
     from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest, sha256_file
     from etool_sensor.train.forest import EPS, MIX, mix, spread
 
@@ -141,11 +141,11 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
         raise ValueError(f"{d}: the forest was trained on other features ({forest.spec}) than the package's ({spec})")
     if "flt" not in feats or not len(feats["flt"]):
         raise ValueError("no check flows with the forest's features (flt)")
-    tables = {"service": table, "app": app_table}
-    if any(t is not None for t in tables.values()) and (not hello_bytes or "hfp" not in feats):
+    tables = tables or {}
+    if tables and (not hello_bytes or "hfp" not in feats):
         raise ValueError("a hello table needs hello_bytes and check flows with their fingerprints (hfp)")
     for head, t in tables.items():
-        if t is not None and t.labels != manifest["label_sets"][head]:
+        if t.labels != manifest["label_sets"][head]:
             raise ValueError(f"{d}: the {head} table's labels are not the package's {head} labels")
     src, tmp = d / MODEL_FILE, d / (MODEL_FILE + ".hybrid")
     labels = manifest["label_sets"]["service"]
@@ -160,15 +160,12 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
            "student_outputs_unchanged": bool(np.array_equal(s_logits, student[0])
                                              and np.array_equal(a_logits, student[1])),
            "service_labels_changed_vs_student": float((mixed.argmax(1) != s_logits.argmax(1)).mean())}
-    if table is not None:
-        with_table = mixed + table.log_proba(feats["hfp"])
-        par["flows_with_a_table_fingerprint"] = int(sum(1 for k in feats["hfp"].tolist() if k in table.counts))
-        par["service_labels_changed_by_table"] = float((with_table.argmax(1) != mixed.argmax(1)).mean())
-    if app_table is not None:
-        with_table = a_logits + app_table.log_proba(feats["hfp"])
-        par["flows_with_an_app_table_fingerprint"] = int(sum(1 for k in feats["hfp"].tolist()
-                                                            if k in app_table.counts))
-        par["app_labels_changed_by_table"] = float((with_table.argmax(1) != a_logits.argmax(1)).mean())
+    for head, t in tables.items():  # what each table moves: the service mix, the student's app logits
+        base = mixed if head == "service" else a_logits
+        with_table = base + t.log_proba(feats["hfp"])
+        known = "flows_with_a_table_fingerprint" if head == "service" else "flows_with_an_app_table_fingerprint"
+        par[known] = int(sum(1 for k in feats["hfp"].tolist() if k in t.counts))
+        par[f"{head}_labels_changed_by_table"] = float((with_table.argmax(1) != base.argmax(1)).mean())
     if (par["forest_max_abs_diff_vs_sklearn"] > 1e-4 or par["hybrid_argmax_agreement_vs_sklearn"] < 0.999
             or not par["student_outputs_unchanged"]):
         tmp.unlink()
@@ -177,12 +174,11 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
     hybrid = {"head": "service", "mix": MIX, "eps": EPS, "forest": forest.info,
               "forest_inputs": f"flt ({2 * forest.spec.flights}) + meta[:, 0] (is_udp)",
               "student": f"{manifest['name']}@{manifest['version']}", "graph_bytes": size}
-    for key, fname, t in (("hello_table", TABLE_FILE, table), ("app_table", APP_TABLE_FILE, app_table)):
-        if t is not None:
-            t.save(d / fname)
-            hybrid[key] = {"file": fname, "sha256": sha256_file(d / fname), "fingerprints": len(t.counts),
-                           "flows": int(sum(c.sum() for c in t.counts.values())), "alpha": t.alpha,
-                           "weight": t.weight}
+    for head, t in tables.items():
+        key, fname = TABLES[head]
+        t.save(d / fname)
+        hybrid[key] = {"file": fname, "sha256": sha256_file(d / fname), "fingerprints": len(t.counts),
+                       "flows": int(sum(c.sum() for c in t.counts.values())), "alpha": t.alpha, "weight": t.weight}
     manifest["features"] = dataclasses.replace(forest.spec, hello_bytes=hello_bytes).to_dict()
     manifest["inputs"] = list(manifest.get("inputs", [])) + ["flt"]
     manifest["outputs"] = {**manifest.get("outputs", {}), "forest": FOREST_OUTPUT}
@@ -217,17 +213,16 @@ def hybrid_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pc
     ds = load_labelled(data, labels_csv, label_column="category", params=p)
     log(f"hybrid: {len(ds)} labelled flows from {len(set(ds.pcap))} captures")
     forest = train_forest(ds.records, ds.contexts, list(ds.service), spec=spec, seed=seed)
-    table = app_table = None
+    tables = None
     if hello_bytes:
-        from etool_sensor.fingerprints import HelloTable, fingerprints
+        from etool_sensor.fingerprints import fit_tables
 
-        keys = fingerprints(ds.records, spec.payload_packets)
-        table = HelloTable.fit(keys, ds.service, manifest["label_sets"]["service"])
-        app_table = HelloTable.fit(keys, ds.app, manifest["label_sets"]["app"])
-        log(f"hybrid: hello tables of {len(table.counts)} (service) and {len(app_table.counts)} (app) fingerprints")
+        tables = fit_tables(ds.records, {"service": ds.service, "app": ds.app}, manifest["label_sets"],
+                            spec.payload_packets)
+        log("hybrid: fingerprint tables of " + ", ".join(f"{len(t.counts)} ({h})" for h, t in tables.items()))
     feats, _ = real_features(pcaps, dataclasses.replace(spec, hello_bytes=hello_bytes))
-    return attach_forest(d, forest, feats, version=version, name=name, table=table, app_table=app_table,
-                         hello_bytes=hello_bytes, log=log)
+    return attach_forest(d, forest, feats, version=version, name=name, tables=tables, hello_bytes=hello_bytes,
+                         log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

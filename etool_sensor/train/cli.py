@@ -184,17 +184,16 @@ def train_main(args: argparse.Namespace) -> int:
         fspec = forest_spec(spec)
         forest = train_forest(train.records, train.contexts, list(train.service), spec=fspec, seed=args.seed,
                               quick=args.quick)
-        table = app_table = None
+        tables = None
         if params.hello_bytes:
-            from etool_sensor.fingerprints import HelloTable, fingerprints
+            from etool_sensor.fingerprints import fit_tables
 
-            keys = fingerprints(train.records, spec.payload_packets)
-            table = HelloTable.fit(keys, train.service, m["label_sets"]["service"])
-            app_table = HelloTable.fit(keys, train.app, m["label_sets"]["app"])
+            tables = fit_tables(train.records, {"service": train.service, "app": train.app}, m["label_sets"],
+                                spec.payload_packets)
         check = encode(train.records[:2000], train.contexts[:2000],
                        dataclasses.replace(fspec, hello_bytes=params.hello_bytes))
-        m = _import_export("hybrid").attach_forest(out, forest, check, table=table, app_table=app_table,
-                                                   hello_bytes=params.hello_bytes, log=_log)
+        m = _import_export("hybrid").attach_forest(out, forest, check, tables=tables, hello_bytes=params.hello_bytes,
+                                                   log=_log)
         m["training"]["forest_seconds"] = round(time.time() - ts, 1)
         (out / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
     par = m["parity"].get("int8_vs_torch", m["parity"].get("fp32_vs_torch", {}))
