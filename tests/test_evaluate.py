@@ -168,14 +168,20 @@ def test_eval_cli_contract(eval_run):
         assert 0.0 <= r[k] <= 1.0
     assert r["flows"] > 50
     assert set(r["splits"]) == {"capture", "unseen_app", "capture_kfold", "iid_kfold"}
+    kf_unseen = {}
     for name in ("capture_kfold", "iid_kfold"):
         kf = r["splits"].pop(name)
+        kf_unseen[name] = kf["methods"]["rf"]["by_app_seen"]["unseen"]["flows"]
         assert kf["folds"] == 3 and kf["test_flows"] == r["flows"]  # pooled: every flow predicted once
         for m in ("rf", "knn"):
             mm = kf["methods"][m]
             assert mm["flows"] == r["flows"] and len(mm["fold_macro_f1_min5"]) == 3
             assert mm["fold_mean"] == pytest.approx(np.mean(mm["fold_macro_f1_min5"]), abs=1e-3)
             assert "_pred" not in mm
+            b = mm["by_app_seen"]  # every test flow is on one side; the pooled accuracy is their weighted mean
+            assert b["seen"]["flows"] + b["unseen"]["flows"] == r["flows"]
+            acc = (b["seen"]["accuracy"] * b["seen"]["flows"] + b["unseen"]["accuracy"] * b["unseen"]["flows"]) / r["flows"]
+            assert acc == pytest.approx(mm["accuracy"], abs=1e-9)
         vs = kf["methods"]["knn"]["vs_rf"]  # the forest is the target's reference: knn against it, resampled
         assert "vs_rf" not in kf["methods"]["rf"] and vs["boot"] == 1000 and vs["unit"] == "capture file"
         ratio = kf["methods"]["knn"]["macro_f1_min5"] / kf["methods"]["rf"]["macro_f1_min5"]
@@ -190,7 +196,11 @@ def test_eval_cli_contract(eval_run):
                 assert 0.0 <= mm[k] <= 1.0
             assert mm["flows"] == s["test_flows"]
     assert r["splits"]["unseen_app"]["label"] == "category"
+    unseen = kf_unseen
+    # whole captures held out move apps out of training; random folds almost never do
+    assert unseen["capture_kfold"] > unseen["iid_kfold"]
     md = (out / "r.md").read_text()
+    assert "Test flows whose app has flows in the training folds" in md
     assert "| rf |" in md and "Split `capture`" in md and "3 capture folds" in md and "3 random stratified folds" in md
     assert "| knn | " in md.split("Against the forest")[1]
     assert list(out.glob("confusion_*_rf.png"))
@@ -327,3 +337,26 @@ def test_eval_capture_balanced_student_runs(shared, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     m = json.loads(out.read_text())["splits"]["capture"]["methods"]
     assert 0.0 <= m["student_capbal"]["accuracy"] <= 1.0 and "error" not in m["student_capbal"]
+
+
+def test_teacher_cache_is_reused_only_for_the_same_training_flows(shared, tmp_path):
+    """eval writes a teacher's logits to --teacher-cache keyed by the flows it was trained on: the same file
+    name serves fold k of every seed, so a file from another training set must be refused, not reused."""
+    from etool_sensor.train.data import load_labelled
+
+    ds = load_labelled(NDPI / "pcap", NDPI / "labels.csv", encrypted_only=True, pcaps=PCAPS[:3])
+    a, b = ds.subset(range(0, len(ds) // 2)), ds.subset(range(len(ds) // 2, len(ds)))
+    labels = sorted(set(ds.labels))
+    z = np.random.default_rng(0).normal(size=(len(ds), len(labels))).astype(np.float32)
+    teacher = SimpleNamespace(labels=labels, predict_logits=lambda records, contexts=None: z[:len(records)])
+    path = tmp_path / "teacher_category_capture_kfold0.npz"
+    E.save_teacher_logits(path, ds, teacher, E.training_key(a))
+    assert E.training_key(a) == E.training_key(ds.subset(list(range(len(ds) // 2))[::-1]))  # order-free
+    got = E.load_cached_teacher(ds, path, E.training_key(a))
+    assert got is not None and got.labels == labels
+    np.testing.assert_allclose(got.predict_logits(b.records), z[len(ds) // 2:].astype(np.float16), rtol=0, atol=0)
+    assert E.load_cached_teacher(ds, path, E.training_key(b)) is None  # trained on other flows
+    assert E.load_cached_teacher(ds, path) is not None  # no key asked: the old contract (train --teacher-cache)
+    old = tmp_path / "old.npz"  # a cache written before keys (the GPU run's files) still loads
+    E.save_teacher_logits(old, ds, teacher)
+    assert E.load_cached_teacher(ds, old, E.training_key(b)) is not None

@@ -26,7 +26,7 @@ import torch
 
 
 def main(argv=None) -> int:
-    from ..evaluate import SPLITS, _relabel, make_splits, save_teacher_logits
+    from ..evaluate import SPLITS, _relabel, make_splits, save_teacher_logits, training_key
     from .teacher import TeacherConfig, train_teacher
 
     p = argparse.ArgumentParser()
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         try:
             t = train_teacher(train, label_column=column, device=a.device, seed=a.seed, config=cfg(use_llm, epochs or a.epochs), log=log)
-            save_teacher_logits(out / f"{name}.npz", everything, t)
+            save_teacher_logits(out / f"{name}.npz", everything, t, training_key(train))
             if save_state:
                 t.save(out / f"{name}.pt")
             h = t.history
