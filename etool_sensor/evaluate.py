@@ -597,7 +597,7 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
         seen[te] = [apps[i] in train_apps for i in te]
         log(f"eval[{kind}]: fold {k + 1}/{folds}: train {len(tr)} / test {len(te)} flows")
         res = run_split(ds, {"train": tr, "test": te, "label": None}, column, methods, seed=seed, log=log,
-                        png_dir=None, split_name=f"{kind}{k}", keep_predictions=True, **kw)
+                        png_dir=None, split_name=f"{kind}{k}_seed{seed}", keep_predictions=True, **kw)
         for m, r in res["methods"].items():
             if "error" in r:
                 errors.setdefault(m, r["error"])

@@ -349,7 +349,7 @@ def test_teacher_cache_is_reused_only_for_the_same_training_flows(shared, tmp_pa
     labels = sorted(set(ds.labels))
     z = np.random.default_rng(0).normal(size=(len(ds), len(labels))).astype(np.float32)
     teacher = SimpleNamespace(labels=labels, predict_logits=lambda records, contexts=None: z[:len(records)])
-    path = tmp_path / "teacher_category_capture_kfold0.npz"
+    path = tmp_path / "teacher_category_capture_kfold0_seed0.npz"
     E.save_teacher_logits(path, ds, teacher, E.training_key(a))
     assert E.training_key(a) == E.training_key(ds.subset(list(range(len(ds) // 2))[::-1]))  # order-free
     got = E.load_cached_teacher(ds, path, E.training_key(a))
