@@ -282,15 +282,21 @@ def test_workers_option_is_validated(capsys) -> None:
 
 @needs_ndpi
 def test_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
-    paths = [str(p) for p in sorted(PCAPS.iterdir())]
+    # the corpus 20 times over: a fast machine classifies it once in about a second, and the signal must
+    # find the run still going
+    paths = [str(p) for p in sorted(PCAPS.iterdir())] * 20
     out = tmp_path / "o"
     p = subprocess.Popen([sys.executable, "-m", "etool_sensor", "classify", "--workers", "2", "-q", *paths,
                           "-o", str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 30
-    while not (out / "conn.log").exists() and time.monotonic() < deadline and p.poll() is None:
+    children: list[str] = []
+    while time.monotonic() < deadline and p.poll() is None:  # both workers running and writing
+        children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        if len(children) == 2 and (out / "conn.log").exists():
+            break
         time.sleep(0.05)
     time.sleep(0.3)
-    children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    assert p.poll() is None, "the run ended before it could be interrupted"
     os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
     _, err = p.communicate(timeout=30)
     assert p.returncode == 130, err
