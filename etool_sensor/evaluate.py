@@ -590,7 +590,7 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
     errors: dict[str, str] = {}
     fit_s: dict[str, float] = {m: 0.0 for m in methods}
     seen = np.zeros(n, bool)  # the flow's app has flows in its fold's training part
-    apps = list(getattr(ds, "app", [""] * n))
+    apps = list(ds.app)
     for k, te in enumerate(parts):
         tr = np.setdiff1d(np.arange(n), te)
         train_apps = {apps[i] for i in tr}
