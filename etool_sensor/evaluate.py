@@ -446,9 +446,9 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         if variant == "teacher" and teacher is not None:
             return teacher
         t = None
+        key = training_key(tr) if teacher_cache else None
         if teacher_cache:
-            t = load_cached_teacher(full, teacher_cache_path(teacher_cache, split_name, col, variant),
-                                    training_key(tr))
+            t = load_cached_teacher(full, teacher_cache_path(teacher_cache, split_name, col, variant), key)
             if t is not None:
                 log(f"eval[{split_name}]: {variant} logits from {teacher_cache}")
         if t is None:
@@ -459,7 +459,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
             if teacher_cache and not quick:  # write-through: the next run with this cache skips the training
                 path = teacher_cache_path(teacher_cache, split_name, col, variant)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                save_teacher_logits(path, full, t, training_key(tr))
+                save_teacher_logits(path, full, t, key)
                 log(f"eval[{split_name}]: {variant} logits saved to {path}")
         if variant == "teacher":
             teacher = t

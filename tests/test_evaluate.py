@@ -196,9 +196,8 @@ def test_eval_cli_contract(eval_run):
                 assert 0.0 <= mm[k] <= 1.0
             assert mm["flows"] == s["test_flows"]
     assert r["splits"]["unseen_app"]["label"] == "category"
-    unseen = kf_unseen
     # whole captures held out move apps out of training; random folds almost never do
-    assert unseen["capture_kfold"] > unseen["iid_kfold"]
+    assert kf_unseen["capture_kfold"] > kf_unseen["iid_kfold"]
     md = (out / "r.md").read_text()
     assert "Test flows whose app has flows in the training folds" in md
     assert "| rf |" in md and "Split `capture`" in md and "3 capture folds" in md and "3 random stratified folds" in md
@@ -340,8 +339,8 @@ def test_eval_capture_balanced_student_runs(shared, tmp_path, capsys):
 
 
 def test_teacher_cache_is_reused_only_for_the_same_training_flows(shared, tmp_path):
-    """eval writes a teacher's logits to --teacher-cache keyed by the flows it was trained on: the same file
-    name serves fold k of every seed, so a file from another training set must be refused, not reused."""
+    """eval writes a teacher's logits to --teacher-cache keyed by the flows it was trained on: a file from
+    another training set (another seed's fold, a cache copied from another run) must be refused, not reused."""
     from etool_sensor.train.data import load_labelled
 
     ds = load_labelled(NDPI / "pcap", NDPI / "labels.csv", encrypted_only=True, pcaps=PCAPS[:3])
