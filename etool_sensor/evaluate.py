@@ -431,20 +431,24 @@ def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str
 def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
               teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
               split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False,
-              student_config: dict | None = None, capture_balance: float = 0.5, hello_bytes: int = 0) -> dict:
+              student_config: dict | None = None, capture_balance: float = 0.5, hello_bytes: int = 0,
+              model_seed: int | None = None, teachers: dict | None = None) -> dict:
+    """Every method trained on split["train"] and scored on split["test"]. `seed` seeds the teachers,
+    `model_seed` (default `seed`) everything else: a repeat with another model seed keeps the teacher.
+    `teachers` (variant -> teacher) is filled and reused, so repeats of one split train each teacher once."""
     col = split["label"] or column
+    mseed = seed if model_seed is None else model_seed
+    teachers = {} if teachers is None else teachers
     full = _relabel(ds, col)
     tr, te = full.subset(split["train"]), full.subset(split["test"])
     res: dict = {"label": col, "train_flows": len(tr), "test_flows": len(te),
                  "train_pcaps": len(set(tr.pcap)), "test_pcaps": len(set(te.pcap)), "methods": {}}
     if "held_out_apps" in split:
         res["held_out_apps"] = split["held_out_apps"]
-    teacher = None
 
     def get_teacher(variant: str = "teacher"):
-        nonlocal teacher
-        if variant == "teacher" and teacher is not None:
-            return teacher
+        if variant in teachers:
+            return teachers[variant]
         t = None
         key = training_key(tr) if teacher_cache else None
         if teacher_cache:
@@ -461,8 +465,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_teacher_logits(path, full, t, key)
                 log(f"eval[{split_name}]: {variant} logits saved to {path}")
-        if variant == "teacher":
-            teacher = t
+        teachers[variant] = t
         return t
 
     students: dict = {}
@@ -477,14 +480,14 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         # SSL on the training flows plus the extra unlabelled ones, as the teacher's stage 1 does
         ssl = None if unlabelled is None else (list(tr.records) + list(unlabelled[0]),
                                                list(tr.contexts) + list(unlabelled[1]))
-        return train_student(tr, label_column=col, quick=quick, seed=seed, teacher=t, log=log, spec=spec,
+        return train_student(tr, label_column=col, quick=quick, seed=mseed, teacher=t, log=log, spec=spec,
                              config=student_config, unlabelled=ssl, **kw)
 
     for m in methods:
         t0 = time.time()
         try:
             if m in ("rf", "knn", "rf_hello", "rf_shape"):
-                model = SizeBaseline(m, seed, quick).fit(tr.records, tr.labels)
+                model = SizeBaseline(m, mseed, quick).fit(tr.records, tr.labels)
             elif m in ("teacher", "encoder_only"):
                 model = get_teacher(m)
             elif m in HYBRIDS:  # the student of the named method (trained once per split) times the forest
@@ -503,7 +506,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                     table = HelloTable.fit(fingerprints(tr.records, n_chunks), tr.labels, st.labels)
                 # as a package: the forest joins the service head only, the tables both heads
                 forest = None if col == "app" else train_forest(tr.records, tr.contexts, tr.labels, spec=spec,
-                                                                seed=seed, quick=quick)
+                                                                seed=mseed, quick=quick)
                 model = Hybrid(st, forest, table=table, chunks=n_chunks)
             else:
                 model = students[m] = student_for(m)
@@ -580,11 +583,18 @@ KFOLDS = {"capture_kfold": capture_folds, "iid_kfold": iid_folds}
 
 
 def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int, log: Callable[[str], None],
-              png_dir: Path | None, kind: str = "capture_kfold", **kw) -> dict:
-    """Every method trained `folds` times (one per fold of `kind`); metrics over the pooled predictions."""
+              png_dir: Path | None, kind: str = "capture_kfold", repeats: int = 1, **kw) -> dict:
+    """Every method trained `folds` times (one per fold of `kind`); metrics over the pooled predictions.
+    With `repeats` R > 1 the same folds are trained R times with model seeds seed + 100 r (teachers are
+    trained once per fold and shared): the main numbers are repeat 0's, and "repeats" holds each method's
+    pooled macro-F1 (>=5) per repeat, its mean and sd, because one student init moves the score by several
+    points (docs/model-card.md, "How much one training run moves the score")."""
+    if repeats < 1:
+        raise ValueError("--repeats must be >= 1")
     n = len(ds)
     parts = KFOLDS[kind](ds, folds, seed)
-    pred: dict[str, list] = {m: [None] * n for m in methods}
+    seeds = [seed + 100 * r for r in range(repeats)]
+    preds: list[dict[str, list]] = [{m: [None] * n for m in methods} for _ in seeds]
     conf: dict[str, list] = {m: [0.0] * n for m in methods}
     per_fold: dict[str, list] = {m: [] for m in methods}
     errors: dict[str, str] = {}
@@ -595,17 +605,25 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
         tr = np.setdiff1d(np.arange(n), te)
         train_apps = {apps[i] for i in tr}
         seen[te] = [apps[i] in train_apps for i in te]
-        log(f"eval[{kind}]: fold {k + 1}/{folds}: train {len(tr)} / test {len(te)} flows")
-        res = run_split(ds, {"train": tr, "test": te, "label": None}, column, methods, seed=seed, log=log,
-                        png_dir=None, split_name=f"{kind}{k}_seed{seed}", keep_predictions=True, **kw)
-        for m, r in res["methods"].items():
-            if "error" in r:
-                errors.setdefault(m, r["error"])
-                continue
-            for j, i in enumerate(te):
-                pred[m][i], conf[m][i] = r["_pred"][j], r["_conf"][j]
-            per_fold[m].append(r["macro_f1_min5"])
-            fit_s[m] += r["fit_s"]
+        teachers: dict = {}  # one teacher per fold, whatever the repeat
+        for r, mseed in enumerate(seeds):
+            rep = f", model seed {mseed} (repeat {r + 1}/{repeats})" if repeats > 1 else ""
+            log(f"eval[{kind}]: fold {k + 1}/{folds}: train {len(tr)} / test {len(te)} flows{rep}")
+            res = run_split(ds, {"train": tr, "test": te, "label": None}, column, methods, seed=seed, log=log,
+                            png_dir=None, split_name=f"{kind}{k}_seed{seed}", keep_predictions=True,
+                            model_seed=mseed, teachers=teachers, **kw)
+            for m, rm in res["methods"].items():
+                if "error" in rm:
+                    errors.setdefault(m, rm["error"])
+                    continue
+                for j, i in enumerate(te):
+                    preds[r][m][i] = rm["_pred"][j]
+                    if r == 0:
+                        conf[m][i] = rm["_conf"][j]
+                if r == 0:
+                    per_fold[m].append(rm["macro_f1_min5"])
+                    fit_s[m] += rm["fit_s"]
+    pred = preds[0]
     y = list(ds.labels)
     out: dict = {"label": column, "folds": folds, "train_flows": n - min(map(len, parts)), "test_flows": n,
                  "train_pcaps": len(set(ds.pcap)) - min(len({ds.pcap[i] for i in p}) for p in parts),
@@ -634,6 +652,29 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
                 v = out["methods"][m]["vs_rf"] = bootstrap_vs(y, pred[m], pred["rf"], ds.pcap, seed=seed)
                 log(f"eval[{kind}] {m:18s} vs rf macroF1(>=5) ratio {v['ratio']} (95% CI {v['ratio_ci95']}), "
                     f"difference {v['diff']} ({v['diff_ci95']}), {v['groups']} captures resampled")
+    if repeats > 1:
+        out["repeats"] = repeat_summary(y, preds, seeds, [m for m in methods if m not in errors], log, kind)
+    return out
+
+
+def repeat_summary(y: Sequence[str], preds: list[dict[str, list]], seeds: Sequence[int], methods: Sequence[str],
+                   log: Callable[[str], None] = lambda s: None, kind: str = "capture_kfold") -> dict:
+    """Pooled macro-F1 (>=5) and accuracy of every method in every repeat, their mean and sd, and the
+    ratio of the means to the forest's (the by-capture target's reference)."""
+    out: dict = {"model_seeds": list(seeds), "methods": {}}
+    for m in methods:
+        rs = [metrics(y, p[m]) for p in preds]
+        f = np.array([r["macro_f1_min5"] for r in rs])
+        out["methods"][m] = {"macro_f1_min5": [round(float(v), 4) for v in f],
+                             "accuracy": [round(float(r["accuracy"]), 4) for r in rs],
+                             "mean": round(float(f.mean()), 4), "sd": round(float(f.std(ddof=1)), 4)}
+    rf = out["methods"].get("rf")
+    for m, v in out["methods"].items():
+        if rf and m != "rf" and rf["mean"] > 0:
+            v["ratio_of_means_to_rf"] = round(v["mean"] / rf["mean"], 3)
+        log(f"eval[{kind}] {m:18s} over {len(seeds)} model seeds: pooled min5 {v['mean']:.3f} +- {v['sd']:.3f} "
+            f"({', '.join(f'{x:.3f}' for x in v['macro_f1_min5'])})"
+            + (f"; ratio of means to rf {v['ratio_of_means_to_rf']}" if "ratio_of_means_to_rf" in v else ""))
     return out
 
 
@@ -699,6 +740,15 @@ def write_report(res: dict, path: Path) -> None:
                 for m, v in vs.items():
                     lines.append(f"| {m} | {_fmt(v['ratio'])} | {v['ratio_ci95']} | {_fmt(v['diff'])} | {v['diff_ci95']} |")
                 lines.append("")
+            if "repeats" in s:
+                rp = s["repeats"]
+                lines += [f"Trained {len(rp['model_seeds'])} times on the same folds (model seeds "
+                          f"{', '.join(map(str, rp['model_seeds']))}; teachers shared), pooled macro-F1 (>=5):", "",
+                          "| method | per repeat | mean | sd | ratio of means to rf |", "|---|---|---|---|---|"]
+                for m, v in rp["methods"].items():
+                    lines.append(f"| {m} | {', '.join(f'{x:.3f}' for x in v['macro_f1_min5'])} | {v['mean']:.3f} | "
+                                 f"{v['sd']:.3f} | {_fmt(v.get('ratio_of_means_to_rf'))} |")
+                lines.append("")
             seen = {m: r["by_app_seen"] for m, r in s["methods"].items() if "by_app_seen" in r}
             if seen:
                 b = next(iter(seen.values()))
@@ -733,6 +783,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default=None,
                    help=f"comma list of {','.join(SPLITS + EXTRA_SPLITS)} ('all' = {','.join(SPLITS)})")
     p.add_argument("--folds", type=int, default=5, help="folds of the capture_kfold and iid_kfold splits (default 5)")
+    p.add_argument("--repeats", type=int, default=1, metavar="R",
+                   help="K-fold splits: train every method R times on the same folds with model seeds "
+                        "seed + 100 r (teachers shared) and report the spread (default 1)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--quick", action="store_true", help="small, fast training (tests)")
     p.add_argument("--seed", type=int, default=0)
@@ -809,6 +862,10 @@ def eval_main(args: argparse.Namespace) -> int:
         except ValueError as e:
             log(f"eval: --student-config {e}")
             return 2
+    repeats = getattr(args, "repeats", 1)
+    if repeats < 1:
+        log(f"eval: --repeats {repeats} must be >= 1")
+        return 2
     if args.no_model and not args.splits:
         log("eval: nothing to evaluate: --no-model skips the shipped model, so name --splits (e.g. all)")
         return 2
@@ -834,7 +891,7 @@ def eval_main(args: argparse.Namespace) -> int:
         unlabelled = (recs, ctxs)
         log(f"eval: {len(recs)} unlabelled flows from {len(set(names))} captures for self-supervised training")
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
-                 "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "quick": bool(args.quick),
+                 "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "repeats": repeats, "quick": bool(args.quick),
                  "student_config": student_config, "capture_balance": args.capture_balance,
                  "unlabelled": None if unlabelled is None else {"dirs": list(args.unlabelled),
                                                                 "flows": len(unlabelled[0])}}
@@ -887,7 +944,8 @@ def eval_main(args: argparse.Namespace) -> int:
                                                 log=log, png_dir=png_dir, quick=args.quick, kind=name,
                                                 teacher_cache=args.teacher_cache, device=args.device, spec=spec,
                                                 student_config=student_config, unlabelled=unlabelled,
-                                                capture_balance=args.capture_balance, hello_bytes=hello)
+                                                capture_balance=args.capture_balance, hello_bytes=hello,
+                                                repeats=repeats)
                 out.write_text(json.dumps(res, indent=1))
                 continue
             sp = splits[name]

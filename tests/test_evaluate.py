@@ -359,3 +359,51 @@ def test_teacher_cache_is_reused_only_for_the_same_training_flows(shared, tmp_pa
     old = tmp_path / "old.npz"  # a cache written before keys (the GPU run's files) still loads
     E.save_teacher_logits(old, ds, teacher)
     assert E.load_cached_teacher(ds, old, E.training_key(b)) is not None
+
+
+def test_kfold_repeats_keep_repeat_zero_and_share_the_teacher(shared, tmp_path, monkeypatch, capsys):
+    """--repeats R retrains the students and forests with R model seeds on the same folds: repeat 0 is the
+    run without --repeats, the spread is reported, and each fold's teacher is trained once, not R times."""
+    from etool_sensor.evaluate import main
+    import etool_sensor.train.teacher as T
+
+    calls = []
+
+    def fake_teacher(tr, label_column, **kw):  # deterministic logits from the flow alone, no training
+        calls.append(kw["seed"])
+        labels = sorted(set(tr.labels))
+
+        def logits(records, contexts=None):
+            return np.array([[np.sin(r.resp_p * (j + 1) + r.packets[0].ip_len) for j in range(len(labels))]
+                             for r in records], np.float32).reshape(len(records), len(labels))
+        return SimpleNamespace(labels=labels, predict_logits=logits)
+
+    monkeypatch.setattr(T, "train_teacher", fake_teacher)
+    args = ["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--no-model", "--encrypted-only",
+            "--quick", "--splits", "capture_kfold", "--folds", "3", "--methods", "rf,knn,etool",
+            "--pcaps", ",".join(PCAPS)]
+    assert main(args + ["--json", str(tmp_path / "one.json")]) == 0, capsys.readouterr().err
+    assert calls == [0, 0, 0]  # one teacher per fold
+    calls.clear()
+    assert main(args + ["--json", str(tmp_path / "three.json"), "--repeats", "3",
+                        "--report", str(tmp_path / "three.md")]) == 0, capsys.readouterr().err
+    assert calls == [0, 0, 0]  # still one per fold: the repeats share it, seeded by the fold seed
+    one = json.loads((tmp_path / "one.json").read_text())["splits"]["capture_kfold"]
+    three = json.loads((tmp_path / "three.json").read_text())["splits"]["capture_kfold"]
+    assert "repeats" not in one
+    for m in ("rf", "knn", "etool"):  # repeat 0 is the plain run, number for number
+        for k in ("macro_f1", "macro_f1_min5", "accuracy", "fold_macro_f1_min5"):
+            assert three["methods"][m][k] == one["methods"][m][k], (m, k)
+    rp = three["repeats"]
+    assert rp["model_seeds"] == [0, 100, 200]
+    for m, v in rp["methods"].items():
+        assert len(v["macro_f1_min5"]) == 3 and v["macro_f1_min5"][0] == pytest.approx(one["methods"][m]["macro_f1_min5"], abs=1e-4)
+        assert v["mean"] == pytest.approx(np.mean(v["macro_f1_min5"]), abs=1e-3)
+    assert rp["methods"]["knn"]["sd"] == 0.0  # k-NN has no seed: every repeat is the same model
+    # the seeded models do change: a forest or a student of another seed predicts some flow differently
+    assert any(len(set(rp["methods"][m]["accuracy"])) > 1 for m in ("rf", "etool"))
+    assert rp["methods"]["etool"]["ratio_of_means_to_rf"] == pytest.approx(
+        rp["methods"]["etool"]["mean"] / rp["methods"]["rf"]["mean"], rel=1e-2)
+    assert "model seeds 0, 100, 200" in (tmp_path / "three.md").read_text()
+    assert main(args + ["--json", str(tmp_path / "bad.json"), "--repeats", "0"]) == 2
+    assert "--repeats 0 must be >= 1" in capsys.readouterr().err
