@@ -287,7 +287,10 @@ def test_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
     paths = [str(p) for p in sorted(PCAPS.iterdir())] * 20
     out = tmp_path / "o"
     p = subprocess.Popen([sys.executable, "-m", "etool_sensor", "classify", "--workers", "2", "-q", *paths,
-                          "-o", str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                          "-o", str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         # as from a terminal: a test run started in the background (`cmd &` in a script)
+                         # inherits SIGINT ignored, and Python then installs no Ctrl-C handler at all
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     children: list[str] = []
     while time.monotonic() < deadline and p.poll() is None:  # both workers running and writing
