@@ -22,7 +22,11 @@ Splits (all from --seed, over the matched flows):
               predictions of every flow rather than on one partition of each.
   On both K-fold splits, when rf runs, every other method also gets `vs_rf`: the ratio and difference of
   its pooled macro-F1 (>=5) to the forest's with 95 % intervals from 1,000 bootstrap resamples of whole
-  capture files (the by-capture target is a ratio to the forest).
+  capture files (the by-capture target is a ratio to the forest). Each K-fold result also holds
+  `headroom` (headroom.py): per class, the share of its test flows whose class, app with that label, or
+  exact fingerprint with that label is in their fold's training flows, and the macro-F1 of an oracle that
+  knows each flow's app and of an exact fingerprint lookup: how much of a low score the folds themselves
+  explain.
 
 Methods: rf and knn on the first 20 signed packet sizes (AppScanner/CUMUL-like), etool (student distilled
 from the LLM teacher), student_no_llm (no teacher), student_no_payload, student_ports, teacher (the LLM
@@ -628,6 +632,9 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
     out: dict = {"label": column, "folds": folds, "train_flows": n - min(map(len, parts)), "test_flows": n,
                  "train_pcaps": len(set(ds.pcap)) - min(len({ds.pcap[i] for i in p}) for p in parts),
                  "test_pcaps": len(set(ds.pcap)), "methods": {}}
+    from .headroom import dataset_headroom
+
+    out["headroom"] = dataset_headroom(ds, parts)  # what the folds leave learnable, per class (no model)
     for m in methods:
         if m in errors:
             out["methods"][m] = {"error": errors[m]}
@@ -760,6 +767,10 @@ def write_report(res: dict, path: Path) -> None:
                     lines.append(f"| {m} | {_fmt(b['seen']['macro_f1_min5'])} | {_fmt(b['seen']['accuracy'])} | "
                                  f"{_fmt(b['unseen']['macro_f1_min5'])} | {_fmt(b['unseen']['accuracy'])} |")
                 lines.append("")
+            if "headroom" in s:
+                from .headroom import headroom_lines
+
+                lines += headroom_lines(s["headroom"])
         main = s["methods"].get("etool") or next((r for r in s["methods"].values() if "per_class" in r), None)
         if main and "per_class" in main:
             which = "etool" if "etool" in s["methods"] and "per_class" in s["methods"]["etool"] else "first method"

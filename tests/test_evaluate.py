@@ -187,6 +187,10 @@ def test_eval_cli_contract(eval_run):
         ratio = kf["methods"]["knn"]["macro_f1_min5"] / kf["methods"]["rf"]["macro_f1_min5"]
         assert vs["ratio"] == pytest.approx(ratio, abs=1e-3)
         assert vs["ratio_ci95"][0] <= vs["ratio_ci95"][1] and vs["diff_ci95"][0] <= vs["diff"] + 1e-9
+        hr = kf["headroom"]  # what the folds leave learnable (headroom.py), beside the methods
+        assert sum(c["support"] for c in hr["classes"].values()) == r["flows"]
+        assert 0.0 <= hr["fingerprint_with_label"] <= hr["label_in_training"] <= 1.0
+        kf_unseen[name + "_fp"] = hr["fingerprint_with_label"]
     for s in r["splits"].values():
         assert s["train_flows"] + s["test_flows"] <= r["flows"]
         for m in ("rf", "knn"):
@@ -198,8 +202,10 @@ def test_eval_cli_contract(eval_run):
     assert r["splits"]["unseen_app"]["label"] == "category"
     # whole captures held out move apps out of training; random folds almost never do
     assert kf_unseen["capture_kfold"] > kf_unseen["iid_kfold"]
+    assert kf_unseen["capture_kfold_fp"] < kf_unseen["iid_kfold_fp"]  # and take their wire formats with them
     md = (out / "r.md").read_text()
     assert "Test flows whose app has flows in the training folds" in md
+    assert md.count("What the folds leave learnable") == 2 and "an exact fingerprint lookup" in md
     assert "| rf |" in md and "Split `capture`" in md and "3 capture folds" in md and "3 random stratified folds" in md
     assert "| knn | " in md.split("Against the forest")[1]
     assert list(out.glob("confusion_*_rf.png"))
