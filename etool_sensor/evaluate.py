@@ -436,7 +436,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
               teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
               split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False,
               student_config: dict | None = None, capture_balance: float = 0.5, hello_bytes: int = 0,
-              model_seed: int | None = None, teachers: dict | None = None) -> dict:
+              model_seed: int | None = None, teachers: dict | None = None, near_hellos: int | None = None) -> dict:
     """Every method trained on split["train"] and scored on split["test"]. `seed` seeds the teachers,
     `model_seed` (default `seed`) everything else: a repeat with another model seed keeps the teacher.
     `teachers` (variant -> teacher) is filled and reused, so repeats of one split train each teacher once."""
@@ -505,9 +505,12 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                 st = students[base]
                 table, n_chunks = None, (spec or FeatureSpec()).payload_packets
                 if hello_bytes:  # flows read with TLS hellos whole: the hello table too, as the default has
-                    from .fingerprints import HelloTable, fingerprints
+                    from .fingerprints import NEAR_M, HelloTable, fingerprints, hello_tokens
 
-                    table = HelloTable.fit(fingerprints(tr.records, n_chunks), tr.labels, st.labels)
+                    near = NEAR_M if near_hellos is None else near_hellos
+                    toks = [hello_tokens(r, n_chunks) for r in tr.records] if near and col != "app" else None
+                    table = HelloTable.fit(fingerprints(tr.records, n_chunks), tr.labels, st.labels,
+                                           near_tokens=toks, near_m=near)
                 # as a package: the forest joins the service head only, the tables both heads
                 forest = None if col == "app" else train_forest(tr.records, tr.contexts, tr.labels, spec=spec,
                                                                 seed=mseed, quick=quick)
@@ -824,6 +827,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="flows are read with TLS hellos whole up to H bytes (flow.hello_bytes) and the hybrids "
                         "add a fingerprint table (fingerprints.py) trained on the same flows, as the default model "
                         f"does (default {DEFAULT_HELLO_BYTES}; 0: no table, as 0.5.0)")
+    p.add_argument("--near-hellos", type=int, default=None, metavar="M",
+                   help="the hybrids' service table backs off to the M most similar training hellos for a hello "
+                        "it lacks (fingerprints.NearHellos), as the default model does since 0.8.0 (default "
+                        "fingerprints.NEAR_M; 0: exact fingerprints only, as 0.7.0)")
     p.add_argument("--flights", type=int, default=0, metavar="F",
                    help="students also get the first F flights (direction-run byte and packet totals, "
                         "features.flights) in their meta token; 0 = off (the shipped features)")
@@ -836,6 +843,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def eval_main(args: argparse.Namespace) -> int:
     from .features import FeatureSpec
+    from .fingerprints import NEAR_M
     from .flows import FlowParams
     from .train.data import LabelsError, load_labelled
 
@@ -873,6 +881,10 @@ def eval_main(args: argparse.Namespace) -> int:
         except ValueError as e:
             log(f"eval: --student-config {e}")
             return 2
+    if getattr(args, "near_hellos", None) is not None and args.near_hellos < 0:
+        log(f"eval: --near-hellos {args.near_hellos} must be >= 0")
+        return 2
+    args.near_hellos = getattr(args, "near_hellos", None)
     repeats = getattr(args, "repeats", 1)
     if repeats < 1:
         log(f"eval: --repeats {repeats} must be >= 1")
@@ -904,6 +916,7 @@ def eval_main(args: argparse.Namespace) -> int:
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
                  "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "repeats": repeats, "quick": bool(args.quick),
                  "student_config": student_config, "capture_balance": args.capture_balance,
+                 "near_hellos": args.near_hellos if args.near_hellos is not None else NEAR_M,
                  "unlabelled": None if unlabelled is None else {"dirs": list(args.unlabelled),
                                                                 "flows": len(unlabelled[0])}}
     out = Path(args.json)
@@ -956,7 +969,7 @@ def eval_main(args: argparse.Namespace) -> int:
                                                 teacher_cache=args.teacher_cache, device=args.device, spec=spec,
                                                 student_config=student_config, unlabelled=unlabelled,
                                                 capture_balance=args.capture_balance, hello_bytes=hello,
-                                                repeats=repeats)
+                                                repeats=repeats, near_hellos=args.near_hellos)
                 out.write_text(json.dumps(res, indent=1))
                 continue
             sp = splits[name]
@@ -965,7 +978,8 @@ def eval_main(args: argparse.Namespace) -> int:
                                             teacher_cache=args.teacher_cache, device=args.device, log=log,
                                             png_dir=png_dir, split_name=name, spec=spec,
                                             student_config=student_config, unlabelled=unlabelled,
-                                            capture_balance=args.capture_balance, hello_bytes=hello)
+                                            capture_balance=args.capture_balance, hello_bytes=hello,
+                                            near_hellos=args.near_hellos)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=1))

@@ -18,6 +18,12 @@ The table holds, per fingerprint, how many labelled training flows had each serv
 carries it as hello_table.json and the runtime adds its log-probabilities to the service head
 (runtime.Model), the way eval's hybrids (train/forest.Hybrid) do. A second table over the app labels
 (app_table.json) does the same for the app head, which has no forest.
+
+Since 0.8.0 the service table also holds its distinct training hellos as token sets (NearHellos): a flow
+whose hello the table lacks takes the services of the NEAR_M training hellos most like it (Jaccard over
+version, suite and extension-type tokens, at least NEAR_TAU), the same kind of evidence. Only 13-14 % of the
+test flows of a capture K-fold have their exact fingerprint in training (headroom.py); a client's next build
+usually adds or drops a suite or an extension and keeps the rest (docs/model-card.md, "Near hellos").
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ from .masking import mask_chunk
 
 # per model head, its table's key under the manifest's `hybrid` and its file in a package (app: 0.7.0 on)
 TABLES = {"service": ("hello_table", "hello_table.json"), "app": ("app_table", "app_table.json")}
-TABLE_VERSION = 2  # 2: sparse rows {label index: count}; 1 (0.6.0's tables): dense lists, still read
+TABLE_VERSION = 3  # 3: + optional "near" (0.8.0); 2: sparse rows {label index: count}; 1 (0.6.0): dense lists
+NEAR_TAU = 0.6  # a training hello at least this similar (Jaccard over hello_tokens) can be a neighbour
+NEAR_M = 3  # the flow takes the services of its NEAR_M most similar distinct training hellos (ties kept)
+NEAR_CACHE = 65536  # answers of the back-off kept per fingerprint (~100 bytes each), then forgotten at once
 ALPHA = 1.0  # pseudo-count spread evenly over the labels: one flow with a fingerprint is weak evidence
 WEIGHT = 1.0  # the table's log-probabilities are added to the hybrid logits at this weight
 OPENING_BYTES = 2  # a flow with no hello is keyed by this many masked bytes of its first chunk each way (<= 2:
@@ -119,17 +128,110 @@ def fingerprint(rec: FlowRecord, chunks: int = 3) -> int:
     return 1 << 56 | _PROTO.get(rec.proto, 2) << 48 | o << 24 | s
 
 
+def hello_tokens(rec: FlowRecord, chunks: int = 3) -> np.ndarray | None:
+    """The flow's hellos as a set of tokens (sorted uint32): per side (client 0, server 1) its legacy version,
+    each cipher suite and each extension type, GREASE dropped; what fingerprint() hashes, kept apart so that
+    two hellos can be compared. None when the flow shows no hello."""
+    got = _hellos(rec, chunks, _hello_key)
+    if got == [None, None]:
+        return None
+    toks: list[int] = []
+    for side, key in enumerate(got):
+        if key is None:
+            continue
+        _, version, ns = struct.unpack_from(">BHH", key)
+        su = struct.unpack_from(f">{ns}H", key, 5)
+        (ne,) = struct.unpack_from(">H", key, 5 + 2 * ns)
+        ex = struct.unpack_from(f">{ne}H", key, 7 + 2 * ns)
+        base = side << 18
+        toks.append(base | version)
+        toks.extend(base | 1 << 16 | v for v in su)
+        toks.extend(base | 2 << 16 | v for v in ex)
+    return np.unique(np.array(toks, np.uint32))
+
+
+@dataclass
+class NearHellos:
+    """The distinct training hellos (hello_tokens) with their label counts, for flows whose exact fingerprint
+    a HelloTable lacks: their evidence is the summed counts of the `m` most similar ones (every hello tied at
+    the m-th similarity kept, so the answer does not depend on the order of the training flows), if at least
+    `tau` similar."""
+
+    tokens: list[np.ndarray]
+    counts: np.ndarray  # float64 [hellos, labels]
+    tau: float = NEAR_TAU
+    m: int = NEAR_M
+    _index: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def fit(cls, toks: Sequence[np.ndarray | None], y: Sequence[str], labels: Sequence[str], *,
+            tau: float = NEAR_TAU, m: int = NEAR_M) -> "NearHellos":
+        pos = {l: j for j, l in enumerate(labels)}
+        rows: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        for t, l in zip(toks, y):
+            j = pos.get(l)
+            if t is not None and j is not None:
+                rows.setdefault(t.tobytes(), (t, np.zeros(len(labels), np.float64)))[1][j] += 1
+        keys = sorted(rows)  # a canonical order: the same flows give the same file
+        return cls([rows[k][0] for k in keys],
+                   np.array([rows[k][1] for k in keys], np.float64).reshape(len(keys), len(labels)), tau, m)
+
+    def summed(self, t: np.ndarray) -> np.ndarray | None:
+        """The summed label counts of the neighbours of token set `t`; None when no hello is tau-similar."""
+        if self._index is None:
+            vocab = np.unique(np.concatenate(self.tokens)) if self.tokens else np.zeros(0, np.uint32)
+            member = np.zeros((len(self.tokens), len(vocab)), np.float32)
+            for g, tt in enumerate(self.tokens):
+                member[g, np.searchsorted(vocab, tt)] = 1.0
+            self._index = (vocab, member, member.sum(1))
+        vocab, member, sizes = self._index
+        if not len(vocab):
+            return None
+        at = np.minimum(np.searchsorted(vocab, t), len(vocab) - 1)
+        inter = member[:, at[vocab[at] == t]].sum(1)
+        sim = inter / (len(t) + sizes - inter)
+        levels = np.unique(sim)[::-1]
+        cut = max(float(levels[min(self.m, len(levels)) - 1]), self.tau)
+        sel = sim >= cut - 1e-9
+        return self.counts[sel].sum(0) if sel.any() else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tau": self.tau, "m": self.m, "hellos": [t.tolist() for t in self.tokens],
+                "counts": [{str(j): int(c[j]) for j in np.flatnonzero(c)} for c in self.counts]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], n_labels: int) -> "NearHellos":
+        hellos, rows = d["hellos"], d["counts"]
+        if len(hellos) != len(rows):
+            raise ValueError(f"near hellos: {len(hellos)} hellos but {len(rows)} count rows")
+        counts = np.zeros((len(rows), n_labels), np.float64)
+        for g, c in enumerate(rows):
+            for j, v in c.items():
+                if not 0 <= int(j) < n_labels or v < 0:
+                    raise ValueError(f"near hellos row {g}: label index {j} or count {v} out of range")
+                counts[g, int(j)] = v
+        tokens = [np.unique(np.asarray(t, np.uint32)) for t in hellos]
+        if any(len(t) == 0 for t in tokens):
+            raise ValueError("near hellos: an empty hello")
+        return cls(tokens, counts, float(d["tau"]), int(d["m"]))
+
+
 def fingerprints(records: Sequence[FlowRecord], chunks: int = 3) -> np.ndarray:
     """fingerprint() of every record, as encode()'s hfp (uint64 [B])."""
     return np.fromiter((fingerprint(r, chunks) for r in records), np.uint64, len(records))
 
 
 def fit_tables(records: Sequence[FlowRecord], labels: dict[str, Sequence[str]],
-               label_sets: dict[str, list[str]], chunks: int = 3) -> dict[str, "HelloTable"]:
+               label_sets: dict[str, list[str]], chunks: int = 3, near: int = NEAR_M) -> dict[str, "HelloTable"]:
     """A HelloTable per head of `labels` (the records' labels for that head) over a package's label_sets for
-    it, from one fingerprints() pass: what `train` and export/hybrid.py join to a package."""
+    it, from one fingerprints() pass: what `train` and export/hybrid.py join to a package. The service table
+    gets the near-hello back-off (`near` = its m; 0: none, 0.7.0's tables); the app table does not (not
+    measured for apps)."""
     keys = fingerprints(records, chunks)
-    return {head: HelloTable.fit(keys, y, label_sets[head]) for head, y in labels.items()}
+    toks = [hello_tokens(r, chunks) for r in records] if near and "service" in labels else None
+    return {head: HelloTable.fit(keys, y, label_sets[head], near_tokens=toks if head == "service" else None,
+                                 near_m=near)
+            for head, y in labels.items()}
 
 
 @dataclass
@@ -141,30 +243,39 @@ class HelloTable:
     counts: dict[int, np.ndarray]
     alpha: float = ALPHA
     weight: float = WEIGHT
+    near: NearHellos | None = None  # since 0.8.0, the service table's back-off for hellos it lacks
     _rows: Any = field(default=None, init=False, repr=False, compare=False)
+    _near_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def fit(cls, keys: np.ndarray, y: Sequence[str], labels: Sequence[str], *, alpha: float = ALPHA,
-            weight: float = WEIGHT) -> "HelloTable":
+            weight: float = WEIGHT, near_tokens: Sequence[np.ndarray | None] | None = None,
+            near_m: int = NEAR_M) -> "HelloTable":
         """Count the labelled flows (`keys` from fingerprints(), `y` their services) per fingerprint; flows with
-        no payload (key 0) or a label outside `labels` are left out."""
+        no payload (key 0) or a label outside `labels` are left out. With `near_tokens` (hello_tokens of the
+        same flows) and near_m > 0 the table also gets the near-hello back-off."""
         pos = {l: j for j, l in enumerate(labels)}
         counts: dict[int, np.ndarray] = {}
         for k, l in zip(np.asarray(keys, np.uint64).tolist(), y):
             j = pos.get(l)
             if k and j is not None:
                 counts.setdefault(k, np.zeros(len(labels), np.float64))[j] += 1
-        return cls(list(labels), counts, alpha, weight)
+        near = NearHellos.fit(near_tokens, y, labels, m=near_m) if near_tokens is not None and near_m > 0 else None
+        return cls(list(labels), counts, alpha, weight, near)
 
-    def log_proba(self, keys: np.ndarray) -> np.ndarray:
+    def log_proba(self, keys: np.ndarray, records: Sequence[FlowRecord] | None = None,
+                  chunks: int = 3) -> np.ndarray:
         """[B, labels] weight * log((counts + alpha / K) / (n + alpha)) for flows whose fingerprint is in the
-        table; 0 (no evidence: the same shift for every label) for the others. Rows precomputed, looked up
+        table (and, with `records` and a near table, for flows whose hello has near neighbours, their summed
+        counts); 0 (no evidence: the same shift for every label) for the others. Rows precomputed, looked up
         by binary search over the sorted fingerprints: most flows have one in the table since 0.7.0."""
-        return self.add_to(np.zeros((len(keys), len(self.labels)), np.float32), keys)
+        return self.add_to(np.zeros((len(keys), len(self.labels)), np.float32), keys, records, chunks)
 
-    def add_to(self, logits: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """logits += log_proba(keys), in place (float32 [B, labels]); returns logits. The runtime's form: it
-        touches only the rows of flows the table knows."""
+    def add_to(self, logits: np.ndarray, keys: np.ndarray, records: Sequence[FlowRecord] | None = None,
+               chunks: int = 3) -> np.ndarray:
+        """logits += log_proba(keys, records), in place (float32 [B, labels]); returns logits. The runtime's
+        form: it touches only the rows of flows the table knows or finds near neighbours for; only the flows
+        with a fingerprint the table lacks are parsed again (hello_tokens), and only with `records`."""
         k = len(self.labels)
         if self._rows is None:
             fps = np.array(sorted(self.counts), np.uint64)
@@ -173,23 +284,46 @@ class HelloTable:
                                                                               + self.alpha))).astype(np.float32))
         fps, rows = self._rows
         keys = np.asarray(keys, np.uint64)
+        known = np.zeros(len(keys), bool)
         if len(fps) and len(keys):
             pos = np.minimum(np.searchsorted(fps, keys), len(fps) - 1)
-            hit = np.flatnonzero((fps[pos] == keys) & (keys != 0))
+            known = (fps[pos] == keys) & (keys != 0)
+            hit = np.flatnonzero(known)
             logits[hit] += rows[pos[hit]]
+        if self.near is not None and records is not None:
+            if len(records) != len(keys):
+                raise ValueError(f"{len(records)} records for {len(keys)} fingerprints")
+            cache = self._near_cache
+            for i in np.flatnonzero(~known & (keys != 0)).tolist():
+                fp = int(keys[i])  # the fingerprint hashes the same fields: one answer per fingerprint
+                if fp in cache:
+                    row = cache[fp]
+                else:
+                    t = hello_tokens(records[i], chunks)
+                    c = None if t is None else self.near.summed(t)
+                    row = None if c is None else (self.weight * np.log((c + self.alpha / k) / (c.sum() + self.alpha))
+                                                  ).astype(np.float32)
+                    if len(cache) >= NEAR_CACHE:  # a sensor sees the same new client builds again and again
+                        cache.clear()
+                    cache[fp] = row
+                if row is not None:
+                    logits[i] += row
         return logits
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": TABLE_VERSION, "labels": self.labels, "alpha": self.alpha, "weight": self.weight,
-                "counts": {f"{k:016x}": {str(j): int(c[j]) for j in np.flatnonzero(c)}
-                           for k, c in sorted(self.counts.items())}}
+        d = {"version": TABLE_VERSION, "labels": self.labels, "alpha": self.alpha, "weight": self.weight,
+             "counts": {f"{k:016x}": {str(j): int(c[j]) for j in np.flatnonzero(c)}
+                        for k, c in sorted(self.counts.items())}}
+        if self.near is not None:
+            d["near"] = self.near.to_json()
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "HelloTable":
         """Inverse of to_json; ValueError on anything malformed."""
         try:
-            if d["version"] not in (1, TABLE_VERSION):
-                raise ValueError(f"hello table version {d['version']!r}, this build reads 1 and {TABLE_VERSION}")
+            if d["version"] not in (1, 2, TABLE_VERSION):
+                raise ValueError(f"hello table version {d['version']!r}, this build reads 1 to {TABLE_VERSION}")
             labels = [str(x) for x in d["labels"]]
             counts = {}
             for k, c in d["counts"].items():
@@ -206,7 +340,8 @@ class HelloTable:
                 if row.min(initial=0) < 0:
                     raise ValueError(f"hello table row {k}: a negative count")
                 counts[int(k, 16)] = row
-            return cls(labels, counts, float(d["alpha"]), float(d["weight"]))
+            near = NearHellos.from_json(d["near"], len(labels)) if d.get("near") is not None else None
+            return cls(labels, counts, float(d["alpha"]), float(d["weight"]), near)
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed hello table: {e!r}") from None
 

@@ -323,7 +323,10 @@ class Model:
                  mask_names: bool | None = None) -> dict[str, np.ndarray]:
         return encode(records, contexts, self.spec, mask_names=mask_names)
 
-    def _run(self, feats: dict[str, np.ndarray], heads: Sequence[str]) -> dict[str, np.ndarray]:
+    def _run(self, feats: dict[str, np.ndarray], heads: Sequence[str],
+             records: Sequence[FlowRecord] | None = None) -> dict[str, np.ndarray]:
+        """The heads' probabilities for encoded flows; `records` (the same flows) let a table with near
+        hellos (fingerprints.NearHellos) read the hellos it does not know."""
         outs = [self._out[h] for h in heads]
         mixed = self._hybrid is not None and self._hybrid[0] in heads
         if mixed:
@@ -335,7 +338,7 @@ class Model:
             if mixed and h == self._hybrid[0] and len(x):
                 x = hybrid_logits(x, res[-1], self._hybrid[2], self._hybrid[3])
             if h in self._tables and len(x):
-                x = self._tables[h].add_to(x, feats["hfp"])  # x: a fresh float32 array (run_graph)
+                x = self._tables[h].add_to(x, feats["hfp"], records, self.spec.payload_packets)  # x: fresh (run_graph)
             probs[h] = softmax(x) if self._out_kind == "logits" else x
         return probs
 
@@ -346,7 +349,7 @@ class Model:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if not records:
             return np.zeros((0, len(self.label_sets[head])), np.float32)
-        return self._run(self.features(records, contexts, mask_names), [head])[head]
+        return self._run(self.features(records, contexts, mask_names), [head], records)[head]
 
     def classify(self, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None = None,
                  thresholds: Thresholds | None = None, *, mask_names: bool = True, min_packets: int = 2,
@@ -366,7 +369,7 @@ class Model:
         if idx:
             recs = [records[i] for i in idx]
             ctxs = [contexts[i] for i in idx] if contexts is not None else None
-            probs = self._run(self.features(recs, ctxs, mask_names), HEADS)
+            probs = self._run(self.features(recs, ctxs, mask_names), HEADS, recs)
             ps, pa = probs["service"], probs["app"]
             s_lab, a_lab = self.label_sets["service"], self.label_sets["app"]
             k = max(0, min(top_k, ps.shape[1]))

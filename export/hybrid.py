@@ -20,6 +20,7 @@ model.onnx, the joined graph is checked on real flows against the student graph 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -116,6 +117,15 @@ def join(student_onnx: str | Path, forest: Any, labels: Sequence[str], dst: str 
     return dst
 
 
+def table_entry(t: Any, fname: str, sha256: str) -> dict[str, Any]:
+    """A fingerprint table's entry under the manifest's `hybrid` (runtime._load_table checks file and sha256)."""
+    e = {"file": fname, "sha256": sha256, "fingerprints": len(t.counts),
+         "flows": int(sum(c.sum() for c in t.counts.values())), "alpha": t.alpha, "weight": t.weight}
+    if t.near is not None:
+        e["near"] = {"hellos": len(t.near.tokens), "m": t.near.m, "tau": t.near.tau}
+    return e
+
+
 def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *, version: str | None = None,
                   name: str | None = None, tables: dict[str, Any] | None = None, hello_bytes: int = 0,
                   log: Any = None) -> dict[str, Any]:
@@ -177,8 +187,7 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
     for head, t in tables.items():
         key, fname = TABLES[head]
         t.save(d / fname)
-        hybrid[key] = {"file": fname, "sha256": sha256_file(d / fname), "fingerprints": len(t.counts),
-                       "flows": int(sum(c.sum() for c in t.counts.values())), "alpha": t.alpha, "weight": t.weight}
+        hybrid[key] = table_entry(t, fname, sha256_file(d / fname))
     manifest["features"] = dataclasses.replace(forest.spec, hello_bytes=hello_bytes).to_dict()
     manifest["inputs"] = list(manifest.get("inputs", [])) + ["flt"]
     manifest["outputs"] = {**manifest.get("outputs", {}), "forest": FOREST_OUTPUT}
@@ -190,7 +199,7 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
 
 def hybrid_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pcaps: Sequence[str | Path], *,
                    version: str | None = None, name: str | None = None, seed: int = 0, hello_bytes: int = 0,
-                   log: Any = None) -> dict[str, Any]:
+                   near: int | None = None, log: Any = None) -> dict[str, Any]:
     """Train the shape forest on the labelled flows of `data`/`labels_csv` (all of them, as `train` reads
     them; service labels) and join it to the student package `pkg` in place, checked on the flows of `pcaps`.
     hello_bytes > 0: the flows are read with TLS hellos whole (flows.chunk_length) and a hello table is
@@ -215,14 +224,85 @@ def hybrid_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pc
     forest = train_forest(ds.records, ds.contexts, list(ds.service), spec=spec, seed=seed)
     tables = None
     if hello_bytes:
-        from etool_sensor.fingerprints import fit_tables
+        from etool_sensor.fingerprints import NEAR_M, fit_tables
 
         tables = fit_tables(ds.records, {"service": ds.service, "app": ds.app}, manifest["label_sets"],
-                            spec.payload_packets)
+                            spec.payload_packets, near=NEAR_M if near is None else near)
         log("hybrid: fingerprint tables of " + ", ".join(f"{len(t.counts)} ({h})" for h, t in tables.items()))
     feats, _ = real_features(pcaps, dataclasses.replace(spec, hello_bytes=hello_bytes))
     return attach_forest(d, forest, feats, version=version, name=name, tables=tables, hello_bytes=hello_bytes,
                          log=log)
+
+
+def retable_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pcaps: Sequence[str | Path], *,
+                    version: str | None = None, near: int | None = None, log: Any = None) -> dict[str, Any]:
+    """Refit a hybrid package's fingerprint tables from the labelled flows of `data`/`labels_csv` (read as
+    hybrid_package reads them), the service table with the near-hello back-off (fingerprints.NearHellos; `near`
+    its m, default NEAR_M, 0 none), and leave model.onnx alone. The exact rows must come out as the package's
+    own (the same flows and the same fingerprint definition), or the package is refused unchanged. parity
+    `tables` says on the flows of `pcaps` how many flows the back-off reaches and how many service labels it
+    changes."""
+    from etool_sensor.fingerprints import NEAR_M, TABLES, HelloTable, fingerprints, fit_tables
+    from etool_sensor.flows import FlowParams
+    from etool_sensor.runtime import MANIFEST, check_manifest, load_model, read_manifest, sha256_file
+    from etool_sensor.train.data import load_labelled, read_with_context
+
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    near = NEAR_M if near is None else near
+    d, manifest = read_manifest(pkg)
+    spec = check_manifest(d, manifest)
+    hyb = manifest.get("hybrid") or {}
+    if not spec.hello_bytes or not all(hyb.get(key) for key, _ in TABLES.values()):
+        raise ValueError(f"{d}: no fingerprint tables to refit (build them with python -m export.hybrid --hello-bytes)")
+    p = FlowParams(packets=spec.packets, payload_bytes=spec.payload_bytes, payload_packets=spec.payload_packets,
+                   hello_bytes=spec.hello_bytes)
+    ds = load_labelled(data, labels_csv, label_column="category", params=p)
+    log(f"tables: {len(ds)} labelled flows from {len(set(ds.pcap))} captures")
+    tables = fit_tables(ds.records, {"service": ds.service, "app": ds.app}, manifest["label_sets"],
+                        spec.payload_packets, near=near)
+    for head, t in tables.items():
+        old = HelloTable.load(d / TABLES[head][1])
+        if sorted(old.counts) != sorted(t.counts) or any(not np.array_equal(old.counts[k], t.counts[k])
+                                                         for k in old.counts):
+            raise ValueError(f"{d}: the refitted {head} table's exact rows differ from the package's: other flows "
+                             "or another fingerprint definition; rebuild the hybrid instead")
+    recs, ctxs = [], []
+    for f in pcaps:
+        r, c = read_with_context(f, p)
+        recs += r
+        ctxs += c
+    if not recs:
+        raise ValueError("no check flows in the given captures")
+    model = load_model(d, threads=1)
+    before = model.predict_proba(recs, ctxs)
+    model._tables = dict(tables)  # the same graph with the refitted tables, before anything is written
+    after = model.predict_proba(recs, ctxs)
+    keys = fingerprints(recs, spec.payload_packets)
+    svc = tables["service"]
+    lacking = [i for i, k in enumerate(keys.tolist()) if k and k not in svc.counts]
+    reached = [i for i in lacking if svc.log_proba(keys[i:i + 1], recs[i:i + 1], spec.payload_packets).any()]
+    changed = np.flatnonzero(np.abs(after - before).max(1) > 0)
+    par = {"flows": len(recs), "flows_without_a_table_fingerprint": len(lacking), "flows_with_near_hellos": len(reached),
+           "flows_whose_service_scores_changed": int(len(changed)),
+           "service_labels_changed_by_near": float((after.argmax(1) != before.argmax(1)).mean())}
+    if not set(changed.tolist()) <= set(reached):
+        raise ValueError(f"{d}: the refitted tables move flows the near hellos do not reach: {par}")
+    for head, t in tables.items():
+        key, fname = TABLES[head]
+        t.save(d / (fname + ".new"))
+    for head, t in tables.items():
+        key, fname = TABLES[head]
+        (d / (fname + ".new")).replace(d / fname)
+        hyb[key] = table_entry(t, fname, sha256_file(d / fname))
+    manifest["hybrid"] = hyb
+    manifest.setdefault("parity", {})["tables"] = par
+    if version:
+        manifest["version"] = version
+    (d / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    if not np.array_equal(load_model(d, threads=1).predict_proba(recs, ctxs), after):
+        raise ValueError(f"{d}: the written package does not give the checked scores")
+    log(f"tables: refitted, parity {par}")
+    return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,17 +319,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--version", help="new package version")
     ap.add_argument("--name", help="new package name (e.g. etool-hybrid)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tables-only", action="store_true",
+                    help="a hybrid package already: refit only its fingerprint tables, the service table with "
+                         "near hellos (retable_package); the graph stays")
+    ap.add_argument("--near-hellos", type=int, default=None, metavar="M",
+                    help="the service table's near-hello back-off: the M most similar training hellos "
+                         "(default fingerprints.NEAR_M; 0: exact fingerprints only, as 0.7.0)")
     ap.add_argument("--hello-bytes", type=int, default=0, metavar="H",
                     help="read TLS hellos whole up to H bytes and add the fingerprint tables, service and app "
                          "(0: the forest alone)")
     a = ap.parse_args(argv)
+    if a.near_hellos is not None and a.near_hellos < 0:
+        print(f"error: --near-hellos {a.near_hellos} must be >= 0", file=sys.stderr)
+        return 2
     try:
-        m = hybrid_package(a.package, a.data, a.labels, a.pcap, version=a.version, name=a.name, seed=a.seed,
-                           hello_bytes=a.hello_bytes)
+        if a.tables_only:
+            m = retable_package(a.package, a.data, a.labels, a.pcap, version=a.version, near=a.near_hellos)
+        else:
+            m = hybrid_package(a.package, a.data, a.labels, a.pcap, version=a.version, name=a.name, seed=a.seed,
+                               hello_bytes=a.hello_bytes, near=a.near_hellos)
     except (ValueError, OSError, ModelError, LabelsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{a.package}: {m['name']}@{m['version']}, hybrid {m['parity']['hybrid']}")
+    print(f"{a.package}: {m['name']}@{m['version']}, " + (f"tables {m['parity']['tables']}" if a.tables_only
+                                                         else f"hybrid {m['parity']['hybrid']}"))
     return 0
 
 

@@ -168,6 +168,7 @@ def test_eval_cli_contract(eval_run):
         assert 0.0 <= r[k] <= 1.0
     assert r["flows"] > 50
     assert set(r["splits"]) == {"capture", "unseen_app", "capture_kfold", "iid_kfold"}
+    assert r["near_hellos"] == 3  # the hybrids' table backs off to near hellos unless told not to
     kf_unseen = {}
     for name in ("capture_kfold", "iid_kfold"):
         kf = r["splits"].pop(name)
@@ -230,6 +231,8 @@ def test_eval_rejects_bad_student_config(shared, tmp_path, capsys):
     assert "not JSON" in capsys.readouterr().err
     assert main(base + ["--student-config", '{"depth": 3}']) == 2
     assert "must be an object with keys" in capsys.readouterr().err
+    assert main(base + ["--splits", "capture", "--near-hellos", "-1"]) == 2
+    assert "--near-hellos -1 must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
 
 

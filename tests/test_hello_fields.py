@@ -149,7 +149,9 @@ def test_hello_table_counts_and_log_probabilities(tmp_path):
     back = HelloTable.load(tmp_path / "t.json")
     assert back.labels == labels and np.array_equal(back.log_proba(keys), t.log_proba(keys))
     # rows are written sparse: label index -> count
-    assert t.to_json()["version"] == 2 and t.to_json()["counts"]["0000000000000005"] == {"0": 1, "2": 2}
+    assert t.to_json()["version"] == 3 and t.to_json()["counts"]["0000000000000005"] == {"0": 1, "2": 2}
+    assert "near" not in t.to_json()  # a table without near hellos writes none (0.7.0's answers)
+    assert np.array_equal(HelloTable.from_json({**t.to_json(), "version": 2}).log_proba(keys), t.log_proba(keys))
     bad = t.to_json()
     bad["counts"]["0000000000000005"] = {"3": 1}
     with pytest.raises(ValueError, match="label index 3 of 3 labels"):
@@ -219,3 +221,127 @@ def test_compiled_hello_key_matches_python():
     assert [fast(d) for d in cases] == [F._hello_key_py(d) for d in cases]
     with pytest.raises(TypeError):
         fast("not bytes")
+
+
+def _flow(*chunks, proto="tcp"):
+    from etool_sensor.flows import Chunk, FlowRecord
+
+    return FlowRecord(uid="C1", ts=0.0, orig_h="10.0.0.1", orig_p=50000, resp_h="10.0.0.2", resp_p=443, proto=proto,
+                      payload=[Chunk(o, d) for o, d in chunks])
+
+
+def test_hello_tokens_are_the_fingerprints_fields():
+    from etool_sensor.fingerprints import canonical, hello_tokens
+    from tests.test_hello import CH, SH
+
+    toks = hello_tokens(_flow((True, CH), (False, SH))).tolist()
+    client = [0x0303] + [1 << 16 | v for v in (0x1301, 0x1302, 0xC02F)] + [2 << 16 | v for v in (0, 16, 43)]
+    server = [0x0303, 1 << 16 | 0x1301, 2 << 16 | 43, 2 << 16 | 51]
+    assert toks == sorted(client + [1 << 18 | v for v in server])  # GREASE 0x1A1A / 0x3A3A dropped
+    assert hello_tokens(_flow((True, b"GET / HTTP/1.1"))) is None and hello_tokens(_flow()) is None
+    # a real hello: the same fields canonical() prints
+    ch, sh, _ = _hello_chunks()
+    r = _flow((True, ch), (False, sh))
+    c_side, s_side = canonical(r).split("|")
+    n = len(c_side.split(":")[1].split(",")) + len(c_side.split(":")[2].split(",")) + 1
+    n += len(s_side.split(":")[1].split(",")) + len(s_side.split(":")[2].split(",")) + 1
+    assert len(hello_tokens(r)) == n
+
+
+def _ch(suites, exts):
+    from tests.test_hello import _hello
+
+    return _hello(1, suites, [(e, b"") for e in exts])
+
+
+def test_near_hellos_back_off_only_for_hellos_the_table_lacks(tmp_path):
+    from etool_sensor.fingerprints import HelloTable, fingerprints, hello_tokens
+
+    labels = ["Chat", "Web"]
+    a = _ch([0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F], [0, 10, 11, 13, 16, 23, 43, 51])  # a browser build
+    b = _ch([0x002F, 0x0035], [0, 65281])  # an old client
+    train = [_flow((True, a)), _flow((True, a)), _flow((True, b)), _flow((True, b"ED\x00\x01"))]
+    y = ["Web", "Web", "Chat", "Chat"]
+    t = HelloTable.fit(fingerprints(train), y, labels, near_tokens=[hello_tokens(r) for r in train])
+    assert t.near is not None and sorted(t.near.counts.tolist()) == [[0, 2], [1, 0]]  # two distinct hellos
+    next_build = _flow((True, _ch([0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F], [0, 10, 11, 13, 16, 23, 43, 51, 45])))
+    stranger = _flow((True, _ch([0x0004], [0xFF01])))  # nothing like either: Jaccard < NEAR_TAU
+    test = [next_build, stranger, _flow((True, a)), _flow((True, b"ZZ"))]
+    keys = fingerprints(test)
+    assert keys[0] not in t.counts and keys[2] in t.counts
+    lp = t.log_proba(keys, test)
+    k = len(labels)
+    assert np.allclose(lp[0], np.log((np.array([0, 2]) + 1 / k) / 3))  # the browser's next build: Web's evidence
+    assert not lp[1].any() and not lp[3].any()  # too far, and no hello: nothing
+    assert np.allclose(lp[2], t.log_proba(keys[2:3])[0])  # known exactly: the exact row alone
+    assert not t.log_proba(keys)[0].any()  # without the records the table cannot read the hellos
+    # answers are kept per fingerprint: asked again (and with a cache of one entry) they are the same
+    assert np.array_equal(t.log_proba(keys, test), lp) and keys[0] in t._near_cache
+    import etool_sensor.fingerprints as F
+
+    old_size, F.NEAR_CACHE = F.NEAR_CACHE, 1
+    t._near_cache.clear()
+    try:
+        assert np.array_equal(t.log_proba(keys, test), lp) and len(t._near_cache) == 1
+    finally:
+        F.NEAR_CACHE = old_size
+    # the file keeps it, and the same flows in another order write the same file
+    t.save(tmp_path / "t.json")
+    assert np.array_equal(HelloTable.load(tmp_path / "t.json").log_proba(keys, test), lp)
+    order = [3, 2, 1, 0]
+    t2 = HelloTable.fit(fingerprints([train[i] for i in order]), [y[i] for i in order], labels,
+                        near_tokens=[hello_tokens(train[i]) for i in order])
+    assert t2.to_json() == t.to_json()
+    bad = t.to_json()
+    bad["near"]["counts"] = bad["near"]["counts"][:1]
+    with pytest.raises(ValueError, match="2 hellos but 1 count rows"):
+        HelloTable.from_json(bad)
+    with pytest.raises(ValueError, match="records for"):
+        t.log_proba(keys, test[:2])
+
+
+def test_near_hellos_keep_every_tie_and_respect_tau():
+    from etool_sensor.fingerprints import NearHellos
+
+    tok = lambda *v: np.array(v, np.uint32)  # noqa: E731
+    near = NearHellos([tok(1, 2, 3, 4), tok(1, 2, 3, 5), tok(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)],
+                      np.array([[1.0, 0], [0, 1.0], [0, 5.0]]), tau=0.5, m=1)
+    # 1,2,3 is 3/4 like each of the first two (a tie at the top: both kept), 3/10 like the third
+    assert near.summed(tok(1, 2, 3)).tolist() == [1, 1]
+    assert NearHellos(near.tokens, near.counts, tau=0.5, m=2).summed(tok(1, 2, 3)).tolist() == [1, 1]
+    assert NearHellos(near.tokens, near.counts, tau=0.2, m=2).summed(tok(1, 2, 3)).tolist() == [1, 6]
+    assert near.summed(tok(20, 21)) is None  # shares nothing
+    assert NearHellos([], np.zeros((0, 2))).summed(tok(1)) is None
+
+
+@needs_data
+def test_near_hellos_match_the_plain_definition_on_real_flows():
+    """The vectorised neighbour search against Jaccard over Python sets, on the hellos of real captures: one
+    capture's flows looked up in a table of the others'."""
+    from etool_sensor.fingerprints import NEAR_M, NEAR_TAU, HelloTable, fingerprints, hello_tokens
+    from etool_sensor.flows import FlowParams
+    from etool_sensor.train.data import load_labelled
+
+    ds = load_labelled(PCAPS, PCAPS.parent / "labels.csv", params=FlowParams(hello_bytes=1024), encrypted_only=True)
+    toks = [hello_tokens(r) for r in ds.records]
+    held = {"alexa-app.pcapng", "reddit.pcap", "teams.pcap", "sites.pcapng"}  # hold out four hello-rich captures
+    tr = [i for i, p in enumerate(ds.pcap) if p not in held]
+    te = [i for i, p in enumerate(ds.pcap) if p in held and toks[i] is not None]
+    labels = sorted(set(ds.service))
+    t = HelloTable.fit(fingerprints([ds.records[i] for i in tr]), [ds.service[i] for i in tr], labels,
+                       near_tokens=[toks[i] for i in tr])
+    groups: dict = {}
+    for i in tr:
+        if toks[i] is not None:
+            groups.setdefault(frozenset(toks[i].tolist()), np.zeros(len(labels)))[labels.index(ds.service[i])] += 1
+    checked = 0
+    for i in te:
+        q = frozenset(toks[i].tolist())
+        sims = {g: len(q & g) / len(q | g) for g in groups}
+        levels = sorted(set(sims.values()), reverse=True)
+        cut = max(levels[min(NEAR_M, len(levels)) - 1], NEAR_TAU)
+        want = sum((c for g, c in groups.items() if sims[g] >= cut), np.zeros(len(labels)))
+        got = t.near.summed(toks[i])
+        assert (got is None and not want.any()) or np.array_equal(got, want)
+        checked += got is not None
+    assert len(te) >= 100 and checked >= 50

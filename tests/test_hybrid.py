@@ -121,9 +121,13 @@ def test_hello_table_joins_the_service_head(hybrid_package, hello_package, real_
     table = HelloTable.load(d / "hello_table.json")
     mixed = hybrid_logits(s_logits, pf, m["hybrid"]["mix"], m["hybrid"]["eps"])
     got = hello.predict_proba(recs, ctxs)
-    assert np.array_equal(got, softmax(mixed + table.log_proba(feats["hfp"])))
+    evidence = table.log_proba(feats["hfp"], recs, hello.spec.payload_packets)  # exact rows, then near hellos
+    assert np.array_equal(got, softmax(mixed + evidence))
+    assert table.near is not None and m["hybrid"]["hello_table"]["near"]["hellos"] == len(table.near.tokens)
+    moved = evidence.any(1)
     known = np.array([k in table.counts for k in feats["hfp"].tolist()])
-    assert known.any() and np.array_equal(got[~known], plain.predict_proba(recs, ctxs)[~known])
+    assert known.any() and np.array_equal(got[~moved], plain.predict_proba(recs, ctxs)[~moved])
+    assert (moved & ~known).any()  # flows whose hello the table lacks, reached through their near hellos
     # the app head: the student's logits plus the app table (no forest), known fingerprints only
     a = m["hybrid"]["app_table"]
     # (each table leaves out the flows whose label is outside its head's labels, which --quick keeps short)
@@ -261,3 +265,38 @@ def test_eval_hybrid_on_the_app_column_is_the_student_plus_the_table():
     want = softmax(st.logits(recs, None)[1] + table.log_proba(keys))
     assert np.array_equal(got, want) and (got.argmax(1) == 1).all()
     assert np.array_equal(Hybrid(st, None).predict_proba(recs, None), softmax(st.logits(recs, None)[1]))
+
+
+@needs_data
+def test_retable_refits_the_tables_and_leaves_the_graph(hello_package, tmp_path, real_flows, capsys):
+    """export.hybrid --tables-only: the same exact rows, the near hellos on or off, model.onnx untouched; a
+    package whose exact rows other flows would change is refused unchanged."""
+    from export.hybrid import main, retable_package
+    from etool_sensor.runtime import load_model
+
+    src, _ = hello_package
+    d = tmp_path / "model"
+    shutil.copytree(src, d)
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [p.name for p in sorted(PCAPS.glob("*.pcap"))[:30]]  # the fixture's training captures
+    for n in names:
+        (data / n).symlink_to(PCAPS / n)
+    graph = (d / "model.onnx").read_bytes()
+    recs, ctxs = real_flows
+    with_near = load_model(d, threads=1).predict_proba(recs, ctxs)
+    m = retable_package(d, data, LABELS, [PCAPS / n for n in names[:10]], version="0.0.4", near=0, log=lambda s: None)
+    assert "near" not in m["hybrid"]["hello_table"] and m["version"] == "0.0.4"
+    assert (d / "model.onnx").read_bytes() == graph and set(m["parity"]["tables"]) >= {"flows_with_near_hellos"}
+    exact = load_model(d, threads=1).predict_proba(recs, ctxs)
+    moved = np.abs(exact - with_near).max(1) > 0
+    assert moved.any() and not moved.all()
+    m = retable_package(d, data, LABELS, [PCAPS / n for n in names[:10]], log=lambda s: None)
+    assert m["hybrid"]["hello_table"]["near"]["m"] == 3 and m["version"] == "0.0.4"
+    assert np.array_equal(load_model(d, threads=1).predict_proba(recs, ctxs), with_near)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    (data / names[0]).unlink()  # other training flows: other exact rows
+    assert main([str(d), "--tables-only", "--data", str(data), "--labels", str(LABELS), "--pcap",
+                 str(PCAPS / names[1])]) == 2
+    assert "exact rows differ from the package's" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before

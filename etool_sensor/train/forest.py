@@ -119,5 +119,5 @@ class Hybrid:
         if self.table is not None:
             from etool_sensor.fingerprints import fingerprints
 
-            h = h + self.table.log_proba(fingerprints(records, self.chunks))
+            h = h + self.table.log_proba(fingerprints(records, self.chunks), records, self.chunks)
         return softmax(h)
