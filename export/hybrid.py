@@ -287,9 +287,8 @@ def retable_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, p
            "service_labels_changed_by_near": float((after.argmax(1) != before.argmax(1)).mean())}
     if not set(changed.tolist()) <= set(reached):
         raise ValueError(f"{d}: the refitted tables move flows the near hellos do not reach: {par}")
-    for head, t in tables.items():
-        key, fname = TABLES[head]
-        t.save(d / (fname + ".new"))
+    for head, t in tables.items():  # all files written before any replaces its old one
+        t.save(d / (TABLES[head][1] + ".new"))
     for head, t in tables.items():
         key, fname = TABLES[head]
         (d / (fname + ".new")).replace(d / fname)
