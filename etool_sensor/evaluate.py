@@ -505,12 +505,10 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                 st = students[base]
                 table, n_chunks = None, (spec or FeatureSpec()).payload_packets
                 if hello_bytes:  # flows read with TLS hellos whole: the hello table too, as the default has
-                    from .fingerprints import NEAR_M, HelloTable, fingerprints, hello_tokens
+                    from .fingerprints import fit_tables
 
-                    near = NEAR_M if near_hellos is None else near_hellos
-                    toks = [hello_tokens(r, n_chunks) for r in tr.records] if near and col != "app" else None
-                    table = HelloTable.fit(fingerprints(tr.records, n_chunks), tr.labels, st.labels,
-                                           near_tokens=toks, near_m=near)
+                    head = "app" if col == "app" else "service"  # near hellos for the service head, as a package
+                    table = fit_tables(tr.records, {head: tr.labels}, {head: st.labels}, n_chunks, near_hellos)[head]
                 # as a package: the forest joins the service head only, the tables both heads
                 forest = None if col == "app" else train_forest(tr.records, tr.contexts, tr.labels, spec=spec,
                                                                 seed=mseed, quick=quick)
@@ -881,10 +879,11 @@ def eval_main(args: argparse.Namespace) -> int:
         except ValueError as e:
             log(f"eval: --student-config {e}")
             return 2
-    if getattr(args, "near_hellos", None) is not None and args.near_hellos < 0:
+    near = getattr(args, "near_hellos", None)
+    args.near_hellos = NEAR_M if near is None else near
+    if args.near_hellos < 0:
         log(f"eval: --near-hellos {args.near_hellos} must be >= 0")
         return 2
-    args.near_hellos = getattr(args, "near_hellos", None)
     repeats = getattr(args, "repeats", 1)
     if repeats < 1:
         log(f"eval: --repeats {repeats} must be >= 1")
@@ -916,7 +915,7 @@ def eval_main(args: argparse.Namespace) -> int:
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
                  "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "repeats": repeats, "quick": bool(args.quick),
                  "student_config": student_config, "capture_balance": args.capture_balance,
-                 "near_hellos": args.near_hellos if args.near_hellos is not None else NEAR_M,
+                 "near_hellos": args.near_hellos,
                  "unlabelled": None if unlabelled is None else {"dirs": list(args.unlabelled),
                                                                 "flows": len(unlabelled[0])}}
     out = Path(args.json)

@@ -222,11 +222,12 @@ def fingerprints(records: Sequence[FlowRecord], chunks: int = 3) -> np.ndarray:
 
 
 def fit_tables(records: Sequence[FlowRecord], labels: dict[str, Sequence[str]],
-               label_sets: dict[str, list[str]], chunks: int = 3, near: int = NEAR_M) -> dict[str, "HelloTable"]:
+               label_sets: dict[str, list[str]], chunks: int = 3, near: int | None = None) -> dict[str, "HelloTable"]:
     """A HelloTable per head of `labels` (the records' labels for that head) over a package's label_sets for
     it, from one fingerprints() pass: what `train` and export/hybrid.py join to a package. The service table
     gets the near-hello back-off (`near` = its m; 0: none, 0.7.0's tables); the app table does not (not
-    measured for apps)."""
+    measured for apps). near None: NEAR_M."""
+    near = NEAR_M if near is None else near
     keys = fingerprints(records, chunks)
     toks = [hello_tokens(r, chunks) for r in records] if near and "service" in labels else None
     return {head: HelloTable.fit(keys, y, label_sets[head], near_tokens=toks if head == "service" else None,

@@ -224,10 +224,10 @@ def hybrid_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pc
     forest = train_forest(ds.records, ds.contexts, list(ds.service), spec=spec, seed=seed)
     tables = None
     if hello_bytes:
-        from etool_sensor.fingerprints import NEAR_M, fit_tables
+        from etool_sensor.fingerprints import fit_tables
 
         tables = fit_tables(ds.records, {"service": ds.service, "app": ds.app}, manifest["label_sets"],
-                            spec.payload_packets, near=NEAR_M if near is None else near)
+                            spec.payload_packets, near=near)
         log("hybrid: fingerprint tables of " + ", ".join(f"{len(t.counts)} ({h})" for h, t in tables.items()))
     feats, _ = real_features(pcaps, dataclasses.replace(spec, hello_bytes=hello_bytes))
     return attach_forest(d, forest, feats, version=version, name=name, tables=tables, hello_bytes=hello_bytes,
@@ -242,13 +242,12 @@ def retable_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, p
     own (the same flows and the same fingerprint definition), or the package is refused unchanged. parity
     `tables` says on the flows of `pcaps` how many flows the back-off reaches and how many service labels it
     changes."""
-    from etool_sensor.fingerprints import NEAR_M, TABLES, HelloTable, fingerprints, fit_tables
+    from etool_sensor.fingerprints import TABLES, HelloTable, fingerprints, fit_tables
     from etool_sensor.flows import FlowParams
     from etool_sensor.runtime import MANIFEST, check_manifest, load_model, read_manifest, sha256_file
     from etool_sensor.train.data import load_labelled, read_with_context
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    near = NEAR_M if near is None else near
     d, manifest = read_manifest(pkg)
     spec = check_manifest(d, manifest)
     hyb = manifest.get("hybrid") or {}
