@@ -377,11 +377,13 @@ def test_flows_that_queue_behind_a_busy_model_go_out_together(flows):
     """Flows that arrive while both inference slots are busy are answered together once a slot is free,
     not in deadline-sized batches one slot-time after another."""
     async def main():
-        m = _Recording(0.1)
+        # A 0.3 s model call: one flow every >= 3 ms for >= 0.3 s puts dozens behind each busy slot even when a
+        # loaded machine stretches the sleeps 2-3x (with 0.1 s, a busy CPU once left only 14 per batch).
+        m = _Recording(0.3)
         async with ZeekPeer() as peer, serving(peer, m, batch_size=256, batch_deadline_ms=5) as d:
             assert await peer.wait_connected()
             sent = flows[:100]
-            for r in sent:  # one flow every ~3 ms for ~0.3 s: ~30 arrive during each 0.1 s batch
+            for r in sent:  # one flow every ~3 ms for ~0.3 s
                 await peer.publish_flow(r)
                 await asyncio.sleep(0.003)
             await peer.wait_for(lambda: len(peer.verdicts) >= len(sent), 30)
