@@ -225,8 +225,8 @@ def fit_tables(records: Sequence[FlowRecord], labels: dict[str, Sequence[str]],
                label_sets: dict[str, list[str]], chunks: int = 3, near: int | None = None) -> dict[str, "HelloTable"]:
     """A HelloTable per head of `labels` (the records' labels for that head) over a package's label_sets for
     it, from one fingerprints() pass: what `train` and export/hybrid.py join to a package. The service table
-    gets the near-hello back-off (`near` = its m; 0: none, 0.7.0's tables); the app table does not (not
-    measured for apps). near None: NEAR_M."""
+    gets the near-hello back-off (`near` = its m; 0: none, 0.7.0's tables); the app table does not (it
+    moved app macro-F1 by +0.002 / 0.000 by capture: docs/model-card.md). near None: NEAR_M."""
     near = NEAR_M if near is None else near
     keys = fingerprints(records, chunks)
     toks = [hello_tokens(r, chunks) for r in records] if near and "service" in labels else None
