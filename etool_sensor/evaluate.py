@@ -75,9 +75,35 @@ def expected_calibration_error(conf: Sequence[float], correct: Sequence[bool], b
     return float(ece)
 
 
+#: Confidence thresholds whose coverage eval reports: etool.yaml's classify.threshold default (0.5), Zeek's
+#: ETooL::default_threshold for alerts (0.8), and the steps between and above.
+COVERAGE_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.99)
+
+
+def confidence_coverage(conf: Sequence[float], correct: Sequence[bool],
+                        thresholds: Sequence[float] = COVERAGE_THRESHOLDS) -> dict:
+    """What a confidence threshold buys: for each threshold t, the share of flows with confidence >= t (the
+    verdicts a sensor with classify.threshold t reports as known) and their accuracy, plus the AUROC of the
+    confidence as a score for "the label is right". Why: ECE says whether confidence is right on average;
+    a SOC engineer tuning thresholds needs to know whether a higher threshold gives fewer, better verdicts on
+    traffic like theirs (docs/model-card.md, "What the confidence means on new captures")."""
+    from sklearn.metrics import roc_auc_score
+
+    conf = np.asarray(conf, np.float64)
+    correct = np.asarray(correct, bool)
+    rows = []
+    for t in thresholds:
+        m = conf >= t
+        rows.append({"threshold": float(t), "flows": int(m.sum()), "share": float(m.mean()) if conf.size else 0.0,
+                     "accuracy": float(correct[m].mean()) if m.any() else None})
+    both = 0 < correct.sum() < correct.size  # AUROC needs right and wrong verdicts
+    return {"auroc": float(roc_auc_score(correct, conf)) if both else None, "thresholds": rows}
+
+
 def metrics(y_true: Sequence[str], y_pred: Sequence[str], conf: Sequence[float] | None = None,
             min_support: int = 5) -> dict:
-    """macro/weighted F1, accuracy, macro-F1 over classes with >= min_support test flows, per class, ECE."""
+    """macro/weighted F1, accuracy, macro-F1 over classes with >= min_support test flows, per class; with
+    `conf` (the top label's confidence per flow) also ECE and confidence_coverage ("by_confidence")."""
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
     y_true, y_pred = list(y_true), list(y_pred)
@@ -101,7 +127,9 @@ def metrics(y_true: Sequence[str], y_pred: Sequence[str], conf: Sequence[float] 
     out["per_class"] = {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                         for i, c in enumerate(true_labels)}
     if conf is not None:
-        out["ece"] = expected_calibration_error(conf, [a == b for a, b in zip(y_true, y_pred)])
+        correct = [a == b for a, b in zip(y_true, y_pred)]
+        out["ece"] = expected_calibration_error(conf, correct)
+        out["by_confidence"] = confidence_coverage(conf, correct)
     return out
 
 
@@ -707,6 +735,21 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else "n/a" if v is None else str(v)
 
 
+def coverage_lines(methods: dict[str, dict]) -> list[str]:
+    """The report's table of confidence_coverage per method ("share / accuracy" per threshold)."""
+    cov = {m: r["by_confidence"] for m, r in methods.items() if r.get("by_confidence")}
+    if not cov:
+        return []
+    ts = [row["threshold"] for row in next(iter(cov.values()))["thresholds"]]
+    lines = ["What a confidence threshold buys: the share of test flows at or above it / their accuracy "
+             "(AUROC: the confidence as a score for a right label; 0.5 = no better than chance):", "",
+             "| method | AUROC | " + " | ".join(f">= {t:g}" for t in ts) + " |", "|---|---|" + "---|" * len(ts)]
+    for m, c in cov.items():
+        cells = [f"{row['share']:.2f} / {_fmt(row['accuracy'])}" for row in c["thresholds"]]
+        lines.append(f"| {m} | {_fmt(c['auroc'])} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_report(res: dict, path: Path) -> None:
     keys = ("macro_f1", "macro_f1_min5", "weighted_f1", "accuracy", "ece", "fit_s")
     lines = [f"# etool evaluation: label column `{res['label_column']}`", "",
@@ -719,6 +762,7 @@ def write_report(res: dict, path: Path) -> None:
         else:
             lines += ["## Shipped model on all matched flows", "", "| " + " | ".join(keys[:5]) + " |",
                       "|" + "---|" * 5, "| " + " | ".join(_fmt(m.get(k, "")) for k in keys[:5]) + " |", ""]
+            lines += coverage_lines({"model": m})
     for sname, s in res.get("splits", {}).items():
         lines += [f"## Split `{sname}` (label {s['label']}; train {s['train_flows']} flows / {s['train_pcaps']} "
                   f"captures, test {s['test_flows']} flows / {s['test_pcaps']} captures)", "",
@@ -772,6 +816,7 @@ def write_report(res: dict, path: Path) -> None:
                 from .headroom import headroom_lines
 
                 lines += headroom_lines(s["headroom"])
+        lines += coverage_lines(s["methods"])
         main = s["methods"].get("etool") or next((r for r in s["methods"].values() if "per_class" in r), None)
         if main and "per_class" in main:
             which = "etool" if "etool" in s["methods"] and "per_class" in s["methods"]["etool"] else "first method"

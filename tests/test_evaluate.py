@@ -31,6 +31,19 @@ def test_ece_known_values():
     assert E.expected_calibration_error([], []) == 0.0
 
 
+def test_confidence_coverage_known_values():
+    # right: 0.95, 0.6; wrong: 0.9, 0.4 -> of the 4 right/wrong pairs, 3 rank the right one higher
+    c = E.confidence_coverage([0.95, 0.9, 0.6, 0.4], [True, False, True, False], thresholds=(0.5, 0.9, 0.99))
+    assert c["auroc"] == pytest.approx(0.75)
+    assert c["thresholds"] == [
+        {"threshold": 0.5, "flows": 3, "share": 0.75, "accuracy": pytest.approx(2 / 3)},
+        {"threshold": 0.9, "flows": 2, "share": 0.5, "accuracy": 0.5},  # >= t: 0.9 itself counts
+        {"threshold": 0.99, "flows": 0, "share": 0.0, "accuracy": None}]  # no flow that sure: no accuracy
+    assert E.confidence_coverage([0.7, 0.8], [True, True])["auroc"] is None  # nothing wrong to rank against
+    assert E.confidence_coverage([], [])["thresholds"][0] == {"threshold": 0.5, "flows": 0, "share": 0.0,
+                                                             "accuracy": None}
+
+
 def test_metrics_match_sklearn():
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -45,6 +58,9 @@ def test_metrics_match_sklearn():
     assert m["per_class"]["b"]["support"] == 2
     assert m["per_class"]["a"]["recall"] == pytest.approx(3 / 5)
     assert m["ece"] == pytest.approx(abs(0.9 - accuracy_score(y, p)))
+    at = {r["threshold"]: r for r in m["by_confidence"]["thresholds"]}  # every flow at 0.9: all or nothing
+    assert at[0.9]["share"] == 1.0 and at[0.9]["accuracy"] == pytest.approx(accuracy_score(y, p))
+    assert at[0.99]["flows"] == 0 and m["by_confidence"]["auroc"] == pytest.approx(0.5)
 
 
 def _fake(n_pcaps=6, per=10):
@@ -169,6 +185,10 @@ def test_eval_cli_contract(eval_run):
     assert r["flows"] > 50
     assert set(r["splits"]) == {"capture", "unseen_app", "capture_kfold", "iid_kfold"}
     assert r["near_hellos"] == 3  # the hybrids' table backs off to near hellos unless told not to
+    # the bundled model on flows it was trained on: its confidence ranks its verdicts (not so on new captures)
+    bc = r["model"]["by_confidence"]
+    assert bc["auroc"] is None or bc["auroc"] > 0.8
+    assert bc["thresholds"][0]["share"] > 0.9 and bc["thresholds"][3]["accuracy"] >= r["model"]["accuracy"]
     kf_unseen = {}
     for name in ("capture_kfold", "iid_kfold"):
         kf = r["splits"].pop(name)
@@ -200,6 +220,9 @@ def test_eval_cli_contract(eval_run):
             for k in ("macro_f1", "macro_f1_min5", "weighted_f1", "accuracy", "ece"):
                 assert 0.0 <= mm[k] <= 1.0
             assert mm["flows"] == s["test_flows"]
+            rows = mm["by_confidence"]["thresholds"]  # a higher threshold keeps a subset of the flows
+            assert [r["flows"] for r in rows] == sorted((r["flows"] for r in rows), reverse=True)
+            assert rows[0]["flows"] <= mm["flows"]
     assert r["splits"]["unseen_app"]["label"] == "category"
     # whole captures held out move apps out of training; random folds almost never do
     assert kf_unseen["capture_kfold"] > kf_unseen["iid_kfold"]
@@ -209,6 +232,9 @@ def test_eval_cli_contract(eval_run):
     assert md.count("What the folds leave learnable") == 2 and "an exact fingerprint lookup" in md
     assert "| rf |" in md and "Split `capture`" in md and "3 capture folds" in md and "3 random stratified folds" in md
     assert "| knn | " in md.split("Against the forest")[1]
+    assert md.count("What a confidence threshold buys") == md.count("## Split `") + 1 and "| model | " in md.split(
+        "## Shipped model")[1].split("## Split")[0] and "| rf | " in md.split(
+        "What a confidence threshold buys")[1]
     assert list(out.glob("confusion_*_rf.png"))
 
 
