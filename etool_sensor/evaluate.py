@@ -453,11 +453,15 @@ def _relabel(ds, column: str):
 
 
 def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str], np.ndarray]:
-    p = np.asarray(model.predict_proba(records, contexts))
+    """Labels and confidences; a hybrid gives the confidence its package's verdicts would carry."""
+    if hasattr(model, "predict_with_confidence"):
+        p, conf = model.predict_with_confidence(records, contexts)
+    else:
+        p = np.asarray(model.predict_proba(records, contexts))
+        conf = p.max(1) if p.shape[0] else np.zeros(0)
     if p.shape[0] == 0:
         return [], np.zeros(0)
-    k = p.argmax(1)
-    return [labels_attr[i] for i in k], p.max(1)
+    return [labels_attr[i] for i in p.argmax(1)], np.asarray(conf)
 
 
 def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
@@ -722,10 +726,10 @@ def evaluate_model(ds, model_path: str | None, column: str) -> dict:
     head = "service" if column == "category" else "app"
     sets = model.label_sets
     labels = list(sets[head] if isinstance(sets, dict) else sets)
-    p = np.asarray(model.predict_proba(ds.records, ds.contexts, head=head))
+    p, conf = model.predict_with_confidence(ds.records, ds.contexts, head=head)
     pred = [labels[i] for i in p.argmax(1)] if len(p) else []
     y = _label_of(ds, column)
-    r = metrics(y, pred, p.max(1) if len(p) else [])
+    r = metrics(y, pred, conf)
     r["unknown_labels"] = sorted(set(y) - set(labels))
     r["_pred"] = pred
     return r

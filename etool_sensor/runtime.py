@@ -272,6 +272,10 @@ def check_manifest(d: Path, manifest: dict[str, Any], *, verify_checksum: bool =
     return spec
 
 
+CONFIDENCE_KINDS = ("probability", "agreement")  # manifest hybrid.confidence
+FOREST = "forest"  # Model._run's key for a hybrid's forest probabilities
+
+
 class Model:
     """A loaded model package. Thread-safe for concurrent classify() calls (onnxruntime sessions are)."""
 
@@ -293,6 +297,13 @@ class Model:
                 self._hybrid = (str(hyb["head"]), str(outs["forest"]), float(hyb["mix"]), float(hyb["eps"]))
             except (KeyError, TypeError, ValueError):
                 raise ModelError(f"{path}: manifest 'hybrid' needs head, mix, eps and outputs.forest") from None
+        # what a verdict's confidence is (docs/model-card.md, "What the confidence means on new captures"):
+        # "probability", the service head's probability of its label; "agreement" (a hybrid only), the
+        # geometric mean of that probability and the shape forest's vote share for the same label
+        self._confidence = str(hyb.get("confidence", "probability")) if hyb else "probability"
+        if self._confidence not in CONFIDENCE_KINDS:
+            raise ModelError(f"{path}: manifest hybrid.confidence must be one of {CONFIDENCE_KINDS}, "
+                             f"got {self._confidence!r}")
         self._inputs = [i.name for i in session.get_inputs()]
         gran = manifest.get("token_granules") or {}
         self._granules: dict[str, int] = {k: int(v) for k, v in gran.items() if k in self._inputs}
@@ -326,7 +337,8 @@ class Model:
     def _run(self, feats: dict[str, np.ndarray], heads: Sequence[str],
              records: Sequence[FlowRecord] | None = None) -> dict[str, np.ndarray]:
         """The heads' probabilities for encoded flows; `records` (the same flows) let a table with near
-        hellos (fingerprints.NearHellos) read the hellos it does not know."""
+        hellos (fingerprints.NearHellos) read the hellos it does not know. A hybrid's forest probabilities
+        (in the mixed head's label columns) come along under FOREST."""
         outs = [self._out[h] for h in heads]
         mixed = self._hybrid is not None and self._hybrid[0] in heads
         if mixed:
@@ -340,7 +352,27 @@ class Model:
             if h in self._tables and len(x):
                 x = self._tables[h].add_to(x, feats["hfp"], records, self.spec.payload_packets)  # x: fresh (run_graph)
             probs[h] = softmax(x) if self._out_kind == "logits" else x
+        if mixed:
+            probs[FOREST] = res[-1]
         return probs
+
+    def _confidence_of(self, probs: dict[str, np.ndarray], head: str, arg: np.ndarray) -> np.ndarray:
+        """Each flow's confidence in label `arg` of `head` (self._confidence; probs from _run)."""
+        conf = np.take_along_axis(probs[head], arg[:, None], 1)[:, 0]
+        if self._confidence == "agreement" and FOREST in probs and self._hybrid and head == self._hybrid[0]:
+            conf = np.sqrt(conf * np.take_along_axis(probs[FOREST], arg[:, None], 1)[:, 0])
+        return conf
+
+    def predict_with_confidence(self, records: Sequence[FlowRecord],
+                                contexts: Sequence[Context | None] | None = None, head: str = "service", *,
+                                mask_names: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """predict_proba and each flow's confidence in its top label, the one its verdict carries."""
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if not records:
+            return np.zeros((0, len(self.label_sets[head])), np.float32), np.zeros(0, np.float32)
+        probs = self._run(self.features(records, contexts, mask_names), [head], records)
+        return probs[head], self._confidence_of(probs, head, probs[head].argmax(1))
 
     def predict_proba(self, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None = None,
                       head: str = "service", *, mask_names: bool | None = None) -> np.ndarray:
@@ -376,7 +408,7 @@ class Model:
             top = np.argsort(-ps, axis=1)[:, :k] if k else np.zeros((len(idx), 0), np.int64)
             s_arg = ps.argmax(1)
             # Plain Python lists before the per-flow loop: numpy scalar indexing costs more than the rest.
-            confs = np.take_along_axis(ps, s_arg[:, None], 1)[:, 0].tolist()
+            confs = self._confidence_of(probs, "service", s_arg).tolist()
             tops, top_p = top.tolist(), np.take_along_axis(ps, top, 1).tolist()
             s_args, a_args = s_arg.tolist(), pa.argmax(1).tolist()
             for j, i in enumerate(idx):

@@ -135,7 +135,7 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
     package cannot take it."""
     from etool_sensor.fingerprints import TABLES
     from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest, sha256_file
-    from etool_sensor.train.forest import EPS, MIX, mix, spread
+    from etool_sensor.train.forest import CONFIDENCE, EPS, MIX, mix, spread
 
     from .token_axes import commit_rewrite, graph_outputs
 
@@ -183,7 +183,8 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
     size = tmp.stat().st_size
     hybrid = {"head": "service", "mix": MIX, "eps": EPS, "forest": forest.info,
               "forest_inputs": f"flt ({2 * forest.spec.flights}) + meta[:, 0] (is_udp)",
-              "student": f"{manifest['name']}@{manifest['version']}", "graph_bytes": size}
+              "student": f"{manifest['name']}@{manifest['version']}", "graph_bytes": size,
+              "confidence": CONFIDENCE}
     for head, t in tables.items():
         key, fname = TABLES[head]
         t.save(d / fname)

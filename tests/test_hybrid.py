@@ -165,6 +165,42 @@ def test_runtime_refuses_a_broken_hello_table(hello_package, tmp_path):
 
 
 @needs_data
+def test_agreement_confidence_is_the_geometric_mean_with_the_forest(hello_package, tmp_path, real_flows):
+    """hybrid.confidence "agreement": the same labels, scores and alternatives; only the confidence (and so
+    `unknown`) changes, to sqrt(p(label) * the forest's vote share for that label)."""
+    from etool_sensor.runtime import ModelError, Thresholds, load_model
+
+    d, m = hello_package
+    assert m["hybrid"]["confidence"] == "agreement"  # what export.hybrid (and so `train`) writes
+    recs, ctxs = real_flows
+    prob, agree = tmp_path / "prob", tmp_path / "agree"
+    for dst, kind in ((prob, "probability"), (agree, "agreement")):
+        shutil.copytree(d, dst)
+        man = json.loads((dst / "manifest.json").read_text())
+        man["hybrid"]["confidence"] = kind
+        (dst / "manifest.json").write_text(json.dumps(man))
+    base, ag = load_model(prob, threads=1), load_model(agree, threads=1)
+    th = Thresholds(default=0.5)
+    vb, va = base.classify(recs, ctxs, th), ag.classify(recs, ctxs, th)
+    assert [(v.service, v.app, v.alternatives) for v in vb] == [(v.service, v.app, v.alternatives) for v in va]
+    feats = ag.features(recs, ctxs)
+    pf = ag.session.run(["forest_proba"], {k: feats[k] for k in ag._inputs})[0]
+    p = base.predict_proba(recs, ctxs)
+    a = p.argmax(1)
+    ok = [i for i, v in enumerate(va) if v.status == "ok"]
+    want = np.sqrt(p[ok, a[ok]] * pf[ok, a[ok]])
+    assert np.allclose([va[i].confidence for i in ok], want, atol=1e-6)
+    assert np.allclose([vb[i].confidence for i in ok], p[ok, a[ok]], atol=1e-6)  # "probability": p itself
+    assert np.allclose(ag.predict_with_confidence(recs, ctxs)[1][ok], want, atol=1e-6)  # what eval scores
+    assert [va[i].unknown for i in ok] == [bool(w < 0.5) for w in want]
+    assert 0 < np.mean([va[i].confidence < vb[i].confidence - 1e-3 for i in ok])  # it does change something
+    man["hybrid"]["confidence"] = "vibes"
+    (agree / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ModelError, match="hybrid.confidence"):
+        load_model(agree)
+
+
+@needs_data
 def test_runtime_refuses_a_hybrid_manifest_without_the_forest_output(hybrid_package, tmp_path):
     from etool_sensor.runtime import ModelError, load_model
 

@@ -309,7 +309,9 @@ def test_thresholds_unknown_and_top_k(default_model, real_flows):
         assert x.model == default_model.id
         assert len(x.alternatives) == 3
         lab, p = x.alternatives[0].rsplit(":", 1)
-        assert lab == x.service and abs(float(p) - x.confidence) < 1e-3
+        # the first alternative is the label with its probability; the default's confidence (hybrid.confidence
+        # "agreement") is sqrt(probability * the forest's vote share), so at most sqrt(probability)
+        assert lab == x.service and 0.0 <= x.confidence <= float(p) ** 0.5 + 1e-3
         ps = [float(a.rsplit(":", 1)[1]) for a in x.alternatives]
         assert ps == sorted(ps, reverse=True)
     v1 = default_model.classify(recs, ctxs, Thresholds(default=1.01))
