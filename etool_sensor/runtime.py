@@ -185,6 +185,13 @@ def hybrid_logits(student_logits: np.ndarray, forest_proba: np.ndarray, w: float
     return (np.float32(w) * log_s + np.float32(1.0 - w) * log_f).astype(np.float32)
 
 
+def agreement_confidence(p_label: np.ndarray, forest_label: np.ndarray) -> np.ndarray:
+    """A hybrid's "agreement" confidence (manifest hybrid.confidence): the geometric mean of the head's
+    probability of each flow's label and the shape forest's vote share for that label (train/forest.py's
+    Hybrid scores the same in eval)."""
+    return np.sqrt(p_label * forest_label)
+
+
 def _load_table(path: Path, key: str, entry: Any, spec: FeatureSpec, labels: list[str], head: str) -> Any:
     """A hybrid package's fingerprint table for `head` (manifest hybrid.`key`: file, sha256; fingerprints.TABLES),
     checked against the package."""
@@ -360,7 +367,7 @@ class Model:
         """Each flow's confidence in label `arg` of `head` (self._confidence; probs from _run)."""
         conf = np.take_along_axis(probs[head], arg[:, None], 1)[:, 0]
         if self._confidence == "agreement" and FOREST in probs and self._hybrid and head == self._hybrid[0]:
-            conf = np.sqrt(conf * np.take_along_axis(probs[FOREST], arg[:, None], 1)[:, 0])
+            conf = agreement_confidence(conf, np.take_along_axis(probs[FOREST], arg[:, None], 1)[:, 0])
         return conf
 
     def predict_with_confidence(self, records: Sequence[FlowRecord],

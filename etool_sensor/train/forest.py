@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from etool_sensor.features import FeatureSpec, encode
-from etool_sensor.runtime import hybrid_logits, softmax
+from etool_sensor.runtime import agreement_confidence, hybrid_logits, softmax
 
 FLIGHTS = 12  # flights the forest reads
 MIX = 0.5  # weight of the student's log-probabilities; the forest's is 1 - MIX
@@ -29,8 +29,8 @@ TREES = 50  # 100 scored the same by capture (seed 0) at twice the inference cos
 MIN_LEAF = 2  # leaves of one flow make the exported graph 1.7x larger (100 trees on 1,930 flows)
 # A verdict's confidence (manifest hybrid.confidence, runtime.CONFIDENCE_KINDS): "agreement", the geometric mean
 # of the hybrid's probability of its label and the forest's vote share for it. On new captures the hybrid's own
-# probability hardly ranks its verdicts (AUROC 0.58-0.59, ECE 0.23-0.27); the agreement does better (0.66-0.69,
-# ECE 0.08-0.10) and on random folds too (docs/model-card.md, "What the confidence means on new captures").
+# probability hardly ranks its verdicts (AUROC 0.58-0.61, ECE 0.19-0.27); the agreement does better (0.66-0.70,
+# ECE 0.07-0.10) and on random folds too (docs/model-card.md, "What the confidence means on new captures").
 CONFIDENCE = "agreement"
 
 
@@ -134,5 +134,5 @@ class Hybrid:
         p = softmax(h)
         conf = p.max(1) if len(p) else np.zeros(0, np.float32)
         if pf is not None and self.confidence == "agreement" and len(p):
-            conf = np.sqrt(conf * pf[np.arange(len(p)), p.argmax(1)])
+            conf = agreement_confidence(conf, pf[np.arange(len(p)), p.argmax(1)])
         return p, conf
