@@ -29,8 +29,8 @@ TREES = 50  # 100 scored the same by capture (seed 0) at twice the inference cos
 MIN_LEAF = 2  # leaves of one flow make the exported graph 1.7x larger (100 trees on 1,930 flows)
 # A verdict's confidence (manifest hybrid.confidence, runtime.CONFIDENCE_KINDS): "agreement", the geometric mean
 # of the hybrid's probability of its label and the forest's vote share for it. On new captures the hybrid's own
-# probability hardly ranks its verdicts (AUROC 0.58-0.61, ECE 0.19-0.27); the agreement does better (0.66-0.70,
-# ECE 0.07-0.10) and on random folds too (docs/model-card.md, "What the confidence means on new captures").
+# probability hardly ranks its verdicts (AUROC 0.57-0.61, ECE 0.19-0.27); the agreement does better (0.66-0.70,
+# ECE 0.07-0.11) and on random folds too (docs/model-card.md, "What the confidence means on new captures").
 CONFIDENCE = "agreement"
 
 
