@@ -366,7 +366,7 @@ class Model:
     def _confidence_of(self, probs: dict[str, np.ndarray], head: str, arg: np.ndarray) -> np.ndarray:
         """Each flow's confidence in label `arg` of `head` (self._confidence; probs from _run)."""
         conf = np.take_along_axis(probs[head], arg[:, None], 1)[:, 0]
-        if self._confidence == "agreement" and FOREST in probs and self._hybrid and head == self._hybrid[0]:
+        if self._confidence == "agreement" and head == self._hybrid[0]:  # "agreement" only loads on a hybrid
             conf = agreement_confidence(conf, np.take_along_axis(probs[FOREST], arg[:, None], 1)[:, 0])
         return conf
 
@@ -384,11 +384,7 @@ class Model:
     def predict_proba(self, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None = None,
                       head: str = "service", *, mask_names: bool | None = None) -> np.ndarray:
         """Class probabilities [n, len(label_sets[head])] for every record (no packet-count filter)."""
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        if not records:
-            return np.zeros((0, len(self.label_sets[head])), np.float32)
-        return self._run(self.features(records, contexts, mask_names), [head], records)[head]
+        return self.predict_with_confidence(records, contexts, head, mask_names=mask_names)[0]
 
     def classify(self, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None = None,
                  thresholds: Thresholds | None = None, *, mask_names: bool = True, min_packets: int = 2,

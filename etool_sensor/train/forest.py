@@ -132,7 +132,7 @@ class Hybrid:
 
             h = h + self.table.log_proba(fingerprints(records, self.chunks), records, self.chunks)
         p = softmax(h)
-        conf = p.max(1) if len(p) else np.zeros(0, np.float32)
-        if pf is not None and self.confidence == "agreement" and len(p):
+        conf = p.max(1)
+        if pf is not None and self.confidence == "agreement":
             conf = agreement_confidence(conf, pf[np.arange(len(p)), p.argmax(1)])
         return p, conf
