@@ -45,6 +45,11 @@ BATCH = 512  # flows per model call in classify
 PIPELINE = 2  # batches queued to the model thread before classify waits for the oldest
 
 
+#: Modules of the `train` extra (setup.cfg): a command that needs one says how to install it.
+TRAIN_EXTRA_MODULES = frozenset({"torch", "transformers", "onnx", "sklearn", "skl2onnx", "gguf", "matplotlib"})
+TRAIN_EXTRA_HINT = "install the train extra: pip install '.[train]' (in a checkout of etool)"
+
+
 class CliError(Exception):
     """An error reported as one line on stderr with the given exit code."""
 
@@ -97,7 +102,7 @@ def _load_lazy(name: str) -> tuple[Callable[[argparse.ArgumentParser], None], Ca
             if e.name and (modname == e.name or modname.startswith(e.name + ".")):
                 missing.append(modname)
                 continue  # this candidate module does not exist; try the next
-            hint = f"; install it with: pip install 'etool-sensor[{spec.extra}]'" if spec.extra else ""
+            hint = f"; {TRAIN_EXTRA_HINT}" if spec.extra == "train" else ""
             raise CliError(f"'{name}' needs the Python module {e.name!r}, which is not installed{hint}") from None
         except ImportError as e:
             raise CliError(f"'{name}' cannot be loaded: {e}") from None
@@ -493,15 +498,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         return classify_main(args, _config_from_args(args))
     spec = LAZY[args.command]
     _, run = _load_lazy(args.command)
-    if spec.takes_config:
-        return int(run(args, _config_from_args(args)) or 0)
     try:
-        wants_cfg = len(inspect.signature(run).parameters) >= 2
+        wants_cfg = spec.takes_config or len(inspect.signature(run).parameters) >= 2
     except (TypeError, ValueError):
         wants_cfg = False
-    if wants_cfg:
-        return int(run(args, _config_from_args(args)) or 0)
-    return int(run(args) or 0)
+    try:
+        return int((run(args, _config_from_args(args)) if wants_cfg else run(args)) or 0)
+    except ModuleNotFoundError as e:  # a module the command imports only once it runs
+        root = (e.name or "").split(".")[0]
+        if root not in TRAIN_EXTRA_MODULES:
+            raise
+        raise CliError(f"'{args.command}' needs the Python module {root!r}, which is not installed; "
+                       f"{TRAIN_EXTRA_HINT}") from None
 
 
 def _err(msg: str) -> None:

@@ -87,8 +87,6 @@ def confidence_coverage(conf: Sequence[float], correct: Sequence[bool],
     confidence as a score for "the label is right". Why: ECE says whether confidence is right on average;
     a SOC engineer tuning thresholds needs to know whether a higher threshold gives fewer, better verdicts on
     traffic like theirs (docs/model-card.md, "What the confidence means on new captures")."""
-    from sklearn.metrics import roc_auc_score
-
     conf = np.asarray(conf, np.float64)
     correct = np.asarray(correct, bool)
     rows = []
@@ -97,33 +95,69 @@ def confidence_coverage(conf: Sequence[float], correct: Sequence[bool],
         rows.append({"threshold": float(t), "flows": int(m.sum()), "share": float(m.mean()) if conf.size else 0.0,
                      "accuracy": float(correct[m].mean()) if m.any() else None})
     both = 0 < correct.sum() < correct.size  # AUROC needs right and wrong verdicts
-    return {"auroc": float(roc_auc_score(correct, conf)) if both else None, "thresholds": rows}
+    return {"auroc": auroc(conf, correct) if both else None, "thresholds": rows}
+
+
+def auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (the Mann-Whitney U statistic, tied scores at their average rank)."""
+    score = np.asarray(score, np.float64)
+    positive = np.asarray(positive, bool)
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each distinct score
+    ranks = avg_rank[inverse]
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def confusion(y_true: Sequence[str], y_pred: Sequence[str],
+              labels: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """(labels, counts) with counts[i, j] = flows of true labels[i] predicted as labels[j]."""
+    labels = list(labels) if labels is not None else sorted(set(y_true) | set(y_pred))
+    index = {c: i for i, c in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), np.int64)
+    for t, p in zip(y_true, y_pred):
+        if t in index and p in index:
+            cm[index[t], index[p]] += 1
+    return labels, cm
+
+
+def _f1_per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """precision, recall, F1 and support per row of a confusion matrix (0 where undefined)."""
+    tp = np.diag(cm).astype(np.float64)
+    predicted, support = cm.sum(0).astype(np.float64), cm.sum(1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(predicted + support > 0, 2 * tp / (predicted + support), 0.0)
+    return precision, recall, f1, support
 
 
 def metrics(y_true: Sequence[str], y_pred: Sequence[str], conf: Sequence[float] | None = None,
             min_support: int = 5) -> dict:
     """macro/weighted F1, accuracy, macro-F1 over classes with >= min_support test flows, per class; with
-    `conf` (the top label's confidence per flow) also ECE and confidence_coverage ("by_confidence")."""
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-
+    `conf` (the top label's confidence per flow) also ECE and confidence_coverage ("by_confidence").
+    numpy only, so `eval` scores a model on the base install (tests check it against scikit-learn)."""
     y_true, y_pred = list(y_true), list(y_pred)
     if not y_true:
         return {"flows": 0, "macro_f1": 0.0, "macro_f1_min5": 0.0, "weighted_f1": 0.0, "accuracy": 0.0,
                 "ece": 0.0, "per_class": {}}
     true_labels = sorted(set(y_true))
-    support = {c: y_true.count(c) for c in true_labels}
-    big = [c for c in true_labels if support[c] >= min_support]
-    # macro over the classes present in the test set (a predicted-only class cannot be "macro-averaged in")
+    # macro over the classes present in the test set (a predicted-only class cannot be "macro-averaged in");
+    # flows predicted as such a class still count as false negatives of their true class
+    labels = true_labels + sorted(set(y_pred) - set(true_labels))
+    _, cm = confusion(y_true, y_pred, labels)
+    p, r, f, s = (a[:len(true_labels)] for a in _f1_per_class(cm))
+    big = s >= min_support
     out = {
         "flows": len(y_true),
         "classes": len(true_labels),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=true_labels, average="macro", zero_division=0)),
-        "macro_f1_min5": float(f1_score(y_true, y_pred, labels=big, average="macro", zero_division=0)) if big else 0.0,
-        "classes_min5": len(big),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=true_labels, average="weighted", zero_division=0)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f.mean()),
+        "macro_f1_min5": float(f[big].mean()) if big.any() else 0.0,
+        "classes_min5": int(big.sum()),
+        "weighted_f1": float((f * s).sum() / s.sum()),
+        "accuracy": float(np.mean([a == b for a, b in zip(y_true, y_pred)])),
     }
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=true_labels, zero_division=0)
     out["per_class"] = {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                         for i, c in enumerate(true_labels)}
     if conf is not None:
@@ -173,15 +207,16 @@ def bootstrap_vs(y: Sequence[str], pred: Sequence[str], ref: Sequence[str], grou
             "unit": "capture file"}
 
 
-def confusion_png(y_true: Sequence[str], y_pred: Sequence[str], path: str | Path, title: str) -> None:
-    import matplotlib
-
+def confusion_png(y_true: Sequence[str], y_pred: Sequence[str], path: str | Path, title: str) -> bool:
+    """Draw the row-normalised confusion matrix; False (nothing written) without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
 
-    labels = sorted(set(y_true) | set(y_pred))
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    labels, cm = confusion(y_true, y_pred)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     n = len(labels)
     fig, ax = plt.subplots(figsize=(2 + 0.32 * n, 1.5 + 0.32 * n))
@@ -200,6 +235,7 @@ def confusion_png(y_true: Sequence[str], y_pred: Sequence[str], path: str | Path
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 # -------------------------------------------------------------------------------------------- splits
@@ -556,8 +592,8 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
             res["methods"][m] = r
             if png_dir is not None and m in ("etool", "hybrid", "teacher", "rf") and len(te):
                 png = png_dir / f"confusion_{col}_{split_name}_{m}.png"
-                confusion_png(te.labels, pred, png, f"{m}, {split_name} split, {col}")
-                r["confusion_png"] = png.name
+                if confusion_png(te.labels, pred, png, f"{m}, {split_name} split, {col}"):
+                    r["confusion_png"] = png.name
             log(f"eval[{split_name}] {m:18s} macroF1 {r['macro_f1']:.3f} min5 {r['macro_f1_min5']:.3f} "
                 f"acc {r['accuracy']:.3f} ECE {r.get('ece', 0):.3f} ({fit_s:.0f}s)")
         except Exception as e:  # one broken method must not hide the others' numbers
@@ -680,8 +716,8 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
         out["methods"][m] = r
         if png_dir is not None and m in ("etool", "hybrid", "hybrid_no_llm", "rf", "student_no_llm"):
             png = png_dir / f"confusion_{column}_{kind}_{m}.png"
-            confusion_png(y, pred[m], png, f"{m}, {kind} (pooled), {column}")
-            r["confusion_png"] = png.name
+            if confusion_png(y, pred[m], png, f"{m}, {kind} (pooled), {column}"):
+                r["confusion_png"] = png.name
         b = r["by_app_seen"]
         log(f"eval[{kind}] {m:18s} pooled macroF1 {r['macro_f1']:.3f} min5 {r['macro_f1_min5']:.3f} "
             f"acc {r['accuracy']:.3f}; folds min5 {r['fold_mean']:.3f} +- {r['fold_sd']:.3f}; "
@@ -937,6 +973,17 @@ def eval_main(args: argparse.Namespace) -> int:
     if repeats < 1:
         log(f"eval: --repeats {repeats} must be >= 1")
         return 2
+    if args.splits:
+        lacking = []
+        for mod in ("torch", "sklearn"):
+            try:
+                __import__(mod)
+            except ImportError:
+                lacking.append(mod)
+        if lacking:
+            log(f"eval: --splits trains models and needs {' and '.join(lacking)}: install the train extra "
+                "(pip install '.[train]' in a checkout); without --splits eval scores the model on the base install")
+            return 2
     if args.no_model and not args.splits:
         log("eval: nothing to evaluate: --no-model skips the shipped model, so name --splits (e.g. all)")
         return 2
@@ -975,18 +1022,22 @@ def eval_main(args: argparse.Namespace) -> int:
     # of OUT.json cannot take "not measured" for "scored zero".
     head: dict = {"macro_f1": None, "macro_f1_min5": None, "weighted_f1": None, "accuracy": None, "flows": len(ds)}
     if not args.no_model:
+        from .runtime import ModelError
+
         try:
             m = evaluate_model(ds, args.model, args.label_column)
-            pred = m.pop("_pred")
-            confusion_png(_label_of(ds, args.label_column), pred, png_dir / f"confusion_{args.label_column}_model.png",
-                          f"shipped model, all flows, {args.label_column}")
+        except ModelError as e:
+            log(f"eval: {e}")
+            return 2
+        pred = m.pop("_pred")
+        labels, cm = confusion(_label_of(ds, args.label_column), pred)
+        m["confusion"] = {"labels": labels, "counts": cm.tolist()}
+        if confusion_png(_label_of(ds, args.label_column), pred, png_dir / f"confusion_{args.label_column}_model.png",
+                         f"shipped model, all flows, {args.label_column}"):
             m["confusion_png"] = f"confusion_{args.label_column}_model.png"
-            res["model"] = m
-            head = {k: m[k] for k in head}
-            log(f"eval: model macroF1 {m['macro_f1']:.3f} min5 {m['macro_f1_min5']:.3f} acc {m['accuracy']:.3f}")
-        except Exception as e:
-            res["model"] = {"error": f"{type(e).__name__}: {e}"}
-            log(f"eval: could not evaluate the model: {type(e).__name__}: {e}")
+        res["model"] = m
+        head = {k: m[k] for k in head}
+        log(f"eval: model macroF1 {m['macro_f1']:.3f} min5 {m['macro_f1_min5']:.3f} acc {m['accuracy']:.3f}")
     res.update(head)
     res["flows"] = len(ds)
     if args.splits:

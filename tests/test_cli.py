@@ -324,7 +324,17 @@ def test_subcommand_missing_dependency_names_the_extra(monkeypatch, tmp_path: Pa
                                                    "t", "train"))
     rc, _, err = run(["train"], capsys)
     assert rc == EXIT_INPUT
-    assert_one_line_error(err, "definitely_not_installed_xyz", "etool-sensor[train]")
+    assert_one_line_error(err, "definitely_not_installed_xyz", "pip install '.[train]'")
+
+
+def test_train_on_the_base_install_says_what_to_install(monkeypatch, capsys) -> None:
+    """train imports torch only once it runs: without it, one line naming the extra, exit 2."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as on `pip install .`
+    rc, _, err = run(["train", "--data", "x", "--labels", "y", "--out", "z"], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "'train' needs the Python module 'torch'", "pip install '.[train]'")
 
 
 def test_lazy_subcommand_is_dispatched(monkeypatch, tmp_path: Path, capsys) -> None:

@@ -442,3 +442,57 @@ def test_kfold_repeats_keep_repeat_zero_and_share_the_teacher(shared, tmp_path, 
     assert "model seeds 0, 100, 200" in (tmp_path / "three.md").read_text()
     assert main(args + ["--json", str(tmp_path / "bad.json"), "--repeats", "0"]) == 2
     assert "--repeats 0 must be >= 1" in capsys.readouterr().err
+
+
+def test_numpy_metrics_match_sklearn_on_the_shipped_models_verdicts(shared):
+    """eval's metrics are numpy only (the base install has no sklearn); scikit-learn is the reference."""
+    from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
+
+    from etool_sensor.train.data import load_labelled
+
+    from conftest import ZEEK_TRACES
+
+    ds = load_labelled(ZEEK_TRACES, ZEEK_TRACES / "labels.csv", encrypted_only=True)  # a network it never saw
+    m = E.evaluate_model(ds, None, "category")
+    y, p = E._label_of(ds, "category"), m["_pred"]
+    assert set(p) - set(y), "the model should predict a label the test set lacks, to check it counts"
+    true = sorted(set(y))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, labels=true, average="macro", zero_division=0))
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, p, labels=true, average="weighted", zero_division=0))
+    pr, rc, _, _ = precision_recall_fscore_support(y, p, labels=true, zero_division=0)
+    for i, c in enumerate(true):
+        assert m["per_class"][c]["precision"] == pytest.approx(pr[i]) and m["per_class"][c]["recall"] == pytest.approx(rc[i])
+    rng = np.random.default_rng(0)
+    score = np.round(rng.random(300), 1)  # many ties
+    right = rng.random(300) < 0.6
+    assert E.auroc(score, right) == pytest.approx(roc_auc_score(right, score))
+
+
+# What the base install (`pip install .`) lacks: eval must still score a model, or say what to install.
+_NO_TRAIN_EXTRA = """
+import sys
+sys.modules.update(dict.fromkeys(("torch", "sklearn", "matplotlib", "transformers"), None))  # import fails
+from etool_sensor.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_eval_scores_the_model_without_the_train_extra(shared, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    base = [sys.executable, "-c", _NO_TRAIN_EXTRA, "eval", "--data", str(NDPI / "pcap"), "--labels",
+            str(NDPI / "labels.csv"), "--pcaps", ",".join(PCAPS[:4])]
+    env = {**__import__("os").environ, "PYTHONPATH": root}
+    r = subprocess.run(base + ["--json", str(tmp_path / "m.json")], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert 0.0 < res["accuracy"] <= 1.0 and res["macro_f1"] is not None
+    cm = res["model"]["confusion"]
+    assert sum(map(sum, cm["counts"])) == res["flows"] and "confusion_png" not in res["model"]
+    r = subprocess.run(base + ["--json", str(tmp_path / "s.json"), "--splits", "capture"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 2 and "train extra" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

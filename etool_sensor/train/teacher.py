@@ -166,6 +166,12 @@ def load_llm(layers: int | None = None, log: Callable[[str], None] = print):
             cache.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
             tok.save_pretrained(tmp)
+            if getattr(lm, "hf_quantizer", None) is not None:
+                # transformers >= 5 keeps the GGUF quantiser on the model and refuses to save it; the
+                # weights are already dequantised to fp32, so save them as a plain model
+                lm.hf_quantizer = None
+                if hasattr(lm.config, "quantization_config"):
+                    del lm.config.quantization_config
             lm.save_pretrained(tmp)
             if not (cache / "config.json").exists():
                 cache.rmdir()
