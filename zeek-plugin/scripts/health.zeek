@@ -114,7 +114,7 @@ event Cluster::websocket_client_lost(endpoint: Cluster::EndpointInfo, code: coun
 		# A daemon subscribed to a prefix of t (e.g. flow_topic itself)
 		# still receives t's flows.
 		local covered = F;
-		for ( id, others in daemon_clients )
+		for ( eid, others in daemon_clients )
 			for ( o in others )
 				if ( starts_with(t, o) )
 					covered = T;

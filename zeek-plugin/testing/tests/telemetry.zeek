@@ -29,9 +29,10 @@ hook ETooL::flow_policy(f: ETooL::Flow)
 event zeek_done() &priority=-10
 	{
 	local lines: vector of string;
-	for ( _, name in vector("etool_flows_sent", "etool_verdicts", "etool_timeouts", "etool_drops") )
-		for ( _, m in Telemetry::collect_metrics("zeek", name + "*") )
-			lines += fmt("%s{%s} %.0f", name, join_string_vec(m$label_values, ","), m$value);
+	local names = vector("etool_flows_sent", "etool_verdicts", "etool_timeouts", "etool_drops");
+	for ( i in names )
+		for ( _, m in Telemetry::collect_metrics("zeek", names[i] + "*") )
+			lines += fmt("%s{%s} %.0f", names[i], join_string_vec(m$label_values, ","), m$value);
 	sort(lines, strcmp);
 
 	print fmt("case %s", ETOOL_CASE);

@@ -11,7 +11,7 @@ redef ETooL::listen_websocket = F;
 
 global raise_threshold: event();
 
-function d(daemon: string, score: double, table_hit: double): ETooL::Drift
+function mk_drift(daemon: string, score: double, table_hit: double): ETooL::Drift
 	{
 	return ETooL::Drift($daemon=daemon, $model="etool-default@0.8.1", $score=score,
 	    $label_shift=score, $confidence_shift=0.12, $unknown_rate=0.45,
@@ -27,12 +27,12 @@ event raise_threshold()
 event new_connection(c: connection)
 	{
 	print fmt("wire_version=%d", ETooL::wire_version);
-	event ETooL::drift(d("etool-a", 0.45, 0.20));
-	event ETooL::drift(d("etool-a", 0.50, 0.20)); # suppressed: same daemon
-	event ETooL::drift(d("etool-b", 0.20, 0.40)); # below 0.3
-	event ETooL::drift(d("etool-c", 0.35, -1.0)); # no fingerprint table
+	event ETooL::drift(mk_drift("etool-a", 0.45, 0.20));
+	event ETooL::drift(mk_drift("etool-a", 0.50, 0.20)); # suppressed: same daemon
+	event ETooL::drift(mk_drift("etool-b", 0.20, 0.40)); # below 0.3
+	event ETooL::drift(mk_drift("etool-c", 0.35, -1.0)); # no fingerprint table
 	event raise_threshold();
-	event ETooL::drift(d("etool-d", 0.50, 0.30)); # below 0.6 now
+	event ETooL::drift(mk_drift("etool-d", 0.50, 0.30)); # below 0.6 now
 	}
 
 event zeek_done()
