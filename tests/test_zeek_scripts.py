@@ -240,3 +240,19 @@ def test_btests_pass():
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_notices_and_metrics_documented():
+    sensor_md = (DOCS / "sensor.md").read_text()
+    scripts = {p.name: p.read_text() for p in SCRIPTS.glob("*.zeek")}
+    notices = [n for text in scripts.values()
+               for block in re.findall(r"redef enum Notice::Type \+= \{(.*?)\};", text, re.S)
+               for n in re.findall(r"^\s*(\w+),", re.sub(r"##[^\n]*", "", block), re.M)]
+    assert sorted(notices) == ["Alert", "Daemon_Down", "Drift"]
+    for n in notices:
+        assert f"`ETooL::{n}`" in sensor_md, n
+    families = re.findall(r"register_(counter|gauge)_family\(.*?\$name=\"(\w+)\"", scripts["metrics.zeek"], re.S)
+    assert len(families) == 6
+    for kind, name in families:
+        prom = f"zeek_{name}" + ("_total" if kind == "counter" else "")
+        assert f"`{prom}`" in sensor_md, prom
