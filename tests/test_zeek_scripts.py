@@ -1,6 +1,10 @@
 """Static checks of the Zeek side of etool (no zeek binary needed).
 
 * every .zeek file in the repository parses (zeek-format from zeekscript),
+* the package is one file per concern, all loaded by __load__.zeek,
+* every setting in config.zeek is documented (``##``) and in docs/sensor.md,
+  and the analyst-facing ones are ``option``s,
+* the wire records in types.zeek match docs/zeek-wire.md and its JSON examples,
 * zkg.meta is valid and complete,
 * every btest uses a trace that exists,
 * the btests themselves run only where `zeek` is on PATH.
@@ -9,6 +13,7 @@
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shutil
 import subprocess
@@ -18,6 +23,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTING = ROOT / "zeek-plugin" / "testing"
+SCRIPTS = ROOT / "zeek-plugin" / "scripts"
+DOCS = ROOT / "docs"
 SKIP_DIRS = {".git", ".tmp", "node_modules", "build", ".pytest_cache"}
 
 
@@ -47,10 +54,110 @@ def zeek_format_errors(path: Path) -> str | None:
     return None
 
 
+PACKAGE_FILES = ["config", "types", "metrics", "publish", "collect", "log", "alerts", "health", "drift", "listen"]
+
+
 def test_zeek_files_exist():
     names = {p.relative_to(ROOT).as_posix() for p in zeek_files()}
     assert "zeek-plugin/scripts/__load__.zeek" in names
-    assert "zeek-plugin/scripts/main.zeek" in names
+    for f in PACKAGE_FILES:
+        assert f"zeek-plugin/scripts/{f}.zeek" in names
+
+
+def test_load_loads_every_script():
+    loads = re.findall(r"^@load \./(\w+)\s*$", (SCRIPTS / "__load__.zeek").read_text(), re.M)
+    present = sorted(p.stem for p in SCRIPTS.glob("*.zeek") if p.name != "__load__.zeek")
+    assert sorted(loads) == present
+    assert loads == PACKAGE_FILES  # dependency order: settings, wire, metrics, then the users
+
+
+# One setting in config.zeek: its `##` doc lines, then `const NAME ... &redef;` or `option NAME ...;`.
+_SETTING = re.compile(r"((?:^\t##.*\n)*)^\t(const|option) (\w+)\b[^\n]*?;", re.M)
+
+
+def config_settings() -> dict[str, tuple[str, str]]:
+    """name -> (kind, doc) for every setting declared in config.zeek."""
+    text = (SCRIPTS / "config.zeek").read_text()
+    return {m.group(3): (m.group(2), m.group(1)) for m in _SETTING.finditer(text)}
+
+
+def test_config_settings_documented():
+    settings = config_settings()
+    assert len(settings) >= 20, sorted(settings)
+    sensor_md = (DOCS / "sensor.md").read_text()
+    for name, (kind, doc) in settings.items():
+        assert doc.strip(), f"config.zeek: {name} has no ## doc"
+        if kind == "const":
+            assert re.search(rf"^\tconst {name}\b.*&redef;", (SCRIPTS / "config.zeek").read_text(), re.M), name
+        assert re.search(rf"^\| `{name}`", sensor_md, re.M) or f"`{name}` /" in sensor_md \
+            or f"/ `{name}`" in sensor_md, f"docs/sensor.md: no table row for ETooL::{name}"
+
+
+def test_analyst_settings_are_options():
+    settings = config_settings()
+    for name in ("alert_labels", "label_thresholds", "alert_notice_interval", "daemon_down_after",
+                 "timeout_share", "timeout_min_flows", "health_interval", "daemon_down_notice_interval",
+                 "drift_threshold", "drift_notice_interval"):
+        assert settings.get(name, ("missing",))[0] == "option", f"ETooL::{name} must be an option"
+    # The model's window and the wiring need a restart: they stay constants.
+    for name in ("packets_per_flow", "payload_bytes", "payload_packets", "hello_bytes", "flow_topic", "daemons"):
+        assert settings[name][0] == "const", name
+    # Settings live in config.zeek only.
+    for p in SCRIPTS.glob("*.zeek"):
+        if p.name != "config.zeek":
+            assert not re.search(r"^\s*(option |const \w+ .*&redef)", p.read_text(), re.M), p.name
+
+
+def test_one_alert_default():
+    """Zeek's alerts follow the daemon's threshold: no second default in the scripts or the docs."""
+    for p in [*SCRIPTS.glob("*.zeek"), DOCS / "sensor.md"]:
+        assert "default_threshold" not in p.read_text(), p.name
+
+
+_ZEEK_TO_BROKER = {"string": "string", "double": "real", "count": "count", "bool": "boolean", "time": "timestamp",
+                   "interval": "timespan", "addr": "address", "port": "port"}
+
+
+def record_fields(text: str, name: str) -> list[tuple[str, str]]:
+    """[(field, type)] of `type [ETooL::]name: record { ... };` in text (comments dropped)."""
+    m = re.search(rf"type (?:ETooL::)?{name}: record \{{(.*?)\}};", text, re.S)
+    assert m, f"record {name} not found"
+    body = re.sub(r"#[^\n]*", "", m.group(1))
+    return re.findall(r"(\w+): ([\w: ]+?);", body)
+
+
+def test_wire_records_match_docs():
+    types = (SCRIPTS / "types.zeek").read_text()
+    wire = (DOCS / "zeek-wire.md").read_text()
+    version = int(re.search(r"const wire_version = (\d+);", types).group(1))
+    assert re.search(rf"^# Zeek wire contract v{version}$", wire, re.M)
+    for rec in ("Packet", "Chunk", "Flow", "Verdict", "Drift"):
+        fields = record_fields(types, rec)
+        documented = [(f, t.replace("ETooL::", "")) for f, t in record_fields(wire, rec)]
+        assert fields == documented, rec
+    for ev, arg in (("flow", "Flow"), ("verdict", "Verdict"), ("drift", "Drift")):
+        assert f"global {ev}: event(" in types and f"event ETooL::{ev}(" in wire, ev
+
+
+def test_wire_examples_match_records():
+    """Each JSON example frame in docs/zeek-wire.md has the field types of its record in types.zeek."""
+    types = (SCRIPTS / "types.zeek").read_text()
+    wire = (DOCS / "zeek-wire.md").read_text()
+    frames = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", wire, re.S)]
+    seen = set()
+    for frame in frames:
+        name = frame["data"][2]["data"][0]["data"]
+        record = {"ETooL::flow": "Flow", "ETooL::verdict": "Verdict", "ETooL::drift": "Drift"}[name]
+        args = frame["data"][2]["data"][1]["data"]
+        assert len(args) == 1
+        values = args[0]["data"]
+        fields = record_fields(types, record)
+        assert len(values) == len(fields), name
+        for (field, ztype), value in zip(fields, values):
+            expected = "vector" if ztype.startswith("vector") else _ZEEK_TO_BROKER[ztype]
+            assert value["@data-type"] == expected, (name, field)
+        seen.add(name)
+    assert seen == {"ETooL::flow", "ETooL::verdict", "ETooL::drift"}
 
 
 @pytest.mark.parametrize(
@@ -133,3 +240,19 @@ def test_btests_pass():
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_notices_and_metrics_documented():
+    sensor_md = (DOCS / "sensor.md").read_text()
+    scripts = {p.name: p.read_text() for p in SCRIPTS.glob("*.zeek")}
+    notices = [n for text in scripts.values()
+               for block in re.findall(r"redef enum Notice::Type \+= \{(.*?)\};", text, re.S)
+               for n in re.findall(r"^\s*(\w+),", re.sub(r"##[^\n]*", "", block), re.M)]
+    assert sorted(notices) == ["Alert", "Daemon_Down", "Drift"]
+    for n in notices:
+        assert f"`ETooL::{n}`" in sensor_md, n
+    families = re.findall(r"register_(counter|gauge)_family\(.*?\$name=\"(\w+)\"", scripts["metrics.zeek"], re.S)
+    assert len(families) == 6
+    for kind, name in families:
+        prom = f"zeek_{name}" + ("_total" if kind == "counter" else "")
+        assert f"`{prom}`" in sensor_md, prom

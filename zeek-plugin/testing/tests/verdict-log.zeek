@@ -1,4 +1,4 @@
-# @TEST-DOC: A verdict (faked locally, as if the daemon had sent it) becomes an etool.log row with status ok; a verdict for an unknown uid is counted and ignored.
+# @TEST-DOC: A verdict (faked locally, as if the daemon had sent it) becomes an etool.log row with status ok; a verdict for an unknown uid is counted (zeek_etool_drops_total{reason="unmatched_verdict"}) and ignored.
 # @TEST-REQUIRES: which zeek
 # @TEST-EXEC: zeek -b -C -r $TRACES/tls-ecdhe.pcap $PACKAGE %INPUT > output
 # @TEST-EXEC: zeek-cut id.orig_h id.orig_p id.resp_h id.resp_p proto service app unknown alternatives model status < etool.log > etool.cut
@@ -19,7 +19,16 @@ hook ETooL::flow_policy(f: ETooL::Flow)
 	    $model="test-model"));
 	}
 
+function unmatched_verdicts(): double
+	{
+	local n = 0.0;
+	for ( _, m in Telemetry::collect_metrics("zeek", "etool_drops*") )
+		if ( m$label_values[0] == "unmatched_verdict" )
+			n += m$value;
+	return n;
+	}
+
 event zeek_done()
 	{
-	print fmt("unknown verdicts=%d pending=%d", ETooL::unknown_verdicts, ETooL::pending_flows());
+	print fmt("unknown verdicts=%.0f pending=%d", unmatched_verdicts(), ETooL::pending_flows());
 	}
