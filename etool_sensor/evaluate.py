@@ -75,8 +75,8 @@ def expected_calibration_error(conf: Sequence[float], correct: Sequence[bool], b
     return float(ece)
 
 
-#: Confidence thresholds whose coverage eval reports: etool.yaml's classify.threshold default (0.5), Zeek's
-#: ETooL::default_threshold for alerts (0.8), and the steps between and above.
+#: Confidence thresholds whose coverage eval reports: etool.yaml's classify.threshold default (0.5) and
+#: the steps above it.
 COVERAGE_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.99)
 
 

@@ -543,7 +543,7 @@ CONN_ID_FIELDS: list[Field] = [
 ]
 
 #: etool.log, as written by `etool-sensor classify`: the columns (and order) of the Zeek package's
-#: ETooL::Info (zeek-plugin/scripts/main.zeek), so offline and online logs read the same. Offline,
+#: ETooL::Info (zeek-plugin/scripts/log.zeek), so offline and online logs read the same. Offline,
 #: latency is unset and status is ok or too_few_packets (online: ok or timeout).
 ETOOL_FIELDS: list[Field] = [
     *CONN_ID_FIELDS,

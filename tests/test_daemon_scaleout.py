@@ -1,6 +1,6 @@
 """Several daemons behind one Zeek, spread by rendezvous hashing (docs/sensor.md, "Several daemons").
 
-The peer publishes each flow the way zeek-plugin/scripts/main.zeek does with ``ETooL::daemons`` set:
+The peer publishes each flow the way zeek-plugin/scripts/publish.zeek does with ``ETooL::daemons`` set:
 on ``etool/flows/<name>/`` for the daemon ``ETooL::pick_daemon`` gives the originator address; each
 daemon subscribes to its own topic only. Real flows from the nDPI captures, the real model.
 """

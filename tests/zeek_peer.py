@@ -383,7 +383,7 @@ def hrw_weight(key_digest: int, site_id: int) -> int:
 
 
 def pick_daemon(orig_h: str, daemons: list[str] | tuple[str, ...]) -> str:
-    """``ETooL::pick_daemon`` (zeek-plugin/scripts/main.zeek): rendezvous (HRW) hashing of the originator
+    """``ETooL::pick_daemon`` (zeek-plugin/scripts/publish.zeek): rendezvous (HRW) hashing of the originator
     address over the daemon names, highest weight wins, the first daemon on a tie.
 
     Same algorithm as the script (FNV-1a 32 digests of the address and of each name, the HRW weight);
