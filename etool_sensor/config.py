@@ -138,6 +138,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
                        "queue_size / N each"),
         "metrics_addr": Str("127.0.0.1", "address of the Prometheus metrics endpoint"),
         "metrics_port": Int(9464, 0, 65535, "port of the metrics endpoint; 0 disables it"),
+        "log_format": Enum("text", ("text", "json"), "the daemon's own log lines on stderr: text, or json (one "
+                           "object a line: time, level, event, message, fields); --log-format overrides"),
         "tls": {
             "ca_file": Str(None, "CA bundle to verify a wss:// Zeek endpoint; null = system CAs", nullable=True),
             "verify": Bool(True, "verify the server certificate of a wss:// endpoint"),
