@@ -171,3 +171,70 @@ def test_worker_settings_names_topics_ports_and_queue_share():
     assert worker_settings(ServeSettings(metrics_port=0, app_name="a"), 1, 2).metrics_port == 0
     # the topic is the one the Zeek script publishes to for that daemon name
     assert ws[2].topics[0] == daemon_topic("10.0.0.1", [ws[2].app_name])
+
+
+def test_serve_workers_sighup_reloads_every_worker(tmp_path, model, flows):  # noqa: F811
+    """SIGHUP to `serve --workers 2` (what systemd's ExecReload sends to the main process): the supervisor
+    forwards it, each worker loads model.path again (default -> fast); every flow gets one verdict, and
+    flows sent after both workers report the fast model name it, whichever worker answers."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_daemon_e2e import ROOT, _model_id, free_port, http_get
+
+    fast_id = _model_id("fast")
+    names = ["etool-sensor-0", "etool-sensor-1"]
+    mport = free_port()
+    while True:
+        try:
+            import socket
+
+            with socket.socket() as s1:
+                s1.bind(("127.0.0.1", mport + 1))
+            break
+        except OSError:
+            mport = free_port()
+    cfg = tmp_path / "etool.yaml"
+    serve = {"metrics_port": mport, "reconnect_min_s": 0.05, "workers": 2}
+    cfg.write_text(json.dumps({"model": {"path": "default"}, "serve": serve}))
+    first, second = flows[:100], flows[100:200]
+
+    async def main():
+        async with ZeekPeer() as peer:
+            proc = subprocess.Popen([sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url",
+                                     peer.url], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            try:
+                assert await peer.wait_connected(2, 60)
+                for r in first:
+                    await peer.publish_flow(r, topic=daemon_topic(r.orig_h, names))
+                assert await peer.wait_verdicts(len(first), 60)
+                cfg.write_text(json.dumps({"model": {"path": "fast"}, "serve": {**serve, "workers": 3}}))
+                proc.send_signal(signal.SIGHUP)
+                for _ in range(150):
+                    hs = [json.loads((await http_get(p, "/healthz"))[1]) for p in (mport, mport + 1)]
+                    if all(h["model"] == fast_id for h in hs):
+                        break
+                    await asyncio.sleep(0.1)
+                assert all(h["model"] == fast_id and h["last_reload"]["ok"] for h in hs), hs
+                for r in second:
+                    await peer.publish_flow(r, topic=daemon_topic(r.orig_h, names))
+                assert await peer.wait_verdicts(len(first) + len(second), 60)
+                await asyncio.sleep(0.3)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                rc = await asyncio.to_thread(proc.wait, 30)
+                err = proc.stderr.read()
+            assert rc == 0, err[-3000:]
+            got = {v.uid: v.model for _, v, _ in peer.verdicts}
+            assert len(got) == len(peer.verdicts) == len(first) + len(second)
+            assert {got[r.uid] for r in first} == {_model_id("default")}
+            assert {got[r.uid] for r in second} == {fast_id}
+            assert {pick_daemon(r.orig_h, names) for r in second} == set(names)  # both workers answered some
+            assert err.count("reloaded: new flows go to " + fast_id) == 2
+            # the number of workers is fixed until restart, and says so
+            assert "serve.workers changed to 3; it takes effect on restart, keeping 2" in err
+            assert peer.connections == 2
+
+    run(main(), timeout=180)
