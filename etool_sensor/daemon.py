@@ -318,8 +318,9 @@ class Daemon:
     ``request_reload()`` swaps in what ``reloader`` loads."""
 
     def __init__(self, settings: ServeSettings, model: Any, *, metrics: Metrics | None = None,
-                 reloader: Reloader | None = None) -> None:
+                 reloader: Reloader | None = None, on_listening: Callable[[int], None] | None = None) -> None:
         self.s = settings
+        self.on_listening = on_listening  # given: serve metrics even on port 0 (a free one) and say which
         self.m = metrics or Metrics()
         # records Zeek collected beyond what the model reads are cut to it (FlowRecord.within)
         self.serving = _serving(settings, model, self.m)
@@ -416,7 +417,7 @@ class Daemon:
     async def run(self) -> int:
         self.queue = asyncio.Queue(self.s.queue_size)
         self.stop_event = asyncio.Event()
-        if self.s.metrics_port:
+        if self.s.metrics_port or self.on_listening is not None:
             await self._start_http()
         batcher = asyncio.create_task(self._batcher(), name="etool-batcher")
         try:
@@ -715,8 +716,11 @@ class Daemon:
         self._http = await asyncio.start_server(self._http_conn, self.s.metrics_addr, self.s.metrics_port,
                                                 limit=8192)
         self.metrics_port = self._http.sockets[0].getsockname()[1]
-        log.info("metrics on http://%s:%d/metrics", self.s.metrics_addr, self.metrics_port,
-                 extra=ev("metrics_listening", addr=self.s.metrics_addr, port=self.metrics_port))
+        if self.on_listening is not None:
+            self.on_listening(self.metrics_port)
+        else:
+            log.info("metrics on http://%s:%d/metrics", self.s.metrics_addr, self.metrics_port,
+                     extra=ev("metrics_listening", addr=self.s.metrics_addr, port=self.metrics_port))
 
     async def _http_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -810,12 +814,13 @@ def worker_settings(s: ServeSettings, i: int, n: int | None = None) -> ServeSett
 
     It subscribes to ``<topic><name>/`` for each of serve.topics (``etool/flows/etool-sensor-0/`` by
     default: what the Zeek package publishes to with ``ETooL::daemons`` listing the names), says its
-    name in the handshake (cluster.log), serves metrics on ``metrics_port + i`` and queues at most
-    ``queue_size / N`` flows, so the N workers together hold no more than one daemon would."""
+    name in the handshake (cluster.log), serves its metrics on a free loopback port for the supervisor to
+    merge (workermetrics) and queues at most ``queue_size / N`` flows, so the N workers together hold no
+    more than one daemon would."""
     n = n or s.workers
     name = f"{s.app_name or 'etool-sensor'}-{i}"
     return dataclasses.replace(s, topics=tuple(t + name + "/" for t in s.topics), app_name=name,
-                               metrics_port=s.metrics_port + i if s.metrics_port else 0, workers=1,
+                               metrics_addr="127.0.0.1", metrics_port=0, workers=1,
                                queue_size=max(1, s.queue_size // n))
 
 
@@ -877,7 +882,8 @@ def serve_main(args: argparse.Namespace, cfg: Any = None) -> int:
     return _serve_one(s, reloader=make_reloader(args))
 
 
-def _serve_one(s: ServeSettings, workers: int = 1, reloader: Reloader | None = None) -> int:
+def _serve_one(s: ServeSettings, workers: int = 1, reloader: Reloader | None = None,
+               on_listening: Callable[[int], None] | None = None) -> int:
     try:
         from .runtime import GIL_SWITCH_S, load_model, tune_gc
     except ImportError as e:
@@ -896,14 +902,14 @@ def _serve_one(s: ServeSettings, workers: int = 1, reloader: Reloader | None = N
                       path=str(getattr(model, "path", s.model_path))))
     sys.setswitchinterval(GIL_SWITCH_S)  # this process is the daemon: see runtime.GIL_SWITCH_S
     tune_gc()
-    return asyncio.run(_serve(s, model, reloader))
+    return asyncio.run(_serve(s, model, reloader, on_listening))
 
 
-def _worker_main(s: ServeSettings, workers: int, i: int, args: argparse.Namespace | None) -> None:
+def _worker_main(s: ServeSettings, workers: int, i: int, args: argparse.Namespace | None, report: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, _note_hup)
-    sys.exit(_serve_one(s, workers, make_reloader(args, (i, workers))))
+    sys.exit(_serve_one(s, workers, make_reloader(args, (i, workers)), report.send if report is not None else None))
 
 
 def _serve_workers(s: ServeSettings, args: argparse.Namespace | None = None) -> int:
@@ -915,22 +921,32 @@ def _serve_workers(s: ServeSettings, args: argparse.Namespace | None = None) -> 
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
+    from .workermetrics import WorkerMetrics, serve_endpoint
+
     n = s.workers
-    if s.metrics_port and s.metrics_port + n - 1 > 65535:
-        print(f"etool-sensor serve: metrics ports {s.metrics_port}..{s.metrics_port + n - 1} exceed 65535",
-              file=sys.stderr)
-        return 2
     ws = [worker_settings(s, i, n) for i in range(n)]
     names = ", ".join(f'"{w.app_name}"' for w in ws)
     log.info("%d workers subscribing to %s; in Zeek: redef ETooL::daemons = vector(%s);", n,
              ", ".join(w.topics[0] for w in ws), names,
-             extra=ev("workers", workers=[w.app_name for w in ws], topics=[w.topics[0] for w in ws],
-                      metrics_ports=[w.metrics_port for w in ws]))
+             extra=ev("workers", workers=[w.app_name for w in ws], topics=[w.topics[0] for w in ws]))
+    merged = WorkerMetrics([w.app_name for w in ws])
+    endpoint = None
+    if s.metrics_port:
+        try:
+            endpoint = serve_endpoint(merged, s.metrics_addr, s.metrics_port)
+        except OSError as e:  # e.g. the port is taken
+            print(f"etool-sensor serve: metrics endpoint {s.metrics_addr}:{s.metrics_port}: {e}", file=sys.stderr)
+            return 2
     ctx = mp.get_context("fork")  # nothing heavy is loaded yet: each worker loads its own model
-    procs = [ctx.Process(target=_worker_main, args=(w, n, i, args), name=w.app_name, daemon=False)
+    pipes = [ctx.Pipe(duplex=False) if s.metrics_port else (None, None) for _ in ws]
+    procs = [ctx.Process(target=_worker_main, args=(w, n, i, args, pipes[i][1]), name=w.app_name, daemon=False)
              for i, w in enumerate(ws)]
     for p in procs:
         p.start()
+    for _, w_end in pipes:
+        if w_end is not None:
+            w_end.close()  # the worker holds it: a worker that dies before reporting reads as EOF here
+    reports = {r: w.app_name for (r, _), w in zip(pipes, ws) if r is not None}
     stopping = False
     failed: int | None = None
 
@@ -960,7 +976,14 @@ def _serve_workers(s: ServeSettings, args: argparse.Namespace | None = None) -> 
         reload()
     try:
         while any(p.exitcode is None for p in procs):
-            wait([p.sentinel for p in procs if p.exitcode is None], timeout=1.0)
+            ready = wait([p.sentinel for p in procs if p.exitcode is None] + list(reports), timeout=1.0)
+            for r in ready:
+                if r in reports:  # a worker's metrics port
+                    try:
+                        merged.set_port(reports[r], int(r.recv()))
+                    except (EOFError, OSError, ValueError):
+                        pass
+                    del reports[r]
             for p in procs:
                 if p.exitcode not in (None, 0) and not stopping:
                     log.error("worker %s exited with status %s: stopping the others", p.name, p.exitcode,
@@ -970,23 +993,28 @@ def _serve_workers(s: ServeSettings, args: argparse.Namespace | None = None) -> 
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        if endpoint is not None:
+            endpoint.shutdown()
+            endpoint.server_close()
     if failed is not None:
         return failed
     return max(_status(p.exitcode if p.exitcode is not None else 1) for p in procs)
 
 
 def _warn_process_settings(s: ServeSettings, args: argparse.Namespace | None) -> None:
-    """The supervisor's part of a reload: the number of workers is fixed until restart; say so."""
+    """The supervisor's part of a reload: the number of workers and its metrics endpoint are fixed until
+    restart; say so."""
     try:
         from .config import load_config
 
         new = ServeSettings.from_config(load_config(config_path(args)), args)
     except Exception:  # noqa: BLE001 - each worker refuses a bad file and logs why
         return
-    if new.workers != s.workers:
-        log.warning("reload: serve.workers changed to %d; it takes effect on restart, keeping %d", new.workers,
-                    s.workers, extra=ev("reload_needs_restart", key="serve.workers", new=new.workers,
-                                        running=s.workers))
+    for k in ("workers", "metrics_addr", "metrics_port"):
+        if getattr(new, k) != getattr(s, k):
+            log.warning("reload: serve.%s changed to %r; it takes effect on restart, keeping %r", k, getattr(new, k),
+                        getattr(s, k), extra=ev("reload_needs_restart", key=f"serve.{k}", new=getattr(new, k),
+                                                running=getattr(s, k)))
 
 
 def _status(exitcode: int) -> int:
@@ -994,9 +1022,10 @@ def _status(exitcode: int) -> int:
     return exitcode if exitcode >= 0 else 128 - exitcode
 
 
-async def _serve(s: ServeSettings, model: Any, reloader: Reloader | None = None) -> int:
+async def _serve(s: ServeSettings, model: Any, reloader: Reloader | None = None,
+                 on_listening: Callable[[int], None] | None = None) -> int:
     global _hup_pending
-    d = Daemon(s, model, reloader=reloader)
+    d = Daemon(s, model, reloader=reloader, on_listening=on_listening)
     loop = asyncio.get_running_loop()
     for sig, handler in ((signal.SIGTERM, d.request_stop), (signal.SIGINT, d.request_stop),
                          (signal.SIGHUP, d.request_reload)):
