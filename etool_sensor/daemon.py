@@ -434,6 +434,8 @@ class Daemon:
                     self.m.drops.labels("shutdown").inc(left)
                 log.warning("drain timed out after %.1fs; %d flows unanswered", self.s.drain_timeout_s, left)
             await self.client.close(1000, "")
+            if self._reload_task is not None and not self._reload_task.done():
+                self._reload_task.cancel()  # stopping: nothing new will be served by what it loads
             c = self.counts()
             log.info("stopped: %s", json.dumps(c, sort_keys=True), extra=ev("stopped", counts=c))
             if self._http is not None:
@@ -458,8 +460,8 @@ class Daemon:
             for smp in fam.samples:
                 if not smp.name.startswith("etool_") or not smp.name.endswith("_total"):
                     continue
-                if smp.name == "etool_verdicts_total" and not smp.value:
-                    continue  # one series per label of the package: only those that counted
+                if smp.name == "etool_verdicts_total":
+                    continue  # one series per label of the package: in /metrics only
                 key = smp.name[len("etool_"):-len("_total")]
                 for v in smp.labels.values():
                     key += "." + v
@@ -892,6 +894,8 @@ def _serve_one(s: ServeSettings, workers: int = 1, reloader: Reloader | None = N
     from . import logfmt
 
     logfmt.context["daemon"] = s.app_name
+    if workers > 1:
+        logfmt.context["worker"] = s.app_name
     try:
         model = load_model(s.model_path, threads=_inference_threads(s, workers))
     except Exception as e:  # noqa: BLE001 - a bad model package is an input error

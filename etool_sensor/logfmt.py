@@ -46,13 +46,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``; a worker of ``serve --workers N`` names itself after the logger (``daemon[etool-sensor-1]``)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        worker = context.get("worker")
+        if worker:
+            record = logging.makeLogRecord(record.__dict__)
+            record.name = f"{record.name}[{worker}]"
+        return super().format(record)
+
+
 def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     """Log to stderr in ``fmt`` (text or json). Replaces a handler this function installed before and
     leaves others (a test's capture handler) alone."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
     h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    h.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     h._etool = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in list(root.handlers):
