@@ -865,7 +865,10 @@ def _note_hup(_sig: int = 0, _frame: Any = None) -> None:
 
 
 def serve_main(args: argparse.Namespace, cfg: Any = None) -> int:
-    signal.signal(signal.SIGHUP, _note_hup)
+    try:
+        signal.signal(signal.SIGHUP, _note_hup)
+    except ValueError:  # not the main thread (embedded): the event loop's handler is all there is
+        pass
     s = ServeSettings.from_config(cfg, args)
     from .logfmt import setup_logging
 
