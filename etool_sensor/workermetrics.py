@@ -100,6 +100,8 @@ def serve_endpoint(collector: WorkerMetrics, addr: str, port: int) -> ThreadingH
     registry.register(collector)
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 5  # seconds a client may take to send its request (socket timeout)
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
