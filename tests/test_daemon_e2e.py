@@ -813,3 +813,34 @@ def test_sighup_swaps_the_model_mid_stream_without_losing_a_flow(tmp_path, flows
             print("reload:", json.dumps({"cut": cut, "default": cut, "fast": len(seq) - cut + len(late),
                                          "counts": {k: v for k, v in stopped.items() if not k.startswith("verdicts.")}}))
     run(main(), timeout=180)
+
+
+def test_log_format_json_flag_one_object_a_line(tmp_path):
+    """`serve --log-format json` (over serve.log_format: text): every stderr line is a JSON object, the
+    failed connection attempts included, with their event name and fields."""
+    if _real_model() is None:
+        pytest.skip(f"no model: load_model() failed ({_model_cache.get('why')})")
+    cfg = tmp_path / "etool.yaml"
+    cfg.write_text(json.dumps({"model": {"path": "fast"},
+                               "serve": {"metrics_port": 0, "log_format": "text", "reconnect_min_s": 0.05}}))
+    url = f"ws://127.0.0.1:{free_port()}/v1/messages/json"  # nobody listens
+    proc = subprocess.Popen([sys.executable, "-m", "etool_sensor", "serve", "--config", str(cfg), "--zeek-url", url,
+                             "--log-format", "json"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if '"event":"connect"' in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    objs = _json_log("".join(lines) + rest)
+    ev = {o["event"]: o for o in objs}
+    assert ev["model_loaded"]["fields"]["model"] == _model_id("fast")
+    assert ev["connect"]["level"] == "warning" and url in ev["connect"]["message"]
+    assert ev["stopped"]["fields"]["counts"]["reconnects"] >= 1
+    assert all(o["fields"]["daemon"] == "etool-sensor" for o in objs)
