@@ -61,15 +61,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def scrape(port: int) -> dict[str, float]:
+def scrape(port: int, worker: str | None = None) -> dict[str, float]:
+    """One endpoint's samples; `serve --workers N` labels each with its worker: summed over them, or
+    only `worker`'s when given."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    out = {}
+    out: dict[str, float] = collections.defaultdict(float)
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            out[s.name + "".join(f".{v}" for v in s.labels.values())] = s.value
+            labels = dict(s.labels)
+            if worker is not None and labels.get("worker", worker) != worker:
+                continue
+            labels.pop("worker", None)
+            out[s.name + "".join(f".{v}" for v in labels.values())] += s.value
     return out
 
 
@@ -184,9 +190,8 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
             procs.append(subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE if a.quiet else None))
             mports.append(mport)
 
-        if a.workers and n > 1:  # one process; worker i serves metrics on port + i
+        if a.workers and n > 1:  # one process; one metrics endpoint with each worker's series
             start(0, ["etool/flows/"], ["--workers", str(n)])
-            mports[:] = [mports[0] + i for i in range(n)]
         else:
             for i in range(max(1, n)):
                 start(i, [f"etool/flows/{names[i]}/"] if names else ["etool/flows/"], [])
@@ -294,7 +299,8 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
             if m.get("etool_inference_seconds_count"):
                 print(f"# mean batch {m['etool_batch_size_sum'] / m['etool_batch_size_count']:.1f} flows, "
                       f"mean inference {m['etool_inference_seconds_sum'] / m['etool_inference_seconds_count'] * 1e3:.2f} ms")
-            per = [scrape(p).get("etool_flows_in_total", 0) for p in mports]
+            per = ([scrape(mports[0], f"etool-sensor-{i}").get("etool_flows_in_total", 0) for i in range(n)]
+                   if a.workers and n > 1 else [scrape(p).get("etool_flows_in_total", 0) for p in mports])
             if len(per) > 1:
                 print("# flows per daemon:", per)
         finally:

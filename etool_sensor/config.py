@@ -134,10 +134,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "max_flows_per_s": Float(0, 0, 10_000_000, "rate limit on incoming flows (excess dropped, counted); 0 = off"),
         "drain_timeout_s": Float(10, 0, 3600, "on shutdown, how long to keep answering flows already in hand (s)"),
         "workers": Int(1, 1, 64, "event-loop processes; N > 1: worker i is daemon <app_name>-i to Zeek "
-                       "(ETooL::daemons), subscribed to <topic><app_name>-i/, metrics on metrics_port + i, "
-                       "queue_size / N each"),
+                       "(ETooL::daemons), subscribed to <topic><app_name>-i/, queue_size / N each; one metrics "
+                       "endpoint with a worker label"),
         "metrics_addr": Str("127.0.0.1", "address of the Prometheus metrics endpoint"),
         "metrics_port": Int(9464, 0, 65535, "port of the metrics endpoint; 0 disables it"),
+        "log_format": Enum("text", ("text", "json"), "the daemon's own log lines on stderr: text, or json (one "
+                           "object a line: time, level, event, message, fields); --log-format overrides"),
         "tls": {
             "ca_file": Str(None, "CA bundle to verify a wss:// Zeek endpoint; null = system CAs", nullable=True),
             "verify": Bool(True, "verify the server certificate of a wss:// endpoint"),

@@ -629,3 +629,216 @@ def test_lean_peer_counts_a_verdict_that_does_not_decode() -> None:
     peer.check(good, b"U2")  # decodes, but is another flow's verdict
     assert peer.summary() == {"received": 0, "checked": 3, "bad": 2}
 
+
+
+# ------------------------------------------------------------------------------------- operations
+def test_metrics_carry_per_label_verdicts_model_info_and_process_collectors(model, flows):
+    """/metrics: a series per label of the package (and 'unknown') from the start, counting every verdict
+    sent once per head; the package in etool_model_info; the process and GC collectors."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(body: bytes) -> dict[tuple, float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+
+    async def main():
+        async with ZeekPeer() as peer, serving(peer, model) as d:
+            assert await peer.wait_connected()
+            m0 = scrape((await http_get(d.metrics_port, "/metrics"))[1])
+            sets = getattr(model, "label_sets", {"service": [], "app": []})
+            for kind in ("service", "app"):
+                for label in list(sets[kind]) + ["unknown"]:
+                    assert m0[("etool_verdicts_total", (("kind", kind), ("label", label)))] == 0
+            assert sum(1 for k in m0 if k[0] == "etool_verdicts_total") == len(sets["service"]) + len(sets["app"]) + 2
+            info = [k for k in m0 if k[0] == "etool_model_info"]
+            assert info == [("etool_model_info", (("name", model.name), ("version", model.version)))]
+            assert m0[info[0]] == 1
+            for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
+                         "python_gc_collections_total", "python_info"):
+                assert any(k[0] == name for k in m0), name
+            sel = flows[:120]
+            for r in sel:
+                await peer.publish_flow(r)
+            assert await peer.wait_verdicts(len(sel), 30)
+            m1 = scrape((await http_get(d.metrics_port, "/metrics"))[1])
+            want: dict[tuple, int] = {}
+            for _, v, _ in peer.verdicts:
+                for kind, label in (("service", v.service), ("app", v.app)):
+                    lab = "unknown" if v.unknown or (sets[kind] and label not in sets[kind]) else label
+                    want[(kind, lab)] = want.get((kind, lab), 0) + 1
+            got = {dict(k[1])["kind"] + "/" + dict(k[1])["label"]: v for k, v in m1.items()
+                   if k[0] == "etool_verdicts_total" and v}
+            assert got == {f"{k}/{lab}": n for (k, lab), n in want.items()}
+            assert sum(v for k, v in got.items() if k.startswith("service/")) == len(sel)
+    run(main())
+
+
+def _json_log(stderr: str) -> list[dict]:
+    """Every line of a daemon's stderr under serve.log_format: json is one object with these keys."""
+    out = []
+    for line in stderr.splitlines():
+        obj = json.loads(line)
+        assert {"time", "level", "event", "message", "fields"} <= set(obj), line
+        assert obj["time"].endswith("Z") and obj["level"] in ("debug", "info", "warning", "error", "critical")
+        out.append(obj)
+    return out
+
+
+def _model_id(path: str) -> str:
+    from etool_sensor.runtime import read_manifest, resolve_model_path
+
+    _, man = read_manifest(resolve_model_path(path))
+    return f"{man['name']}@{man['version']}"
+
+
+def test_sighup_swaps_the_model_mid_stream_without_losing_a_flow(tmp_path, flows):
+    """etool.yaml says model.path: default; mid-stream it is rewritten to model.path: fast and the daemon
+    gets SIGHUP. Every flow gets exactly one verdict; in the order sent, the verdicts' model goes from the
+    default to the fast one once, and flows sent after the reload name the fast one. A config or package
+    that does not load is then refused with a log line and the fast model serves on. Logs are JSON."""
+    if _real_model() is None:
+        pytest.skip(f"no model: load_model() failed ({_model_cache.get('why')})")
+    default_id, fast_id = _model_id("default"), _model_id("fast")
+    assert default_id != fast_id
+    cfg = tmp_path / "etool.yaml"
+    mport = free_port()
+    serve = {"metrics_port": mport, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "log_format": "json"}
+
+    def write(model_path, **extra) -> None:
+        cfg.write_text(json.dumps({"model": {"path": model_path}, "serve": {**serve, **extra}}))
+
+    write("default")
+    before, during, after = flows[:100], flows[100:250], flows[250:330]
+
+    async def metric(name: str) -> float:
+        st, body = await http_get(mport, "/metrics")
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return -1.0
+
+    async def main():
+        async with ZeekPeer() as peer:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url", peer.url, cwd=ROOT,
+                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            err_task = asyncio.create_task(proc.stderr.read())
+            try:
+                assert await peer.wait_connected(timeout=60)
+                for r in before:
+                    await peer.publish_flow(r)
+                assert await peer.wait_verdicts(len(before), 30)
+
+                async def stream():
+                    for r in during:
+                        await peer.publish_flow(r)
+                        await asyncio.sleep(0.004)
+
+                streaming = asyncio.create_task(stream())
+                await asyncio.sleep(0.15)
+                write("fast", app_name="renamed")  # app_name needs a new session: kept until restart
+                proc.send_signal(signal.SIGHUP)
+                await streaming
+                ok = False
+                for _ in range(100):
+                    st, body = await http_get(mport, "/healthz")
+                    h = json.loads(body)
+                    if h["model"] == fast_id:
+                        ok = True
+                        break
+                    await asyncio.sleep(0.1)
+                assert ok, h
+                assert h["last_reload"]["ok"] is True and h["last_reload"]["kept"] == ["serve.app_name"]
+                for r in after:
+                    await peer.publish_flow(r)
+                n = len(before) + len(during) + len(after)
+                assert await peer.wait_verdicts(n, 30), len(peer.verdicts)
+                assert await metric('etool_model_info{name="%s",version="%s"}' % tuple(fast_id.split("@"))) == 1
+                assert await metric('etool_model_info{name="%s",version="%s"}' % tuple(default_id.split("@"))) == -1
+                assert await metric('etool_reloads_total{result="ok"}') == 1
+
+                # refused: a package that does not exist, then a value out of range; the fast model serves on
+                write(str(tmp_path / "no-such-package"))
+                proc.send_signal(signal.SIGHUP)
+                assert await peer.wait_for(lambda: False, 1.0) is False
+                for _ in range(50):
+                    if await metric('etool_reloads_total{result="refused"}') == 1:
+                        break
+                    await asyncio.sleep(0.1)
+                cfg.write_text(json.dumps({"model": {"path": "default"}, "classify": {"threshold": 7}, "serve": serve}))
+                proc.send_signal(signal.SIGHUP)
+                for _ in range(50):
+                    if await metric('etool_reloads_total{result="refused"}') == 2:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await metric('etool_reloads_total{result="refused"}') == 2
+                assert await metric("etool_config_last_reload_successful") == 0
+                late = [dataclasses.replace(r, uid=r.uid + "z") for r in flows[:20]]
+                for r in late:
+                    await peer.publish_flow(r)
+                assert await peer.wait_verdicts(n + len(late), 30)
+                assert peer.app_names == ["etool-sensor"] and peer.connections == 1
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        await asyncio.wait_for(proc.wait(), 30)
+                    except (asyncio.TimeoutError, TimeoutError):
+                        proc.kill()
+                err = (await err_task).decode()
+            assert proc.returncode == 0, err[-3000:]
+            sent = before + during + after + late
+            got = [v for _, v, _ in peer.verdicts]
+            assert sorted(v.uid for v in got) == sorted(r.uid for r in sent)  # exactly one verdict per flow
+            model_of = {v.uid: v.model for v in got}
+            seq = [model_of[r.uid] for r in before + during + after]
+            assert set(seq) == {default_id, fast_id}
+            cut = seq.index(fast_id)  # once switched, every later flow is the fast model's
+            assert seq[:cut] == [default_id] * cut and seq[cut:] == [fast_id] * (len(seq) - cut), seq
+            assert cut >= len(before) and all(model_of[r.uid] == fast_id for r in after + late)
+            lines = _json_log(err)
+            events = [o["event"] for o in lines]
+            assert events.count("reloaded") == 1 and events.count("reload_refused") == 2, events
+            done = next(o for o in lines if o["event"] == "reloaded")
+            assert done["fields"]["model"] == fast_id and done["fields"]["previous"] == default_id
+            refused = [o for o in lines if o["event"] == "reload_refused"]
+            assert all(o["level"] == "error" and o["fields"]["model"] == fast_id for o in refused)
+            assert "no-such-package" in refused[0]["message"] and "classify.threshold" in refused[1]["message"]
+            kept = [o for o in lines if o["event"] == "reload_needs_restart"]
+            assert [o["fields"]["key"] for o in kept] == ["serve.app_name"]
+            stopped = next(o for o in lines if o["event"] == "stopped")["fields"]["counts"]
+            assert stopped["flows_in"] == stopped["verdicts_out"] == len(sent), stopped
+            print("reload:", json.dumps({"cut": cut, "default": cut, "fast": len(seq) - cut + len(late),
+                                         "counts": {k: v for k, v in stopped.items() if not k.startswith("verdicts.")}}))
+    run(main(), timeout=180)
+
+
+def test_log_format_json_flag_one_object_a_line(tmp_path):
+    """`serve --log-format json` (over serve.log_format: text): every stderr line is a JSON object, the
+    failed connection attempts included, with their event name and fields."""
+    if _real_model() is None:
+        pytest.skip(f"no model: load_model() failed ({_model_cache.get('why')})")
+    cfg = tmp_path / "etool.yaml"
+    cfg.write_text(json.dumps({"model": {"path": "fast"},
+                               "serve": {"metrics_port": 0, "log_format": "text", "reconnect_min_s": 0.05}}))
+    url = f"ws://127.0.0.1:{free_port()}/v1/messages/json"  # nobody listens
+    proc = subprocess.Popen([sys.executable, "-m", "etool_sensor", "serve", "--config", str(cfg), "--zeek-url", url,
+                             "--log-format", "json"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if '"event":"connect"' in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    objs = _json_log("".join(lines) + rest)
+    ev = {o["event"]: o for o in objs}
+    assert ev["model_loaded"]["fields"]["model"] == _model_id("fast")
+    assert ev["connect"]["level"] == "warning" and url in ev["connect"]["message"]
+    assert ev["stopped"]["fields"]["counts"]["reconnects"] >= 1
+    assert all(o["fields"]["daemon"] == "etool-sensor" for o in objs)

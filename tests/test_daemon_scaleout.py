@@ -80,14 +80,16 @@ def test_two_daemons_one_verdict_per_uid_same_answers_as_one(model, flows):  # n
 
 
 # ------------------------------------------------------------------------------ serve --workers N
-def _scrape_flows_in(port: int) -> float:
+def _scrape_by_worker(port: int, name: str) -> dict[str, float]:
+    """One sample of the supervisor's merged /metrics, by its worker label."""
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("etool_flows_in_total "):
-                return float(line.split()[1])
-    return -1.0
+        text = r.read().decode()
+    return {s.labels["worker"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == name}
 
 
 def test_serve_workers_two_processes_one_verdict_per_uid(tmp_path, model, flows):  # noqa: F811
@@ -101,15 +103,6 @@ def test_serve_workers_two_processes_one_verdict_per_uid(tmp_path, model, flows)
     names = ["etool-sensor-0", "etool-sensor-1"]
     sel = flows[:200]
     mport = free_port()
-    while True:  # the worker's port is mport + 1: take a pair that is free
-        try:
-            import socket
-
-            with socket.socket() as s1:
-                s1.bind(("127.0.0.1", mport + 1))
-            break
-        except OSError:
-            mport = free_port()
     cfg = tmp_path / "etool.yaml"
     cfg.write_text(json.dumps({"serve": {"metrics_port": mport, "reconnect_min_s": 0.05}}))
 
@@ -129,8 +122,12 @@ def test_serve_workers_two_processes_one_verdict_per_uid(tmp_path, model, flows)
                 got = [v.uid for _, v, _ in peer.verdicts]
                 assert len(got) == len(set(got)) == len(sel) and set(got) == {r.uid for r in sel}
                 want = collections.Counter(pick_daemon(r.orig_h, names) for r in sel)
-                per = await asyncio.to_thread(lambda: [_scrape_flows_in(mport), _scrape_flows_in(mport + 1)])
-                assert per == [want[names[0]], want[names[1]]]
+                # one endpoint: each worker's series, labelled with its name
+                per = await asyncio.to_thread(_scrape_by_worker, mport, "etool_flows_in_total")
+                assert per == {n: want[n] for n in names}
+                up = await asyncio.to_thread(_scrape_by_worker, mport, "etool_worker_up")
+                rss = await asyncio.to_thread(_scrape_by_worker, mport, "process_resident_memory_bytes")
+                assert up == {n: 1 for n in names} and set(rss) == set(names) and min(rss.values()) > 10e6
             finally:
                 proc.send_signal(signal.SIGTERM)
                 rc = await asyncio.to_thread(proc.wait, 30)
@@ -166,8 +163,70 @@ def test_worker_settings_names_topics_ports_and_queue_share():
     ws = [worker_settings(s, i) for i in range(3)]
     assert [w.app_name for w in ws] == ["etool-sensor-0", "etool-sensor-1", "etool-sensor-2"]
     assert ws[1].topics == ("etool/flows/etool-sensor-1/", "other/etool-sensor-1/")
-    assert [w.metrics_port for w in ws] == [9464, 9465, 9466]
+    # each serves on a free loopback port the supervisor merges into metrics_port (workermetrics)
+    assert all((w.metrics_addr, w.metrics_port) == ("127.0.0.1", 0) for w in ws)
     assert all(w.queue_size == 3333 and w.workers == 1 for w in ws)
-    assert worker_settings(ServeSettings(metrics_port=0, app_name="a"), 1, 2).metrics_port == 0
     # the topic is the one the Zeek script publishes to for that daemon name
     assert ws[2].topics[0] == daemon_topic("10.0.0.1", [ws[2].app_name])
+
+
+def test_serve_workers_sighup_reloads_every_worker(tmp_path, model, flows):  # noqa: F811
+    """SIGHUP to `serve --workers 2` (what systemd's ExecReload sends to the main process): the supervisor
+    forwards it, each worker loads model.path again (default -> fast); every flow gets one verdict, and
+    flows sent after both workers report the fast model name it, whichever worker answers."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_daemon_e2e import ROOT, _model_id, free_port, http_get
+
+    fast_id = _model_id("fast")
+    names = ["etool-sensor-0", "etool-sensor-1"]
+    mport = free_port()
+    cfg = tmp_path / "etool.yaml"
+    serve = {"metrics_port": mport, "reconnect_min_s": 0.05, "workers": 2}
+    cfg.write_text(json.dumps({"model": {"path": "default"}, "serve": serve}))
+    first, second = flows[:100], flows[100:200]
+
+    async def main():
+        async with ZeekPeer() as peer:
+            proc = subprocess.Popen([sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url",
+                                     peer.url], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            try:
+                assert await peer.wait_connected(2, 60)
+                for r in first:
+                    await peer.publish_flow(r, topic=daemon_topic(r.orig_h, names))
+                assert await peer.wait_verdicts(len(first), 60)
+                cfg.write_text(json.dumps({"model": {"path": "fast"}, "serve": {**serve, "workers": 3}}))
+                proc.send_signal(signal.SIGHUP)
+                for _ in range(150):
+                    st, body = await http_get(mport, "/healthz")
+                    hs = json.loads(body)["workers"]
+                    if all(h.get("model") == fast_id for h in hs.values()):
+                        break
+                    await asyncio.sleep(0.1)
+                assert st == 200 and sorted(hs) == names, hs
+                assert all(h["model"] == fast_id and h["last_reload"]["ok"] for h in hs.values()), hs
+                info = await asyncio.to_thread(_scrape_by_worker, mport, "etool_model_info")
+                assert info == {n: 1 for n in names}
+                for r in second:
+                    await peer.publish_flow(r, topic=daemon_topic(r.orig_h, names))
+                assert await peer.wait_verdicts(len(first) + len(second), 60)
+                await asyncio.sleep(0.3)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                rc = await asyncio.to_thread(proc.wait, 30)
+                err = proc.stderr.read()
+            assert rc == 0, err[-3000:]
+            got = {v.uid: v.model for _, v, _ in peer.verdicts}
+            assert len(got) == len(peer.verdicts) == len(first) + len(second)
+            assert {got[r.uid] for r in first} == {_model_id("default")}
+            assert {got[r.uid] for r in second} == {fast_id}
+            assert {pick_daemon(r.orig_h, names) for r in second} == set(names)  # both workers answered some
+            assert err.count("reloaded: new flows go to " + fast_id) == 2
+            # the number of workers is fixed until restart, and says so
+            assert "serve.workers changed to 3; it takes effect on restart, keeping 2" in err
+            assert peer.connections == 2
+
+    run(main(), timeout=180)
