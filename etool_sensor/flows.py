@@ -259,10 +259,9 @@ def uid_maker(base: object) -> "Callable[[int], str]":
     """``lambda n: make_uid(base, n)``, with the constant prefix hashed once (the reader's per-connection cost)."""
     h0 = hashlib.blake2b((str(base) + "\x1f").encode(), digest_size=12)
     pairs = _B62_PAIRS
-    try:  # the base-62 text in C when the compiled packet path is built (same text, tests/test_flows.py)
-        from ._fastpath import uid_text
-    except (ImportError, AttributeError):  # pragma: no cover - depends on the build
-        uid_text = None
+    from .compiled import compiled
+
+    uid_text = compiled("uid_text")  # the base-62 text in C (same text, tests/test_flows.py)
     if uid_text is not None:
         def fast(n: int) -> str:
             h = h0.copy()

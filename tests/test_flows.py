@@ -80,10 +80,12 @@ def test_uid_maker_equals_make_uid(compiled, monkeypatch):
     from etool_sensor.flows import make_uid, uid_maker
 
     if not compiled:
-        monkeypatch.setitem(sys.modules, "etool_sensor._fastpath", None)  # import fails: the Python loop
+        monkeypatch.setenv("ETOOL_PURE_PYTHON", "1")  # the one switch that turns every compiled twin off
+        monkeypatch.setitem(sys.modules, "etool_sensor._fastpath", None)  # and an install without the build
     rnd = random.Random(0)
     for base in ("3f2a9c:0", "", "x" * 40 + ":7"):
         make = uid_maker(base)
+        assert (make.__name__ == "fast") == (compiled and sys.modules.get("etool_sensor._fastpath") is not None)
         for n in list(range(300)) + [rnd.randrange(10**15) for _ in range(3000)]:
             assert make(n) == make_uid(base, n)
 
