@@ -118,17 +118,18 @@ def check_reference(ref: Any) -> dict[str, Any]:
         table = ref.get("table_hit_rate")
         table = None if table is None else float(table)
         flows = int(ref["flows"])
+        threshold = float(ref["threshold"])
     except (KeyError, TypeError, ValueError) as e:
         raise DriftError(f"{REFERENCE_KEY}: missing or malformed {e}") from None
     if len(hist) != CONF_BINS:
         raise DriftError(f"{REFERENCE_KEY}: confidence_hist has {len(hist)} bins, not {CONF_BINS}")
-    vals = [*shares.values(), *hist, unknown] + ([table] if table is not None else [])
+    vals = [*shares.values(), *hist, unknown, threshold] + ([table] if table is not None else [])
     if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in vals):
         raise DriftError(f"{REFERENCE_KEY}: shares and rates must be in 0..1")
     if flows <= 0:
         raise DriftError(f"{REFERENCE_KEY}: flows must be positive")
     return {**dict(ref), "label_shares": shares, "confidence_hist": hist, "unknown_rate": unknown,
-            "table_hit_rate": table, "flows": flows}
+            "table_hit_rate": table, "flows": flows, "threshold": threshold}
 
 
 class DriftMonitor:
@@ -147,6 +148,7 @@ class DriftMonitor:
         self.window = window
         self._ref_hist = dict(enumerate(self.reference["confidence_hist"]))
         self._has_table = self.reference["table_hit_rate"] is not None
+        self._threshold = self.reference["threshold"]
         self._ring: deque[tuple[str, int, bool, bool | None]] = deque()
         self._labels: dict[str, int] = {}
         self._bins = [0] * CONF_BINS
@@ -158,14 +160,17 @@ class DriftMonitor:
         return len(self._ring)
 
     def observe(self, verdict: Any, table_hit: bool | None = None) -> None:
-        """Count one verdict (flows.Verdict or anything with status, service, confidence, unknown) and whether
-        its flow's fingerprint is in the service table (None: not known)."""
-        if verdict.status != "ok":
-            return
-        label = verdict.service
-        b = int(verdict.confidence * CONF_BINS)
+        """Count one verdict (flows.Verdict or anything with status, service and confidence) and whether its
+        flow's fingerprint is in the service table (None: not known)."""
+        if verdict.status == "ok":
+            self.add(verdict.service, verdict.confidence, table_hit)
+
+    def add(self, label: str, confidence: float, table_hit: bool | None = None) -> None:
+        """Count one classified flow: its service label, confidence and table hit. Its unknown flag is taken at
+        the reference's threshold, so a different classify.threshold does not read as drift."""
+        b = int(confidence * CONF_BINS)
         b = CONF_BINS - 1 if b >= CONF_BINS else (0 if b < 0 else b)
-        unknown = bool(verdict.unknown)
+        unknown = confidence < self._threshold
         ring = self._ring
         if self.window is not None and len(ring) >= self.window:
             self._forget(*ring.popleft())
@@ -218,8 +223,8 @@ def reference_from_verdicts(verdicts: Iterable[Any], table_hits: Iterable[bool |
                             source: str) -> dict[str, Any]:
     """The ``drift_reference`` of a package from its verdicts on its training traffic (only status "ok" counts)
     and, per verdict, whether the flow's fingerprint is in the service table (`table_hits` None, or every
-    entry None: the package has no table; table_hit_rate is then null). `threshold`: the classify threshold
-    the verdicts' unknown flags were computed at."""
+    entry None: the package has no table; table_hit_rate is then null). A verdict counts as unknown when its
+    confidence is below `threshold` (what DriftMonitor compares with, whatever the verdict's own flag)."""
     verdicts = list(verdicts)
     hits = [None] * len(verdicts) if table_hits is None else list(table_hits)
     if len(hits) != len(verdicts):
@@ -233,7 +238,7 @@ def reference_from_verdicts(verdicts: Iterable[Any], table_hits: Iterable[bool |
         n += 1
         labels[v.service] = labels.get(v.service, 0) + 1
         bins[confidence_bin(v.confidence)] += 1
-        unknown += bool(v.unknown)
+        unknown += v.confidence < threshold
         if hit is not None:
             nh += 1
             h += bool(hit)
@@ -254,6 +259,15 @@ def model_reference(model: Any) -> dict[str, Any] | None:
     """A loaded package's drift reference (runtime.Model), None when its manifest has none; DriftError when
     it is malformed."""
     ref = getattr(model, "manifest", {}).get(REFERENCE_KEY)
+    return None if ref is None else check_reference(ref)
+
+
+def package_reference(path: str | Path | None) -> dict[str, Any] | None:
+    """The drift reference in a package's manifest (a directory, a bundled name, None = the default) without
+    loading the model; None when it has none. ModelError / DriftError as model_reference."""
+    from .runtime import read_manifest, resolve_model_path
+
+    ref = read_manifest(resolve_model_path(path))[1].get(REFERENCE_KEY)
     return None if ref is None else check_reference(ref)
 
 
