@@ -84,6 +84,7 @@ class ServeSettings:
     model_path: str | None = None
     threads: int | None = None
     workers: int = 1
+    drift: Any = None  # config.DriftConfig (drift.*); None = its defaults
 
     @classmethod
     def from_config(cls, cfg: Any = None, args: argparse.Namespace | None = None) -> "ServeSettings":
@@ -115,6 +116,7 @@ class ServeSettings:
             model_path=_get(cfg, "model.path", None),
             threads=_get(cfg, "model.threads", None),
             workers=int(_get(cfg, "serve.workers", d.workers)),
+            drift=_get(cfg, "drift", None),
         )
         if args is not None:
             if getattr(args, "workers", None):
@@ -270,6 +272,9 @@ class Daemon:
         self._fill_need = 0
         self.m.queue_depth.set_function(lambda: self.queue.qsize() if self.queue is not None else 0)
         self.m.connected.set_function(lambda: 1 if self.client.connected else 0)
+        from .drift import ServeDrift  # the verdicts' drift from the model's reference: gauges, ETooL::drift
+
+        self.drift = ServeDrift(settings, model, self.m.registry, log)
 
     # -------------------------------------------------------------- control
     def request_stop(self) -> None:
@@ -283,6 +288,7 @@ class Daemon:
         if self.s.metrics_port:
             await self._start_http()
         batcher = asyncio.create_task(self._batcher(), name="etool-batcher")
+        drift = asyncio.create_task(self.drift.run(self.client, self.stop_event), name="etool-drift")
         try:
             await self.client.run(self._on_frame, self.stop_event)
         finally:
@@ -296,6 +302,7 @@ class Daemon:
                 if left:
                     self.m.drops.labels("shutdown").inc(left)
                 log.warning("drain timed out after %.1fs; %d flows unanswered", self.s.drain_timeout_s, left)
+            drift.cancel()
             await self.client.close(1000, "")
             log.info("stopped: %s", json.dumps(self.counts(), sort_keys=True))
             if self._http is not None:
@@ -511,6 +518,7 @@ class Daemon:
             self.warn.warn("model", "inference failed for %d flows: %r", len(batch), e)
             return
         m.infer_seconds.observe(time.perf_counter() - t0)
+        self.drift.observe_all(verdicts)
         texts: list[str] = []
         done: list[tuple[_Item, Verdict]] = []
         encode = z.encode_verdict

@@ -271,6 +271,103 @@ def package_reference(path: str | Path | None) -> dict[str, Any] | None:
     return None if ref is None else check_reference(ref)
 
 
+# ------------------------------------------------------------------------------------------------ serve
+class ServeDrift:
+    """serve's drift monitoring, kept in one object so the daemon needs three calls: ``observe_all(verdicts)``
+    where a batch's verdicts come back (event loop thread), ``run(client, stop)`` as a task (publishes
+    ETooL::drift every drift.interval_s once the window holds drift.min_flows verdicts, and warns at or
+    above drift.threshold), ``set_model(model)`` when another package answers. Gauges on the daemon's
+    registry: etool_drift_score, etool_drift_part{part}, etool_drift_flows (absent for a package without a
+    drift reference)."""
+
+    def __init__(self, settings: Any, model: Any, registry: Any, log: Any = None) -> None:
+        from .config import DriftConfig
+
+        cfg = getattr(settings, "drift", None) or DriftConfig()
+        self.window, self.min_flows = int(cfg.window), int(cfg.min_flows)
+        self.threshold, self.interval_s = float(cfg.threshold), float(cfg.interval_s)
+        self.daemon = str(getattr(settings, "app_name", None) or "etool-sensor")
+        self.log = log
+        self.monitor: DriftMonitor | None = None
+        self.model_id = "-"
+        self.published = 0
+        self.set_model(model)
+        self._gauges(registry)
+
+    def set_model(self, model: Any) -> None:
+        """Compare with `model`'s reference from now on (a fresh window); none when it has none."""
+        self.model_id = f"{getattr(model, 'name', '?')}@{getattr(model, 'version', '?')}"
+        try:
+            ref = model_reference(model)
+        except DriftError as e:
+            ref = None
+            if self.log is not None:
+                self.log.warning("no drift monitoring: %s", e)
+        self.monitor = None if ref is None else DriftMonitor(ref, self.window)
+
+    def observe_all(self, verdicts: Sequence[Any]) -> None:
+        mon = self.monitor
+        if mon is not None:
+            observe = mon.observe
+            for v in verdicts:
+                observe(v, v.table_hit)
+
+    def current(self) -> DriftScore | None:
+        """The window's score once it holds min_flows verdicts; None before (or without a reference)."""
+        mon = self.monitor
+        return None if mon is None or len(mon) < self.min_flows else mon.score()
+
+    def _gauges(self, registry: Any) -> None:
+        from prometheus_client import Gauge
+
+        def value(get: Any) -> Any:
+            def f() -> float:
+                d = self.current()
+                return math.nan if d is None else float(get(d))
+            return f
+
+        Gauge("etool_drift_score", "drift score of the last drift.window verdicts against the model's reference "
+              "(0..1, NaN until drift.min_flows verdicts or without a reference)", registry=registry
+              ).set_function(value(lambda d: d.score))
+        part = Gauge("etool_drift_part", "drift score parts: total variation distance of each verdict marginal "
+                     "from the reference's (0..1)", ["part"], registry=registry)
+        for name in PARTS:
+            part.labels(name).set_function(value(lambda d, n=name: d.parts().get(n, math.nan)))
+        Gauge("etool_drift_flows", "verdicts in the drift window", registry=registry).set_function(
+            lambda: len(self.monitor) if self.monitor is not None else 0)
+
+    async def run(self, client: Any, stop: Any) -> None:
+        """Every interval_s until `stop` (an asyncio.Event) is set: publish the window's ETooL::drift to Zeek
+        (DRIFT_TOPIC) when there is a score and a session. Never raises for a lost connection."""
+        import asyncio
+
+        from . import zeekws as z
+
+        if self.interval_s <= 0:
+            return
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+                return
+            except (asyncio.TimeoutError, TimeoutError):
+                pass
+            d = self.current()
+            if d is None:
+                continue
+            if d.score >= self.threshold and self.log is not None:
+                self.log.warning("%s of the last %d verdicts is at or above drift.threshold %g: the traffic is not "
+                                 "like the model's training traffic (etool-sensor adapt fits it)", d.describe(),
+                                 d.flows, self.threshold)
+            if not client.connected:
+                continue
+            try:
+                await client.send(z.encode_drift(z.DRIFT_TOPIC, self.daemon, self.model_id, d))
+                self.published += 1
+            except Exception as e:  # noqa: BLE001 - ConnectionClosed: the next interval tries again
+                if self.log is not None:
+                    self.log.warning("cannot send ETooL::drift: %s", str(e).splitlines()[0] if str(e) else e)
+
+
 # ---------------------------------------------------------------------------------- the reference command
 def captures_in(data: str | Path) -> list[Path]:
     """The capture files under `data` (its pcap/ folder when there is one), sorted."""
