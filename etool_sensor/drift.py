@@ -161,27 +161,35 @@ class DriftMonitor:
 
     def observe(self, verdict: Any, table_hit: bool | None = None) -> None:
         """Count one verdict (flows.Verdict or anything with status, service and confidence) and whether its
-        flow's fingerprint is in the service table (None: not known)."""
-        if verdict.status == "ok":
-            self.add(verdict.service, verdict.confidence, table_hit)
-
-    def add(self, label: str, confidence: float, table_hit: bool | None = None) -> None:
-        """Count one classified flow: its service label, confidence and table hit. Its unknown flag is taken at
-        the reference's threshold, so a different classify.threshold does not read as drift."""
-        b = int(confidence * CONF_BINS)
-        b = CONF_BINS - 1 if b >= CONF_BINS else (0 if b < 0 else b)
-        unknown = confidence < self._threshold
+        flow's fingerprint is in the service table (None: not known). add() inlined: this runs per flow."""
+        if verdict.status != "ok":
+            return
+        label = verdict.service
+        c = verdict.confidence
+        b = int(c * CONF_BINS)
+        if b >= CONF_BINS:
+            b = CONF_BINS - 1
+        elif b < 0:
+            b = 0
+        unknown = c < self._threshold
         ring = self._ring
-        if self.window is not None and len(ring) >= self.window:
+        if len(ring) == self.window:
             self._forget(*ring.popleft())
         ring.append((label, b, unknown, table_hit))
         labels = self._labels
         labels[label] = labels.get(label, 0) + 1
         self._bins[b] += 1
-        self._unknown += unknown
+        if unknown:
+            self._unknown += 1
         if table_hit is not None:
             self._hit_known += 1
-            self._hits += table_hit
+            if table_hit:
+                self._hits += 1
+
+    def add(self, label: str, confidence: float, table_hit: bool | None = None) -> None:
+        """Count one classified flow: its service label, confidence and table hit. Its unknown flag is taken at
+        the reference's threshold, so a different classify.threshold does not read as drift."""
+        self.observe(_Seen(label, confidence), table_hit)
 
     def _forget(self, label: str, b: int, unknown: bool, table_hit: bool | None) -> None:
         n = self._labels[label] - 1
@@ -217,6 +225,16 @@ class DriftMonitor:
         if table is not None:
             parts.append(abs(table - table_ref))
         return DriftScore(max(parts), label, conf, unknown, ref["unknown_rate"], table, table_ref, n)
+
+
+class _Seen:
+    """What DriftMonitor reads of a verdict (classify --workers sends these three values, not the verdict)."""
+
+    __slots__ = ("service", "confidence")
+    status = "ok"
+
+    def __init__(self, service: str, confidence: float) -> None:
+        self.service, self.confidence = service, confidence
 
 
 def reference_from_verdicts(verdicts: Iterable[Any], table_hits: Iterable[bool | None] | None, threshold: float,
@@ -275,8 +293,8 @@ def package_reference(path: str | Path | None) -> dict[str, Any] | None:
 class ServeDrift:
     """serve's drift monitoring, kept in one object so the daemon needs three calls: ``observe_all(verdicts)``
     where a batch's verdicts come back (event loop thread), ``run(client, stop)`` as a task (publishes
-    ETooL::drift every drift.interval_s once the window holds drift.min_flows verdicts, and warns at or
-    above drift.threshold), ``set_model(model)`` when another package answers. Gauges on the daemon's
+    ETooL::drift every drift.interval_s once the window holds drift.min_flows verdicts, and logs a warning
+    when the score crosses drift.threshold), ``set_model(model)`` when another package answers. Gauges on the daemon's
     registry: etool_drift_score, etool_drift_part{part}, etool_drift_flows (absent for a package without a
     drift reference)."""
 
@@ -291,6 +309,7 @@ class ServeDrift:
         self.monitor: DriftMonitor | None = None
         self.model_id = "-"
         self.published = 0
+        self._over = False  # the score was at or above the threshold at the last interval
         self.set_model(model)
         self._gauges(registry)
 
@@ -304,6 +323,7 @@ class ServeDrift:
             if self.log is not None:
                 self.log.warning("no drift monitoring: %s", e)
         self.monitor = None if ref is None else DriftMonitor(ref, self.window)
+        self._over = False
 
     def observe_all(self, verdicts: Sequence[Any]) -> None:
         mon = self.monitor
@@ -354,10 +374,16 @@ class ServeDrift:
             d = self.current()
             if d is None:
                 continue
-            if d.score >= self.threshold and self.log is not None:
-                self.log.warning("%s of the last %d verdicts is at or above drift.threshold %g: the traffic is not "
-                                 "like the model's training traffic (etool-sensor adapt fits it)", d.describe(),
-                                 d.flows, self.threshold)
+            over = d.score >= self.threshold
+            if over != self._over and self.log is not None:  # once per crossing, not every interval
+                if over:
+                    self.log.warning("%s of the last %d verdicts is at or above drift.threshold %g: the traffic is "
+                                     "not like the model's training traffic (etool-sensor adapt fits it)",
+                                     d.describe(), d.flows, self.threshold)
+                else:
+                    self.log.info("%s of the last %d verdicts: below drift.threshold %g again", d.describe(),
+                                  d.flows, self.threshold)
+            self._over = over
             if not client.connected:
                 continue
             try:
