@@ -280,3 +280,66 @@ def test_serve_publishes_drift_events_and_gauges(default_model) -> None:
         assert "etool_drift_flows 200.0" in text
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+@needs_data
+def test_serve_without_a_reference_publishes_no_drift() -> None:
+    """A package without drift_reference (the stand-in model): gauges NaN, no ETooL::drift, verdicts as ever."""
+    from etool_sensor.config import DriftConfig
+    from tests.stub_daemon import StubModel
+    from tests.test_daemon_e2e import http_get, serving
+    from tests.zeek_peer import ZeekPeer, flows_from_captures
+
+    recs = flows_from_captures(limit=150)
+
+    async def main():
+        cfg = DriftConfig(window=100, min_flows=10, threshold=0.3, interval_s=0.05)
+        async with ZeekPeer() as peer, serving(peer, StubModel(), drift=cfg) as d:
+            assert await peer.wait_connected()
+            for r in recs:
+                await peer.publish_flow(r)
+            assert await peer.wait_verdicts(len(recs), 30)
+            await asyncio.sleep(0.3)  # several intervals
+            st, body = await http_get(d.metrics_port, "/metrics")
+        assert d.drift.monitor is None and d.drift.current() is None and d.drift.published == 0
+        assert not any(x.name == z.DRIFT_EVENT for x in peer.received)
+        assert "etool_drift_score NaN" in body.decode() and "etool_drift_flows 0.0" in body.decode()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_reference_command_adds_only_drift_reference(tmp_path) -> None:
+    """`python -m etool_sensor.drift reference` on a copy of the fast package: the manifest gains the key and is
+    otherwise the same text; the package still loads (its checksums do not cover the manifest)."""
+    import shutil
+
+    from etool_sensor.runtime import BUNDLED_DIR, load_model
+
+    pkg = tmp_path / "fast"
+    shutil.copytree(BUNDLED_DIR / "fast", pkg)
+    before = json.loads((pkg / "manifest.json").read_text())
+    before.pop("drift_reference", None)
+    (pkg / "manifest.json").write_text(json.dumps(before, indent=1) + "\n")
+    caps = tmp_path / "caps"
+    caps.mkdir()
+    for p in dr.captures_in(DATA / "ndpi")[:25] if (DATA / "ndpi").is_dir() else []:
+        shutil.copy(p, caps / p.name)
+    if not any(caps.iterdir()):
+        shutil.copy(REPO / "etool_sensor" / "data" / "sample.pcap", caps / "sample.pcap")
+    assert dr.main(["reference", str(pkg), "--data", str(caps), "--source", "test captures"]) == 0
+    after = json.loads((pkg / "manifest.json").read_text())
+    ref = after.pop("drift_reference")
+    assert after == before and list(after) == list(before)
+    assert ref["source"] == "test captures" and ref["table_hit_rate"] is None and ref["flows"] > 0
+    assert abs(sum(ref["label_shares"].values()) - 1) < 1e-4 and abs(sum(ref["confidence_hist"]) - 1) < 1e-4
+    m = load_model(pkg)
+    assert dr.model_reference(m)["flows"] == ref["flows"]
+
+
+def test_config_min_flows_may_not_exceed_the_window() -> None:
+    from etool_sensor.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=r"config key drift.min_flows: must be <= drift.window \(100\), got 500"):
+        config_from_dict({"drift": {"window": 100}})
+    c = config_from_dict({"drift": {"window": 100, "min_flows": 100, "interval_s": 0}})
+    assert (c.drift.window, c.drift.min_flows, c.drift.interval_s, c.drift.threshold) == (100, 100, 0.0, 0.3)
