@@ -9,7 +9,8 @@ total variation distance between one marginal of the verdicts in the window and 
 * ``label_shift``: between the shares of the predicted service labels; a label the reference never predicted
   is its own mass, so traffic answered only with such labels is 1;
 * ``confidence_shift``: between the confidence histograms (CONF_BINS bins of width 0.1 over [0, 1]);
-* unknown: between the unknown rates, i.e. ``|unknown_rate - unknown_rate_ref|``;
+* unknown: between the unknown rates, i.e. ``|unknown_rate - unknown_rate_ref|``, both at the reference's
+  threshold (a verdict is unknown when its confidence is below it, whatever classify.threshold says);
 * table: between the shares of flows whose fingerprint is in the service fingerprint table,
   ``|table_hit_rate - table_hit_rate_ref|`` (left out for a package without a table).
 
@@ -20,7 +21,8 @@ reference's. 0 = the reference's marginals, 1 = disjoint. Labels are not compare
 high score says the traffic or the model's answers changed, not that they are wrong.
 
 `python -m etool_sensor.drift reference PKG --data DIR` classifies the captures of DIR with the package and
-writes ``drift_reference`` into its manifest.json (the package's files and checksums are not touched).
+writes ``drift_reference`` into its manifest.json (the package's files and checksums are not touched);
+`python -m etool_sensor.drift score PKG --data DIR` prints the score of captures against it.
 """
 
 from __future__ import annotations
