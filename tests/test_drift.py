@@ -163,8 +163,10 @@ def test_bundled_reference_is_the_packages_verdicts_on_the_ndpi_corpus(package) 
     verdicts, hits = dr.classify_captures(m, dr.captures_in(DATA / "ndpi"))
     now = dr.reference_from_verdicts(verdicts, hits, 0.5, ref["source"])
     assert now["flows"] == ref["flows"] and now["label_shares"] == ref["label_shares"]
-    assert np.allclose(now["confidence_hist"], ref["confidence_hist"], atol=2e-6)
-    assert now["unknown_rate"] == pytest.approx(ref["unknown_rate"], abs=2e-6)
+    # onnxruntime's int8 kernels round differently on AVX2-only CPUs (README): a confidence or two may change bin
+    tol = 3 / ref["flows"]
+    assert np.allclose(now["confidence_hist"], ref["confidence_hist"], atol=tol)
+    assert now["unknown_rate"] == pytest.approx(ref["unknown_rate"], abs=tol)
     assert (now["table_hit_rate"] is None) == (package == "fast")
     assert _score(m, dr.captures_in(DATA / "ndpi")).score < 1e-3
 
