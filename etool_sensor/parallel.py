@@ -380,7 +380,8 @@ def _failure_message(e: WorkerFailed, counts: Any) -> str:
 
 def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
     """classify with `workers` processes; same logs, summary, exit codes and errors as one process."""
-    from .cli import BATCH, EXIT_OUTPUT, CliError, Counts, _finish_classify, _open_logs, _progress_bar, drift_monitor
+    from .cli import (BATCH, EXIT_OUTPUT, CliError, Counts, _finish_classify, _open_logs, _progress_bar,
+                      drift_monitor)
     from .zeeklog import LogWriteError
 
     fmt = args.format or cfg.log.format
