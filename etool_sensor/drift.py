@@ -56,7 +56,7 @@ def confidence_bin(c: float) -> int:
 def total_variation(p: Mapping[Any, float], q: Mapping[Any, float]) -> float:
     """Total variation distance 1/2 sum |p_k - q_k| over the union of the keys (a missing key: 0), in [0, 1]
     for two distributions."""
-    keys = set(p) | set(q)
+    keys = sorted(set(p) | set(q), key=str)  # a fixed order: the sum does not depend on when labels came
     return min(1.0, 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys))
 
 
