@@ -7,7 +7,11 @@ thread hand-off, verdict encoding, metrics. Reports process CPU seconds per flow
 threads), best of --repeat. With ``--roots A,B`` each checkout runs in its own subprocess, alternately,
 so two versions are compared under the same machine load.
 
-    python bench/bench_daemon_cpu.py [--flows 20000] [--burst 64] [--repeat 5] [--roots /tmp/base,.]
+    python bench/bench_daemon_cpu.py [--flows 20000] [--burst 64] [--repeat 5] [--roots /tmp/base,.] [--drift]
+
+``--drift`` gives the fixed-answer model the bundled default package's drift reference, so the daemon's drift
+window (etool_sensor/drift.py) counts every verdict, as it does with a real package (bench/bench_drift.py
+compares the two).
 """
 
 from __future__ import annotations
@@ -35,9 +39,17 @@ def child(a: argparse.Namespace) -> None:
     from tests.zeek_peer import flows_from_captures  # the peer side is always this checkout's
 
     class Model:
+        name, version = "etool-student", "0.3.0"
+        manifest: dict = {}
+
         def classify(self, records, contexts=None, thresholds=None, *, mask_names=True, min_packets=2, top_k=3):
             return [Verdict(r.uid, "Web", "Google", 0.7123, False, ["Web:0.712", "Chat:0.100", "VPN:0.050"],
-                            "etool-student@0.3.0") for r in records]
+                            "etool-student@0.3.0", "ok", i % 3 > 0) for i, r in enumerate(records)]
+
+    if getattr(a, "drift", False):
+        from etool_sensor.runtime import read_manifest, resolve_model_path
+
+        Model.manifest = {"drift_reference": read_manifest(resolve_model_path(None))[1]["drift_reference"]}
 
     class Client:
         connected = True
@@ -96,6 +108,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3, help="with --roots: alternations")
     p.add_argument("--roots", type=lambda s: s.split(","), default=None)
+    p.add_argument("--drift", action="store_true", help="the model has a drift reference: drift monitoring on")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child or not a.roots:
@@ -109,7 +122,7 @@ def main() -> None:
         for r in a.roots:
             root = Path(r).resolve()
             out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--flows", str(a.flows),
-                                  "--burst", str(a.burst), "--repeat", str(a.repeat)], cwd=root,
+                                  "--burst", str(a.burst), "--repeat", str(a.repeat)] + ["--drift"] * a.drift, cwd=root,
                                  env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, check=True)
             v = json.loads(out.stdout.strip().splitlines()[-1])["cpu_us_per_flow"]
             res[r].append(v)

@@ -191,6 +191,7 @@ class Counts:
     alerts: dict[str, int] = field(default_factory=dict)  # classify.alert_labels hits, by label
     statuses: dict[str, int] = field(default_factory=dict)
     conns: int = 0
+    drift: Any = None  # drift.DriftMonitor over every verdict of the run, when the package has a reference
 
 
 def _verdict_row(rec: Any, v: Any, model_id: str, top_k: int, uid: str | None = None) -> list[Any]:
@@ -287,7 +288,7 @@ def _check_inputs(paths: Sequence[str]) -> None:
             raise CliError(str(e).splitlines()[0]) from None
 
 
-def _summary(counts: Counts, stats: Any, outputs: Sequence[Path]) -> str:
+def _summary(counts: Counts, stats: Any, outputs: Sequence[Path], drift: Any = None) -> str:
     parts = [f"{counts.files} file{'s' if counts.files != 1 else ''}",
              f"{counts.packets} packets", f"{counts.flows} flows",
              f"{counts.classified} classified", f"{counts.unknown} unknown"]
@@ -308,7 +309,31 @@ def _summary(counts: Counts, stats: Any, outputs: Sequence[Path]) -> str:
         v = getattr(stats, attr, 0) or 0
         if v:
             parts.append(f"{v} {word}")
+    if drift is not None:
+        parts.append(drift.describe())
     return f"{PROG}: " + ", ".join(parts) + " -> " + ", ".join(str(o) for o in outputs)
+
+
+def drift_monitor(model_path: Any, cfg: Any) -> Any:
+    """A DriftMonitor over a whole classify run against the package's drift reference; None when the package
+    has none (or it is unreadable: then a warning, and the run goes on without a drift score)."""
+    from . import drift
+    from .runtime import ModelError
+
+    try:
+        ref = drift.package_reference(model_path)
+    except (ModelError, drift.DriftError) as e:
+        print(f"{PROG}: warning: no drift score: {e}", file=sys.stderr)
+        return None
+    return None if ref is None else drift.DriftMonitor(ref, window=None)
+
+
+def _drift_of(counts: Counts, cfg: Any) -> Any:
+    """The run's DriftScore, None without a reference or below drift.min_flows verdicts (mostly noise)."""
+    mon = counts.drift
+    if mon is None or len(mon) < cfg.drift.min_flows:
+        return None
+    return mon.score()
 
 
 def classify_main(args: argparse.Namespace, cfg: Any) -> int:
@@ -367,7 +392,8 @@ def _classify(args: argparse.Namespace, cfg: Any) -> int:
         raise CliError(f"{outdir}: cannot create output directory: {e.strerror or e}", EXIT_OUTPUT) from None
 
     stats = pcap.ReadStats()
-    counts = Counts(files=len(args.captures))
+    counts = Counts(files=len(args.captures), drift=drift_monitor(model_path, cfg))
+    observe = counts.drift.observe if counts.drift is not None else None
     tracker = ContextTracker(window=cfg.context.window, bursts=cfg.context.bursts)
     thresholds = cfg.thresholds
     top_k = cfg.classify.top_k
@@ -419,6 +445,8 @@ def _classify(args: argparse.Namespace, cfg: Any) -> int:
                 hit = v.alert(alert_labels)
                 if hit:
                     counts.alerts[hit] = counts.alerts.get(hit, 0) + 1
+            if observe is not None:
+                observe(v, v.table_hit)
             write(_verdict_row(rec, v, model_id, top_k))
         inflight.popleft()
 
@@ -475,14 +503,21 @@ def _classify(args: argparse.Namespace, cfg: Any) -> int:
         if bar is not None:
             bar.close()
 
-    return _finish_classify(args, counts, stats, writers)
+    return _finish_classify(args, counts, stats, writers, cfg)
 
 
-def _finish_classify(args: argparse.Namespace, counts: Counts, stats: Any, writers: Sequence[Any]) -> int:
-    """The summary line, the truncation warning and the exit code of a classify run."""
+def _finish_classify(args: argparse.Namespace, counts: Counts, stats: Any, writers: Sequence[Any],
+                     cfg: Any = None) -> int:
+    """The summary line (with the drift score), the drift hint, the truncation warning and the exit code of a
+    classify run."""
     counts.packets = getattr(stats, "packets", 0) or 0
+    drift = _drift_of(counts, cfg) if cfg is not None else None
     if not args.quiet:
-        print(_summary(counts, stats, [w.path for w in writers]), file=sys.stderr)
+        print(_summary(counts, stats, [w.path for w in writers], drift), file=sys.stderr)
+        if drift is not None and drift.score >= cfg.drift.threshold:
+            print(f"{PROG}: drift {drift.score:.2f} is at or above drift.threshold {cfg.drift.threshold:g}: these "
+                  f"flows are not like the model's training traffic; fit the model to them with "
+                  f"'{PROG} adapt' (docs/adapt.md)", file=sys.stderr)
     if getattr(stats, "truncated", False):
         which = getattr(stats, "truncated_files", None)
         names = f" ({', '.join(map(str, which))})" if which else ""

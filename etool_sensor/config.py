@@ -145,6 +145,16 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "verify": Bool(True, "verify the server certificate of a wss:// endpoint"),
         },
     },
+    "drift": {
+        "window": Int(10000, 100, 10_000_000, "serve: the last N verdicts are compared with the model's drift "
+                      "reference (etool_drift_score, ETooL::drift)"),
+        "min_flows": Int(500, 1, 10_000_000, "fewer verdicts than this (serve's window, a classify run): no drift "
+                         "score, it would be mostly noise; <= window"),
+        "threshold": Float(0.3, 0.0, 1.0, "a drift score at or above this: classify's summary suggests "
+                           "`etool-sensor adapt`, serve logs a warning (Zeek's notice has ETooL::drift_threshold)"),
+        "interval_s": Float(60, 0, 86400, "serve: publish an ETooL::drift event every interval_s seconds (s); "
+                            "0 = never (the metrics stay)"),
+    },
     "log": {
         "dir": Str(".", "directory for etool.log / conn.log (classify -o overrides)", check=_nonempty),
         "format": Enum("tsv", ("tsv", "json"), "Zeek ASCII (tsv) or Zeek JSON lines"),
@@ -165,6 +175,9 @@ def _cross_checks(raw: dict[str, Any]) -> list[tuple[str, str]]:
     if s["reconnect_min_s"] > s["reconnect_max_s"]:
         errs.append(("serve.reconnect_min_s", f"must be <= serve.reconnect_max_s ({s['reconnect_max_s']}), "
                                               f"got {s['reconnect_min_s']}"))
+    d = raw["drift"]
+    if d["min_flows"] > d["window"]:
+        errs.append(("drift.min_flows", f"must be <= drift.window ({d['window']}), got {d['min_flows']}"))
     return errs
 
 
@@ -217,6 +230,7 @@ ClassifyConfig = _SECTION_CLASSES["classify"]
 ContextConfig = _SECTION_CLASSES["context"]
 ServeConfig = _SECTION_CLASSES["serve"]
 ServeTlsConfig = _SECTION_CLASSES["serve.tls"]
+DriftConfig = _SECTION_CLASSES["drift"]
 LogConfig = _SECTION_CLASSES["log"]
 
 
@@ -230,6 +244,7 @@ class Config:
     classify: ClassifyConfig = dataclasses.field(default_factory=ClassifyConfig)  # type: ignore[valid-type]
     context: ContextConfig = dataclasses.field(default_factory=ContextConfig)  # type: ignore[valid-type]
     serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)  # type: ignore[valid-type]
+    drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)  # type: ignore[valid-type]
     log: LogConfig = dataclasses.field(default_factory=LogConfig)  # type: ignore[valid-type]
     source: str | None = dataclasses.field(default=None, compare=False)  # file it came from, if any
 

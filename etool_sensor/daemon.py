@@ -89,6 +89,7 @@ class ServeSettings:
     threads: int | None = None
     workers: int = 1
     log_format: str = "text"
+    drift: Any = None  # config.DriftConfig (drift.*); None = its defaults
 
     @classmethod
     def from_config(cls, cfg: Any = None, args: argparse.Namespace | None = None) -> "ServeSettings":
@@ -121,6 +122,7 @@ class ServeSettings:
             threads=_get(cfg, "model.threads", None),
             workers=int(_get(cfg, "serve.workers", d.workers)),
             log_format=str(_get(cfg, "serve.log_format", d.log_format)),
+            drift=_get(cfg, "drift", None),
         )
         if args is not None:
             if getattr(args, "workers", None):
@@ -137,7 +139,12 @@ class ServeSettings:
 #: Settings a reload cannot change: they shape the WebSocket session, the listening socket, the queue or
 #: the process set. A reload that changes one keeps the running value and says so in the log.
 RESTART_ONLY = ("zeek_url", "topics", "app_name", "ca_file", "verify", "max_message_bytes", "reconnect_min_s",
-                "reconnect_max_s", "metrics_addr", "metrics_port", "queue_size", "workers", "log_format")
+                "reconnect_max_s", "metrics_addr", "metrics_port", "queue_size", "workers", "log_format", "drift")
+
+
+def _key(setting: str) -> str:
+    """The etool.yaml key of a ServeSettings field that reload keeps (drift is its own section)."""
+    return setting if setting == "drift" else f"serve.{setting}"
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -349,6 +356,9 @@ class Daemon:
         self._fill_need = 0
         self.m.queue_depth.set_function(lambda: self.queue.qsize() if self.queue is not None else 0)
         self.m.connected.set_function(lambda: 1 if self.client.connected else 0)
+        from .drift import ServeDrift  # the verdicts' drift from the model's reference: gauges, ETooL::drift
+
+        self.drift = ServeDrift(settings, model, self.m.registry, log)
 
     @property
     def model(self) -> Any:
@@ -395,8 +405,8 @@ class Daemon:
         old_s = self.s
         kept = {k: getattr(old_s, k) for k in RESTART_ONLY if getattr(new, k) != getattr(old_s, k)}
         for k, v in kept.items():
-            log.warning("reload: serve.%s changed to %r; it takes effect on restart, keeping %r", k,
-                        getattr(new, k), v, extra=ev("reload_needs_restart", key=f"serve.{k}", new=getattr(new, k),
+            log.warning("reload: %s changed to %r; it takes effect on restart, keeping %r", _key(k),
+                        getattr(new, k), v, extra=ev("reload_needs_restart", key=_key(k), new=getattr(new, k),
                                                      running=v))
         new = dataclasses.replace(new, **{k: getattr(old_s, k) for k in RESTART_ONLY})
         previous = self.serving
@@ -407,10 +417,12 @@ class Daemon:
             self.rate = TokenBucket(new.max_flows_per_s) if new.max_flows_per_s > 0 else None
         self.s = new
         self.serving = serving
+        if serving.model is not previous.model:
+            self.drift.set_model(serving.model)  # a fresh window against the new package's reference
         self.m.reloads.labels("ok").inc()
         self.m.reload_ok.set(1)
         self.last_reload = {"ok": True, "time": time.time(), "model": serving.model_id,
-                            "kept": sorted(f"serve.{k}" for k in kept)}
+                            "kept": sorted(_key(k) for k in kept)}
         log.info("reloaded: new flows go to %s (was %s)", serving.model_id, previous.model_id,
                  extra=ev("reloaded", model=serving.model_id, previous=previous.model_id))
 
@@ -420,6 +432,7 @@ class Daemon:
         if self.s.metrics_port or self.on_listening is not None:
             await self._start_http()
         batcher = asyncio.create_task(self._batcher(), name="etool-batcher")
+        drift = asyncio.create_task(self.drift.run(self.client, self.stop_event), name="etool-drift")
         try:
             await self.client.run(self._on_frame, self.stop_event)
         finally:
@@ -433,6 +446,7 @@ class Daemon:
                 if left:
                     self.m.drops.labels("shutdown").inc(left)
                 log.warning("drain timed out after %.1fs; %d flows unanswered", self.s.drain_timeout_s, left)
+            drift.cancel()
             await self.client.close(1000, "")
             if self._reload_task is not None and not self._reload_task.done():
                 self._reload_task.cancel()  # stopping: nothing new will be served by what it loads
@@ -657,6 +671,7 @@ class Daemon:
             self.warn.warn("model", "inference failed for %d flows: %r", len(batch), e)
             return
         m.infer_seconds.observe(time.perf_counter() - t0)
+        self.drift.observe_all(verdicts)
         texts: list[str] = []
         done: list[tuple[_Item, Verdict]] = []
         encode = z.encode_verdict

@@ -272,24 +272,37 @@ class HelloTable:
         by binary search over the sorted fingerprints: most flows have one in the table since 0.7.0."""
         return self.add_to(np.zeros((len(keys), len(self.labels)), np.float32), keys, records, chunks)
 
-    def add_to(self, logits: np.ndarray, keys: np.ndarray, records: Sequence[FlowRecord] | None = None,
-               chunks: int = 3) -> np.ndarray:
-        """logits += log_proba(keys, records), in place (float32 [B, labels]); returns logits. The runtime's
-        form: it touches only the rows of flows the table knows or finds near neighbours for; only the flows
-        with a fingerprint the table lacks are parsed again (hello_tokens), and only with `records`."""
-        k = len(self.labels)
+    def _table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted fingerprints, their log-probability rows), computed once."""
         if self._rows is None:
+            k = len(self.labels)
             fps = np.array(sorted(self.counts), np.uint64)
             c = np.array([self.counts[f] for f in fps.tolist()], np.float64).reshape(len(fps), k)
             self._rows = (fps, (self.weight * np.log((c + self.alpha / k) / (c.sum(1, keepdims=True)
                                                                               + self.alpha))).astype(np.float32))
-        fps, rows = self._rows
+        return self._rows
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(known, pos): whether each fingerprint (key 0: no payload) is in the table, and its row where it is."""
+        fps = self._table()[0]
         keys = np.asarray(keys, np.uint64)
-        known = np.zeros(len(keys), bool)
-        if len(fps) and len(keys):
-            pos = np.minimum(np.searchsorted(fps, keys), len(fps) - 1)
-            known = (fps[pos] == keys) & (keys != 0)
-            hit = np.flatnonzero(known)
+        if not (len(fps) and len(keys)):
+            return np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
+        pos = np.minimum(np.searchsorted(fps, keys), len(fps) - 1)
+        return (fps[pos] == keys) & (keys != 0), pos
+
+    def add_to(self, logits: np.ndarray, keys: np.ndarray, records: Sequence[FlowRecord] | None = None,
+               chunks: int = 3, found: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """logits += log_proba(keys, records), in place (float32 [B, labels]); returns logits. The runtime's
+        form: it touches only the rows of flows the table knows or finds near neighbours for; only the flows
+        with a fingerprint the table lacks are parsed again (hello_tokens), and only with `records`.
+        `found`: lookup(keys), when the caller has it already."""
+        k = len(self.labels)
+        rows = self._table()[1]
+        keys = np.asarray(keys, np.uint64)
+        known, pos = found if found is not None else self.lookup(keys)
+        hit = np.flatnonzero(known)
+        if len(hit):
             logits[hit] += rows[pos[hit]]
         if self.near is not None and records is not None:
             if len(records) != len(keys):

@@ -295,6 +295,9 @@ class Verdict:
     alternatives: list[str]
     model: str
     status: str = "ok"  # ok | too_few_packets | error | timeout
+    # whether the flow's fingerprint is in the package's service fingerprint table (drift monitoring); None
+    # when the package has no table or the flow got no inference. Not on the wire.
+    table_hit: bool | None = field(default=None, compare=False)
 
     def alert(self, labels: "frozenset[str] | set[str]") -> str | None:
         """The label of `classify.alert_labels` this verdict raises, if any (service first, then app).

@@ -122,7 +122,8 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
                 row = _verdict_row(rec, v, model_id, top_k, ph)
                 ok = v.status == "ok"
                 erows.append((key, rec.uid, fmt_e(row), v.status, ok and bool(v.unknown),
-                              v.alert(alert_labels) if ok else None))
+                              v.alert(alert_labels) if ok else None,
+                              (v.service, v.confidence, v.table_hit) if ok else None))  # for the drift score
             keys.clear()
             recs.clear()
             ctxs.clear()
@@ -379,7 +380,8 @@ def _failure_message(e: WorkerFailed, counts: Any) -> str:
 
 def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
     """classify with `workers` processes; same logs, summary, exit codes and errors as one process."""
-    from .cli import BATCH, EXIT_OUTPUT, CliError, Counts, _finish_classify, _open_logs, _progress_bar
+    from .cli import (BATCH, EXIT_OUTPUT, CliError, Counts, _finish_classify, _open_logs, _progress_bar,
+                      drift_monitor)
     from .zeeklog import LogWriteError
 
     fmt = args.format or cfg.log.format
@@ -403,6 +405,8 @@ def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
             pool.wait_ready()
         except WorkerFailed as e:
             raise CliError(_failure_message(e, counts), e.code) from None
+        counts.drift = drift_monitor(args.model or cfg.model.path, cfg)
+        drift_add = counts.drift.add if counts.drift is not None else None
         outdir = Path(args.output or cfg.log.dir)
         try:
             outdir.mkdir(parents=True, exist_ok=True)
@@ -418,7 +422,7 @@ def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
 
         def write_etool(rows, uids) -> None:
             write = etool_w.write_formatted
-            for _key, cid, line, status, unknown, alert in rows:
+            for _key, cid, line, status, unknown, alert, seen in rows:
                 counts.flows += 1
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == "ok":
@@ -426,6 +430,8 @@ def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
                     counts.unknown += unknown
                     if alert:
                         alerts[alert] = alerts.get(alert, 0) + 1
+                    if drift_add is not None:
+                        drift_add(*seen)
                 write(line.replace(ph, uids[cid], 1))
 
         def write_conn(rows, uids) -> None:
@@ -465,4 +471,4 @@ def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
     stats = all_stats[0]
     for s in shard_stats:
         stats.add_counts(s)
-    return _finish_classify(args, counts, stats, writers)
+    return _finish_classify(args, counts, stats, writers, cfg)

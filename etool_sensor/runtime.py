@@ -281,6 +281,7 @@ def check_manifest(d: Path, manifest: dict[str, Any], *, verify_checksum: bool =
 
 CONFIDENCE_KINDS = ("probability", "agreement")  # manifest hybrid.confidence
 FOREST = "forest"  # Model._run's key for a hybrid's forest probabilities
+TABLE_HIT = "table_hit"  # Model._run's key for whether each flow's fingerprint is in the service table (drift.py)
 
 
 class Model:
@@ -345,7 +346,8 @@ class Model:
              records: Sequence[FlowRecord] | None = None) -> dict[str, np.ndarray]:
         """The heads' probabilities for encoded flows; `records` (the same flows) let a table with near
         hellos (fingerprints.NearHellos) read the hellos it does not know. A hybrid's forest probabilities
-        (in the mixed head's label columns) come along under FOREST."""
+        (in the mixed head's label columns) come along under FOREST; with a service table, whether each flow's
+        fingerprint is in it under TABLE_HIT (the lookup the table does anyway)."""
         outs = [self._out[h] for h in heads]
         mixed = self._hybrid is not None and self._hybrid[0] in heads
         if mixed:
@@ -357,7 +359,11 @@ class Model:
             if mixed and h == self._hybrid[0] and len(x):
                 x = hybrid_logits(x, res[-1], self._hybrid[2], self._hybrid[3])
             if h in self._tables and len(x):
-                x = self._tables[h].add_to(x, feats["hfp"], records, self.spec.payload_packets)  # x: fresh (run_graph)
+                table = self._tables[h]
+                found = table.lookup(feats["hfp"])
+                if h == "service":
+                    probs[TABLE_HIT] = found[0]
+                x = table.add_to(x, feats["hfp"], records, self.spec.payload_packets, found)  # x: fresh (run_graph)
             probs[h] = softmax(x) if self._out_kind == "logits" else x
         if mixed:
             probs[FOREST] = res[-1]
@@ -414,12 +420,13 @@ class Model:
             confs = self._confidence_of(probs, "service", s_arg).tolist()
             tops, top_p = top.tolist(), np.take_along_axis(ps, top, 1).tolist()
             s_args, a_args = s_arg.tolist(), pa.argmax(1).tolist()
+            hits = probs[TABLE_HIT].tolist() if TABLE_HIT in probs else [None] * len(idx)
             for j, i in enumerate(idx):
                 s = s_lab[s_args[j]]
                 conf = confs[j]
                 alts = [f"{s_lab[t]}:{v:.3f}" for t, v in zip(tops[j], top_p[j])]
                 out[i] = Verdict(records[i].uid, s, a_lab[a_args[j]], conf, conf < th.for_label(s),
-                                 alts, mid, "ok")
+                                 alts, mid, "ok", hits[j])
         return out  # type: ignore[return-value]
 
 

@@ -59,9 +59,11 @@ except ImportError:  # pragma: no cover - exercised via force_stdlib_json in tes
 
 log = logging.getLogger(__name__)
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: v1 + ETooL::drift (daemon -> Zeek)
 FLOW_EVENT = "ETooL::flow"
 VERDICT_EVENT = "ETooL::verdict"
+DRIFT_EVENT = "ETooL::drift"
+DRIFT_TOPIC = "etool/verdicts/drift"  # ETooL::verdict_topic + "drift": every node that handles verdicts subscribes
 DEFAULT_URL = "ws://127.0.0.1:27759/v1/messages/json"
 DEFAULT_TOPICS = ("etool/flows/",)
 V1_PATH = "/v1/messages/json"
@@ -1139,6 +1141,57 @@ def _json_str(s: str) -> str:
     if type(s) is str and s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
         return '"' + s + '"'
     return dumps(s)
+
+
+DRIFT_FIELDS = ("daemon", "model", "score", "label_shift", "confidence_shift", "unknown_rate", "unknown_rate_ref",
+                "table_hit_rate", "table_hit_rate_ref", "flows")
+
+
+def _real(x: Any, what: str) -> dict[str, Any]:
+    v = float(x)
+    if not math.isfinite(v):
+        raise WireError("type", f"{what} not finite")
+    return {"@data-type": "real", "data": v}
+
+
+def drift_args(daemon: str, model: str, d: Any) -> list[Any]:
+    """The ETooL::Drift record (wire v2) of a drift.DriftScore `d` for daemon `daemon` and model `model`
+    (name@version); table rates None (a package without a table) travel as -1."""
+    def rate(x: Any, what: str) -> dict[str, Any]:
+        return _real(-1.0 if x is None else x, what)
+
+    return [{"@data-type": "vector", "data": [
+        {"@data-type": "string", "data": _check_str(str(daemon))},
+        {"@data-type": "string", "data": _check_str(str(model))},
+        _real(d.score, "score"), _real(d.label_shift, "label_shift"), _real(d.confidence_shift, "confidence_shift"),
+        _real(d.unknown_rate, "unknown_rate"), _real(d.unknown_rate_ref, "unknown_rate_ref"),
+        rate(d.table_hit_rate, "table_hit_rate"), rate(d.table_hit_rate_ref, "table_hit_rate_ref"),
+        encode_value(Count(int(d.flows)))]}]
+
+
+def encode_drift(topic: str, daemon: str, model: str, d: Any) -> str:
+    """The frame the daemon publishes every drift.interval_s: ``ETooL::drift(d: ETooL::Drift)`` on `topic`
+    (DRIFT_TOPIC), Broker JSON laid out as encode_verdict's ETooL::verdict. Sent once a minute, so written
+    by the generic encoder."""
+    return encode_event(topic, DRIFT_EVENT, drift_args(daemon, model, d))
+
+
+def drift_from_event(ev: Event) -> dict[str, Any]:
+    """Strict inverse of encode_drift (the test peer type-checks the event as Zeek would): the record's fields
+    by name, table rates -1 where there is no table."""
+    if ev.name != DRIFT_EVENT:
+        raise WireError("foreign_event", f"unexpected event {ev.name[:64]!r}")
+    if len(ev.raw_args) != 1:
+        raise WireError("type", f"{DRIFT_EVENT} takes 1 argument")
+    r = _record(ev.raw_args[0], len(DRIFT_FIELDS), "ETooL::Drift")
+    out: dict[str, Any] = {"daemon": _string(r[0], "daemon"), "model": _string(r[1], "model")}
+    for name, o in zip(DRIFT_FIELDS[2:9], r[2:9]):
+        v = _expect(o, "real")
+        if type(v) is not float or not math.isfinite(v):
+            raise WireError("type", f"{name} is not a real")
+        out[name] = v
+    out["flows"] = _count(r[9], "flows")
+    return out
 
 
 def verdict_from_event(ev: Event) -> Verdict:

@@ -76,6 +76,10 @@ def _check_flow(ev: z.Event) -> Any:
     return z.flow_from_event(ev)
 
 
+def _check_drift(ev: z.Event) -> Any:  # wire v2
+    return z.drift_from_event(ev)
+
+
 def _check_ping(ev: z.Event) -> Any:  # global ping: event(msg: string, c: count) from Zeek's tests
     a = ev.args
     if len(a) != 2 or type(a[0]) is not str or type(a[1]) is not z.Count:
@@ -84,7 +88,8 @@ def _check_ping(ev: z.Event) -> Any:  # global ping: event(msg: string, c: count
 
 
 KNOWN_EVENTS: dict[str, Callable[[z.Event], Any]] = {
-    z.VERDICT_EVENT: _check_verdict, z.FLOW_EVENT: _check_flow, "ping": _check_ping, "pong": _check_ping,
+    z.VERDICT_EVENT: _check_verdict, z.FLOW_EVENT: _check_flow, z.DRIFT_EVENT: _check_drift,
+    "ping": _check_ping, "pong": _check_ping,
 }
 
 
