@@ -137,6 +137,11 @@ def test_wire_records_match_docs():
         assert fields == documented, rec
     for ev, arg in (("flow", "Flow"), ("verdict", "Verdict"), ("drift", "Drift")):
         assert f"global {ev}: event(" in types and f"event ETooL::{ev}(" in wire, ev
+    from etool_sensor import zeekws
+
+    assert zeekws.WIRE_VERSION == version, "the daemon and the Zeek package speak the same wire version"
+    for rec, fields in (("Flow", zeekws.FLOW_FIELDS), ("Verdict", zeekws.VERDICT_FIELDS), ("Drift", zeekws.DRIFT_FIELDS)):
+        assert [f for f, _ in record_fields(types, rec)] == list(fields), rec
 
 
 def test_wire_examples_match_records():
