@@ -4,7 +4,7 @@ The bench process plays Zeek (the WebSocket v1 server side) and is the load gene
 bench/loadgen.LeanPeer, which speaks the protocol with websockets' Sans-I/O layer, writes pre-encoded frames
 and matches verdicts by uid (one in 64 decoded in full): 27-38 us of CPU per flow at 6,000-10,000 flows/s
 against 65-90 us for tests/zeek_peer.ZeekPeer, the conformance peer (``--peer full``), which decodes and checks
-every verdict, on the same two cores as the daemons (docs/performance.md, "2026-11-27 VII"). Either way, it publishes ETooL::flow events built from real captures at a fixed rate, steps the
+every verdict, on the same two cores as the daemons (docs/performance.md, "serve"). Either way, it publishes ETooL::flow events built from real captures at a fixed rate, steps the
 rate up until the daemons drop flows or fall behind, and reports per step: offered and answered
 flows/s, p50/p99 verdict latency (flow sent -> verdict received, both ends on this machine), drops
 (from the daemons' /metrics) and the daemons' RSS (largest and summed). Each daemon runs as its own

@@ -9,7 +9,7 @@
    built when missing) in-process with `cli.PIPELINE` (batches in flight) / `cli.BATCH` (flows per batch)
    set to each pair, the pairs alternated for `--rounds`. If one process were waiting on a too-shallow
    pipeline, deeper settings would be faster; if the GIL-held Python work of the reader and model threads
-   is the floor, all settings take the same time (docs/performance.md, 2026-11-27).
+   is the floor, all settings take the same time.
 """
 
 from __future__ import annotations

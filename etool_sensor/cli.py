@@ -375,7 +375,7 @@ def _classify(args: argparse.Namespace, cfg: Any) -> int:
     try:
         # `threads` model threads run whole batches side by side, each session run on one onnxruntime
         # thread: the graph is many small ops, so batch-level parallelism overlaps better with the
-        # Python of the reader thread than intra-op threads do (docs/performance.md, 2026-11-27 II).
+        # Python of the reader thread than intra-op threads do (docs/performance.md, "Fixed runtime settings and why").
         model = runtime.load_model(model_path, threads=1)
     except runtime.ModelError as e:
         raise CliError(f"model: {e}") from None
@@ -423,7 +423,7 @@ def _classify(args: argparse.Namespace, cfg: Any) -> int:
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etool-model")
     # The model threads give the GIL up at every onnxruntime run (one per distinct cut of a batch) and need it
     # back to go on, while this thread reads; at CPython's 5 ms switch interval they waited that long each
-    # time: 0.2 ms is 1.1x end to end (docs/performance.md, 2026-11-27 VI).
+    # time: 0.2 ms is 1.1x end to end (docs/performance.md, "Fixed runtime settings and why").
     sys.setswitchinterval(runtime.GIL_SWITCH_S)
 
     def classify_batch(recs: list[Any], ctxs: list[Any]) -> list[Any]:

@@ -452,7 +452,7 @@ def session_options(threads: int | None = None) -> Any:
 #: event loop, classify's reader; CPython's default is 5 ms). An inference thread gives the GIL up at every
 #: onnxruntime run and needs it back to go on; at 5 ms it waited that long several times per batch. At 0.2 ms
 #: the daemon's p99 at 2,000-3,000 flows/s fell (e.g. 70 -> 51 and 441 -> 313 ms, the same CPU per flow;
-#: docs/performance.md, 2026-11-27 IV) and one-process classify ran 1.1x faster (2026-11-27 VI).
+#: docs/performance.md, "Fixed runtime settings and why") and one-process classify ran 1.1x faster.
 GIL_SWITCH_S = 0.0002
 
 #: The cyclic garbage collector's thresholds for classify and serve (Python's default: 700, 10, 10).
@@ -464,8 +464,8 @@ def tune_gc() -> None:
 
     Every flow allocates a few hundred short-lived objects (packets, context, rows, verdicts) that reference
     counting frees; with the default thresholds the collector runs every 700 allocations and mostly rescans
-    live data: 10-15 % of `classify`'s CPU (docs/performance.md, 2026-11-27 VI). What is alive now (modules,
-    the model) is frozen out of the scans; call it after loading, before forking workers."""
+    live data: 10-15 % of `classify`'s CPU (docs/performance.md, "Fixed runtime settings and why"). What is
+    alive now (modules, the model) is frozen out of the scans; call it after loading, before forking workers."""
     global _gc_tuned
     if not _gc_tuned:  # once per process (tests call classify many times in one)
         gc.freeze()

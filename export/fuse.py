@@ -12,7 +12,7 @@ product and adds a rounding step the trained function does not have. Three rewri
   the scaled scores, the padding mask, softmax, the weighted sum and the merge of the heads) becomes one
   `QAttention` (com.microsoft) over the quantised LayerNorm output, with the token keep mask as its 2-D
   mask. Padding then gets weight 0 instead of the clamp's exp(-20), which the check below shows moves
-  nothing that matters (as docs/performance.md, 2026-11-27 IV, found for exact zeros).
+  nothing that matters (as docs/performance.md, "Fixed runtime settings and why", says for exact zeros).
 
 56 fewer kernels per run for the default student (166 -> 110), which matters most to the daemon's
 small batches (a few flows per run). The result is one rounding step closer to the trained function, so it

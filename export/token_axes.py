@@ -7,7 +7,7 @@ to any multiple of its merge stride (`granules`), and `runtime.Model` runs group
 longest member. In fp32 a cut flow's outputs equal the padded run's to float rounding; with static int8 the
 different summation order at another length can tip a rounding by one step, which moves a few flows'
 scores a little (not the padding's exp(-20) of attention: zeroing that exactly changed nothing; see
-docs/performance.md, 2026-11-27 IV). tests/test_token_axes.py compares both on real flows.
+docs/performance.md, "Fixed runtime settings and why"). tests/test_token_axes.py compares both on real flows.
 
 Three edits; a graph without a position table raises ValueError, and with the granules given the result
 must run with every token input one granule long:
