@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from etool_sensor import cli  # noqa: E402
+from etool_sensor import cli, offline  # noqa: E402
 from etool_sensor.context import ContextTracker  # noqa: E402
 from etool_sensor.pcap import ReadStats, read_flows  # noqa: E402
 from etool_sensor.runtime import load_model  # noqa: E402
@@ -81,7 +81,7 @@ def run_e2e(threads: int | None, workers: int = 1, model: str = "default") -> fl
 _ROOT_RUN = """
 import sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
-from etool_sensor import cli, runtime  # imported before the clock starts, as in run_e2e
+from etool_sensor import cli, offline, runtime  # imported before the clock starts, as in run_e2e
 import onnxruntime  # noqa: F401
 argv = ["classify", sys.argv[2], "-q", "--workers", sys.argv[3], "--model", sys.argv[4]] + sys.argv[5:]
 with tempfile.TemporaryDirectory() as td:
@@ -148,9 +148,9 @@ def run_stages(model, batch: int) -> tuple[dict[str, float], int, int]:
         ew = open_log(td, "etool", ETOOL_FIELDS, "tsv")
         cw = open_log(td, "conn", CONN_FIELDS, "tsv")
         for r, v in zip(recs, verdicts):
-            ew.write(cli._verdict_row(r, v, mid, cfg.classify.top_k))
+            ew.write(offline._verdict_row(r, v, mid, cfg.classify.top_k))
         for c in conns:
-            cw.write(cli._conn_row(c))
+            cw.write(offline._conn_row(c))
         ew.close()
         cw.close()
         times["log"] = time.perf_counter() - t
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     ap.add_argument("--packets", type=int, default=500_000, help="capture size when it has to be built")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its choice)")
-    ap.add_argument("--batch", type=int, default=cli.BATCH, help="flows per classify call in the stage run")
+    ap.add_argument("--batch", type=int, default=offline.BATCH, help="flows per classify call in the stage run")
     ap.add_argument("--workers", default="1,2", help="comma-separated classify --workers values to time end to end")
     ap.add_argument("--models", default="default", help="comma-separated models (bundled names or directories), "
                                                         "each timed end to end and by stage in the same run")

@@ -6,7 +6,7 @@
    next to a pure-Python loop in the main thread, each timed alone and then together. "together" close to
    the longer of the two means onnxruntime runs outside the GIL; close to their sum means it does not.
 2. Pipeline depth: `etool-sensor classify` of the bench capture (bench_ingest's /tmp/etool_bench.pcap,
-   built when missing) in-process with `cli.PIPELINE` (batches in flight) / `cli.BATCH` (flows per batch)
+   built when missing) in-process with `offline.PIPELINE` (batches in flight) / `offline.BATCH` (flows per batch)
    set to each pair, the pairs alternated for `--rounds`. If one process were waiting on a too-shallow
    pipeline, deeper settings would be faster; if the GIL-held Python work of the reader and model threads
    is the floor, all settings take the same time.
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from etool_sensor import cli  # noqa: E402
+from etool_sensor import cli, offline  # noqa: E402
 from etool_sensor.runtime import load_model  # noqa: E402
 
 
@@ -73,12 +73,12 @@ def overlap(seconds: float) -> None:
 
 def pipeline(pairs: list[tuple[int, int]], rounds: int) -> None:
     times: dict[tuple[int, int], list[float]] = {p: [] for p in pairs}
-    old = cli.PIPELINE, cli.BATCH
+    old = offline.PIPELINE, offline.BATCH
     out = Path(tempfile.mkdtemp(prefix="etool_gil_"))
     try:
         for _ in range(rounds):
             for p in pairs:
-                cli.PIPELINE, cli.BATCH = p
+                offline.PIPELINE, offline.BATCH = p
                 shutil.rmtree(out, ignore_errors=True)
                 t = time.perf_counter()
                 rc = cli.main(["classify", "/tmp/etool_bench.pcap", "-o", str(out), "-q"])
@@ -86,7 +86,7 @@ def pipeline(pairs: list[tuple[int, int]], rounds: int) -> None:
                 if rc != 0:
                     raise SystemExit(f"classify exited {rc}")
     finally:
-        cli.PIPELINE, cli.BATCH = old
+        offline.PIPELINE, offline.BATCH = old
         shutil.rmtree(out, ignore_errors=True)
     print("pipeline (in flight) / batch: classify seconds per round")
     for (pl, b), ts in times.items():
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [tuple(int(x) for x in p.split("/")) for p in a.pipelines.split(",")]
     la = os.getloadavg()[0]
     print(f"cpu: {os.cpu_count()} cores visible, load average {la:.2f} at start; default pipeline "
-          f"{cli.PIPELINE}/{cli.BATCH}")
+          f"{offline.PIPELINE}/{offline.BATCH}")
     overlap(a.seconds)
     pipeline(pairs, a.rounds)  # type: ignore[arg-type]
     return 0

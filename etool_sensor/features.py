@@ -11,7 +11,6 @@ IP addresses are never a feature; the responder port only when `use_ports` is se
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import asdict, dataclass
 from operator import attrgetter
 from typing import Sequence
@@ -22,6 +21,7 @@ from .compiled import compiled
 from .context import CONTEXT_SIZES, Context
 from .flows import FlowParams, FlowRecord
 from .masking import compact_tls_hello, mask_chunk
+from .tls import parse_hello
 
 _encode_c = compiled("encode_arrays")  # the compiled port of _arrays_py, or None
 
@@ -78,42 +78,6 @@ def port_token(port: int) -> int:
 
 
 HELLO_VOCAB = 4096  # hashed handshake tokens; 0 = padding
-
-
-def parse_hello(data: bytes) -> tuple[int, int, list[int], list[int]] | None:
-    """(handshake type 1/2, version, cipher suites, extension types) of a TLS ClientHello/ServerHello at the
-    start of `data` (GREASE values dropped); None for anything else. A cut hello yields what it holds."""
-    if len(data) < 44 or data[0] != 0x16 or data[1] != 3 or data[5] not in (1, 2):
-        return None
-    kind, n = data[5], len(data)
-    version = (data[9] << 8) | data[10]
-    p = 44 + data[43]
-    ciphers: list[int] = []
-    if kind == 1:
-        if p + 2 > n:
-            return kind, version, [], []
-        end = p + 2 + ((data[p] << 8) | data[p + 1])
-        ciphers = list(_unpack_u16(data, p + 2, (min(end, n) - p - 2) // 2))
-        p = end + 1 + data[end] if end < n else n  # compression methods
-    elif p + 3 <= n:
-        ciphers = [(data[p] << 8) | data[p + 1]]
-        p += 3
-    else:
-        p = n
-    exts = []
-    if p + 2 <= n:
-        end = min(p + 2 + ((data[p] << 8) | data[p + 1]), n)
-        p += 2
-        while p + 4 <= end:
-            exts.append((data[p] << 8) | data[p + 1])
-            p += 4 + ((data[p + 2] << 8) | data[p + 3])
-    return (kind, version, [c for c in ciphers if c & 0x0F0F != 0x0A0A],  # GREASE values dropped
-            [e for e in exts if e & 0x0F0F != 0x0A0A])
-
-
-def _unpack_u16(data: bytes, at: int, count: int) -> tuple[int, ...]:
-    """`count` big-endian 16-bit values from data[at:] (the cipher suite list: one C call, not a loop)."""
-    return struct.unpack_from(f">{count}H", data, at) if count > 0 else ()
 
 
 def _hello_id(kind: int, value: int) -> int:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .compiled import compiled
-from .features import parse_hello
+from .tls import parse_hello
 from .flows import FlowRecord
 from .masking import mask_chunk
 

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .fingerprints import fingerprints
+from .scoring import metrics
 
 
 def _majority(c: Counter) -> str:
@@ -39,7 +40,6 @@ def headroom(labels: Sequence[str], apps: Sequence[str], pcaps: Sequence[str], k
              folds: Sequence[np.ndarray], min_support: int = 5) -> dict[str, Any]:
     """Per-class coverage of each test flow by its fold's training flows, and the two reference answers'
     pooled metrics, over `folds` (test index arrays that together cover every flow once, as run_kfold's)."""
-    from .evaluate import metrics
 
     y, n = list(labels), len(labels)
     if not (len(apps) == len(pcaps) == len(keys) == n):

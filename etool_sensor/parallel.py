@@ -81,7 +81,8 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers
     try:
         from . import pcap, runtime
-        from .cli import EXIT_INPUT, _conn_row, _verdict_row
+        from .errors import EXIT_INPUT
+        from .offline import _conn_row, _verdict_row
         from .context import ContextTracker
         from .zeeklog import CONN_FIELDS, ETOOL_FIELDS, row_formatter
 
@@ -380,8 +381,8 @@ def _failure_message(e: WorkerFailed, counts: Any) -> str:
 
 def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
     """classify with `workers` processes; same logs, summary, exit codes and errors as one process."""
-    from .cli import (BATCH, EXIT_OUTPUT, CliError, Counts, _finish_classify, _open_logs, _progress_bar,
-                      drift_monitor)
+    from .errors import EXIT_OUTPUT, CliError
+    from .offline import BATCH, Counts, _finish_classify, _open_logs, _progress_bar, drift_monitor
     from .zeeklog import LogWriteError
 
     fmt = args.format or cfg.log.format

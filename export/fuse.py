@@ -256,7 +256,7 @@ def fuse_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str |
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    from .package import STATIC_INT8
+    from .quantize import STATIC_INT8
 
     return commit_rewrite(d, manifest, tmp, version, "fused", par, fused=done, quantization=STATIC_INT8)
 

@@ -29,7 +29,7 @@ from etool_sensor.flows import SCHEMA_VERSION
 from etool_sensor.runtime import MANIFEST, MODEL_FILE, sha256_file
 
 from .onnx_export import OUTPUTS, export_onnx, torch_logits
-from .quantize import onnx_logits, parity, quantize_int8, quantize_static_int8
+from .quantize import STATIC_INT8, STATIC_INT8_UNFUSED, onnx_logits, parity, quantize_int8, quantize_static_int8
 from .fuse import check_closer, closeness, fuse_graph
 from .simplify import check_agreement, simplify_graph
 from .token_axes import cut_logits, granules, make_token_axes_dynamic
@@ -56,10 +56,6 @@ def hardware() -> str:
         pass
     return out
 
-
-STATIC_INT8_UNFUSED = "int8-static (QLinearMatMul on weight MatMuls, MinMax calibration on real flows)"
-STATIC_INT8 = ("int8-static (weight MatMuls as uint8 x int8 products with float outputs, MinMax-calibrated "
-               "activation scales on real flows; QAttention)")
 
 
 def _fuse(simple: Path, dst: Path, gran: dict[str, int], check_feats: dict[str, np.ndarray] | None,

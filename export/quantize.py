@@ -8,6 +8,12 @@ from pathlib import Path
 import numpy as np
 
 
+#: What the manifest says of a package's quantisation (package.py writes it, fuse.py after fusing).
+STATIC_INT8_UNFUSED = "int8-static (QLinearMatMul on weight MatMuls, MinMax calibration on real flows)"
+STATIC_INT8 = ("int8-static (weight MatMuls as uint8 x int8 products with float outputs, MinMax-calibrated "
+               "activation scales on real flows; QAttention)")
+
+
 def weight_matmuls(path: str | Path) -> list[str]:
     """Names of MatMul/Gemm nodes whose second input is a weight (initializer).
 

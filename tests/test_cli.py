@@ -418,7 +418,7 @@ def test_alert_labels_are_counted_in_the_summary(tmp_path: Path, capsys) -> None
 
 def test_log_rows_follow_the_field_order() -> None:
     """_verdict_row / _conn_row are lists in ETOOL_FIELDS / CONN_FIELDS order: each value lands in its column."""
-    from etool_sensor.cli import _conn_row, _verdict_row
+    from etool_sensor.offline import _conn_row, _verdict_row
     from etool_sensor.flows import Verdict
 
     conns: list = []

@@ -11,36 +11,37 @@ import pytest
 from conftest import NDPI
 
 from etool_sensor import evaluate as E
+from etool_sensor import scoring as S
 
 PCAPS = ["whatsapp.pcap", "discord.pcap", "avast_securedns.pcapng", "avast.pcap", "alicloud.pcap",
          "softether.pcap", "tunnelbear.pcap", "telegram.pcap", "signal.pcap", "viber.pcap", "webex.pcap"]
 
 
 def test_ece_known_values():
-    assert E.expected_calibration_error([1.0, 1.0], [True, True]) == pytest.approx(0.0)
-    assert E.expected_calibration_error([1.0, 1.0], [False, False]) == pytest.approx(1.0)
+    assert S.expected_calibration_error([1.0, 1.0], [True, True]) == pytest.approx(0.0)
+    assert S.expected_calibration_error([1.0, 1.0], [False, False]) == pytest.approx(1.0)
     # one bin (0.6, 0.667]: mean confidence 0.65, accuracy 0.5 -> 0.15
-    assert E.expected_calibration_error([0.6 + 1e-9, 0.65, 0.65, 0.7 - 1e-9][:2] + [0.66, 0.64],
+    assert S.expected_calibration_error([0.6 + 1e-9, 0.65, 0.65, 0.7 - 1e-9][:2] + [0.66, 0.64],
                                         [True, False, True, False], bins=15) == pytest.approx(
         abs(0.5 - np.mean([0.6 + 1e-9, 0.65, 0.66, 0.64])), abs=1e-6)
     # two bins, weighted by their share of the flows
     conf = [0.95, 0.95, 0.95, 0.95, 0.25]
     corr = [True, True, True, False, True]
     want = 0.8 * abs(0.75 - 0.95) + 0.2 * abs(1.0 - 0.25)
-    assert E.expected_calibration_error(conf, corr, bins=10) == pytest.approx(want)
-    assert E.expected_calibration_error([], []) == 0.0
+    assert S.expected_calibration_error(conf, corr, bins=10) == pytest.approx(want)
+    assert S.expected_calibration_error([], []) == 0.0
 
 
 def test_confidence_coverage_known_values():
     # right: 0.95, 0.6; wrong: 0.9, 0.4 -> of the 4 right/wrong pairs, 3 rank the right one higher
-    c = E.confidence_coverage([0.95, 0.9, 0.6, 0.4], [True, False, True, False], thresholds=(0.5, 0.9, 0.99))
+    c = S.confidence_coverage([0.95, 0.9, 0.6, 0.4], [True, False, True, False], thresholds=(0.5, 0.9, 0.99))
     assert c["auroc"] == pytest.approx(0.75)
     assert c["thresholds"] == [
         {"threshold": 0.5, "flows": 3, "share": 0.75, "accuracy": pytest.approx(2 / 3)},
         {"threshold": 0.9, "flows": 2, "share": 0.5, "accuracy": 0.5},  # >= t: 0.9 itself counts
         {"threshold": 0.99, "flows": 0, "share": 0.0, "accuracy": None}]  # no flow that sure: no accuracy
-    assert E.confidence_coverage([0.7, 0.8], [True, True])["auroc"] is None  # nothing wrong to rank against
-    assert E.confidence_coverage([], [])["thresholds"][0] == {"threshold": 0.5, "flows": 0, "share": 0.0,
+    assert S.confidence_coverage([0.7, 0.8], [True, True])["auroc"] is None  # nothing wrong to rank against
+    assert S.confidence_coverage([], [])["thresholds"][0] == {"threshold": 0.5, "flows": 0, "share": 0.0,
                                                              "accuracy": None}
 
 
@@ -49,7 +50,7 @@ def test_metrics_match_sklearn():
 
     y = ["a", "a", "a", "a", "a", "b", "b", "c", "c", "c", "c", "c"]
     p = ["a", "a", "b", "a", "c", "b", "a", "c", "c", "c", "a", "c"]
-    m = E.metrics(y, p, [0.9] * len(y))
+    m = S.metrics(y, p, [0.9] * len(y))
     assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
     assert m["weighted_f1"] == pytest.approx(f1_score(y, p, average="weighted"))
     assert m["accuracy"] == pytest.approx(accuracy_score(y, p))
@@ -82,7 +83,7 @@ class _DS(SimpleNamespace):
 
 
 def test_bootstrap_macro_f1_is_metrics_and_its_intervals_behave():
-    from etool_sensor.evaluate import _macro_f1_min5_codes, bootstrap_vs
+    from etool_sensor.scoring import _macro_f1_min5_codes, bootstrap_vs
 
     rng = np.random.default_rng(1)
     labs = list("ABCDEFG")
@@ -92,11 +93,11 @@ def test_bootstrap_macro_f1_is_metrics_and_its_intervals_behave():
         p = [labs[i] if rng.random() < 0.5 else y[j] for j, i in enumerate(rng.integers(0, 7, n))]
         code = {c: i for i, c in enumerate(sorted(set(y) | set(p)))}
         fast = _macro_f1_min5_codes(np.array([code[v] for v in y]), np.array([code[v] for v in p]), len(code))
-        assert fast == pytest.approx(E.metrics(y, p)["macro_f1_min5"], abs=1e-12)
+        assert fast == pytest.approx(S.metrics(y, p)["macro_f1_min5"], abs=1e-12)
     y = [labs[i % 4] for i in range(400)]
     groups = [f"cap{i % 40}" for i in range(400)]
     noisy = [v if i % 3 else "G" for i, v in enumerate(y)]  # a third wrong
-    same = E.bootstrap_vs(y, noisy, noisy, groups, boot=200)
+    same = S.bootstrap_vs(y, noisy, noisy, groups, boot=200)
     assert same["ratio"] == 1.0 and same["ratio_ci95"] == [1.0, 1.0] and same["diff_ci95"] == [0.0, 0.0]
     better = bootstrap_vs(y, y, noisy, groups, boot=200, seed=3)
     assert better["ratio"] > 1.2 and better["ratio_ci95"][0] > 1.0 and better["diff_ci95"][0] > 0
@@ -465,7 +466,7 @@ def test_numpy_metrics_match_sklearn_on_the_shipped_models_verdicts(shared):
     rng = np.random.default_rng(0)
     score = np.round(rng.random(300), 1)  # many ties
     right = rng.random(300) < 0.6
-    assert E.auroc(score, right) == pytest.approx(roc_auc_score(right, score))
+    assert S.auroc(score, right) == pytest.approx(roc_auc_score(right, score))
 
 
 # What the base install (`pip install .`) lacks: eval must still score a model, or say what to install.

@@ -112,7 +112,7 @@ def test_fuse_package_rewrites_an_unfused_package_once(quick_package, tmp_path):
     from etool_sensor.runtime import load_model, sha256_file
     from etool_sensor.train.student import Student
     from export import fuse
-    from export.package import STATIC_INT8, STATIC_INT8_UNFUSED
+    from export.quantize import STATIC_INT8, STATIC_INT8_UNFUSED
     from export.token_axes import real_features
     caps = [str(PCAPS / "tls_verylong_certificate.pcap"), str(PCAPS / "1kxun.pcap"), str(PCAPS / "instagram.pcap")]
     pkg = tmp_path / "pkg"

@@ -77,7 +77,8 @@ def train_main(args: argparse.Namespace) -> int:
     build_package = _import_export().build_package
 
     from .data import LabelsError, capture_files, check_labelled_inputs, load_labelled, load_unlabelled
-    from .student import set_threads, train_student
+    from .student import train_student
+    from .threads import set_threads
 
     t0 = time.time()
     shape = None

@@ -74,7 +74,7 @@ def pretrain(encoder: TrafficEncoder, records: Sequence[FlowRecord], contexts: S
              max_flows: int | None = None, lr: float = 2e-3, tasks: Sequence[str] = ("pkt", "unit", "pair"),
              ) -> TrafficEncoder:
     """Pretrain `encoder` in place on unlabelled flows; returns it (in eval mode)."""
-    from .student import set_threads
+    from .threads import set_threads
 
     t0 = time.time()
     if not records:

@@ -23,6 +23,7 @@ from etool_sensor.features import FeatureSpec, encode
 from etool_sensor.flows import FlowRecord
 
 from .model import EncoderConfig, StudentClassifier, input_names
+from .threads import set_threads
 
 IGNORE = -100
 _SSL_CACHE: dict = {}  # one pretrained encoder state, keyed by the flows and config it was trained on
@@ -31,25 +32,6 @@ HEAD_OF = {"category": "service", "app": "app", "label": "app", "master": "app"}
 
 def to_tensors(feats: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feats.items()}
-
-
-def set_threads() -> int:
-    """Use the idle cores only: on a busy 2-core box a second torch thread makes training ~5x slower.
-    ETOOL_TORCH_THREADS=N fixes the count instead: the weights then do not depend on the machine's load
-    (a model trained with another thread count sums in another order)."""
-    import os
-    fixed = os.environ.get("ETOOL_TORCH_THREADS", "").strip()
-    if fixed.isdigit() and int(fixed) > 0:
-        torch.set_num_threads(int(fixed))
-        return int(fixed)
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = int(round(os.getloadavg()[0]))
-    except OSError:  # pragma: no cover
-        busy = 0
-    k = max(1, min(n, n - busy))
-    torch.set_num_threads(k)
-    return k
 
 
 @dataclass

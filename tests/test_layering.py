@@ -1,0 +1,76 @@
+"""The floor plan, checked: no import cycles (function-local imports included) and the runtime (classify,
+serve) never imports the lab (training, evaluation, export). docs/architecture.md draws the layers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB = ("etool_sensor.train", "etool_sensor.evaluate", "etool_sensor.headroom", "export")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in ("etool_sensor", "export"):
+        for p in (ROOT / pkg).rglob("*.py"):
+            parts = list(p.relative_to(ROOT).with_suffix("").parts)
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere in its body."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rpartition(".")[0]
+        deps: set[str] = set()
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, ast.Import):
+                names = [a.name for a in n.names]
+            elif isinstance(n, ast.ImportFrom):
+                base = n.module or ""
+                if n.level:
+                    up = pkg.split(".")[: len(pkg.split(".")) - (n.level - 1)]
+                    base = ".".join(up + ([base] if base else []))
+                names = [base] + [f"{base}.{a.name}" for a in n.names]
+            else:
+                continue
+            for x in names:
+                while x and x not in mods:
+                    x = x.rpartition(".")[0]
+                if x and x != m and x != pkg.split(".")[0]:
+                    deps.add(x)
+        graph[m] = deps
+    return graph
+
+
+def _is_lab(m: str) -> bool:
+    return any(m == lab or m.startswith(lab + ".") for lab in LAB)
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    for start in graph:  # depth-first search for a path back to `start`
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for dep in graph[node]:
+                assert dep != start, "import cycle: " + " -> ".join(path + [dep])
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, path + [dep]))
+
+
+def test_runtime_never_imports_the_lab() -> None:
+    graph = import_graph()
+    for m, deps in graph.items():
+        if not _is_lab(m):
+            assert not [d for d in deps if _is_lab(d)], f"{m} imports the lab: {sorted(d for d in deps if _is_lab(d))}"
+
+
+def test_the_check_sees_function_local_imports(tmp_path) -> None:
+    """The graph holds imports inside functions too (they are how cycles hide)."""
+    graph = import_graph()
+    assert "etool_sensor.parallel" in graph["etool_sensor.cli"]  # cli imports parallel inside classify_main
