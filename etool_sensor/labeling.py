@@ -127,7 +127,8 @@ class NdpiReader:
                          "app": app, "category": m[10] or "", "encrypted": m[8], "confidence": m[9],
                          "sni": sni[1] if sni else "", "c2s_pkts": m[11], "c2s_bytes": m[12], "s2c_pkts": m[13],
                          "s2c_bytes": m[14]})
-        err = next((l for l in p.stderr.splitlines() if "rror" in l), "")
+        # libpcap's read error ("truncated dump file; ...") comes on stdout or stderr depending on the build
+        err = next((l for l in (p.stderr + "\n" + p.stdout).splitlines() if "Error while reading" in l), "")
         return CaptureResult(rows, "truncated" in err, err.strip())
 
 
