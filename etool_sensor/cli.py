@@ -38,6 +38,7 @@ exit codes:
   2    bad input: usage, missing file, not a capture, bad config, bad model, missing component
   3    a capture was truncated: what was read was classified and logged
   4    the output could not be written (e.g. disk full); the message counts the rows not written
+  5    adapt: the package was written but is not better than its base on the held-back captures
   130  interrupted
 """
 
