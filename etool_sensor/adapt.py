@@ -11,7 +11,8 @@ package gets, from the local labelled flows (nDPI's weak labels, labeling.py):
   score of an average label (its log-sum-exp minus log K), so the forest and the tables decide them;
 * **a prior correction** of the service head: one bias per label added to the hybrid's logits, fitted by maximum
   likelihood on local flows the forest and tables did not see (2 folds by capture), with an L2 pull to 0. It moves
-  the verdicts towards the local class mix: nDPI's corpus has few Web flows, real networks mostly Web.
+  the verdicts towards the local class mix: nDPI's corpus has few Web flows, real networks mostly Web. A Gaussian
+  prior on the biases (BIAS_SD) keeps a handful of local flows from moving them far.
 
 The forest weight `a` is chosen from FOREST_WEIGHTS by the same cross-fitted likelihood. Nothing here needs torch
 or a GPU; sklearn, skl2onnx and onnx (the `adapt` extra) build and write the graph.
@@ -44,7 +45,9 @@ EXIT_OK, EXIT_INPUT, EXIT_TRUNCATED, EXIT_NOT_BETTER = 0, 2, 3, 5
 
 HOLDOUT = 0.25  # share of the local captures held back for the before/after check
 FOREST_WEIGHTS = (0.25, 0.5, 0.75, 1.0)  # candidate weights of the local forest (1 - a: the base's)
-BIAS_L2 = 1e-3  # L2 pull of the prior-correction biases towards 0, per flow of the mean log-likelihood
+# Gaussian prior N(0, BIAS_SD^2) on each prior-correction bias (MAP fit): a few local flows move the biases little,
+# thousands as far as they say; a bias of 1 multiplies a label's odds by e
+BIAS_SD = 1.0
 BIAS_MIN_ENCRYPTED = 20  # the biases are fitted on encrypted local flows when there are this many
 NEW_LABEL_MIN = 3  # a label the base lacks joins the label set with at least this many local flows
 LOCAL_TREES = 50  # as the base forest (train/forest.TREES)
@@ -190,8 +193,10 @@ def _fit_forest(x: np.ndarray, y: Sequence[str], seed: int) -> Any:
     return f.fit(x, list(y))
 
 
-def fit_bias(h: np.ndarray, y: np.ndarray, l2: float = BIAS_L2) -> np.ndarray:
-    """Per-label biases b maximising mean log softmax(h + b)[y] - l2 * |b|^2 (convex; L-BFGS)."""
+def fit_bias(h: np.ndarray, y: np.ndarray, sd: float = BIAS_SD) -> np.ndarray:
+    """Per-label biases b maximising sum log softmax(h + b)[y] - |b|^2 / (2 sd^2), the posterior mode under a
+    N(0, sd^2) prior (convex; L-BFGS)."""
+    l2 = 1.0 / (2 * sd * sd * max(len(y), 1))  # per flow of the mean log-likelihood below
     from scipy.optimize import minimize
 
     n, k = h.shape
