@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--model", help="base package (default: the bundled default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--parts", action="store_true", help="also score each refitted part alone (tables, forest, "
+                    "prior biases) and in pairs")
     a = ap.parse_args()
     t0 = time.time()
     model = load_model(a.model, threads=2)
@@ -78,6 +80,17 @@ def main() -> int:
                 p_ad = [adapted.label_sets["service"][j] for j in adapted.predict_proba(recs, ctxs).argmax(1)] \
                     if len(te) else []
             p_b = [model.label_sets["service"][j] for j in model.predict_proba(recs, ctxs).argmax(1)] if len(te) else []
+            if a.parts:  # what each refitted part buys, in numpy (the package computes the same: parity.adapt)
+                merged, chosen = parts.tables, parts.a
+                plain = {h: A.merged_table(t, parts.service_labels if h == "service" else parts.app_labels,
+                                           np.zeros(0, np.uint64), [], None) for h, t in model._tables.items()}
+                for pname, fa, bias, tab in (("tables", 0.0, False, merged), ("forest", chosen, False, plain),
+                                             ("bias", 0.0, True, plain), ("tables+forest", chosen, False, merged),
+                                             ("tables+bias", 0.0, True, merged)):
+                    parts.a, parts.tables = fa, tab
+                    h = parts.raw_logits(lf, te) + (parts.bias if bias else 0)
+                    pooled.setdefault(pname, []).extend(parts.service_labels[j] for j in h.argmax(1))
+                parts.a, parts.tables = chosen, merged
             enc_tr = [i for i in tr if lf.encrypted[i]]
             rf = SizeBaseline("rf", seed=a.seed).fit(base_ds.records + [lf.records[i] for i in enc_tr],
                                                      list(base_ds.service) + [lf.service[i] for i in enc_tr])
@@ -89,7 +102,7 @@ def main() -> int:
                          "bundled": A.score(y, p_b), "adapted": A.score(y, p_ad), "rf": A.score(y, p_rf)}
             for k, v in (("y", y), ("bundled", p_b), ("adapted", p_ad), ("rf", p_rf)):
                 pooled[k] += v
-        res["pooled"] = {k: A.score(pooled["y"], pooled[k]) for k in ("bundled", "adapted", "rf")}
+        res["pooled"] = {k: A.score(pooled["y"], v) for k, v in pooled.items() if k != "y"}
         results[sd.name] = res
         print(f"\n{sd.name}: {res['encrypted']} encrypted of {res['flows']} flows, {res['captures']} captures")
         print(f"  {'split':<14} {'test':>5}  {'bundled F1/acc':>15}  {'adapted F1/acc':>15}  {'rf F1/acc':>15}  "
@@ -102,6 +115,10 @@ def main() -> int:
             print(f"  {name:<14} {r['test_encrypted']:>5}  {b['macro_f1_min5']:.3f}/{b['accuracy']:.3f}     "
                   f"{ad['macro_f1_min5']:.3f}/{ad['accuracy']:.3f}     {rf['macro_f1_min5']:.3f}/{rf['accuracy']:.3f}"
                   f"     {ratio:5.2f}  {r['adapt_seconds']:.1f}")
+        if a.parts:
+            print("  pooled, one refitted part at a time (F1/acc): " + ", ".join(
+                f"{k} {v['macro_f1_min5']:.3f}/{v['accuracy']:.3f}" for k, v in res["pooled"].items()
+                if k not in ("bundled", "adapted", "rf")))
     print(f"\n{time.time() - t0:.0f} s in all", file=sys.stderr)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
