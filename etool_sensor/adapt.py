@@ -284,7 +284,8 @@ def fit_parts(model: Any, lf: LocalFlows, idx: np.ndarray, *, seed: int = 0,
             scores[a] = float(-z[np.arange(len(z)), y[ok]].mean())
             if best[0] is None or scores[a] < best[0]:
                 best = (scores[a], a, b)
-        log(f"adapt: cross-fitted log-loss by local forest weight {scores}; chose {best[1]}")
+        log(f"adapt: {len(idx)} flows, cross-fitted log-loss by local forest weight "
+            + ", ".join(f"{a} {v:.3f}" for a, v in scores.items()) + f": {best[1]}")
     else:
         log("adapt: fewer than 2 local captures to cross-fit on: no prior correction, local forest weight 0.5")
     parts = build(idx, best[1])
