@@ -107,3 +107,11 @@ def test_label_cli_truncated_capture_is_labelled_up_to_the_cut(tmp_path):
         rows = list(csv.DictReader(f))
     assert any(x["pcap"].endswith("cut.pcap") for x in rows)  # labelled up to the cut
     assert any(x["pcap"].endswith("ecdhe.pcap") for x in rows)  # and the run went on
+
+
+def test_label_without_ndpi_says_what_to_install(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": str(tmp_path)}  # no ndpiReader on PATH
+    r = subprocess.run([sys.executable, "-m", "etool_sensor", "label", str(ZEEK_TRACES / "ssh" / "ssh.pcap"), "-o",
+                        str(tmp_path / "x.csv"), "--engine", "ndpireader"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["etool-sensor: error: ndpiReader is not on PATH: apt-get install libndpi-bin"]
