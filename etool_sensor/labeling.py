@@ -142,11 +142,9 @@ class Nfstream:
 
         self.nfstream = nfstream
         try:
-            from _lib_engine import lib  # nfstream's compiled engine
+            from _lib_engine import ffi, lib  # nfstream's compiled engine: its nDPI version
 
-            self.version = lib.engine_lib_ndpi_version().decode() if hasattr(lib, "engine_lib_ndpi_version") else "?"
-            if not isinstance(self.version, str):
-                self.version = str(self.version)
+            self.version = ffi.string(lib.engine_lib_ndpi_version()).decode(errors="replace")
         except Exception:  # noqa: BLE001 - only the version string is at stake
             self.version = "?"
         self.version = f"{self.version} (nfstream {nfstream.__version__})"

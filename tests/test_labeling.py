@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ("ssh/", "tls/")  # 85 captures, 171 encrypted flows: SSH, TLS (Web, Cloud, Music, ...)
 # ndpiReader is nDPI 4.2, the version that wrote the labels; nfstream bundles nDPI 5, which files some apps under
 # other categories (docs/labels.md): the bound is its measured agreement on this subset less a margin
-MIN_AGREEMENT = {"ndpireader": 0.9, "nfstream": 0.8}
+MIN_AGREEMENT = {"ndpireader": 0.9, "nfstream": 0.88}  # measured: 171/171, 160/171
 
 
 def engine_or_skip(name: str):
