@@ -157,6 +157,7 @@ class Parts:
     mix: float
     eps: float
     info: dict[str, Any] = field(default_factory=dict)
+    x_width: int = 0  # the forest's input columns (train/forest.shape_matrix)
 
     def forest_proba(self, lf: LocalFlows, idx: np.ndarray) -> np.ndarray:
         from .train.forest import column_map
@@ -258,7 +259,7 @@ def fit_parts(model: Any, lf: LocalFlows, idx: np.ndarray, *, seed: int = 0,
                 toks = [lf.tokens[i] for i in sub] if head == "service" else None
                 tables[head] = merged_table(model._tables[head], labels, lf.keys[sub], y, toks)
         return Parts(s_labels, a_labels, forest, a, tables, np.zeros(len(s_labels), np.float32),
-                     float(hyb["mix"]), float(hyb["eps"]))
+                     float(hyb["mix"]), float(hyb["eps"]), x_width=lf.x.shape[1])
 
     pos = {l: j for j, l in enumerate(s_labels)}
     folds = _capture_folds(lf.pcap, idx, 2, seed)
@@ -290,7 +291,7 @@ def fit_parts(model: Any, lf: LocalFlows, idx: np.ndarray, *, seed: int = 0,
         log("adapt: fewer than 2 local captures to cross-fit on: no prior correction, local forest weight 0.5")
     parts = build(idx, best[1])
     parts.bias = best[2]
-    parts.info = {"flows": int(len(idx)), "captures": len({lf.pcap[i] for i in idx}),
+    parts.info = {"seed": seed, "flows": int(len(idx)), "captures": len({lf.pcap[i] for i in idx}),
                   "new_service_labels": s_labels[len(base_s):], "new_app_labels": len(a_labels) - len(base_a),
                   "local_forest_weight": best[1], "cross_fit_log_loss": best[0]}
     return parts
@@ -486,7 +487,6 @@ def write_package(model: Any, parts: Parts, lf: LocalFlows, out: str | Path, *, 
         for f in model.path.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
-        parts.x_width = lf.x.shape[1]  # type: ignore[attr-defined]
         _graph(model.path / MODEL_FILE, tmp / MODEL_FILE, parts, model.label_sets)
         man = json.loads(json.dumps(model.manifest))
         hyb = man["hybrid"]
@@ -560,6 +560,11 @@ def adapt(base: str | Path | None, data_dir: str | Path, labels_csv: str | Path,
     from .runtime import ModelError, load_model, model_window
     from .train.data import LabelsError, load_labelled
 
+    out = Path(out)
+    if not out.resolve().parent.is_dir():
+        raise AdaptError(f"{out.parent}: no such directory (it holds the new package -o {out})")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AdaptError(f"{out}: exists and is not an empty directory (give a new one)")
     try:
         model = load_model(base, threads=2)
     except ModelError as e:
@@ -655,6 +660,9 @@ def adapt_main(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"{prog}: error: adapt needs the Python module {e.name!r}: pip install 'etool-sensor[adapt]'",
               file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as e:
+        print(f"{prog}: error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
         return EXIT_INPUT
     finally:
         if tmpdir:
