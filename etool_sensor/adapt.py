@@ -367,6 +367,13 @@ def _graph(src: Path, dst: Path, parts: Parts, base_labels: dict[str, list[str]]
     g = m.graph
     outs = {o.name: o for o in g.output}
 
+    # a package adapted again gets its own names (adapt/, adapt2/, ...)
+    used = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    gen = 1
+    while any(x.startswith(f"adapt{gen if gen > 1 else ''}/") for x in used):
+        gen += 1
+    P = f"adapt{gen if gen > 1 else ''}/"
+
     def const(name: str, v: Any) -> str:
         g.initializer.append(numpy_helper.from_array(np.asarray(v), name))
         return name
@@ -385,19 +392,19 @@ def _graph(src: Path, dst: Path, parts: Parts, base_labels: dict[str, list[str]]
         k0, n_new = len(base_labels[head]), len(labels) - len(base_labels[head])
         if not n_new and bias is None:
             continue
-        src_name = f"adapt/{head}_student"
+        src_name = f"{P}{head}_student"
         rename(out, src_name)
         cur = src_name
         if n_new:
-            nodes += [helper.make_node("ReduceLogSumExp", [cur], [f"adapt/{head}_lse"], axes=[1], keepdims=1),
-                      helper.make_node("Sub", [f"adapt/{head}_lse", const(f"adapt/{head}_logk",
+            nodes += [helper.make_node("ReduceLogSumExp", [cur], [f"{P}{head}_lse"], axes=[1], keepdims=1),
+                      helper.make_node("Sub", [f"{P}{head}_lse", const(f"{P}{head}_logk",
                                                                         np.float32(math.log(k0)))],
-                                       [f"adapt/{head}_neutral"]),
-                      helper.make_node("Concat", [cur] + [f"adapt/{head}_neutral"] * n_new, [f"adapt/{head}_ext"],
+                                       [f"{P}{head}_neutral"]),
+                      helper.make_node("Concat", [cur] + [f"{P}{head}_neutral"] * n_new, [f"{P}{head}_ext"],
                                        axis=1)]
-            cur = f"adapt/{head}_ext"
+            cur = f"{P}{head}_ext"
         if bias is not None:
-            nodes.append(helper.make_node("Add", [cur, const(f"adapt/{head}_bias", bias.astype(np.float32)[None, :])],
+            nodes.append(helper.make_node("Add", [cur, const(f"{P}{head}_bias", bias.astype(np.float32)[None, :])],
                                           [out]))
         else:
             nodes.append(helper.make_node("Identity", [cur], [out]))
@@ -405,36 +412,36 @@ def _graph(src: Path, dst: Path, parts: Parts, base_labels: dict[str, list[str]]
     # forest: (1 - a) * base (columns padded) + a * local
     fo = "forest_proba"
     k0, k = len(base_labels["service"]), len(parts.service_labels)
-    rename(fo, "adapt/base_forest")
+    rename(fo, P + "base_forest")
     pad = np.eye(k0, k, dtype=np.float32)
-    nodes.append(helper.make_node("MatMul", ["adapt/base_forest", const("adapt/base_columns", pad)],
-                                  ["adapt/base_forest_ext"]))
+    nodes.append(helper.make_node("MatMul", [P + "base_forest", const(P + "base_columns", pad)],
+                                  [P + "base_forest_ext"]))
     if parts.forest is not None and parts.a > 0:
         f = forest_onnx(parts.forest, parts.x_width).graph
         ren = {f.input[0].name: "forest/X"}
         for t in f.initializer:
-            ren[t.name] = "adapt/forest/" + t.name
+            ren[t.name] = P + "forest/" + t.name
         for n in f.node:
             for o in n.output:
-                ren[o] = "adapt/forest/" + o
+                ren[o] = P + "forest/" + o
         probs = ren[[o.name for o in f.output if o.name.startswith("prob")][0]]
         for n in f.node:
             n.input[:] = [ren.get(i, i) for i in n.input]
             n.output[:] = [ren[o] for o in n.output]
-            n.name = "adapt/forest/" + (n.name or n.op_type)
+            n.name = P + "forest/" + (n.name or n.op_type)
             nodes.append(n)
         for t in f.initializer:
             t.name = ren[t.name]
             g.initializer.append(t)
         cmap = column_map([str(c) for c in parts.forest.classes_], parts.service_labels)
-        nodes += [helper.make_node("MatMul", [probs, const("adapt/local_columns", cmap)], ["adapt/local_forest"]),
-                  helper.make_node("Mul", ["adapt/base_forest_ext", const("adapt/base_w", np.float32(1 - parts.a))],
-                                   ["adapt/base_part"]),
-                  helper.make_node("Mul", ["adapt/local_forest", const("adapt/local_w", np.float32(parts.a))],
-                                   ["adapt/local_part"]),
-                  helper.make_node("Add", ["adapt/base_part", "adapt/local_part"], [fo])]
+        nodes += [helper.make_node("MatMul", [probs, const(P + "local_columns", cmap)], [P + "local_forest"]),
+                  helper.make_node("Mul", [P + "base_forest_ext", const(P + "base_w", np.float32(1 - parts.a))],
+                                   [P + "base_part"]),
+                  helper.make_node("Mul", [P + "local_forest", const(P + "local_w", np.float32(parts.a))],
+                                   [P + "local_part"]),
+                  helper.make_node("Add", [P + "base_part", P + "local_part"], [fo])]
     else:
-        nodes.append(helper.make_node("Identity", ["adapt/base_forest_ext"], [fo]))
+        nodes.append(helper.make_node("Identity", [P + "base_forest_ext"], [fo]))
     set_width(fo, k)
     g.node.extend(nodes)
     onnx.checker.check_model(m)

@@ -75,3 +75,31 @@ def test_a_label_only_the_local_network_has_is_reachable(adapted):
     v = m.classify([ds.records[i] for i in ssh], [ds.contexts[i] for i in ssh])
     got = sum(x.service == NEW for x in v) / len(v)
     assert got >= 0.8, got
+
+
+def test_an_adapted_package_adapts_again(adapted, tmp_path):
+    from etool_sensor.cli import main
+    from etool_sensor.runtime import load_model
+
+    _, first, labels = adapted
+    out = tmp_path / "again"
+    rc = main(["adapt", "--data", str(ZEEK_TRACES), "--labels", str(labels), "--model", str(first), "-o", str(out),
+               "--quiet", "--holdout", "0"])
+    assert rc == 0
+    m = load_model(out)
+    assert m.manifest["lineage"]["base"] == load_model(first).id
+    assert m.label_sets["service"][: len(load_model(first).label_sets["service"])] == \
+        load_model(first).label_sets["service"]
+
+
+def test_adapt_errors_are_one_line_before_any_capture_is_read(tmp_path, capsys):
+    from etool_sensor.cli import main
+
+    for argv, want in ((["-o", str(tmp_path / "p")], "give captures to label, or --data DIR and --labels CSV"),
+                       (["--data", str(ZEEK_TRACES), "--labels", str(tmp_path / "none.csv"), "-o", str(tmp_path / "p")],
+                        "none.csv: cannot read"),
+                       (["--data", str(ZEEK_TRACES), "--labels", str(ZEEK_TRACES / "labels.csv"), "-o",
+                         str(tmp_path / "no" / "p")], "no such directory")):
+        assert main(["adapt", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and want in err[0], err
