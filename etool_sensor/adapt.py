@@ -26,12 +26,10 @@ so on stderr and exits EXIT_NOT_BETTER (the package is still written, for inspec
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile

@@ -3,13 +3,13 @@
 nDPI runs out of process or through a binding, never re-implemented here. Two engines:
 
 * `ndpireader`: Debian/Ubuntu's `ndpiReader` (`apt-get install libndpi-bin`). On Debian 12 that is nDPI 4.2,
-  the version that wrote the labels.csv files of the shared sets, so its categories are theirs (100 % of the
+  the version that wrote the labels.csv files of the shared more/ and zeek-traces/ sets, so its categories are theirs (100 % of the
   encrypted flows agree on `more/` and `zeek-traces/`, docs/labels.md). Its per-flow lines (`-v 2`) are
   parsed.
 * `nfstream`: the nfstream package from PyPI (`pip install 'etool-sensor[label]'`), which bundles a newer
   nDPI (5.0 in nfstream 6.6). Newer nDPI re-files some apps and names an unknown flow's category; the tables
-  below map those back where the shared sets show 4.2's choice, and ENCRYPTED_MASTERS gives the `encrypted` column, which nfstream
-  does not expose.
+  below map those back where the shared sets show 4.2's choice, and ENCRYPTED_MASTERS gives the `encrypted`
+  column, which nfstream does not expose.
 
 `auto` takes ndpiReader when it is on PATH, else nfstream. The output is the labels.csv schema of the shared
 sets (docs/labels.md): one row per TCP/UDP flow nDPI reports, `pcap` relative to `--root`.
@@ -163,7 +163,8 @@ class Nfstream:
                 rows.append({"pcap": rel, "l4": "TCP" if f.protocol == 6 else "UDP", "src": f.src_ip,
                              "sport": f.src_port, "dst": f.dst_ip, "dport": f.dst_port,
                              "bidirectional": int(f.dst2src_packets > 0), "label": label, "master": master,
-                             "app": app, "category": NFSTREAM_APP_CATEGORIES.get(app, NFSTREAM_CATEGORIES.get(cat, cat)),
+                             "app": app,
+                             "category": NFSTREAM_APP_CATEGORIES.get(app, NFSTREAM_CATEGORIES.get(cat, cat)),
                              "encrypted": "Encrypted" if master in ENCRYPTED_MASTERS else "ClearText",
                              "confidence": conf, "sni": f.requested_server_name or "",
                              "c2s_pkts": f.src2dst_packets, "c2s_bytes": f.src2dst_bytes,

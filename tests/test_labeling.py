@@ -114,4 +114,5 @@ def test_label_without_ndpi_says_what_to_install(tmp_path):
     r = subprocess.run([sys.executable, "-m", "etool_sensor", "label", str(ZEEK_TRACES / "ssh" / "ssh.pcap"), "-o",
                         str(tmp_path / "x.csv"), "--engine", "ndpireader"], capture_output=True, text=True, env=env)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["etool-sensor: error: ndpiReader is not on PATH: apt-get install libndpi-bin"]
+    want = "etool-sensor: error: ndpiReader is not on PATH: apt-get install libndpi-bin"
+    assert r.stderr.strip().splitlines() == [want]
