@@ -457,9 +457,10 @@ def drift_reference_for(model: Any, records: Sequence[Any], contexts: Sequence[A
 
     th = Thresholds()
     verdicts = model.classify(records, contexts, th)
+    hits = [getattr(v, "table_hit", None) for v in verdicts]  # where the runtime's verdicts carry it
     t = model._tables.get("service")
-    hits = [bool(t is not None and int(k) in t.counts)
-            for k in model.features(records, contexts)["hfp"].tolist()]
+    if t is not None and all(h is None for h in hits):
+        hits = [int(k) in t.counts for k in model.features(records, contexts)["hfp"].tolist()]
     return reference_from_verdicts(verdicts, hits, th.default, source)
 
 

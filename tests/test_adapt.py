@@ -4,6 +4,7 @@ labels): the package it writes loads, classifies, records its lineage, and reach
 from __future__ import annotations
 
 import csv
+import importlib.util
 import re
 
 import pytest
@@ -53,6 +54,10 @@ def test_adapted_package_loads_classifies_and_records_its_lineage(adapted, tmp_p
     assert re.match(r"\d{4}-\d\d-\d\dT", lin["date"]) and lin["captures"] > 20 and lin["flows"] > 100
     assert lin["held_back"]["before"]["flows"] == lin["held_back"]["after"]["flows"] > 0
     assert m.manifest["parity"]["adapt"]["argmax_agreement_vs_numpy"] >= 0.99
+    if importlib.util.find_spec("etool_sensor.drift") is not None:  # the package carries its drift reference
+        ref = m.manifest["drift_reference"]
+        assert ref["flows"] > 100 and abs(sum(ref["label_shares"].values()) - 1) < 1e-3
+        assert NEW in ref["label_shares"]
     rc = main(["classify", str(ZEEK_TRACES / "tls" / "ecdhe.pcap"), "-o", str(tmp_path), "--model", str(out),
                "--quiet"])
     assert rc == 0
