@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from etool_sensor import adapt as A  # noqa: E402
+from etool_sensor.train import adapt as A  # noqa: E402
 from etool_sensor.evaluate import SizeBaseline  # noqa: E402
 from etool_sensor.runtime import load_model, model_window  # noqa: E402
 from etool_sensor.train.data import load_labelled  # noqa: E402

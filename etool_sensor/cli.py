@@ -80,7 +80,7 @@ LAZY: dict[str, LazyCommand] = {
                           "source checkout)", "train", checkout=True),
     "label": LazyCommand(("etool_sensor.labeling",), "add_label_arguments", "label_main",
                          "label the flows of captures with nDPI into a labels CSV (docs/labels.md)"),
-    "adapt": LazyCommand(("etool_sensor.adapt",), "add_adapt_arguments", "adapt_main",
+    "adapt": LazyCommand(("etool_sensor.train.adapt",), "add_adapt_arguments", "adapt_main",
                          "fit a model package to local traffic (docs/adapt.md; needs the adapt extra)", "adapt"),
     "bench": LazyCommand(("etool_sensor.bench",), "add_bench_arguments", "bench_main",
                          "measure classification throughput and latency"),

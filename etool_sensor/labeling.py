@@ -1,4 +1,4 @@
-"""Weak labels from nDPI for the flows of captures: `etool-sensor label`, and what `adapt` learns from.
+"""Weak labels from nDPI for the flows of captures: `etool-sensor label`, and what `adapt` (train/adapt.py) learns from.
 
 nDPI runs out of process or through a binding, never re-implemented here. Two engines:
 

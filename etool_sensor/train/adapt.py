@@ -97,9 +97,9 @@ class LocalFlows:
 
 def local_flows(model: Any, ds: Any) -> LocalFlows:
     """Run the base package's graph once over the labelled set `ds` (train/data.LabelledSet)."""
-    from .fingerprints import hello_tokens
-    from .runtime import run_graph
-    from .train.forest import shape_matrix
+    from ..fingerprints import hello_tokens
+    from ..runtime import run_graph
+    from .forest import shape_matrix
 
     if not model.manifest.get("hybrid") or "forest" not in (model.manifest.get("outputs") or {}):
         raise AdaptError(f"{model.path}: adapt needs a hybrid package (student + shape forest + tables), "
@@ -117,7 +117,7 @@ def merged_table(base: Any, labels: list[str], keys: np.ndarray, y: Sequence[str
                  tokens: Sequence[Any] | None) -> Any:
     """The base HelloTable over `labels` (its own labels first) plus the counts of the local flows; with
     `tokens` and a base near table, the local hellos join the near table."""
-    from .fingerprints import HelloTable, NearHellos
+    from ..fingerprints import HelloTable, NearHellos
 
     k = len(labels)
     local = HelloTable.fit(keys, y, labels, alpha=base.alpha, weight=base.weight)
@@ -158,7 +158,7 @@ class Parts:
     x_width: int = 0  # the forest's input columns (train/forest.shape_matrix)
 
     def forest_proba(self, lf: LocalFlows, idx: np.ndarray) -> np.ndarray:
-        from .train.forest import column_map
+        from .forest import column_map
 
         k = len(self.service_labels)
         base = _pad_cols(lf.base_forest[idx], k)
@@ -186,7 +186,7 @@ class Parts:
 def _fit_forest(x: np.ndarray, y: Sequence[str], seed: int) -> Any:
     from sklearn.ensemble import RandomForestClassifier
 
-    from .train.forest import MIN_LEAF
+    from .forest import MIN_LEAF
 
     f = RandomForestClassifier(n_estimators=LOCAL_TREES, min_samples_leaf=MIN_LEAF, random_state=seed, n_jobs=2)
     return f.fit(x, list(y))
@@ -227,7 +227,7 @@ def _capture_folds(pcaps: Sequence[str], idx: np.ndarray, folds: int, seed: int)
 def fit_parts(model: Any, lf: LocalFlows, idx: np.ndarray, *, seed: int = 0,
               log: Callable[[str], None] = lambda s: None) -> Parts:
     """Fit the adapted parts on the local flows `idx`: forest, tables, label sets, forest weight and biases."""
-    from .fingerprints import TABLES
+    from ..fingerprints import TABLES
 
     hyb = model.manifest["hybrid"]
     base_s, base_a = model.label_sets["service"], model.label_sets["app"]
@@ -359,7 +359,7 @@ def _graph(src: Path, dst: Path, parts: Parts, base_labels: dict[str, list[str]]
 
     from export.hybrid import forest_onnx
 
-    from .train.forest import column_map
+    from .forest import column_map
 
     m = onnx.load(str(src))
     g = m.graph
@@ -450,10 +450,10 @@ def drift_reference_for(model: Any, records: Sequence[Any], contexts: Sequence[A
     """The package's `drift_reference` (manifest key, etool_sensor/drift.py) from its verdicts on the local flows;
     None where this build has no drift module."""
     try:
-        from .drift import reference_from_verdicts  # type: ignore[attr-defined]
+        from ..drift import reference_from_verdicts  # type: ignore[attr-defined]
     except ImportError:
         return None
-    from .runtime import Thresholds
+    from ..runtime import Thresholds
 
     th = Thresholds()
     verdicts = model.classify(records, contexts, th)
@@ -482,8 +482,8 @@ def write_package(model: Any, parts: Parts, lf: LocalFlows, out: str | Path, *, 
     numpy computation on the local flows before it is returned."""
     from export.hybrid import table_entry
 
-    from .fingerprints import TABLES
-    from .runtime import MANIFEST, MODEL_FILE, load_model, sha256_file
+    from ..fingerprints import TABLES
+    from ..runtime import MANIFEST, MODEL_FILE, load_model, sha256_file
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -563,8 +563,8 @@ def adapt(base: str | Path | None, data_dir: str | Path, labels_csv: str | Path,
           holdout: float = HOLDOUT, seed: int = 0, name: str | None = None, version: str | None = None,
           progress: bool = False, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Report:
     """Adapt `base` to the labelled local flows of `data_dir`/`labels_csv` and write the package `out`."""
-    from .runtime import ModelError, load_model, model_window
-    from .train.data import LabelsError, load_labelled
+    from ..runtime import ModelError, load_model, model_window
+    from .data import LabelsError, load_labelled
 
     out = Path(out)
     if not out.resolve().parent.is_dir():
@@ -643,7 +643,7 @@ def adapt_main(args: argparse.Namespace) -> int:
         if not 0 <= args.holdout < 1:
             raise AdaptError(f"--holdout {args.holdout}: must be in [0, 1)")
         if args.captures:
-            from .labeling import LabelError, default_root, write_labels
+            from ..labeling import LabelError, default_root, write_labels
 
             tmpdir = tempfile.mkdtemp(prefix="etool-adapt-")
             data, labels = default_root(args.captures), Path(tmpdir) / "labels.csv"
