@@ -28,6 +28,7 @@ exit codes:
   2    bad input: usage, missing file, not a capture, bad config, bad model, missing component
   3    a capture was truncated: what was read was classified and logged
   4    the output could not be written (e.g. disk full); the message counts the rows not written
+  5    adapt: the package was written but is not better than its base on the held-back captures
   130  interrupted
 """
 
@@ -60,6 +61,10 @@ LAZY: dict[str, LazyCommand] = {
     "export": LazyCommand(("etool_sensor.export", "export.package"), "add_export_arguments", "export_main",
                           "export a trained model to an ONNX model package (needs the train extra and a "
                           "source checkout)", "train", checkout=True),
+    "label": LazyCommand(("etool_sensor.labeling",), "add_label_arguments", "label_main",
+                         "label the flows of captures with nDPI into a labels CSV (docs/labels.md)"),
+    "adapt": LazyCommand(("etool_sensor.train.adapt",), "add_adapt_arguments", "adapt_main",
+                         "fit a model package to local traffic (docs/adapt.md; needs the adapt extra)", "adapt"),
     "bench": LazyCommand(("etool_sensor.bench",), "add_bench_arguments", "bench_main",
                          "measure classification throughput and latency"),
 }
