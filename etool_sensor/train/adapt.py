@@ -446,22 +446,14 @@ def _graph(src: Path, dst: Path, parts: Parts, base_labels: dict[str, list[str]]
     onnx.save(m, str(dst))
 
 
-def drift_reference_for(model: Any, records: Sequence[Any], contexts: Sequence[Any], source: str) -> dict | None:
-    """The package's `drift_reference` (manifest key, etool_sensor/drift.py) from its verdicts on the local flows;
-    None where this build has no drift module."""
-    try:
-        from ..drift import reference_from_verdicts  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+def drift_reference_for(model: Any, records: Sequence[Any], contexts: Sequence[Any], source: str) -> dict:
+    """The package's `drift_reference` (manifest key, etool_sensor/drift.py) from its verdicts on the local flows."""
+    from ..drift import reference_from_verdicts
     from ..runtime import Thresholds
 
     th = Thresholds()
     verdicts = model.classify(records, contexts, th)
-    hits = [getattr(v, "table_hit", None) for v in verdicts]  # where the runtime's verdicts carry it
-    t = model._tables.get("service")
-    if t is not None and all(h is None for h in hits):
-        hits = [int(k) in t.counts for k in model.features(records, contexts)["hfp"].tolist()]
-    return reference_from_verdicts(verdicts, hits, th.default, source)
+    return reference_from_verdicts(verdicts, [v.table_hit for v in verdicts], th.default, source)
 
 
 def digest(labels_csv: str | Path, data_dir: str | Path, pcaps: Sequence[str]) -> str:
@@ -521,9 +513,8 @@ def write_package(model: Any, parts: Parts, lf: LocalFlows, out: str | Path, *, 
             raise AdaptError(f"the written graph does not compute the adapted head (labels agree on {agree:.3f} "
                              "of the local flows); nothing written")
         man["parity"] = {**man.get("parity", {}), "adapt": {"flows": len(idx), "argmax_agreement_vs_numpy": agree}}
-        ref = drift_reference_for(adapted, lf.records, lf.contexts, f"local traffic, {lineage['captures']} captures")
-        if ref is not None:
-            man["drift_reference"] = ref
+        man["drift_reference"] = drift_reference_for(adapted, lf.records, lf.contexts,
+                                                     f"local traffic, {lineage['captures']} captures")
         (tmp / MANIFEST).write_text(json.dumps(man, indent=1) + "\n")
         if out.exists():
             out.rmdir()
