@@ -4,9 +4,12 @@ etool_sensor/_fastpath.c is the compiled packet path of pcap.py. It is optional:
 the install still succeeds and pcap.py reads captures in pure Python (same results, slower).
 """
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
+    # export/ sits at the top of the checkout and installs as etool_sensor.export, a name that cannot collide
+    packages=find_packages(include=["etool_sensor", "etool_sensor.*"]) + ["etool_sensor.export"],
+    package_dir={"etool_sensor.export": "export"},
     ext_modules=[
         Extension(
             "etool_sensor._fastpath",

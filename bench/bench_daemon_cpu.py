@@ -39,7 +39,7 @@ def child(a: argparse.Namespace) -> None:
     from tests.zeek_peer import flows_from_captures  # the peer side is always this checkout's
 
     class Model:
-        name, version = "etool-student", "0.3.0"
+        name, version, id = "etool-student", "0.3.0", "etool-student@0.3.0"
         manifest: dict = {}
 
         def classify(self, records, contexts=None, thresholds=None, *, mask_names=True, min_packets=2, top_k=3):

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 8, 32, 512])
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args(argv)
-    from export.token_axes import real_features
+    from etool_sensor.export.token_axes import real_features
 
     models = [load_model(p, threads=1) for p in a.packages]
     pcaps = a.pcap or sorted(str(p) for p in NDPI.glob("*.pcap*"))

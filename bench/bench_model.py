@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     if ck.is_file():
         from etool_sensor.features import encode as _enc
         from etool_sensor.train.student import Student
-        from export.package import build_package
+        from etool_sensor.export.package import build_package
         st = Student.load(ck)
         calib = _enc(recs[:2048], ctxs[:2048], st.spec)
         for q, name in (("none", "fp32"), ("static", "int8s"), ("dynamic", "int8d")):

@@ -14,7 +14,6 @@ import inspect
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
@@ -46,7 +45,6 @@ class LazyCommand:
     help: str
     extra: str = ""  # pip extra that provides its dependencies
     takes_config: bool = False
-    checkout: bool = False  # may live in the source checkout beside etool_sensor/ (not installed)
 
 
 LAZY: dict[str, LazyCommand] = {
@@ -57,10 +55,8 @@ LAZY: dict[str, LazyCommand] = {
                         "score a model against labelled captures"),
     "train": LazyCommand(("etool_sensor.train.cli",), "add_train_arguments", "train_main",
                          "train a model (needs the train extra)", "train"),
-    # export/ lives at the top of a source checkout (not installed): found there when run from one.
-    "export": LazyCommand(("etool_sensor.export", "export.package"), "add_export_arguments", "export_main",
-                          "export a trained model to an ONNX model package (needs the train extra and a "
-                          "source checkout)", "train", checkout=True),
+    "export": LazyCommand(("etool_sensor.export.package",), "add_export_arguments", "export_main",
+                          "export a trained model to an ONNX model package (needs the train extra)", "train"),
     "label": LazyCommand(("etool_sensor.labeling",), "add_label_arguments", "label_main",
                          "label the flows of captures with nDPI into a labels CSV (docs/labels.md)"),
     "adapt": LazyCommand(("etool_sensor.train.adapt",), "add_adapt_arguments", "adapt_main",
@@ -74,10 +70,6 @@ def _load_lazy(name: str) -> tuple[Callable[[argparse.ArgumentParser], None], Ca
     """Import a subcommand's module; raise CliError (one line) when it or its dependencies are missing."""
     spec = LAZY[name]
     missing: list[str] = []
-    if spec.checkout:
-        root = str(Path(__file__).resolve().parents[1])
-        if root not in sys.path and any((Path(root) / m.split(".")[0]).is_dir() for m in spec.modules):
-            sys.path.append(root)
     for modname in spec.modules:
         try:
             mod = importlib.import_module(modname)

@@ -317,7 +317,7 @@ class ServeDrift:
 
     def set_model(self, model: Any) -> None:
         """Compare with `model`'s reference from now on (a fresh window); none when it has none."""
-        self.model_id = f"{getattr(model, 'name', '?')}@{getattr(model, 'version', '?')}"
+        self.model_id = model.id
         try:
             ref = model_reference(model)
         except DriftError as e:

@@ -204,7 +204,7 @@ def classify_one(args: argparse.Namespace, cfg: Any, pcap: Any, runtime: Any, Co
         model = runtime.load_model(model_path, threads=1)
     except runtime.ModelError as e:
         raise CliError(f"model: {e}") from None
-    model_id = f"{model.name}@{model.version}"
+    model_id = model.id
     # a collection longer than the model reads (flow.packets above its window): cut, as the daemon does
     window = runtime.model_window(model.spec)
     cut = runtime.exceeds(cfg.flow_params, window)

@@ -91,7 +91,7 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
         except runtime.ModelError as e:
             conn.send(("error", EXIT_INPUT, f"model: {e}", None))
             return
-        model_id = f"{model.name}@{model.version}"
+        model_id = model.id
         runtime.tune_gc()  # inherited under 'fork'; 'spawn' starts with Python's defaults
         conn.send(("ready", model_id))
 

@@ -18,7 +18,7 @@ product and adds a rounding step the trained function does not have. Three rewri
 small batches (a few flows per run). The result is one rounding step closer to the trained function, so it
 is not the previous graph's bits: `fuse_package` accepts the new graph only if it is at least as close to a
 reference as the graph it replaces (`check_closer`). The reference is the torch model when there is one
-(`export.package.build_package`), else the package's own graph with every activation quantisation removed
+(`etool_sensor.export.package.build_package`), else the package's own graph with every activation quantisation removed
 (`float_activations_graph`: int8 weights, fp32 activations).
 
 A flow's scores still depend on the flow alone: the integer products are exact, and every float step
@@ -241,7 +241,7 @@ def fuse_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str |
     from .quantize import parity
     from .token_axes import commit_rewrite, cut_logits, open_rewrite
 
-    first = "run `python -m export.token_axes` and `python -m export.simplify` on it first"
+    first = "run `python -m etool_sensor.export.token_axes` and `python -m etool_sensor.export.simplify` on it first"
     d, manifest, gran, feats, n, src, tmp = open_rewrite(
         pkg, pcaps, ("fused", "already fused"), [("token_granules", first), ("simplified", first)], ".fused")
     try:
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"{round((1 - p[k]['app_argmax_agreement']) * p['flows'])}"
                             for k in ("previous_vs_reference", "fused_vs_reference")) + f" of {p['flows']}")
 
-    return rewrite_main(argv, "python -m export.fuse", fuse_package, summary)
+    return rewrite_main(argv, "python -m etool_sensor.export.fuse", fuse_package, summary)
 
 
 if __name__ == "__main__":

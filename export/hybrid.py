@@ -13,7 +13,7 @@ by name, so `serve`, `classify` and the daemon run one graph as before: the pack
 `flights`, its inputs `flt`. The student's own outputs keep their bits. Before it replaces the package's
 model.onnx, the joined graph is checked on real flows against the student graph and sklearn.
 
-    python -m export.hybrid PKG --data ../shared/data/ndpi/pcap --labels ../shared/data/ndpi/labels.csv \\
+    python -m etool_sensor.export.hybrid PKG --data ../shared/data/ndpi/pcap --labels ../shared/data/ndpi/labels.csv \\
         --pcap ../shared/data/ndpi/pcap/*.pcap* --name etool-hybrid --version 0.7.0 --hello-bytes 1024
 """
 
@@ -146,7 +146,7 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
         raise ValueError(f"{d}: the package already has the shape forest ({manifest['hybrid']['forest']})")
     gran = manifest.get("token_granules")
     if not gran:
-        raise ValueError(f"{d}: upgrade it first: python -m export.token_axes")
+        raise ValueError(f"{d}: upgrade it first: python -m etool_sensor.export.token_axes")
     if dataclasses.replace(spec, flights=forest.spec.flights) != forest.spec:
         raise ValueError(f"{d}: the forest was trained on other features ({forest.spec}) than the package's ({spec})")
     if "flt" not in feats or not len(feats["flt"]):
@@ -253,7 +253,7 @@ def retable_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, p
     spec = check_manifest(d, manifest)
     hyb = manifest.get("hybrid") or {}
     if not spec.hello_bytes or not all(hyb.get(key) for key, _ in TABLES.values()):
-        raise ValueError(f"{d}: no fingerprint tables to refit (build them with python -m export.hybrid --hello-bytes)")
+        raise ValueError(f"{d}: no fingerprint tables to refit (build them with python -m etool_sensor.export.hybrid --hello-bytes)")
     p = FlowParams(packets=spec.packets, payload_bytes=spec.payload_bytes, payload_packets=spec.payload_packets,
                    hello_bytes=spec.hello_bytes)
     ds = load_labelled(data, labels_csv, label_column="category", params=p)
@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from etool_sensor.runtime import ModelError
     from etool_sensor.train.data import LabelsError
 
-    ap = argparse.ArgumentParser(prog="python -m export.hybrid", description=hybrid_package.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m etool_sensor.export.hybrid", description=hybrid_package.__doc__)
     ap.add_argument("package", help="student model package directory (rewritten in place)")
     ap.add_argument("--data", required=True, help="directory of the labelled captures")
     ap.add_argument("--labels", required=True, help="labels CSV (columns of nDPI labels.csv)")

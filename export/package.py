@@ -200,7 +200,7 @@ def export_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.package")
+    p = argparse.ArgumentParser(prog="python -m etool_sensor.export.package")
     add_export_arguments(p)
     return export_main(p.parse_args(argv))
 

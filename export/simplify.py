@@ -140,7 +140,7 @@ def simplify_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: s
     from .quantize import parity
     from .token_axes import commit_rewrite, cut_logits, open_rewrite
 
-    first = "token axes are not dynamic; run `python -m export.token_axes` on it first"
+    first = "token axes are not dynamic; run `python -m etool_sensor.export.token_axes` on it first"
     d, manifest, gran, feats, n, src, tmp = open_rewrite(
         pkg, pcaps, ("simplified", "already simplified"), [("token_granules", first)], ".simplified")
     try:
@@ -156,7 +156,7 @@ def simplify_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: s
 def main(argv: Sequence[str] | None = None) -> int:
     from .token_axes import rewrite_main
 
-    return rewrite_main(argv, "python -m export.simplify", simplify_package,
+    return rewrite_main(argv, "python -m etool_sensor.export.simplify", simplify_package,
                         lambda m: f"simplified {m['simplified']}, vs previous {m['parity']['simplified_vs_previous']}")
 
 

@@ -234,7 +234,7 @@ def rewrite_main(argv: Sequence[str] | None, prog: str, rewrite: Any, summary: A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return rewrite_main(argv, "python -m export.token_axes", upgrade_package,
+    return rewrite_main(argv, "python -m etool_sensor.export.token_axes", upgrade_package,
                         lambda m: f"token_granules {m['token_granules']}, cut vs full {m['parity']['cut_vs_full']}")
 
 

@@ -20,6 +20,7 @@ from etool_sensor.flows import Verdict  # noqa: E402
 class StubModel:
     name = "stub"
     version = "0"
+    id = "stub@0"
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay

@@ -15,10 +15,10 @@ from tests.test_token_axes import needs_data, real_flows  # noqa: F401 (fixture)
 
 def _static_int8(model, feats, tmp_path):
     """The exporter's static-int8 graph of `model` before fusing: (simplified graph, granules)."""
-    from export.onnx_export import export_onnx
-    from export.quantize import quantize_static_int8
-    from export.simplify import simplify_graph
-    from export.token_axes import granules, make_token_axes_dynamic
+    from etool_sensor.export.onnx_export import export_onnx
+    from etool_sensor.export.quantize import quantize_static_int8
+    from etool_sensor.export.simplify import simplify_graph
+    from etool_sensor.export.token_axes import granules, make_token_axes_dynamic
 
     gran = granules(model.encoder.c.to_dict())
     q = quantize_static_int8(export_onnx(model, tmp_path / "fp32.onnx"), tmp_path / "int8.onnx", feats)
@@ -46,9 +46,9 @@ def test_fused_graph_is_closer_to_torch_and_batch_independent(shape, real_flows,
     from etool_sensor.features import FeatureSpec, encode
     from etool_sensor.runtime import run_graph, session_options
     from etool_sensor.train.model import EncoderConfig, StudentClassifier
-    from export.fuse import check_closer, closeness, fuse_graph
-    from export.onnx_export import torch_logits
-    from export.token_axes import cut_logits
+    from etool_sensor.export.fuse import check_closer, closeness, fuse_graph
+    from etool_sensor.export.onnx_export import torch_logits
+    from etool_sensor.export.token_axes import cut_logits
 
     spec = FeatureSpec()
     torch.manual_seed(0)
@@ -93,7 +93,7 @@ def test_fused_graph_is_closer_to_torch_and_batch_independent(shape, real_flows,
 
 
 def test_check_closer_wants_no_drift_from_the_reference():
-    from export.fuse import check_closer
+    from etool_sensor.export.fuse import check_closer
 
     prev = {"service_argmax_agreement": 0.99, "app_argmax_agreement": 0.98,
             "service_mean_abs_logit_diff": 0.02, "app_mean_abs_logit_diff": 0.04}
@@ -107,13 +107,13 @@ def test_check_closer_wants_no_drift_from_the_reference():
 
 @needs_data
 def test_fuse_package_rewrites_an_unfused_package_once(quick_package, tmp_path):
-    """`python -m export.fuse PKG` on a static-int8 package exported before the step existed."""
+    """`python -m etool_sensor.export.fuse PKG` on a static-int8 package exported before the step existed."""
     pytest.importorskip("torch")
     from etool_sensor.runtime import load_model, sha256_file
     from etool_sensor.train.student import Student
     from export import fuse
-    from export.quantize import STATIC_INT8, STATIC_INT8_UNFUSED
-    from export.token_axes import real_features
+    from etool_sensor.export.quantize import STATIC_INT8, STATIC_INT8_UNFUSED
+    from etool_sensor.export.token_axes import real_features
     caps = [str(PCAPS / "tls_verylong_certificate.pcap"), str(PCAPS / "1kxun.pcap"), str(PCAPS / "instagram.pcap")]
     pkg = tmp_path / "pkg"
     shutil.copytree(quick_package, pkg)

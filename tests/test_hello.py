@@ -93,8 +93,8 @@ def student_reads_extra_input(spec: FeatureSpec, feats: dict, name: str, tmp_pat
     and reads it: zeroing the input changes the logits."""
     torch = pytest.importorskip("torch")
     from etool_sensor.train.model import EncoderConfig, StudentClassifier, input_names
-    from export.onnx_export import export_onnx, torch_logits
-    from export.quantize import onnx_logits, parity
+    from etool_sensor.export.onnx_export import export_onnx, torch_logits
+    from etool_sensor.export.quantize import onnx_logits, parity
 
     torch.manual_seed(0)
     model = StudentClassifier(EncoderConfig.from_spec(spec), 5, 7).eval()

@@ -46,7 +46,7 @@ def test_spread_moves_forest_classes_to_label_columns():
 def _joined(quick_package, tmp_path_factory, name: str, version: str, **kw):
     """A copy of the session's quick student package with export.hybrid run on it over 30 captures (checked on
     10 of them)."""
-    from export.hybrid import hybrid_package as make
+    from etool_sensor.export.hybrid import hybrid_package as make
 
     pcaps = sorted(PCAPS.glob("*.pcap"))
     d = tmp_path_factory.mktemp(name) / "model"
@@ -220,7 +220,7 @@ def test_runtime_refuses_a_hybrid_manifest_without_the_forest_output(hybrid_pack
 
 @needs_data
 def test_hybrid_rewrite_refusals(hybrid_package, quick_package, tmp_path, capsys):
-    from export.hybrid import main
+    from etool_sensor.export.hybrid import main
 
     d, _ = hybrid_package
     pcap = str(sorted(PCAPS.glob("*.pcap"))[0])
@@ -307,7 +307,7 @@ def test_eval_hybrid_on_the_app_column_is_the_student_plus_the_table():
 def test_retable_refits_the_tables_and_leaves_the_graph(hello_package, tmp_path, real_flows, capsys):
     """export.hybrid --tables-only: the same exact rows, the near hellos on or off, model.onnx untouched; a
     package whose exact rows other flows would change is refused unchanged."""
-    from export.hybrid import main, retable_package
+    from etool_sensor.export.hybrid import main, retable_package
     from etool_sensor.runtime import load_model
 
     src, _ = hello_package

@@ -7,14 +7,16 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAB = ("etool_sensor.train", "etool_sensor.evaluate", "etool_sensor.headroom", "export")
+LAB = ("etool_sensor.train", "etool_sensor.evaluate", "etool_sensor.headroom", "etool_sensor.export")
+#: directory -> the package name it installs as (setup.py maps the checkout's export/ to etool_sensor.export)
+PACKAGES = {"etool_sensor": "etool_sensor", "export": "etool_sensor.export"}
 
 
 def _modules() -> dict[str, Path]:
     out = {}
-    for pkg in ("etool_sensor", "export"):
-        for p in (ROOT / pkg).rglob("*.py"):
-            parts = list(p.relative_to(ROOT).with_suffix("").parts)
+    for folder, name in PACKAGES.items():
+        for p in (ROOT / folder).rglob("*.py"):
+            parts = [name] + list(p.relative_to(ROOT / folder).with_suffix("").parts)
             out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     return out
 
@@ -40,7 +42,7 @@ def import_graph() -> dict[str, set[str]]:
             for x in names:
                 while x and x not in mods:
                     x = x.rpartition(".")[0]
-                if x and x != m and x != pkg.split(".")[0]:
+                if x and x != m and not m.startswith(x + "."):  # a package's own parents are not edges
                     deps.add(x)
         graph[m] = deps
     return graph

@@ -95,8 +95,8 @@ def test_quick_training_produces_loadable_package(quick_package, real_flows):
 def test_onnx_matches_torch_on_real_flows(quick_package, real_flows, tmp_path):
     from etool_sensor.features import encode
     from etool_sensor.train.student import Student
-    from export.onnx_export import export_onnx, torch_logits
-    from export.quantize import onnx_logits, parity, quantize_int8, quantize_static_int8
+    from etool_sensor.export.onnx_export import export_onnx, torch_logits
+    from etool_sensor.export.quantize import onnx_logits, parity, quantize_int8, quantize_static_int8
 
     st = Student.load(quick_package / "student.pt")
     recs, ctxs = real_flows
@@ -128,7 +128,7 @@ def test_onnx_matches_torch_on_real_flows(quick_package, real_flows, tmp_path):
     q = tmp_path / "int8s.onnx"
     assert np.allclose(onnx_logits(q, feats, batch=7)[0], onnx_logits(q, feats)[0], atol=1e-5)
     # dynamic token axes: the same graph at full length, and cut to length groups, still matches torch
-    from export.token_axes import cut_logits, granules, make_token_axes_dynamic
+    from etool_sensor.export.token_axes import cut_logits, granules, make_token_axes_dynamic
     dyn = make_token_axes_dynamic(fp32, tmp_path / "dyn.onnx")
     assert np.array_equal(onnx_logits(dyn, feats)[0], onnx_logits(fp32, feats)[0])
     pc = parity(ref, cut_logits(dyn, feats, granules(st.config.to_dict())))
@@ -146,11 +146,11 @@ def test_onnx_matches_torch_on_real_flows(quick_package, real_flows, tmp_path):
 
 @needs_data
 def test_upgrade_package_makes_token_axes_dynamic(quick_package, tmp_path):
-    """`python -m export.token_axes PKG` rewrites a package exported before the step existed, once."""
+    """`python -m etool_sensor.export.token_axes PKG` rewrites a package exported before the step existed, once."""
     from etool_sensor.runtime import load_model, sha256_file
     from etool_sensor.train.student import Student
-    from export.onnx_export import export_onnx
-    from export.token_axes import granules, main
+    from etool_sensor.export.onnx_export import export_onnx
+    from etool_sensor.export.token_axes import granules, main
 
     pkg = tmp_path / "old"
     shutil.copytree(quick_package, pkg)

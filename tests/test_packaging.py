@@ -31,6 +31,8 @@ def test_wheel_installs_and_classifies_the_sample(tmp_path: Path) -> None:
                  "etool_sensor/data/sample.pcap"):
         assert want in names, want
     assert any(n.endswith("LICENSE") for n in names), "the BSD-3 licence travels in the wheel"
+    # the checkout's export/ installs as etool_sensor.export, never as a top-level `export` that could collide
+    assert "etool_sensor/export/hybrid.py" in names and not [n for n in names if n.startswith("export/")]
     site = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                        capture_output=True, text=True, timeout=300)

@@ -131,7 +131,7 @@ def test_rewrite_refuses_a_graph_it_does_not_know(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from export.token_axes import make_token_axes_dynamic
+    from etool_sensor.export.token_axes import make_token_axes_dynamic
 
     ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", 4]) for n in ("pkt", "byt", "seg", "ctx")]
     out = helper.make_tensor_value_info("y", TensorProto.INT64, ["b", 4])
@@ -147,7 +147,7 @@ def test_rewrite_refuses_a_graph_it_does_not_know(tmp_path):
 
 
 def test_granules_never_cut_a_stream_the_encoder_pads():
-    from export.token_axes import granules
+    from etool_sensor.export.token_axes import granules
 
     base = {"packets": 32, "pkt_stride": 2, "payload_packets": 3, "payload_bytes": 64, "dgram_stride": 8}
     assert granules(base) == {"pkt": 2, "byt": 16, "seg": 16, "ctx": 1}
@@ -168,9 +168,9 @@ def test_fresh_exports_of_every_shape_cut_to_the_same_logits(shape, real_flows, 
     torch = pytest.importorskip("torch")
     from etool_sensor.features import FeatureSpec, encode
     from etool_sensor.train.model import EncoderConfig, StudentClassifier
-    from export.onnx_export import export_onnx
-    from export.quantize import onnx_logits, parity
-    from export.token_axes import cut_logits, granules, make_token_axes_dynamic
+    from etool_sensor.export.onnx_export import export_onnx
+    from etool_sensor.export.quantize import onnx_logits, parity
+    from etool_sensor.export.token_axes import cut_logits, granules, make_token_axes_dynamic
 
     spec = FeatureSpec(use_ports=shape.pop("use_ports", False), hello_tokens=shape.pop("hello_tokens", 0))
     torch.manual_seed(0)
@@ -204,10 +204,10 @@ def test_simplified_graph_computes_the_same_logits(shape, real_flows, tmp_path):
 
     from etool_sensor.features import FeatureSpec, encode
     from etool_sensor.train.model import EncoderConfig, StudentClassifier
-    from export.onnx_export import export_onnx
-    from export.quantize import parity
-    from export.simplify import simplify_graph
-    from export.token_axes import cut_logits, granules, make_token_axes_dynamic
+    from etool_sensor.export.onnx_export import export_onnx
+    from etool_sensor.export.quantize import parity
+    from etool_sensor.export.simplify import simplify_graph
+    from etool_sensor.export.token_axes import cut_logits, granules, make_token_axes_dynamic
 
     spec = FeatureSpec()
     torch.manual_seed(0)
@@ -241,10 +241,10 @@ def test_simplify_keeps_a_bias_the_exporter_routes_through_identity(real_flows, 
 
     from etool_sensor.features import FeatureSpec, encode
     from etool_sensor.train.model import EncoderConfig, StudentClassifier
-    from export.onnx_export import export_onnx
-    from export.quantize import parity
-    from export.simplify import simplify_graph
-    from export.token_axes import cut_logits, granules, make_token_axes_dynamic
+    from etool_sensor.export.onnx_export import export_onnx
+    from etool_sensor.export.quantize import parity
+    from etool_sensor.export.simplify import simplify_graph
+    from etool_sensor.export.token_axes import cut_logits, granules, make_token_axes_dynamic
 
     torch.manual_seed(0)
     model = StudentClassifier(EncoderConfig.from_spec(FeatureSpec()), 6, 9)
@@ -283,7 +283,7 @@ def test_bundled_models_are_simplified_and_label_as_before(name):
 
 
 def test_simplify_tolerates_one_near_tie_not_more():
-    from export.simplify import check_agreement
+    from etool_sensor.export.simplify import check_agreement
 
     ok = {"service_argmax_agreement": 1.0, "app_argmax_agreement": 3192 / 3193}
     check_agreement(ok, 3193, "pkg")  # the fast model's one flipped app near-tie

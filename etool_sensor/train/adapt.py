@@ -357,7 +357,7 @@ def _graph(src: Path, dst: Path, parts: Parts, base_labels: dict[str, list[str]]
     import onnx
     from onnx import helper, numpy_helper
 
-    from export.hybrid import forest_onnx
+    from etool_sensor.export.hybrid import forest_onnx
 
     from .forest import column_map
 
@@ -472,7 +472,7 @@ def write_package(model: Any, parts: Parts, lf: LocalFlows, out: str | Path, *, 
                   name: str | None = None, version: str | None = None) -> dict[str, Any]:
     """Copy the base package to `out` with the adapted graph, tables and manifest; checked against the
     numpy computation on the local flows before it is returned."""
-    from export.hybrid import table_entry
+    from etool_sensor.export.hybrid import table_entry
 
     from ..fingerprints import TABLES
     from ..runtime import MANIFEST, MODEL_FILE, load_model, sha256_file

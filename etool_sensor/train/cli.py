@@ -50,19 +50,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _import_export(module: str = "package"):
-    """export.<module>. The top-level `export` package lives beside etool_sensor in the repository; setup.cfg
-    does not install it yet, so from a checkout (editable install) fall back to the repository root."""
+    """etool_sensor.export.<module> (the checkout's export/, installed under that name), imported when used: it
+    needs onnx and skl2onnx."""
     import importlib
 
-    try:
-        return importlib.import_module(f"export.{module}")
-    except ModuleNotFoundError as e:
-        if e.name != "export":
-            raise
-        root = str(Path(__file__).resolve().parents[2])
-        if root not in sys.path:
-            sys.path.append(root)
-        return importlib.import_module(f"export.{module}")
+    return importlib.import_module(f"etool_sensor.export.{module}")
 
 
 def _log(msg: str) -> None:
