@@ -81,8 +81,9 @@ def run(coro, timeout: float = 120):
 def serve_config(url: str, *, alert_labels=(), drift=None, **serve) -> Config:
     """The defaults with quick reconnects, metrics on a free port and these serve.* keys (and
     classify.alert_labels, the drift section), validated as etool.yaml would be."""
-    cfg = Config().with_overrides({"serve.zeek_url": url, "serve.metrics_port": free_port(), "serve.reconnect_min_s": 0.05,
-                                   "serve.reconnect_max_s": 0.5, "classify.alert_labels": sorted(alert_labels),
+    cfg = Config().with_overrides({"serve.zeek_url": url, "serve.metrics_port": free_port(),
+                                   "serve.reconnect_min_s": 0.05, "serve.reconnect_max_s": 0.5,
+                                   "classify.alert_labels": sorted(alert_labels),
                                    **{f"serve.{k}": v for k, v in serve.items()}})
     return cfg if drift is None else dataclasses.replace(cfg, drift=drift)
 
@@ -439,6 +440,29 @@ def test_model_failure_costs_the_batch_not_the_daemon(flows):
             c = d.counts()
             assert c["drops.model_error"] == 2 and c["verdicts_out"] == 18
     run(main())
+
+
+def test_reload_keeps_restart_only_keys_and_applies_the_rest():
+    """Daemon._apply on two validated configurations: every restart-only key is a real etool.yaml key and keeps
+    its running value (named in last_reload), the others answer the flows that arrive next."""
+    from etool_sensor.config import iter_options
+    from etool_sensor.sensor.pipeline import RESTART_ONLY
+
+    keys = {k for k, _ in iter_options()}
+    assert all(k in keys or k == "drift" for k in RESTART_ONLY)
+    old = Config().with_overrides({"serve.metrics_port": 0})
+    d = Daemon(old, StubModel())
+    tracker = d.tracker
+    new = old.with_overrides({"serve.app_name": "renamed", "serve.tls.verify": False, "drift.window": 20000,
+                              "serve.batch_size": 8, "serve.max_flows_per_s": 10, "classify.top_k": 1,
+                              "classify.threshold": 0.9, "context.window": 2.0, "privacy.mask_names": False})
+    d._apply(new, StubModel())
+    assert d.last_reload["kept"] == ["drift", "serve.app_name", "serve.tls.verify"]
+    assert (d.cfg.serve.app_name, d.cfg.serve.tls.verify, d.cfg.drift) == ("etool-sensor", True, old.drift)
+    assert d.cfg.serve.batch_size == 8 and d.rate.rate == 10 and d.tracker is not tracker
+    sv = d.serving
+    assert (sv.top_k, sv.thresholds.default, sv.mask_names) == (1, 0.9, False)
+    d._pool.shutdown()
 
 
 # --------------------------------------------------------------------------------- subprocess daemon

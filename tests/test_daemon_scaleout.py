@@ -146,7 +146,8 @@ def test_serve_workers_a_failing_worker_stops_the_set(tmp_path):
     from tests.test_daemon_e2e import ROOT
 
     t0 = __import__("time").monotonic()
-    p = subprocess.run([sys.executable, "-m", "etool_sensor", "serve", "--zeek-url", "ws://127.0.0.1:9/v1/messages/json",
+    p = subprocess.run([sys.executable, "-m", "etool_sensor", "serve",
+                        "--zeek-url", "ws://127.0.0.1:9/v1/messages/json",
                         "--model", str(tmp_path / "no-such-model"), "--workers", "2"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "cannot load model" in p.stderr
@@ -156,7 +157,7 @@ def test_serve_workers_a_failing_worker_stops_the_set(tmp_path):
     assert bad.returncode == 2 and "--workers" in bad.stderr
 
 
-def test_worker_settings_names_topics_ports_and_queue_share():
+def test_worker_config_names_topics_ports_and_queue_share():
     from etool_sensor.config import Config
     from etool_sensor.sensor.process import worker_config
 

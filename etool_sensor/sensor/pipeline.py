@@ -31,9 +31,10 @@ from typing import Any, Callable
 
 from .. import zeekws as z
 from ..config import Config
+from ..context import ContextTracker
 from ..flows import FlowRecord, Verdict
-from .logfmt import DAEMON_LOGGER, ev
 from .limits import RateLimitedLog, TokenBucket
+from .logfmt import DAEMON_LOGGER, ev
 from .metrics import Metrics, start_endpoint
 
 log = logging.getLogger(DAEMON_LOGGER)
@@ -100,9 +101,7 @@ def _serving(cfg: Config, model: Any, m: Metrics, previous: Any = None) -> Servi
                    counters=m.use_model(model, previous))
 
 
-def _tracker(cfg: Config) -> Any:
-    from ..context import ContextTracker
-
+def _tracker(cfg: Config) -> ContextTracker:
     return ContextTracker(window=cfg.context.window, bursts=cfg.context.bursts)
 
 
@@ -191,7 +190,7 @@ class Daemon:
             old = self.serving.model_id
             log.info("reloading configuration and model (serving %s)", old, extra=ev("reload_start", model=old))
             try:
-                settings, model = await asyncio.to_thread(self.reloader)  # type: ignore[misc]
+                cfg, model = await asyncio.to_thread(self.reloader)  # type: ignore[misc]
             except Exception as e:  # noqa: BLE001 - whatever fails to load is refused, the old one serves on
                 self.m.reloads.labels("refused").inc()
                 self.m.reload_ok.set(0)
@@ -199,7 +198,7 @@ class Daemon:
                 log.error("reload refused: %s; still serving %s", _why(e), old,
                           extra=ev("reload_refused", error=_why(e), model=old))
             else:
-                self._apply(settings, model)
+                self._apply(cfg, model)
             if not self._reload_again:
                 return
 
