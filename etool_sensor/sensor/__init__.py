@@ -8,5 +8,6 @@ Data flows down this list; nothing imports a module above it:
   share), model, event loop, signals and what SIGHUP reloads;
 * ``pipeline``: the daemon: decode -> context -> micro-batch -> infer -> publish, reload, drift;
 * ``metrics``: its Prometheus series and the /metrics, /healthz endpoint;
+* ``limits``: its rate limits (incoming flows, warnings);
 * ``logfmt``: its log lines (text or JSON).
 """
