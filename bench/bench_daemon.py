@@ -8,7 +8,7 @@ every verdict, on the same two cores as the daemons (docs/performance.md, "serve
 rate up until the daemons drop flows or fall behind, and reports per step: offered and answered
 flows/s, p50/p99 verdict latency (flow sent -> verdict received, both ends on this machine), drops
 (from the daemons' /metrics) and the daemons' RSS (largest and summed). Each daemon runs as its own
-process (`python -m etool_sensor.daemon`, or with --stub a fixed-answer model, for the transport alone).
+process (`python -m etool_sensor serve`, or with --stub a fixed-answer model, for the transport alone).
 
 Scale-out the way the Zeek package does it (docs/sensor.md, "Several daemons"): with ``--daemons N``
 (N > 1) daemon i is named ``etool-i`` and subscribes to ``etool/flows/etool-i/`` only, and the peer
@@ -183,9 +183,9 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
             if a.deadline_ms is not None:
                 serve["batch_deadline_ms"] = a.deadline_ms
             cfg.write_text(json.dumps({"serve": serve, **({"model": {"path": a.model}} if a.model else {})}))
-            cmd = [sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url", peer.url] + extra
+            cmd = [sys.executable, "-m", "etool_sensor", "serve", "--config", str(cfg), "--zeek-url", peer.url] + extra
             if a.stub:
-                cmd = [sys.executable, str(root / "tests" / "stub_daemon.py")] + cmd[3:]
+                cmd = [sys.executable, str(root / "tests" / "stub_daemon.py")] + cmd[4:]
             env = dict(os.environ, PYTHONPATH=str(root))
             procs.append(subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE if a.quiet else None))
             mports.append(mport)

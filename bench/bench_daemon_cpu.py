@@ -32,7 +32,19 @@ def child(a: argparse.Namespace) -> None:
     import dataclasses
 
     from etool_sensor import zeekws as z
-    from etool_sensor.daemon import Daemon, ServeSettings
+    try:
+        from etool_sensor.config import Config
+        from etool_sensor.sensor.pipeline import Daemon
+
+        def new_daemon(model):  # (the daemon, its queue size)
+            d = Daemon(Config().with_overrides({"serve.metrics_port": 0}), model)
+            return d, d.cfg.serve.queue_size
+    except ImportError:  # a checkout from before etool_sensor/sensor/ (--roots A/B against an older commit)
+        from etool_sensor.daemon import Daemon, ServeSettings
+
+        def new_daemon(model):
+            d = Daemon(ServeSettings(metrics_port=0), model)
+            return d, d.s.queue_size
     from etool_sensor.flows import Verdict
 
     sys.path.insert(0, str(ROOT))
@@ -70,15 +82,15 @@ def child(a: argparse.Namespace) -> None:
                                     "etool/verdicts/worker-1/", network_time=1.7e9 + i * 1e-3))
 
     async def once() -> float:
-        d = Daemon(ServeSettings(metrics_port=0), Model())
+        d, queue_size = new_daemon(Model())
         d.client = Client()
-        d.queue = asyncio.Queue(d.s.queue_size)
+        d.queue = asyncio.Queue(queue_size)
         d.stop_event = asyncio.Event()
         batcher = asyncio.create_task(d._batcher())
         await asyncio.sleep(0.01)
         c0 = time.process_time()
         perf = time.perf_counter
-        half = d.s.queue_size // 2
+        half = queue_size // 2
         for i in range(0, len(frames), a.burst):
             for f in frames[i:i + a.burst]:
                 d._on_frame(f, perf())

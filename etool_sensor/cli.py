@@ -48,7 +48,7 @@ class LazyCommand:
 
 
 LAZY: dict[str, LazyCommand] = {
-    "serve": LazyCommand(("etool_sensor.daemon",), "add_serve_arguments", "serve_main",
+    "serve": LazyCommand(("etool_sensor.sensor.serve",), "add_serve_arguments", "serve_main",
                          "classify flows sent by Zeek over its WebSocket API (the sensor daemon)", "",
                          takes_config=True),
     "eval": LazyCommand(("etool_sensor.evaluate",), "add_eval_arguments", "eval_main",

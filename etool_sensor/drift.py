@@ -300,13 +300,11 @@ class ServeDrift:
     registry: etool_drift_score, etool_drift_part{part}, etool_drift_flows (absent for a package without a
     drift reference)."""
 
-    def __init__(self, settings: Any, model: Any, registry: Any, log: Any = None) -> None:
-        from .config import DriftConfig
-
-        cfg = getattr(settings, "drift", None) or DriftConfig()
+    def __init__(self, cfg: Any, daemon: str, model: Any, registry: Any, log: Any = None) -> None:
+        """``cfg``: the drift section of the configuration (config.DriftConfig); ``daemon``: serve.app_name."""
         self.window, self.min_flows = int(cfg.window), int(cfg.min_flows)
         self.threshold, self.interval_s = float(cfg.threshold), float(cfg.interval_s)
-        self.daemon = str(getattr(settings, "app_name", None) or "etool-sensor")
+        self.daemon = str(daemon)
         self.log = log
         self.monitor: DriftMonitor | None = None
         self.model_id = "-"

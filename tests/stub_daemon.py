@@ -1,7 +1,7 @@
 """`python tests/stub_daemon.py [serve args]`: the real daemon entry point with a stand-in model.
 
 Only for the daemon's own tests when no model package is installed (ETOOL_E2E_STUB=1): it exercises
-signal handling, draining and metrics exactly as `python -m etool_sensor.daemon`, with a model whose
+signal handling, draining and metrics exactly as `python -m etool_sensor serve`, with a model whose
 answers are fixed. ``--delay S`` makes each batch take S seconds.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from etool_sensor import daemon  # noqa: E402
+from etool_sensor import cli  # noqa: E402
 from etool_sensor.flows import Verdict  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     import etool_sensor.runtime as rt
 
     rt.load_model = lambda *a, **k: model  # type: ignore[assignment]
-    return daemon.main(argv)
+    return cli.main(["serve", *argv])
 
 
 if __name__ == "__main__":

@@ -175,11 +175,13 @@ def test_readme_config_table_lists_every_key() -> None:
         assert f"| `{dotted}` | {default} |" in row[0], (dotted, row[0])
 
 
-def test_serve_settings_take_classify_keys(tmp_path: Path) -> None:
+def test_serve_takes_classify_keys(tmp_path: Path) -> None:
     """The daemon answers with the same top_k, thresholds and alert labels as classify."""
-    from etool_sensor.daemon import ServeSettings
+    from etool_sensor.sensor.pipeline import Daemon
+    from tests.stub_daemon import StubModel
 
     p = tmp_path / "etool.yaml"
     p.write_text("classify: {top_k: 5, threshold: 0.7, alert_labels: [VPN]}\nserve: {max_flows_per_s: 100}\n")
-    s = ServeSettings.from_config(load_config(p))
-    assert (s.top_k, s.threshold, s.alert_labels, s.max_flows_per_s) == (5, 0.7, frozenset({"VPN"}), 100.0)
+    d = Daemon(load_config(p), StubModel())
+    sv = d.serving
+    assert (sv.top_k, sv.thresholds.default, sv.alert_labels, d.rate.rate) == (5, 0.7, frozenset({"VPN"}), 100.0)

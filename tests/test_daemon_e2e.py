@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from etool_sensor import zeekws as z
-from etool_sensor.daemon import Daemon, ServeSettings
+from etool_sensor.config import Config
 from etool_sensor.flows import Verdict
+from etool_sensor.sensor.pipeline import Daemon
 from bench.loadgen import LeanPeer
 from tests.stub_daemon import StubModel
 from tests.zeek_peer import ERR_BAD_URI, ZeekPeer, flows_from_captures
@@ -77,11 +78,19 @@ def run(coro, timeout: float = 120):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
+def serve_config(url: str, *, alert_labels=(), drift=None, **serve) -> Config:
+    """The defaults with quick reconnects, metrics on a free port and these serve.* keys (and
+    classify.alert_labels, the drift section), validated as etool.yaml would be."""
+    cfg = Config().with_overrides({"serve.zeek_url": url, "serve.metrics_port": free_port(),
+                                   "serve.reconnect_min_s": 0.05, "serve.reconnect_max_s": 0.5,
+                                   "classify.alert_labels": sorted(alert_labels),
+                                   **{f"serve.{k}": v for k, v in serve.items()}})
+    return cfg if drift is None else dataclasses.replace(cfg, drift=drift)
+
+
 @asynccontextmanager
-async def serving(peer: ZeekPeer, model, **kw):
-    s = ServeSettings(zeek_url=kw.pop("url", peer.url), metrics_port=free_port(), reconnect_min_s=0.05,
-                      reconnect_max_s=0.5, **kw)
-    d = Daemon(s, model)
+async def serving(peer: ZeekPeer, model, url: str | None = None, **kw):
+    d = Daemon(serve_config(url or peer.url, **kw), model)
     task = asyncio.create_task(d.run())
     try:
         yield d
@@ -433,6 +442,29 @@ def test_model_failure_costs_the_batch_not_the_daemon(flows):
     run(main())
 
 
+def test_reload_keeps_restart_only_keys_and_applies_the_rest():
+    """Daemon._apply on two validated configurations: every restart-only key is a real etool.yaml key and keeps
+    its running value (named in last_reload), the others answer the flows that arrive next."""
+    from etool_sensor.config import iter_options
+    from etool_sensor.sensor.pipeline import RESTART_ONLY
+
+    keys = {k for k, _ in iter_options()}
+    assert all(k in keys or k == "drift" for k in RESTART_ONLY)
+    old = Config().with_overrides({"serve.metrics_port": 0})
+    d = Daemon(old, StubModel())
+    tracker = d.tracker
+    new = old.with_overrides({"serve.app_name": "renamed", "serve.tls.verify": False, "drift.window": 20000,
+                              "serve.batch_size": 8, "serve.max_flows_per_s": 10, "classify.top_k": 1,
+                              "classify.threshold": 0.9, "context.window": 2.0, "privacy.mask_names": False})
+    d._apply(new, StubModel())
+    assert d.last_reload["kept"] == ["drift", "serve.app_name", "serve.tls.verify"]
+    assert (d.cfg.serve.app_name, d.cfg.serve.tls.verify, d.cfg.drift) == ("etool-sensor", True, old.drift)
+    assert d.cfg.serve.batch_size == 8 and d.rate.rate == 10 and d.tracker is not tracker
+    sv = d.serving
+    assert (sv.top_k, sv.thresholds.default, sv.mask_names) == (1, 0.9, False)
+    d._pool.shutdown()
+
+
 # --------------------------------------------------------------------------------- subprocess daemon
 def daemon_cmd(tmp: Path, url: str, metrics_port: int, extra: dict | None = None, delay: float = 0.0) -> list[str]:
     serve = {"metrics_port": metrics_port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5}
@@ -440,7 +472,7 @@ def daemon_cmd(tmp: Path, url: str, metrics_port: int, extra: dict | None = None
     cfg = tmp / "etool.yaml"
     cfg.write_text(json.dumps({"serve": serve}))  # JSON is YAML
     if _real_model() is not None:
-        return [sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url", url]
+        return [sys.executable, "-m", "etool_sensor", "serve", "--config", str(cfg), "--zeek-url", url]
     if STUB:
         return [sys.executable, str(ROOT / "tests" / "stub_daemon.py"), "--config", str(cfg), "--zeek-url", url,
                 "--delay", str(delay)]
@@ -596,8 +628,9 @@ def test_soak_twice_the_sustainable_rate(tmp_path, flows):
 def test_lean_peer_serves_the_daemon_and_matches_every_verdict(flows) -> None:
     async def main() -> None:
         peer = await LeanPeer(check_every=1).start()
-        s = ServeSettings(zeek_url=peer.url, metrics_port=free_port(), batch_size=32, topics=["etool/flows/"])
-        d = Daemon(s, StubModel())
+        cfg = Config().with_overrides({"serve.zeek_url": peer.url, "serve.metrics_port": free_port(),
+                                       "serve.batch_size": 32, "serve.topics": ["etool/flows/"]})
+        d = Daemon(cfg, StubModel())
         task = asyncio.create_task(d.run())
         try:
             assert await peer.wait_connected(1, 20)
@@ -720,7 +753,7 @@ def test_sighup_swaps_the_model_mid_stream_without_losing_a_flow(tmp_path, flows
     async def main():
         async with ZeekPeer() as peer:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url", peer.url, cwd=ROOT,
+                sys.executable, "-m", "etool_sensor", "serve", "--config", str(cfg), "--zeek-url", peer.url, cwd=ROOT,
                 stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
             err_task = asyncio.create_task(proc.stderr.read())
             try:

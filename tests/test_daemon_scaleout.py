@@ -108,7 +108,7 @@ def test_serve_workers_two_processes_one_verdict_per_uid(tmp_path, model, flows)
 
     async def main():
         async with ZeekPeer() as peer:
-            proc = subprocess.Popen([sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url",
+            proc = subprocess.Popen([sys.executable, "-m", "etool_sensor", "serve", "--config", str(cfg), "--zeek-url",
                                      peer.url, "--workers", "2"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
             try:
                 assert await peer.wait_connected(2, 60), proc.stderr.read() if proc.poll() is not None else ""
@@ -146,21 +146,24 @@ def test_serve_workers_a_failing_worker_stops_the_set(tmp_path):
     from tests.test_daemon_e2e import ROOT
 
     t0 = __import__("time").monotonic()
-    p = subprocess.run([sys.executable, "-m", "etool_sensor.daemon", "--zeek-url", "ws://127.0.0.1:9/v1/messages/json",
+    p = subprocess.run([sys.executable, "-m", "etool_sensor", "serve",
+                        "--zeek-url", "ws://127.0.0.1:9/v1/messages/json",
                         "--model", str(tmp_path / "no-such-model"), "--workers", "2"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "cannot load model" in p.stderr
     assert __import__("time").monotonic() - t0 < 30
-    bad = subprocess.run([sys.executable, "-m", "etool_sensor.daemon", "--workers", "0"], cwd=ROOT,
+    bad = subprocess.run([sys.executable, "-m", "etool_sensor", "serve", "--workers", "0"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--workers" in bad.stderr
 
 
-def test_worker_settings_names_topics_ports_and_queue_share():
-    from etool_sensor.daemon import ServeSettings, worker_settings
+def test_worker_config_names_topics_ports_and_queue_share():
+    from etool_sensor.config import Config
+    from etool_sensor.sensor.process import worker_config
 
-    s = ServeSettings(topics=("etool/flows/", "other/"), metrics_port=9464, queue_size=10001, workers=3)
-    ws = [worker_settings(s, i) for i in range(3)]
+    cfg = Config().with_overrides({"serve.topics": ["etool/flows/", "other/"], "serve.metrics_port": 9464,
+                                   "serve.queue_size": 10001, "serve.workers": 3})
+    ws = [worker_config(cfg, i).serve for i in range(3)]
     assert [w.app_name for w in ws] == ["etool-sensor-0", "etool-sensor-1", "etool-sensor-2"]
     assert ws[1].topics == ("etool/flows/etool-sensor-1/", "other/etool-sensor-1/")
     # each serves on a free loopback port the supervisor merges into metrics_port (workermetrics)
@@ -168,6 +171,9 @@ def test_worker_settings_names_topics_ports_and_queue_share():
     assert all(w.queue_size == 3333 and w.workers == 1 for w in ws)
     # the topic is the one the Zeek script publishes to for that daemon name
     assert ws[2].topics[0] == daemon_topic("10.0.0.1", [ws[2].app_name])
+    # nothing else of the configuration changes
+    assert all(worker_config(cfg, i).classify == cfg.classify and worker_config(cfg, i).drift == cfg.drift
+               for i in range(3))
 
 
 def test_serve_workers_sighup_reloads_every_worker(tmp_path, model, flows):  # noqa: F811
@@ -191,7 +197,7 @@ def test_serve_workers_sighup_reloads_every_worker(tmp_path, model, flows):  # n
 
     async def main():
         async with ZeekPeer() as peer:
-            proc = subprocess.Popen([sys.executable, "-m", "etool_sensor.daemon", "--config", str(cfg), "--zeek-url",
+            proc = subprocess.Popen([sys.executable, "-m", "etool_sensor", "serve", "--config", str(cfg), "--zeek-url",
                                      peer.url], cwd=ROOT, stderr=subprocess.PIPE, text=True)
             try:
                 assert await peer.wait_connected(2, 60)

@@ -19,9 +19,9 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .logfmt import ev
+from .logfmt import DAEMON_LOGGER, ev
 
-log = logging.getLogger("etool_sensor.daemon")
+log = logging.getLogger(DAEMON_LOGGER)
 
 FETCH_TIMEOUT_S = 2.0
 

@@ -15,6 +15,9 @@ import time
 from typing import Any
 
 LOG_FORMATS = ("text", "json")
+#: The logger of every serve module. Its name is in each line (text and JSON ``logger``), which log filters
+#: select on, so it names the daemon rather than a module.
+DAEMON_LOGGER = "etool_sensor.daemon"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 #: fields added to every line of this process (the daemon's name, so N workers' lines can be told apart)
