@@ -94,7 +94,7 @@ def _serving(cfg: Config, model: Any, m: Metrics, previous: Any = None) -> Servi
     from ..runtime import model_window
 
     window = model_window(getattr(model, "spec", None))
-    return Serving(model=model, model_id=f"{getattr(model, 'name', '?')}@{getattr(model, 'version', '?')}",
+    return Serving(model=model, model_id=model.id,
                    thresholds=cfg.thresholds, top_k=cfg.classify.top_k, mask_names=cfg.privacy.mask_names,
                    min_packets=cfg.flow.min_packets, alert_labels=frozenset(cfg.classify.alert_labels),
                    window=window, model_packets=window.packets if window is not None else 0,

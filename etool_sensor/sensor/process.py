@@ -124,7 +124,7 @@ def serve_one(cfg: Config, workers: int = 1, reloader: Reloader | None = None,
         print(f"etool-sensor serve: cannot load model: {e}", file=sys.stderr)
         return 2
     log.info("model %s %s loaded", getattr(model, "name", "?"), getattr(model, "version", "?"),
-             extra=ev("model_loaded", model=f"{getattr(model, 'name', '?')}@{getattr(model, 'version', '?')}",
+             extra=ev("model_loaded", model=model.id,
                       path=str(getattr(model, "path", cfg.model.path))))
     sys.setswitchinterval(GIL_SWITCH_S)  # this process is the daemon: see runtime.GIL_SWITCH_S
     tune_gc()
