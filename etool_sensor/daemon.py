@@ -2,7 +2,7 @@
 
 Pipeline (one asyncio loop, inference in one worker thread so the loop keeps receiving)::
 
-    WebSocket frame -> decode (zeekws, strict) -> per-client BURST context -> bounded queue
+    WebSocket frame -> decode (zeek.wire, strict) -> per-client BURST context -> bounded queue
         -> micro-batch (batch_size or batch_deadline_ms) -> Model.classify in a thread
         -> ETooL::verdict on the flow's reply_topic
 
@@ -32,9 +32,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from . import zeekws as z
 from .flows import FlowRecord, Verdict
 from .logfmt import LOG_FORMATS, ev
+from .zeek.broker_json import WireError
+from .zeek.client import DEFAULT_URL, ZeekClient, check_app_name
+from .zeek.messages import ZeekError
+from .zeek.wire import DEFAULT_TOPICS, encode_verdict, parse_flow
 
 log = logging.getLogger("etool_sensor.daemon")
 
@@ -62,8 +65,8 @@ def _get(obj: Any, path: str, default: Any) -> Any:
 
 @dataclass
 class ServeSettings:
-    zeek_url: str = z.DEFAULT_URL
-    topics: tuple[str, ...] = z.DEFAULT_TOPICS
+    zeek_url: str = DEFAULT_URL
+    topics: tuple[str, ...] = DEFAULT_TOPICS
     app_name: str | None = "etool-sensor"
     batch_size: int = 256
     batch_deadline_ms: float = 5.0
@@ -337,10 +340,10 @@ class Daemon:
         self.last_reload: dict[str, Any] | None = None  # shown on /healthz
         self.warn = RateLimitedLog(log)
         self.tracker = _tracker(settings)
-        self.client = z.ZeekClient(settings.zeek_url, settings.topics, app_name=settings.app_name,
-                                   ca_file=settings.ca_file, verify=settings.verify,
-                                   max_size=settings.max_message_bytes, reconnect_min_s=settings.reconnect_min_s,
-                                   reconnect_max_s=settings.reconnect_max_s, on_state=self._on_state)
+        self.client = ZeekClient(settings.zeek_url, settings.topics, app_name=settings.app_name,
+                                 ca_file=settings.ca_file, verify=settings.verify,
+                                 max_size=settings.max_message_bytes, reconnect_min_s=settings.reconnect_min_s,
+                                 reconnect_max_s=settings.reconnect_max_s, on_state=self._on_state)
         self.rate = TokenBucket(settings.max_flows_per_s) if settings.max_flows_per_s > 0 else None
         self.queue: asyncio.Queue | None = None
         self.stop_event: asyncio.Event | None = None
@@ -490,7 +493,7 @@ class Daemon:
                               topics=list(self.s.topics)))
         elif event == "connect_failed":
             self._count_attempt()
-            if isinstance(info, z.ZeekError):
+            if isinstance(info, ZeekError):
                 self.m.server_errors.labels(info.code[:64]).inc()
             self.warn.warn("connect", "cannot connect to %s: %s", self.s.zeek_url, _why(info))
         elif event == "disconnected":
@@ -522,12 +525,12 @@ class Daemon:
             self.warn.warn("rate", "more than %.0f flows/s: dropping", self.s.max_flows_per_s)
             return
         try:
-            fe = z.parse_flow(frame, self.s.max_message_bytes)
-        except z.ZeekError as e:
+            fe = parse_flow(frame, self.s.max_message_bytes)
+        except ZeekError as e:
             m.server_errors.labels(e.code[:64]).inc()
             self.warn.warn("server_error:" + e.code[:64], "Zeek answered with an error: %s: %s", e.code, e.context[:200])
             return
-        except z.WireError as e:
+        except WireError as e:
             m.decode_errors.labels(e.reason).inc()
             self.warn.warn("decode:" + e.reason, "refused a message from Zeek (%s): %s", e.reason, e.detail[:200])
             return
@@ -674,11 +677,11 @@ class Daemon:
         self.drift.observe_all(verdicts)
         texts: list[str] = []
         done: list[tuple[_Item, Verdict]] = []
-        encode = z.encode_verdict
+        encode = encode_verdict
         for it, v in zip(batch, verdicts):
             try:
                 texts.append(encode(it.reply_topic, v))
-            except z.WireError as e:
+            except WireError as e:
                 m.drops.labels("model_error").inc()
                 self.warn.warn("encode", "cannot encode verdict for %s: %s", it.record.uid, e)
                 continue
@@ -806,7 +809,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="etool.yaml (default: built-in defaults, or $ETOOL_CONFIG); "
                    "SIGHUP reads it again")
     p.add_argument("--zeek-url", metavar="URL",
-                   help=f"Zeek WebSocket API endpoint (default: serve.zeek_url, {z.DEFAULT_URL})")
+                   help=f"Zeek WebSocket API endpoint (default: serve.zeek_url, {DEFAULT_URL})")
     p.add_argument("--model", metavar="DIR", help="model package directory (default: model.path, the bundled model); "
                    "SIGHUP loads it again")
     p.add_argument("--workers", metavar="N", type=_positive_int,
@@ -890,7 +893,7 @@ def serve_main(args: argparse.Namespace, cfg: Any = None) -> int:
     if s.log_format == "json" or not logging.getLogger().handlers:
         setup_logging(s.log_format)
     try:
-        z.check_app_name(s.app_name)
+        check_app_name(s.app_name)
     except ValueError as e:
         print(f"etool-sensor serve: {e}", file=sys.stderr)
         return 2
