@@ -47,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etool_sensor import zeekws as z  # noqa: E402
+from etool_sensor.zeek import wire  # noqa: E402
 from bench.loadgen import LeanPeer  # noqa: E402
 from tests.zeek_peer import ZeekPeer, daemon_topic, flows_from_captures  # noqa: E402
 
@@ -107,12 +107,12 @@ def make_templates(clients: int) -> tuple[list[Template], str]:
     flows = flows_from_captures(limit=256)
     out = []
     for r in flows:
-        a, b = z.encode_flow("etool/flows/", dataclasses.replace(r, uid=UID_MARK), "etool/verdicts/",
-                             network_time=time.time()).split(UID_MARK)
+        a, b = wire.encode_flow("etool/flows/", dataclasses.replace(r, uid=UID_MARK), "etool/verdicts/",
+                                network_time=time.time()).split(UID_MARK)
         parts = None
         if clients and ":" not in r.orig_h:
-            f = z.encode_flow("etool/flows/", dataclasses.replace(r, uid=UID_MARK, orig_h=ADDR_MARK),
-                              "etool/verdicts/", network_time=time.time())
+            f = wire.encode_flow("etool/flows/", dataclasses.replace(r, uid=UID_MARK, orig_h=ADDR_MARK),
+                                 "etool/verdicts/", network_time=time.time())
             p0, rest = f.split(UID_MARK)
             p1, p2 = rest.split('"' + ADDR_MARK + '"')
             parts = (p0.encode(), (p1 + '"').encode(), ('"' + p2).encode())

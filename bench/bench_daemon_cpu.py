@@ -31,7 +31,7 @@ def child(a: argparse.Namespace) -> None:
     import asyncio
     import dataclasses
 
-    from etool_sensor import zeekws as z
+    from etool_sensor.zeek import wire
     try:
         from etool_sensor.config import Config
         from etool_sensor.sensor.pipeline import Daemon
@@ -77,9 +77,9 @@ def child(a: argparse.Namespace) -> None:
     frames = []
     for i in range(a.flows):
         r = flows[i % len(flows)]
-        frames.append(z.encode_flow("etool/flows/", dataclasses.replace(r, uid=f"C{i:017d}",
-                                                                       orig_h=f"10.64.{(i >> 8) & 3}.{i & 255}"),
-                                    "etool/verdicts/worker-1/", network_time=1.7e9 + i * 1e-3))
+        frames.append(wire.encode_flow("etool/flows/", dataclasses.replace(r, uid=f"C{i:017d}",
+                                                                          orig_h=f"10.64.{(i >> 8) & 3}.{i & 255}"),
+                                       "etool/verdicts/worker-1/", network_time=1.7e9 + i * 1e-3))
 
     async def once() -> float:
         d, queue_size = new_daemon(Model())

@@ -9,8 +9,8 @@ LeanPeer speaks the same v1 protocol on the wire (websockets' Sans-I/O ServerPro
 handshake and framing; the subscription array, then the ack Zeek sends, then data-messages), but:
 - frames to publish arrive as already encoded bytes and go out in one transport write per call;
 - a verdict is matched to its flow by its uid, found in the raw frame with a regular expression. Every
-  ``check_every``-th verdict is decoded in full with the daemon's own decoder (zeekws.parse_message and
-  verdict_from_event) as a sanity check; ``bad`` counts the ones that failed.
+  ``check_every``-th verdict is decoded in full with the daemon's own decoders (zeek.messages.parse_message and
+  zeek.wire.verdict_from_event) as a sanity check; ``bad`` counts the ones that failed.
 - writes respect flow control: ``publish`` waits while the transport's buffer is over its high-water mark,
   as Zeek's buffer would fill when a client falls behind.
 """
@@ -27,7 +27,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from etool_sensor import zeekws as z
+from etool_sensor.zeek import broker_json as bj, messages, wire
 
 # the verdict's first field, the uid: {"@data-type":"string","data":"<uid>"} right after the record opens
 _UID = re.compile(rb'"data":\[\{"@data-type":"vector","data":\[\{"@data-type":"string","data":"([^"\\]*)"')
@@ -81,7 +81,7 @@ class _Conn(asyncio.Protocol):
                 if peer.n_received % peer.check_every == 0:
                     peer.check(bytes(ev.data), m.group(1))
             elif isinstance(ev, Request):
-                if ev.path != z.V1_PATH:
+                if ev.path != bj.V1_PATH:
                     ws.send_response(ws.reject(404, "unknown path\n"))
                 else:
                     ws.send_response(ws.accept(ev))
@@ -89,15 +89,16 @@ class _Conn(asyncio.Protocol):
 
     def _subscribe(self, data: bytes) -> None:
         try:
-            subs = z.loads(data.decode())
-        except (UnicodeDecodeError, z.WireError):
+            subs = bj.loads(data.decode())
+        except (UnicodeDecodeError, bj.WireError):
             subs = None
         if type(subs) is not list or not all(type(s) is str for s in subs):
-            self.ws.send_text(z.error_message("invalid_json", "subscriptions must be an array of strings").encode())
+            err = messages.error_message("invalid_json", "subscriptions must be an array of strings")
+            self.ws.send_text(err.encode())
             self.ws.send_close(1008, "")
             return
         self.subs = tuple(subs)
-        self.ws.send_text(z.ack_message(f"{self.peer.node_id}-websocket-{self.cid}", "8.0.0").encode())
+        self.ws.send_text(messages.ack_message(f"{self.peer.node_id}-websocket-{self.cid}", "8.0.0").encode())
         self.peer.conns[self.cid] = self
 
     def _flush(self) -> None:
@@ -132,7 +133,7 @@ class LeanPeer:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{z.V1_PATH}"
+        return f"ws://{self.host}:{self.port}{bj.V1_PATH}"
 
     async def stop(self) -> None:
         for c in list(self.conns.values()):
@@ -181,8 +182,8 @@ class LeanPeer:
         """Decode one verdict in full, as the daemon's own tests do; count a failure in ``bad``."""
         self.checked += 1
         try:
-            m = z.parse_message(data.decode())
-            v = z.verdict_from_event(z.event_from_data(m))
+            m = messages.parse_message(data.decode())
+            v = wire.verdict_from_event(messages.event_from_data(m))
             ok = v.uid.encode() == uid and m.topic.startswith("etool/verdicts/")
         except Exception:  # noqa: BLE001 - counted, not fatal: the bench reports it
             ok = False

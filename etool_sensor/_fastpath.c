@@ -1647,11 +1647,11 @@ static PyObject *uid_text(PyObject *Py_UNUSED(m), PyObject *arg) {
 }
 
 /* ------------------------------------------------------------------------------------------------------
- * zeekws._flow_text in C: one ETooL::flow frame exactly as Broker's JSON writer lays it out -> its fields,
- * the Packet and Chunk objects built. The grammar is zeekws._FLOW_TEXT_RE's, element by element (the
+ * zeek/wire.py's _flow_text in C: one ETooL::flow frame exactly as Broker's JSON writer lays it out -> its fields,
+ * the Packet and Chunk objects built. The grammar is wire._FLOW_TEXT_RE's, element by element (the
  * regular expression skims the packet and chunk vectors and counts exact records; here every element must
  * be an exact record). Anything else, and timespans beyond 15 digits (where int * float might round
- * differently than double * double), returns None and zeekws goes on to the regular expression, which stays
+ * differently than double * double), returns None and wire.py goes on to the regular expression, which stays
  * the reference: tests/test_zeekws_fast.py checks that whatever this accepts decodes the same there.
  * Why: the frame is ~4 KB of typed JSON per flow, and the regex + per-packet Python cost ~50-90 us of the
  * daemon's ~150-190 us of own CPU per flow (docs/performance.md).
@@ -2754,7 +2754,7 @@ static PyMethodDef module_methods[] = {
      "hello_key(data) -> bytes | None: fingerprints._hello_key_py (a TLS hello's sorted suites and types, packed)"},
     {"flow_frame", (PyCFunction)(void (*)(void))flow_frame, METH_FASTCALL,
      "flow_frame(text, Packet, Chunk) -> (topic, uid, ts, orig_h, orig_p, resp_h, resp_p, packets, chunks, "
-     "final, reply_topic, metadata key, metadata ts) | None: zeekws._flow_text's grammar"},
+     "final, reply_topic, metadata key, metadata ts) | None: zeek.wire._flow_text's grammar"},
     {"mask_chunk", (PyCFunction)(void (*)(void))mask_chunk, METH_FASTCALL,
      "mask_chunk(data, proto (0 tcp, 1 udp, 2 other), orig_p, resp_p, normalize) -> bytes: "
      "masking.mask_payload, then masking.normalize_random when normalize"},

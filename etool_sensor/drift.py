@@ -361,7 +361,7 @@ class ServeDrift:
         (DRIFT_TOPIC) when there is a score and a session. Never raises for a lost connection."""
         import asyncio
 
-        from . import zeekws as z
+        from .zeek import wire as z
 
         if self.interval_s <= 0:
             return

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from etool_sensor import zeekws as z
+from etool_sensor.zeek import broker_json as bj, messages, wire
 from etool_sensor.config import Config
 from etool_sensor.flows import Verdict
 from etool_sensor.sensor.pipeline import Daemon
@@ -233,19 +233,19 @@ def test_pipeline_with_stand_in_model(flows):
 
 # ---------------------------------------------------------------------------------------- hostile
 def _bad_flow_frames(rec) -> dict[str, str]:
-    good = json.loads(z.encode_flow("etool/flows/", rec, "etool/verdicts/"))
+    good = json.loads(wire.encode_flow("etool/flows/", rec, "etool/verdicts/"))
     wrong = json.loads(json.dumps(good))
     wrong["data"][2]["data"][1]["data"][0]["data"][0] = {"@data-type": "count", "data": 7}  # uid: count
     depth = 5000
     nested = '{"@data-type":"vector","data":[' * depth + "]}" * depth
     return {
         "wrong_arg_types": json.dumps(wrong),
-        "foreign_event": z.encode_event("etool/flows/", "ping", ["hi", z.Count(1)]),
+        "foreign_event": messages.encode_event("etool/flows/", "ping", ["hi", bj.Count(1)]),
         "broken_json": '{"type":"data-message","topic":"etool/flows/","@data-type":"vector","data":[{',
         "not_json": "How is it going?",
         "deep_nesting": '{"type":"data-message","topic":"etool/flows/","@data-type":"vector","data":[' + nested + "]}",
         "lone_surrogate": json.dumps(good).replace(rec.uid, "\\ud800x", 1),
-        "wrong_arity": z.encode_event("etool/flows/", "ETooL::flow", []),
+        "wrong_arity": messages.encode_event("etool/flows/", "ETooL::flow", []),
         "not_an_event": json.dumps({"type": "data-message", "topic": "etool/flows/", "@data-type": "count",
                                     "data": 1}),
         "unknown_message": json.dumps({"type": "surprise"}),
@@ -536,8 +536,8 @@ def _scrape(port: int) -> dict[str, float]:
 
 def frame_factory(rec, reply_topic: str = "etool/verdicts/"):
     """Cheap distinct-uid frames: encode once, substitute the uid."""
-    tmpl = z.encode_flow("etool/flows/", dataclasses.replace(rec, uid="CUIDUIDUIDUIDUIDUI"), reply_topic,
-                         network_time=time.time())
+    tmpl = wire.encode_flow("etool/flows/", dataclasses.replace(rec, uid="CUIDUIDUIDUIDUIDUI"), reply_topic,
+                            network_time=time.time())
     return lambda uid: tmpl.replace("CUIDUIDUIDUIDUIDUI", uid, 1)
 
 
@@ -635,7 +635,7 @@ def test_lean_peer_serves_the_daemon_and_matches_every_verdict(flows) -> None:
         try:
             assert await peer.wait_connected(1, 20)
             recs = [dataclasses.replace(r, uid=f"L{i:017d}") for i, r in enumerate(flows[:200])]
-            frames = [("etool/flows/", z.encode_flow("etool/flows/", r, "etool/verdicts/").encode()) for r in recs]
+            frames = [("etool/flows/", wire.encode_flow("etool/flows/", r, "etool/verdicts/").encode()) for r in recs]
             # a topic nobody subscribed to is not delivered, as in Zeek
             assert await peer.publish_many(frames[:100] + [("other/", frames[0][1])]) == 100
             assert await peer.publish_many(frames[100:]) == len(frames) - 100
@@ -657,7 +657,8 @@ def test_lean_peer_serves_the_daemon_and_matches_every_verdict(flows) -> None:
 def test_lean_peer_counts_a_verdict_that_does_not_decode() -> None:
     peer = LeanPeer()
     peer.check(b'{"type":"data-message","topic":"etool/verdicts/"}', b"x")
-    good = z.encode_verdict("etool/verdicts/", Verdict("U1", "tls", "stub", 0.75, False, ["other"], "stub@0")).encode()
+    good = wire.encode_verdict("etool/verdicts/",
+                               Verdict("U1", "tls", "stub", 0.75, False, ["other"], "stub@0")).encode()
     peer.check(good, b"U1")
     peer.check(good, b"U2")  # decodes, but is another flow's verdict
     assert peer.summary() == {"received": 0, "checked": 3, "bad": 2}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from etool_sensor import drift as dr
-from etool_sensor import zeekws as z
+from etool_sensor.zeek import broker_json as bj, messages, wire
 from etool_sensor.flows import Verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,30 +220,30 @@ SCORE = dr.DriftScore(0.41, 0.41, 0.25, 0.5, 0.09, 0.75, 0.94, 1284)
 def test_encode_drift_is_broker_json_like_encode_verdict() -> None:
     from tests.zeek_peer import schema_validator
 
-    text = z.encode_drift(z.DRIFT_TOPIC, "etool-sensor-1", "etool-hybrid@0.8.1", SCORE)
+    text = wire.encode_drift(wire.DRIFT_TOPIC, "etool-sensor-1", "etool-hybrid@0.8.1", SCORE)
     val = schema_validator()
     if val is not None:
         val.validate(json.loads(text))  # Broker's v1 JSON schema (shared/reference/zeek-websocket)
     # the envelope of ETooL::verdict: data-message, [1, 1, [name, [record]]], records as vectors
-    verdict = z.encode_verdict("etool/verdicts/x/", Verdict("C1", "Web", "Google", 0.5, False, [], "m"))
+    verdict = wire.encode_verdict("etool/verdicts/x/", Verdict("C1", "Web", "Google", 0.5, False, [], "m"))
     head = '"@data-type":"vector","data":[{"@data-type":"count","data":1},{"@data-type":"count","data":1},' \
            '{"@data-type":"vector","data":[{"@data-type":"string","data":"ETooL::'
     assert head in verdict and head + 'drift"},{"@data-type":"vector","data":[{"@data-type":"vector","data":[' in text
     assert text.startswith('{"type":"data-message","topic":"etool/verdicts/drift",')
-    ev = z.parse_event(text)
-    got = z.drift_from_event(ev)
-    assert list(got) == list(z.DRIFT_FIELDS)
+    ev = messages.parse_event(text)
+    got = wire.drift_from_event(ev)
+    assert list(got) == list(wire.DRIFT_FIELDS)
     assert got == {"daemon": "etool-sensor-1", "model": "etool-hybrid@0.8.1", "score": 0.41, "label_shift": 0.41,
                    "confidence_shift": 0.25, "unknown_rate": 0.5, "unknown_rate_ref": 0.09, "table_hit_rate": 0.75,
                    "table_hit_rate_ref": 0.94, "flows": 1284}
     # doubles always carry a decimal point; no table: -1; a count is a count
-    no_table = z.encode_drift(z.DRIFT_TOPIC, "d", "m", dr.DriftScore(0.0, 0.0, 0.0, 0.0, 0.0, None, None, 0))
+    no_table = wire.encode_drift(wire.DRIFT_TOPIC, "d", "m", dr.DriftScore(0.0, 0.0, 0.0, 0.0, 0.0, None, None, 0))
     assert no_table.count('{"@data-type":"real","data":0.0}') == 5
     assert no_table.count('{"@data-type":"real","data":-1.0}') == 2 and '"count","data":0}' in no_table
-    with pytest.raises(z.WireError):
-        z.encode_drift(z.DRIFT_TOPIC, "d", "m", dr.DriftScore(float("nan"), 0, 0, 0, 0, None, None, 1))
-    with pytest.raises(z.WireError):  # a verdict is not a drift event
-        z.drift_from_event(z.parse_event(verdict))
+    with pytest.raises(bj.WireError):
+        wire.encode_drift(wire.DRIFT_TOPIC, "d", "m", dr.DriftScore(float("nan"), 0, 0, 0, 0, None, None, 1))
+    with pytest.raises(bj.WireError):  # a verdict is not a drift event
+        wire.drift_from_event(messages.parse_event(verdict))
 
 
 # ------------------------------------------------------------------------------------------------ serve
@@ -263,9 +263,9 @@ def test_serve_publishes_drift_events_and_gauges(default_model) -> None:
             for r in recs:
                 await peer.publish_flow(r)
             assert await peer.wait_verdicts(len(recs), 60)
-            assert await peer.wait_for(lambda: any(x.name == z.DRIFT_EVENT and x.value["flows"] == 200
+            assert await peer.wait_for(lambda: any(x.name == wire.DRIFT_EVENT and x.value["flows"] == 200
                                                    for x in peer.received), 10)
-            ev = [x for x in peer.received if x.name == z.DRIFT_EVENT][-1]
+            ev = [x for x in peer.received if x.name == wire.DRIFT_EVENT][-1]
             want = d.drift.current()
             st, body = await http_get(d.metrics_port, "/metrics")
         assert not peer.errors_sent  # the peer (Zeek's view of the declared event) took every frame
@@ -304,7 +304,7 @@ def test_serve_without_a_reference_publishes_no_drift() -> None:
             await asyncio.sleep(0.3)  # several intervals
             st, body = await http_get(d.metrics_port, "/metrics")
         assert d.drift.monitor is None and d.drift.current() is None and d.drift.published == 0
-        assert not any(x.name == z.DRIFT_EVENT for x in peer.received)
+        assert not any(x.name == wire.DRIFT_EVENT for x in peer.received)
         assert "etool_drift_score NaN" in body.decode() and "etool_drift_flows 0.0" in body.decode()
 
     asyncio.run(asyncio.wait_for(main(), 60))

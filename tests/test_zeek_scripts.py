@@ -137,10 +137,11 @@ def test_wire_records_match_docs():
         assert fields == documented, rec
     for ev, arg in (("flow", "Flow"), ("verdict", "Verdict"), ("drift", "Drift")):
         assert f"global {ev}: event(" in types and f"event ETooL::{ev}(" in wire, ev
-    from etool_sensor import zeekws
+    from etool_sensor.zeek import wire as contract
 
-    assert zeekws.WIRE_VERSION == version, "the daemon and the Zeek package speak the same wire version"
-    for rec, fields in (("Flow", zeekws.FLOW_FIELDS), ("Verdict", zeekws.VERDICT_FIELDS), ("Drift", zeekws.DRIFT_FIELDS)):
+    assert contract.WIRE_VERSION == version, "the daemon and the Zeek package speak the same wire version"
+    for rec, fields in (("Flow", contract.FLOW_FIELDS), ("Verdict", contract.VERDICT_FIELDS),
+                        ("Drift", contract.DRIFT_FIELDS)):
         assert [f for f, _ in record_fields(types, rec)] == list(fields), rec
 
 

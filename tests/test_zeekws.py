@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etool_sensor import zeekws as z
+from etool_sensor.zeek import broker_json as bj, client, messages, wire
 from etool_sensor.flows import Chunk, FlowRecord, Packet, Verdict
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "zeek-websocket"
@@ -29,11 +29,11 @@ def _need_ref() -> Path:
 
 @pytest.fixture(params=["orjson", "stdlib"])
 def json_impl(request):
-    if request.param == "orjson" and z._orjson is None:
+    if request.param == "orjson" and bj._orjson is None:
         pytest.skip("orjson not installed")
-    z.force_stdlib_json(request.param == "stdlib")
+    bj.force_stdlib_json(request.param == "stdlib")
     yield request.param
-    z.force_stdlib_json(False)
+    bj.force_stdlib_json(False)
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +97,17 @@ def test_every_baseline_message_matches_schema_and_decodes(schema, json_impl):
     for where, m in baseline_messages():
         validate(schema, m, fixed=False)
         text = json.dumps(m)
-        parsed = z.parse_message(text)
+        parsed = messages.parse_message(text)
         if m["type"] == "ack":
-            assert parsed == z.Ack(m["endpoint"], m["version"]), where
+            assert parsed == messages.Ack(m["endpoint"], m["version"]), where
         elif m["type"] == "error":
-            assert parsed == z.ErrorMessage(m["code"], m["context"]), where
+            assert parsed == messages.ErrorMessage(m["code"], m["context"]), where
         else:
-            ev = z.event_from_data(parsed)
+            ev = messages.event_from_data(parsed)
             assert ev.topic == m["topic"]
             assert ev.name in ("ping", "pong")
             # re-encoding the decoded event reproduces the message exactly (metadata included)
-            again = json.loads(z.encode_event(ev.topic, ev.name, ev.args, ev.metadata or None))
+            again = json.loads(messages.encode_event(ev.topic, ev.name, ev.args, ev.metadata or None))
             if m["data"][2]["data"][2:] == [{"@data-type": "vector", "data": []}]:
                 again["data"][2]["data"].append({"@data-type": "vector", "data": []})
             ts_fix(m)
@@ -131,8 +131,8 @@ def ts_fix(m: dict) -> None:
 
 def test_baseline_event_args_round_trip(json_impl):
     for name, args in baseline_event_args():
-        vals = [z.decode_value(a) for a in args]
-        assert [z.encode_value(v) for v in vals] == args, name
+        vals = [bj.decode_value(a) for a in args]
+        assert [bj.encode_value(v) for v in vals] == args, name
 
 
 def test_baseline_error_messages_are_what_the_peer_sends():
@@ -165,30 +165,30 @@ def test_doc_examples(json_impl):
     seen = set()
     for b in blocks:
         if "@data-type" in b and "type" not in b:
-            v = z.decode_value(b)
+            v = bj.decode_value(b)
             seen.add(b["@data-type"])
             if b["@data-type"] == "timespan":
-                assert v == z.Timespan(1_500_000_000)
-                assert z.encode_value(v) == b  # Broker renders 1.5 s as "1500ms"
+                assert v == bj.Timespan(1_500_000_000)
+                assert bj.encode_value(v) == b  # Broker renders 1.5 s as "1500ms"
             elif b["@data-type"] == "timestamp":
-                assert z.encode_value(v) == b
+                assert bj.encode_value(v) == b
             else:
-                assert z.encode_value(v) == b
+                assert bj.encode_value(v) == b
         elif b.get("type") == "data-message":
-            dm = z.message_from_json(b)
+            dm = messages.message_from_json(b)
             if b["@data-type"] == "vector":
-                ev = z.event_from_data(dm)
+                ev = messages.event_from_data(dm)
                 assert ev.name == "event_1"
                 assert ev.args == [42, "test"]
                 assert type(ev.args[0]) is int
-                again = json.loads(z.encode_event(ev.topic, ev.name, ev.args, ev.metadata or None))
+                again = json.loads(messages.encode_event(ev.topic, ev.name, ev.args, ev.metadata or None))
                 assert again == b
             else:
-                assert dm.value == 1 and type(dm.value) is z.Count
+                assert dm.value == 1 and type(dm.value) is bj.Count
         elif b.get("type") == "error":
-            assert z.message_from_json(b) == z.ErrorMessage(b["code"], b["context"])
+            assert messages.message_from_json(b) == messages.ErrorMessage(b["code"], b["context"])
         elif b.get("type") == "ack":
-            assert isinstance(z.message_from_json(b), z.Ack)
+            assert isinstance(messages.message_from_json(b), messages.Ack)
     assert seen == {"none", "boolean", "count", "integer", "real", "timespan", "timestamp", "string",
                     "enum-value", "address", "subnet", "port", "vector", "set", "table"}
 
@@ -197,7 +197,7 @@ def test_zeek_api_doc_example_event():
     msg = ('{"type":"data-message","topic":"zeek.test","@data-type":"vector","data":[{"@data-type":"count","data":1},'
            '{"@data-type":"count","data":1},{"@data-type":"vector","data":[{"@data-type":"string","data":"hello"},'
            '{"@data-type":"vector","data":[{"@data-type":"count","data":3}]},{"@data-type":"vector","data":[]}]}]}')
-    ev = z.parse_event(msg)
+    ev = messages.parse_event(msg)
     assert (ev.topic, ev.name, ev.args, ev.metadata) == ("zeek.test", "hello", [3], [])
 
 
@@ -205,22 +205,22 @@ def test_zeek_api_doc_example_event():
 def values():
     leaf = st.one_of(
         st.none(), st.booleans(),
-        st.integers(0, z.COUNT_MAX).map(z.Count),
-        st.integers(z.INT_MIN, z.INT_MAX),
+        st.integers(0, bj.COUNT_MAX).map(bj.Count),
+        st.integers(bj.INT_MIN, bj.INT_MAX),
         st.floats(allow_nan=False, allow_infinity=False),
-        st.integers(-(2**62), 2**62).map(z.Timespan),
-        st.integers(0, 4102444800 * 10**9).map(lambda ns: z.Timestamp(ns - ns % 1_000_000)),
+        st.integers(-(2**62), 2**62).map(bj.Timespan),
+        st.integers(0, 4102444800 * 10**9).map(lambda ns: bj.Timestamp(ns - ns % 1_000_000)),
         st.text(),
-        st.text(min_size=1).map(z.Enum),
+        st.text(min_size=1).map(bj.Enum),
         st.ip_addresses(),
         st.ip_addresses().flatmap(lambda a: st.integers(0, a.max_prefixlen).map(
             lambda n: ipaddress.ip_network(f"{a}/{n}", strict=False))),
-        st.builds(z.Port, st.integers(0, 65535), st.sampled_from(["tcp", "udp", "icmp", "?"])),
+        st.builds(bj.Port, st.integers(0, 65535), st.sampled_from(["tcp", "udp", "icmp", "?"])),
     )
     return st.recursive(leaf, lambda kids: st.one_of(
         st.lists(kids, max_size=4),
-        st.lists(st.one_of(st.text(), st.integers(0, 99).map(z.Count)), max_size=4, unique=True).map(z.ZSet),
-        st.lists(st.tuples(st.text(), kids), max_size=3, unique_by=lambda kv: kv[0]).map(z.Table),
+        st.lists(st.one_of(st.text(), st.integers(0, 99).map(bj.Count)), max_size=4, unique=True).map(bj.ZSet),
+        st.lists(st.tuples(st.text(), kids), max_size=3, unique_by=lambda kv: kv[0]).map(bj.Table),
     ), max_leaves=12)
 
 
@@ -237,40 +237,40 @@ def same(a, b) -> bool:
 @settings(max_examples=300, deadline=None)
 @given(values())
 def test_round_trip_every_type(v):
-    enc = z.encode_value(v)
-    text = z.dumps(enc)
-    dec = z.decode_value(z.loads(text))
+    enc = bj.encode_value(v)
+    text = bj.dumps(enc)
+    dec = bj.decode_value(bj.loads(text))
     assert same(dec, v), (v, dec)
-    assert z.encode_value(dec) == enc
+    assert bj.encode_value(dec) == enc
 
 
 @settings(max_examples=200, deadline=None)
 @given(values())
 def test_encoding_matches_schema(schema, v):
-    validate(schema, z.data_message("/t", z.encode_value(v)))
+    validate(schema, messages.data_message("/t", bj.encode_value(v)))
 
 
 def test_scalar_formats():
-    assert z.encode_value(None) == {"@data-type": "none", "data": {}}
-    assert z.encode_value(z.Count(7)) == {"@data-type": "count", "data": 7}
-    assert z.encode_value(-7) == {"@data-type": "integer", "data": -7}
-    assert z.encode_value(-7.5) == {"@data-type": "real", "data": -7.5}
+    assert bj.encode_value(None) == {"@data-type": "none", "data": {}}
+    assert bj.encode_value(bj.Count(7)) == {"@data-type": "count", "data": 7}
+    assert bj.encode_value(-7) == {"@data-type": "integer", "data": -7}
+    assert bj.encode_value(-7.5) == {"@data-type": "real", "data": -7.5}
     for ns, s in [(0, "0s"), (1, "1ns"), (1500, "1500ns"), (2000, "2us"), (1_500_000_000, "1500ms"),
                   (42_000_000_000, "42s"), (-3_000_000, "-3ms")]:
-        assert z.format_timespan(ns) == s
-        assert z.parse_timespan(s) == ns
-    assert z.parse_timespan("2min") == 120 * 10**9 and z.parse_timespan("1h") == 3600 * 10**9
-    assert z.parse_timespan("1d") == 86400 * 10**9
-    assert z.format_timestamp(z.parse_timestamp("2022-04-10T07:00:00.000")) == "2022-04-10T07:00:00.000"
-    assert z.parse_timestamp("2023-04-18T14:13:14.123456789") % 10**9 == 123456789
-    assert z.encode_value(z.Port(8080, "tcp"))["data"] == "8080/tcp"
-    assert z.decode_value({"@data-type": "port", "data": "0/?"}) == z.Port(0, "?")
-    assert z.encode_value(ipaddress.ip_address("2001:db8::"))["data"] == "2001:db8::"
-    assert z.encode_value(ipaddress.ip_network("255.255.255.0/24", strict=False))["data"] == "255.255.255.0/24"
-    assert z.encode_value({"a": 1}) == {"@data-type": "table", "data": [
+        assert bj.format_timespan(ns) == s
+        assert bj.parse_timespan(s) == ns
+    assert bj.parse_timespan("2min") == 120 * 10**9 and bj.parse_timespan("1h") == 3600 * 10**9
+    assert bj.parse_timespan("1d") == 86400 * 10**9
+    assert bj.format_timestamp(bj.parse_timestamp("2022-04-10T07:00:00.000")) == "2022-04-10T07:00:00.000"
+    assert bj.parse_timestamp("2023-04-18T14:13:14.123456789") % 10**9 == 123456789
+    assert bj.encode_value(bj.Port(8080, "tcp"))["data"] == "8080/tcp"
+    assert bj.decode_value({"@data-type": "port", "data": "0/?"}) == bj.Port(0, "?")
+    assert bj.encode_value(ipaddress.ip_address("2001:db8::"))["data"] == "2001:db8::"
+    assert bj.encode_value(ipaddress.ip_network("255.255.255.0/24", strict=False))["data"] == "255.255.255.0/24"
+    assert bj.encode_value({"a": 1}) == {"@data-type": "table", "data": [
         {"key": {"@data-type": "string", "data": "a"}, "value": {"@data-type": "integer", "data": 1}}]}
-    assert z.encode_value({z.Count(1)})["@data-type"] == "set"
-    assert z.encode_value((1, "x"))["@data-type"] == "vector"
+    assert bj.encode_value({bj.Count(1)})["@data-type"] == "set"
+    assert bj.encode_value((1, "x"))["@data-type"] == "vector"
 
 
 BAD_VALUES = [
@@ -319,39 +319,39 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("bad", BAD_VALUES, ids=lambda b: json.dumps(b)[:50])
 def test_strict_decoding(bad, json_impl):
-    with pytest.raises(z.WireError):
-        z.decode_value(z.loads(json.dumps(bad)))
+    with pytest.raises(bj.WireError):
+        bj.decode_value(bj.loads(json.dumps(bad)))
 
 
-@pytest.mark.parametrize("v", [float("nan"), float("inf"), z.Count(-1), 2**63, object(), b"bytes",
-                               z.Port(70000, "tcp"), "\ud800"])
+@pytest.mark.parametrize("v", [float("nan"), float("inf"), bj.Count(-1), 2**63, object(), b"bytes",
+                               bj.Port(70000, "tcp"), "\ud800"])
 def test_strict_encoding(v):
-    with pytest.raises(z.WireError):
-        z.encode_value(v)
+    with pytest.raises(bj.WireError):
+        bj.encode_value(v)
 
 
 def test_hostile_frames(json_impl):
-    with pytest.raises(z.WireError) as e:
-        z.loads(b"\xff\xfe")
+    with pytest.raises(bj.WireError) as e:
+        bj.loads(b"\xff\xfe")
     assert e.value.reason == "binary"
-    with pytest.raises(z.WireError) as e:
-        z.loads("How is it going?")
+    with pytest.raises(bj.WireError) as e:
+        bj.loads("How is it going?")
     assert e.value.reason == "json"
-    with pytest.raises(z.WireError) as e:
-        z.parse_event("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(bj.WireError) as e:
+        messages.parse_event("[" * 100_000 + "]" * 100_000)
     assert e.value.reason == "depth"
-    with pytest.raises(z.WireError) as e:
-        z.loads("x" * 2000, max_bytes=1000)
+    with pytest.raises(bj.WireError) as e:
+        bj.loads("x" * 2000, max_bytes=1000)
     assert e.value.reason == "too_big"
-    with pytest.raises(z.WireError):
-        z.loads('{"a": NaN}')
-    with pytest.raises(z.WireError):
-        z.decode_value(z.loads('{"@data-type":"string","data":"\\ud800"}'))
+    with pytest.raises(bj.WireError):
+        bj.loads('{"a": NaN}')
+    with pytest.raises(bj.WireError):
+        bj.decode_value(bj.loads('{"@data-type":"string","data":"\\ud800"}'))
     deep = {"@data-type": "vector", "data": []}
     for _ in range(200):
         deep = {"@data-type": "vector", "data": [deep]}
-    with pytest.raises(z.WireError) as e:
-        z.decode_value(z.loads(json.dumps(deep)))
+    with pytest.raises(bj.WireError) as e:
+        bj.decode_value(bj.loads(json.dumps(deep)))
     assert e.value.reason == "depth"
 
 
@@ -360,8 +360,8 @@ def test_hostile_frames(json_impl):
     {"type": "error", "code": "x"},
 ])
 def test_bad_envelopes(msg):
-    with pytest.raises(z.WireError):
-        z.parse_message(json.dumps(msg))
+    with pytest.raises(bj.WireError):
+        messages.parse_message(json.dumps(msg))
 
 
 def ev(data):
@@ -384,13 +384,13 @@ ARGS = {"@data-type": "vector", "data": []}
     json.dumps({"type": "data-message", "topic": "t", "@data-type": "count", "data": 1}),
 ])
 def test_bad_event_envelopes(frame):
-    with pytest.raises(z.WireError):
-        z.parse_event(frame)
+    with pytest.raises(bj.WireError):
+        messages.parse_event(frame)
 
 
 def test_server_error_raises_zeekerror():
-    with pytest.raises(z.ZeekError) as e:
-        z.parse_event(z.error_message("deserialization_failed", "failed to create Zeek event"))
+    with pytest.raises(messages.ZeekError) as e:
+        messages.parse_event(messages.error_message("deserialization_failed", "failed to create Zeek event"))
     assert e.value.code == "deserialization_failed"
 
 
@@ -403,10 +403,10 @@ def sample_flow(uid="CabcDEF0123456789", n=6) -> FlowRecord:
 
 def test_flow_round_trip(schema, json_impl):
     rec = sample_flow()
-    text = z.encode_flow("etool/flows/", rec, "etool/verdicts/w1", network_time=1700000001.5)
+    text = wire.encode_flow("etool/flows/", rec, "etool/verdicts/w1", network_time=1700000001.5)
     msg = json.loads(text)
     validate(schema, msg)
-    fe = z.parse_flow(text)
+    fe = wire.parse_flow(text)
     assert fe.topic == "etool/flows/" and fe.reply_topic == "etool/verdicts/w1"
     assert fe.network_time == 1700000001.5
     r = fe.record
@@ -421,7 +421,7 @@ def test_flow_round_trip(schema, json_impl):
 
 def test_flow_wire_layout():
     """Records travel as vectors of their fields in declaration order, with the documented types."""
-    msg = json.loads(z.encode_flow("etool/flows/", sample_flow(n=2), "etool/verdicts/"))
+    msg = json.loads(wire.encode_flow("etool/flows/", sample_flow(n=2), "etool/verdicts/"))
     assert msg["type"] == "data-message" and list(msg)[:2] == ["type", "topic"]
     fmt, kind, evv = msg["data"]
     assert fmt == kind == {"@data-type": "count", "data": 1}
@@ -441,7 +441,7 @@ def test_flow_wire_layout():
 
 def test_verdict_encoding_exact():
     v = Verdict("CabcDEF0123456789", "TLS", "Signal", 0.93, False, ["Telegram", "WhatsApp"], "etool-int8@1")
-    text = z.encode_verdict("etool/verdicts/", v)
+    text = wire.encode_verdict("etool/verdicts/", v)
     expected = {
         "type": "data-message", "topic": "etool/verdicts/", "@data-type": "vector", "data": [
             {"@data-type": "count", "data": 1}, {"@data-type": "count", "data": 1},
@@ -457,16 +457,16 @@ def test_verdict_encoding_exact():
                                                       {"@data-type": "string", "data": "WhatsApp"}]},
                     {"@data-type": "string", "data": "etool-int8@1"}]}]}]}]}
     assert json.loads(text) == expected
-    assert z.verdict_from_event(z.parse_event(text)) == v
+    assert wire.verdict_from_event(messages.parse_event(text)) == v
     # a confidence of exactly 1 still travels as a real (with a fraction), never an integer
     v1 = Verdict("C1", "s", "a", 1, True, [], "m")
-    assert '"data":1.0' in z.encode_verdict("t", v1)
-    with pytest.raises(z.WireError):
-        z.encode_verdict("t", Verdict("C1", "s", "a", float("nan"), True, [], "m"))
+    assert '"data":1.0' in wire.encode_verdict("t", v1)
+    with pytest.raises(bj.WireError):
+        wire.encode_verdict("t", Verdict("C1", "s", "a", float("nan"), True, [], "m"))
 
 
 def _mutate(path, value):
-    msg = json.loads(z.encode_flow("etool/flows/", sample_flow(), "r/"))
+    msg = json.loads(wire.encode_flow("etool/flows/", sample_flow(), "r/"))
     node = msg["data"][2]["data"][1]["data"][0]
     for p in path[:-1]:
         node = node["data"][p]
@@ -490,25 +490,25 @@ def _mutate(path, value):
     ((9,), {"@data-type": "none", "data": {}}),
 ])
 def test_flow_contract_violations(path, value):
-    with pytest.raises(z.WireError):
-        z.parse_flow(_mutate(path, value))
+    with pytest.raises(bj.WireError):
+        wire.parse_flow(_mutate(path, value))
 
 
 def test_flow_wrong_arity_and_foreign_event():
-    rec_args = z.flow_args(sample_flow(), "r/")
-    with pytest.raises(z.WireError):
-        z.parse_flow(z.encode_event("t", "ETooL::flow", rec_args + rec_args))
-    with pytest.raises(z.WireError):
-        z.parse_flow(z.encode_event("t", "ETooL::flow", [rec_args[0]["data"][:9]]))
-    with pytest.raises(z.WireError) as e:
-        z.parse_flow(z.encode_event("t", "ping", ["x", z.Count(1)]))
+    rec_args = wire.flow_args(sample_flow(), "r/")
+    with pytest.raises(bj.WireError):
+        wire.parse_flow(messages.encode_event("t", "ETooL::flow", rec_args + rec_args))
+    with pytest.raises(bj.WireError):
+        wire.parse_flow(messages.encode_event("t", "ETooL::flow", [rec_args[0]["data"][:9]]))
+    with pytest.raises(bj.WireError) as e:
+        wire.parse_flow(messages.encode_event("t", "ping", ["x", bj.Count(1)]))
     assert e.value.reason == "foreign_event"
 
 
 # ----------------------------------------------------------------------------------- client bits
 def test_backoff_exponential_with_jitter():
     import random
-    b = z.Backoff(0.5, 30, rng=random.Random(1))
+    b = client.Backoff(0.5, 30, rng=random.Random(1))
     ds = [b.next() for _ in range(12)]
     assert all(0.5 <= d <= 30 for d in ds)
     assert ds[0] == 0.5 and max(ds[8:]) > 4
@@ -517,20 +517,20 @@ def test_backoff_exponential_with_jitter():
     b.reset()
     assert b.next() == 0.5
     with pytest.raises(ValueError):
-        z.Backoff(0, 1)
+        client.Backoff(0, 1)
 
 
 def test_app_name_and_tls():
-    assert z.check_app_name("etool-sensor/1.0@host") == "etool-sensor/1.0@host"
+    assert client.check_app_name("etool-sensor/1.0@host") == "etool-sensor/1.0@host"
     for bad in ("", "a b", "naïve", "x\r\nInjected: 1"):
         with pytest.raises(ValueError):
-            z.check_app_name(bad)
+            client.check_app_name(bad)
     import ssl
-    ctx = z.make_ssl_context("wss://zeek:27759/v1/messages/json")
+    ctx = client.make_ssl_context("wss://zeek:27759/v1/messages/json")
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
-    assert z.make_ssl_context("ws://127.0.0.1:1/v1/messages/json") is None
+    assert client.make_ssl_context("ws://127.0.0.1:1/v1/messages/json") is None
     with pytest.raises(ValueError):
-        z.ZeekClient("http://x/")
+        client.ZeekClient("http://x/")
 
 
 # ------------------------------------------------------------------ the test peer vs Zeek's baselines
@@ -623,15 +623,15 @@ HOSTILE_REASONS = [
 def test_hostile_reasons_do_not_depend_on_the_parser(json_impl, frame, reason):
     """The reason is decided by the decoder's own checks, not by a library's message text."""
     if reason is None:  # brackets inside a string do not nest
-        assert z.loads(frame) == [frame[2:-2]]
+        assert bj.loads(frame) == [frame[2:-2]]
         return
-    with pytest.raises(z.WireError) as e:
-        z.parse_message(frame, max_bytes=1500)
+    with pytest.raises(bj.WireError) as e:
+        messages.parse_message(frame, max_bytes=1500)
     assert e.value.reason == reason, (json_impl, str(e.value))
 
 
 def test_json_nesting_counts_structure_not_strings():
-    assert z.json_nesting("[]") == 1
-    assert z.json_nesting('{"a":[{"b":"[[[["}]}') == 3
-    assert z.json_nesting('["\\\\"]') == 1  # an escaped backslash ends before the closing quote
-    assert z.json_nesting('["\\"[["]') == 1  # an escaped quote does not end the string
+    assert bj.json_nesting("[]") == 1
+    assert bj.json_nesting('{"a":[{"b":"[[[["}]}') == 3
+    assert bj.json_nesting('["\\\\"]') == 1  # an escaped backslash ends before the closing quote
+    assert bj.json_nesting('["\\"[["]') == 1  # an escaped quote does not end the string

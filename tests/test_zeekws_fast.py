@@ -1,8 +1,9 @@
-"""zeekws.parse_flow's text fast path (_flow_text) against the decoders that parse the JSON.
+"""zeek.wire.parse_flow's text decoders (the compiled one and its Python reference _flow_text) against the
+generic strict path that parses the JSON.
 
 Whatever frame comes in, parse_flow must return the same FlowEvent or raise the same error (type,
-reason, message) as before the text path existed: ``reference`` below is that earlier parse_flow
-(orjson/json parse -> _flow_fast -> generic strict path). Checked on every flow of the nDPI captures
+reason, message) as the generic strict path alone: ``reference`` below is that path (orjson/json parse ->
+message_from_json -> event_from_data -> flow_from_event). Checked on every flow of the nDPI captures
 the tests use, on hand-made edge cases and on thousands of randomly mutated real frames.
 """
 
@@ -13,35 +14,29 @@ import time
 
 import pytest
 
-from etool_sensor import zeekws as z
+from etool_sensor.zeek import broker_json as bj, messages, wire
 from etool_sensor.flows import Chunk, FlowRecord, Packet
 
 
 def reference(frame, max_bytes=None):
-    msg = z.loads(frame, max_bytes)
-    try:
-        fe = z._flow_fast(msg)
-    except Exception:  # noqa: BLE001
-        fe = None
-    if fe is not None:
-        return fe
-    m = z.message_from_json(msg)
-    if isinstance(m, z.ErrorMessage):
-        raise z.ZeekError(m.code, m.context)
-    if isinstance(m, z.Ack):
-        raise z.WireError("envelope", "unexpected ack")
-    return z.flow_from_event(z.event_from_data(m))
+    """The generic strict path alone: what parse_flow accepts and refuses without the text decoders."""
+    m = messages.message_from_json(bj.loads(frame, max_bytes))
+    if isinstance(m, messages.ErrorMessage):
+        raise messages.ZeekError(m.code, m.context)
+    if isinstance(m, messages.Ack):
+        raise bj.WireError("envelope", "unexpected ack")
+    return wire.flow_from_event(messages.event_from_data(m))
 
 
 def outcome(fn, frame, max_bytes=None):
     try:
         return ("ok", fn(frame, max_bytes))
-    except (z.WireError, z.ZeekError) as e:
+    except (bj.WireError, messages.ZeekError) as e:
         return ("err", type(e).__name__, getattr(e, "reason", getattr(e, "code", None)), str(e))
 
 
 def same(frame, max_bytes=None):
-    a, b = outcome(z.parse_flow, frame, max_bytes), outcome(reference, frame, max_bytes)
+    a, b = outcome(wire.parse_flow, frame, max_bytes), outcome(reference, frame, max_bytes)
     assert a == b, frame[:300]
     return a
 
@@ -53,7 +48,7 @@ def real_frames():
     flows = flows_from_captures()
     if not flows:
         pytest.skip("no nDPI captures beside the checkout")
-    return [z.encode_flow("etool/flows/", r, "etool/verdicts/worker-1/", network_time=1700000000.25 + i)
+    return [wire.encode_flow("etool/flows/", r, "etool/verdicts/worker-1/", network_time=1700000000.25 + i)
             for i, r in enumerate(flows)]
 
 
@@ -69,20 +64,20 @@ def sample(n=6, **kw) -> FlowRecord:
 def test_real_flows_take_the_text_path_and_decode_identically(real_frames):
     assert len(real_frames) > 100
     for f in real_frames:
-        fe = z._flow_text(f)
+        fe = wire._flow_text(f)
         assert fe is not None
         assert fe == reference(f)
-        assert z.parse_flow(f) == fe
+        assert wire.parse_flow(f) == fe
 
 
 def test_layouts_the_text_path_leaves_to_the_json_decoders():
     rec = sample()
-    base = z.encode_flow("etool/flows/", rec, "r/", network_time=1700000001.5)
-    assert z._flow_text(base) is not None
-    no_meta = z.encode_flow("etool/flows/", rec, "r/")
-    assert z._flow_text(no_meta) is not None
+    base = wire.encode_flow("etool/flows/", rec, "r/", network_time=1700000001.5)
+    assert wire._flow_text(base) is not None
+    no_meta = wire.encode_flow("etool/flows/", rec, "r/")
+    assert wire._flow_text(no_meta) is not None
     empty_meta = no_meta[:-4] + ',{"@data-type":"vector","data":[]}]}]}'
-    assert z._flow_text(empty_meta) is not None and same(empty_meta)[0] == "ok"
+    assert wire._flow_text(empty_meta) is not None and same(empty_meta)[0] == "ok"
     variants = {
         "spaces": base.replace('","data":', '", "data": ', 1),
         "escaped uid": base.replace('"CabcDEF0123456789"', '"\\u0043abcDEF0123456789"'),
@@ -120,7 +115,7 @@ def test_layouts_the_text_path_leaves_to_the_json_decoders():
                                                                                            'type":"boolean"')],
                                    '{"@data-type":"vector","data":[', 1),
         "ack": '{"type":"ack","endpoint":"e","version":"v"}',
-        "error": z.error_message("deserialization_failed", "x"),
+        "error": messages.error_message("deserialization_failed", "x"),
     }
     for name, f in variants.items():
         assert f != base or name in ("upper hex",), name
@@ -128,7 +123,7 @@ def test_layouts_the_text_path_leaves_to_the_json_decoders():
         same(f, 1024)
     # the text path does not take what it cannot decide on its own
     for name in ("spaces", "escaped uid", "minutes", "negative dt", "20-digit count", "two metadata", "nested packet"):
-        assert z._flow_text(variants[name]) is None, name
+        assert wire._flow_text(variants[name]) is None, name
     assert same(variants["escaped uid"])[0] == "ok"
     assert same(variants["minutes"])[0] == "ok"
     assert same(variants["upper hex"])[0] == "ok"
@@ -164,13 +159,13 @@ def mutate(rng: random.Random, f: str, chars: str, times: int) -> str:
 def test_random_mutations_of_real_frames(real_frames):
     rng = random.Random(20261126)
     chars = '0123456789"\\,[]{}: .-aAfFxsmunT/\x7f\u00e9'
-    frames = real_frames[:64] + [z.encode_flow("etool/flows/", sample(n=n), "r/", network_time=time.time())
+    frames = real_frames[:64] + [wire.encode_flow("etool/flows/", sample(n=n), "r/", network_time=time.time())
                                  for n in (1, 2, 32)]
     taken = ok = 0
     for i in range(3000):
         f = mutate(rng, rng.choice(frames), chars, rng.choice((1, 1, 1, 2, 3)))
         try:
-            taken += z._flow_text(f) is not None
+            taken += wire._flow_text(f) is not None
         except Exception:  # noqa: BLE001 - parse_flow hands these to the other decoders
             pass
         ok += same(f)[0] == "ok"
@@ -178,7 +173,7 @@ def test_random_mutations_of_real_frames(real_frames):
 
 
 # ------------------------------------------------------------------------------ the compiled decoder
-needs_c = pytest.mark.skipif(z._flow_frame is None, reason="etool_sensor._fastpath not built")
+needs_c = pytest.mark.skipif(wire._flow_frame is None, reason="etool_sensor._fastpath not built")
 
 
 def c_outcome(fn, frame):
@@ -191,8 +186,8 @@ def c_outcome(fn, frame):
 @needs_c
 def test_compiled_decoder_takes_every_real_frame_and_agrees(real_frames):
     for f in real_frames:
-        fe = z._flow_compiled(f)
-        assert fe is not None and fe == z._flow_text(f)
+        fe = wire._flow_compiled(f)
+        assert fe is not None and fe == wire._flow_text(f)
         assert all(type(p) is Packet for p in fe.record.packets) and all(type(c) is Chunk for c in fe.record.payload)
 
 
@@ -203,10 +198,10 @@ def test_record_objects_built_in_c_are_the_classes_own():
     import dataclasses
     import gc
 
-    frame = z.encode_flow("etool/flows/", sample(), "etool/verdicts/w/")
-    t = z._flow_frame(frame, Packet, Chunk)
+    frame = wire.encode_flow("etool/flows/", sample(), "etool/verdicts/w/")
+    t = wire._flow_frame(frame, Packet, Chunk)
     pk, ch = t[7], t[8]
-    ref = z._flow_text(frame).record  # the regular-expression decoder builds them by calling the classes
+    ref = wire._flow_text(frame).record  # the regular-expression decoder builds them by calling the classes
     assert pk == ref.packets and ch == ref.payload and len(pk) == 6
     assert all(type(p) is Packet and gc.is_tracked(p) for p in pk)
     p = pk[2]
@@ -245,34 +240,34 @@ def test_record_objects_built_in_c_are_the_classes_own():
         self.is_orig, self.data = is_orig, data
     OwnInit.__init__ = own
 
-    t = z._flow_frame(frame, Post, Plain)
+    t = wire._flow_frame(frame, Post, Plain)
     assert calls[:6] == [60, 61, 62, 63, 64, 65] and len(calls) == 8  # 6 __post_init__ and 2 Plain calls
     assert [type(x) for x in t[7]] == [Post] * 6 and [type(x) for x in t[8]] == [Plain] * 2
     calls.clear()
-    t = z._flow_frame(frame, Packet, OwnInit)
+    t = wire._flow_frame(frame, Packet, OwnInit)
     assert calls == ["own", "own"] and t[8][1].data == b"\x16\x03"
     with pytest.raises(TypeError):  # called positionally, as the class demands: not filled behind its back
-        z._flow_frame(frame, Packet, KwOnly)
+        wire._flow_frame(frame, Packet, KwOnly)
 
 
 @needs_c
 def test_compiled_decoder_declines_what_it_cannot_decide_exactly():
     rec = sample()
-    base = z.encode_flow("etool/flows/", rec, "r/", network_time=1700000001.5)
-    no_meta = z.encode_flow("etool/flows/", rec, "r/")
+    base = wire.encode_flow("etool/flows/", rec, "r/", network_time=1700000001.5)
+    no_meta = wire.encode_flow("etool/flows/", rec, "r/")
     empty_meta = no_meta[:-4] + ',{"@data-type":"vector","data":[]}]}]}'
     for f in (base, no_meta, empty_meta, base.replace("000102030405", "000102030A0B")):
-        assert z._flow_compiled(f) == z._flow_text(f) is not None
+        assert wire._flow_compiled(f) == wire._flow_text(f) is not None
     # 16 significant digits of a timespan: int * float in Python, not necessarily double * double in C
     long_dt = base.replace('"data":"0s"', '"data":"9007199254740993ns"', 1)
-    assert z._flow_frame(long_dt, Packet, Chunk) is None and z._flow_text(long_dt) is not None
+    assert wire._flow_frame(long_dt, Packet, Chunk) is None and wire._flow_text(long_dt) is not None
     padded = base.replace('"data":"0s"', '"data":"00000000000000000001ns"', 1)  # leading zeros are fine
-    assert z._flow_compiled(padded) == z._flow_text(padded) is not None
+    assert wire._flow_compiled(padded) == wire._flow_text(padded) is not None
     for bad in (base[:-1], base + " ", base.replace('"r/"', '""'), base.replace('"data":"1603"', '"data":"160"'),
                 base.replace('"51234/tcp"', '"512345/tcp"'), "é" + base[1:], base.replace('"data":60}', '"data":060}', 1)):
-        assert z._flow_frame(bad, Packet, Chunk) is None
+        assert wire._flow_frame(bad, Packet, Chunk) is None
     with pytest.raises(TypeError):
-        z._flow_frame(base.encode(), Packet, Chunk)
+        wire._flow_frame(base.encode(), Packet, Chunk)
 
 
 @needs_c
@@ -280,16 +275,16 @@ def test_compiled_decoder_on_random_mutations_of_real_frames(real_frames):
     """Whatever the C decoder accepts (or raises on) the regular-expression decoder decodes the same."""
     rng = random.Random(20261127)
     chars = '0123456789"\\,[]{}: .-aAfFxsmunT/\x7f\u00e9'
-    frames = real_frames[:64] + [z.encode_flow("etool/flows/", sample(n=n), "r/", network_time=time.time())
+    frames = real_frames[:64] + [wire.encode_flow("etool/flows/", sample(n=n), "r/", network_time=time.time())
                                  for n in (1, 2, 32)]
     taken = 0
     for i in range(4000):
         f = mutate(rng, rng.choice(frames), chars, rng.choice((1, 1, 2)))
-        c = c_outcome(z._flow_compiled, f)
+        c = c_outcome(wire._flow_compiled, f)
         if c == ("ok", None):
             continue
         taken += 1
-        assert c == c_outcome(z._flow_text, f), f[:300]
+        assert c == c_outcome(wire._flow_text, f), f[:300]
     assert taken > 1000
 
 
@@ -298,7 +293,7 @@ def test_pure_python_switch_turns_the_compiled_decoder_off():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "import etool_sensor.zeekws as z; print(z._flow_frame is None)"],
+    out = subprocess.run([sys.executable, "-c", "import etool_sensor.zeek.wire as w; print(w._flow_frame is None)"],
                          env=dict(os.environ, ETOOL_PURE_PYTHON="1"), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
 
@@ -319,19 +314,19 @@ _texts = st.one_of(st.sampled_from(["", "Web", "Google", "etool-student@0.3.0", 
                       st.sampled_from([1e-05, 0.1, 1 / 3, 5e-324])),
        unknown=st.booleans(), stdlib=st.booleans())
 def test_encode_verdict_is_the_generic_encoding(topic, uid, service, app, model, alts, conf, unknown, stdlib):
-    z.force_stdlib_json(stdlib)
+    bj.force_stdlib_json(stdlib)
     try:
         v = Verdict(uid, service, app, conf, unknown, alts, model)
-        a = outcome(lambda t, _: z.encode_verdict(t, v), topic)
-        b = outcome(lambda t, _: z.encode_verdict_generic(t, v), topic)
+        a = outcome(lambda t, _: wire.encode_verdict(t, v), topic)
+        b = outcome(lambda t, _: wire.encode_verdict_generic(t, v), topic)
     except Exception as e:  # noqa: BLE001 - other errors (JSON encoder refusing a string) must match too
         a = b = None
         with pytest.raises(type(e)):
-            z.encode_verdict_generic(topic, v)
+            wire.encode_verdict_generic(topic, v)
         with pytest.raises(type(e)):
-            z.encode_verdict(topic, v)
+            wire.encode_verdict(topic, v)
     finally:
-        z.force_stdlib_json(False)
+        bj.force_stdlib_json(False)
     assert a == b
 
 
@@ -341,8 +336,8 @@ def test_canonical_ipv4_shortcut_is_parse_address():
     octets = ["0", "00", "01", "9", "99", "100", "199", "249", "250", "255", "256", "1000", "", "\u0663"]
     for p in itertools.product(octets, repeat=4):
         for s in (".".join(p), ".".join(p) + "\n"):
-            z._addr_cache.clear()
-            assert outcome(lambda t, _: z._addr_str(t), s) == outcome(lambda t, _: str(z.parse_address(t)), s), s
+            wire._addr_cache.clear()
+            assert outcome(lambda t, _: wire._addr_str(t), s) == outcome(lambda t, _: str(bj.parse_address(t)), s), s
 
 
 def test_collections_up_to_the_contracts_bounds_decode_alike_on_every_path():
@@ -353,19 +348,19 @@ def test_collections_up_to_the_contracts_bounds_decode_alike_on_every_path():
     pk = [Packet(i * 1e-3, i % 2 == 0, 60 + i, i % 7, 0x18) for i in range(64)]
     chunks = [Chunk(i % 2 == 0, bytes(range(256)) * 2) for i in range(5)]
     rec = FlowRecord("CWideCollection01", 1700000000.25, "10.1.2.3", 40000, "192.0.2.9", 443, "tcp", pk, chunks)
-    frame = z.encode_flow("etool/flows/", rec, "etool/verdicts/")
-    fe = z.parse_flow(frame)
+    frame = wire.encode_flow("etool/flows/", rec, "etool/verdicts/")
+    fe = wire.parse_flow(frame)
     assert len(fe.record.packets) == 64 and fe.record.payload == chunks  # (times go through Zeek's formats)
-    assert outcome(lambda f, mb: z.parse_flow(f, mb), frame) == outcome(reference, frame)
-    assert z._flow_text(frame) == fe
-    if z._flow_frame is not None:
-        assert z._flow_compiled(frame) == fe
+    assert outcome(lambda f, mb: wire.parse_flow(f, mb), frame) == outcome(reference, frame)
+    assert wire._flow_text(frame) == fe
+    if wire._flow_frame is not None:
+        assert wire._flow_compiled(frame) == fe
     most = FlowRecord("CWideCollection02", 1700000000.25, "10.1.2.3", 40001, "192.0.2.9", 443, "tcp",
                       [Packet(0.0, True, 60, 0, 2)] * 1024, [Chunk(True, b"\x16" * 65535)] * 2)
-    got = z.parse_flow(z.encode_flow("etool/flows/", most, "etool/verdicts/"), 1 << 24).record
+    got = wire.parse_flow(wire.encode_flow("etool/flows/", most, "etool/verdicts/"), 1 << 24).record
     assert len(got.packets) == 1024 and got.payload == most.payload
-    over = z.encode_flow("etool/flows/", FlowRecord("CWideCollection03", 1700000000.25, "10.1.2.3", 40002,
-                                                    "192.0.2.9", 443, "tcp", [Packet(0.0, True, 60, 0, 2)] * 1025),
-                         "etool/verdicts/")
-    got = outcome(lambda f, mb: z.parse_flow(f, mb), over, 1 << 24)
+    over = wire.encode_flow("etool/flows/", FlowRecord("CWideCollection03", 1700000000.25, "10.1.2.3", 40002,
+                                                       "192.0.2.9", 443, "tcp", [Packet(0.0, True, 60, 0, 2)] * 1025),
+                            "etool/verdicts/")
+    got = outcome(lambda f, mb: wire.parse_flow(f, mb), over, 1 << 24)
     assert got[0] == "err" and got == outcome(reference, over, 1 << 24)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from etool_sensor import zeekws as z
+from etool_sensor.zeek import broker_json as bj, client, messages, wire
 from etool_sensor.flows import FlowParams, FlowRecord, Verdict
 
 ERR_BAD_JSON = ("deserialization_failed", "failed to decode JSON object")
@@ -68,27 +68,27 @@ def schema_validator():
 
 # Zeek's view of the events it knows: name -> argument checker (raises WireError when the args do
 # not convert to the declared Zeek types). Zeek refuses events it has no declaration for.
-def _check_verdict(ev: z.Event) -> Any:
-    return z.verdict_from_event(ev)
+def _check_verdict(ev: messages.Event) -> Any:
+    return wire.verdict_from_event(ev)
 
 
-def _check_flow(ev: z.Event) -> Any:
-    return z.flow_from_event(ev)
+def _check_flow(ev: messages.Event) -> Any:
+    return wire.flow_from_event(ev)
 
 
-def _check_drift(ev: z.Event) -> Any:  # wire v2
-    return z.drift_from_event(ev)
+def _check_drift(ev: messages.Event) -> Any:  # wire v2
+    return wire.drift_from_event(ev)
 
 
-def _check_ping(ev: z.Event) -> Any:  # global ping: event(msg: string, c: count) from Zeek's tests
+def _check_ping(ev: messages.Event) -> Any:  # global ping: event(msg: string, c: count) from Zeek's tests
     a = ev.args
-    if len(a) != 2 or type(a[0]) is not str or type(a[1]) is not z.Count:
-        raise z.WireError("type", "ping(msg: string, c: count)")
+    if len(a) != 2 or type(a[0]) is not str or type(a[1]) is not bj.Count:
+        raise bj.WireError("type", "ping(msg: string, c: count)")
     return a
 
 
-KNOWN_EVENTS: dict[str, Callable[[z.Event], Any]] = {
-    z.VERDICT_EVENT: _check_verdict, z.FLOW_EVENT: _check_flow, z.DRIFT_EVENT: _check_drift,
+KNOWN_EVENTS: dict[str, Callable[[messages.Event], Any]] = {
+    wire.VERDICT_EVENT: _check_verdict, wire.FLOW_EVENT: _check_flow, wire.DRIFT_EVENT: _check_drift,
     "ping": _check_ping, "pong": _check_ping,
 }
 
@@ -116,7 +116,7 @@ class ZeekPeer:
     """``async with ZeekPeer() as peer: ...``; ``peer.url`` is the v1 endpoint."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ssl_context=None, validate: bool = True,
-                 handlers: dict[str, Callable[["ZeekPeer", z.Event, Any], Any]] | None = None,
+                 handlers: dict[str, Callable[["ZeekPeer", messages.Event, Any], Any]] | None = None,
                  max_size: int | None = 16 << 20, validate_data: int = 10) -> None:
         self.host, self.port = host, port
         self.ssl = ssl_context
@@ -185,7 +185,7 @@ class ZeekPeer:
 
     async def send_error(self, c: Client, code: str, context: str) -> None:
         self.errors_sent.append((c.cid, code, context))
-        await self._send(c, z.error_message(code, context))
+        await self._send(c, messages.error_message(code, context))
 
     def subscribers(self, topic: str, exclude: int | None = None) -> list[Client]:
         return [c for c in self.clients.values()
@@ -203,12 +203,12 @@ class ZeekPeer:
         return n
 
     async def publish_event(self, topic: str, name: str, args: list[Any], network_time: float | None = None) -> int:
-        meta = None if network_time is None else [(1, z.Timestamp.from_seconds(network_time))]
-        return await self.publish(topic, z.encode_event(topic, name, args, meta))
+        meta = None if network_time is None else [(1, bj.Timestamp.from_seconds(network_time))]
+        return await self.publish(topic, messages.encode_event(topic, name, args, meta))
 
     async def publish_flow(self, rec: FlowRecord, reply_topic: str = "etool/verdicts/",
                            topic: str = "etool/flows/") -> int:
-        return await self.publish(topic, z.encode_flow(topic, rec, reply_topic, network_time=time.time()))
+        return await self.publish(topic, wire.encode_flow(topic, rec, reply_topic, network_time=time.time()))
 
     async def send_raw(self, payload: str | bytes, *, text: bool | None = None) -> int:
         """Hostile injection: send a frame as is (not schema-checked) to every acked client.
@@ -259,11 +259,11 @@ class ZeekPeer:
         self.connections += 1
         self.app_names.append(app)
         try:
-            if ws.request.path != z.V1_PATH:
+            if ws.request.path != bj.V1_PATH:
                 await self.send_error(c, *ERR_BAD_URI)
                 await ws.close(1008, ERR_BAD_URI[1])
                 return
-            if app is not None and not z._APP_NAME_RE.match(app):
+            if app is not None and not client._APP_NAME_RE.match(app):
                 await self.send_error(c, *ERR_BAD_APP)
                 await ws.close(1008, ERR_BAD_APP[1])
                 return
@@ -295,18 +295,18 @@ class ZeekPeer:
             return
         c.subscriptions = list(dict.fromkeys(subs))
         c.acked = True
-        await self._send(c, z.ack_message(f"{self.node_id}-websocket-{c.cid}", VERSION))
+        await self._send(c, messages.ack_message(f"{self.node_id}-websocket-{c.cid}", VERSION))
         await self._notify()
 
     async def _event(self, c: Client, msg: str | bytes) -> None:
         t = time.perf_counter()
         # 1. Broker's JSON decode: strict JSON, every @data-type convertible, a data-message object.
         try:
-            obj = z.loads(msg)
+            obj = bj.loads(msg)
             if type(obj) is not dict:
-                raise z.WireError("envelope", "not an object")
-            z.decode_value(obj)
-        except z.WireError:
+                raise bj.WireError("envelope", "not an object")
+            bj.decode_value(obj)
+        except bj.WireError:
             await self.send_error(c, *ERR_BAD_JSON)
             return
         topic = obj.get("topic")
@@ -315,16 +315,16 @@ class ZeekPeer:
             return
         # 2. Zeek's to_zeek_event: the event envelope, a declared event, args of the declared types.
         try:
-            ev = z.event_from_data(z.DataMessage(topic, obj))
+            ev = messages.event_from_data(messages.DataMessage(topic, obj))
             check = KNOWN_EVENTS.get(ev.name)
             if check is None:
-                raise z.WireError("foreign_event", ev.name)
+                raise bj.WireError("foreign_event", ev.name)
             value = check(ev)
-        except z.WireError:
+        except bj.WireError:
             await self.send_error(c, *ERR_BAD_EVENT)
             return
         self.received.append(Received(topic, ev.name, value, t, c.cid))
-        if ev.name == z.VERDICT_EVENT:
+        if ev.name == wire.VERDICT_EVENT:
             self.verdicts.append((topic, value, t))
         await self.publish(topic, msg if isinstance(msg, str) else msg.decode(), exclude=c.cid)
         h = self.handlers.get(ev.name)

@@ -2,7 +2,7 @@
 
 One asyncio loop, inference in worker threads so the loop keeps receiving::
 
-    WebSocket frame -> decode (zeekws, strict) -> per-client BURST context -> bounded queue
+    WebSocket frame -> decode (zeek.wire, strict) -> per-client BURST context -> bounded queue
         -> micro-batch (batch_size or batch_deadline_ms) -> Model.classify in a thread
         -> ETooL::verdict on the flow's reply_topic
 
@@ -29,7 +29,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .. import zeekws as z
+from ..zeek.broker_json import WireError
+from ..zeek.client import ZeekClient
+from ..zeek.messages import ZeekError
+from ..zeek.wire import encode_verdict, parse_flow
 from ..config import Config
 from ..context import ContextTracker
 from ..flows import FlowRecord, Verdict
@@ -139,7 +142,7 @@ class Daemon:
         self.last_reload: dict[str, Any] | None = None  # shown on /healthz
         self.warn = RateLimitedLog(log)
         self.tracker = _tracker(cfg)
-        self.client = z.ZeekClient(serve.zeek_url, serve.topics, app_name=serve.app_name,
+        self.client = ZeekClient(serve.zeek_url, serve.topics, app_name=serve.app_name,
                                    ca_file=serve.tls.ca_file, verify=serve.tls.verify,
                                    max_size=serve.max_message_bytes, reconnect_min_s=serve.reconnect_min_s,
                                    reconnect_max_s=serve.reconnect_max_s, on_state=self._on_state)
@@ -294,7 +297,7 @@ class Daemon:
                               topics=list(serve.topics)))
         elif event == "connect_failed":
             self._count_attempt()
-            if isinstance(info, z.ZeekError):
+            if isinstance(info, ZeekError):
                 self.m.server_errors.labels(info.code[:64]).inc()
             self.warn.warn("connect", "cannot connect to %s: %s", serve.zeek_url, _why(info))
         elif event == "disconnected":
@@ -327,12 +330,12 @@ class Daemon:
             self.warn.warn("rate", "more than %.0f flows/s: dropping", serve.max_flows_per_s)
             return
         try:
-            fe = z.parse_flow(frame, serve.max_message_bytes)
-        except z.ZeekError as e:
+            fe = parse_flow(frame, serve.max_message_bytes)
+        except ZeekError as e:
             m.server_errors.labels(e.code[:64]).inc()
             self.warn.warn("server_error:" + e.code[:64], "Zeek answered with an error: %s: %s", e.code, e.context[:200])
             return
-        except z.WireError as e:
+        except WireError as e:
             m.decode_errors.labels(e.reason).inc()
             self.warn.warn("decode:" + e.reason, "refused a message from Zeek (%s): %s", e.reason, e.detail[:200])
             return
@@ -480,11 +483,11 @@ class Daemon:
         self.drift.observe_all(verdicts)
         texts: list[str] = []
         done: list[tuple[_Item, Verdict]] = []
-        encode = z.encode_verdict
+        encode = encode_verdict
         for it, v in zip(batch, verdicts):
             try:
                 texts.append(encode(it.reply_topic, v))
-            except z.WireError as e:
+            except WireError as e:
                 m.drops.labels("model_error").inc()
                 self.warn.warn("encode", "cannot encode verdict for %s: %s", it.record.uid, e)
                 continue

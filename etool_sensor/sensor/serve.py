@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from .. import zeekws as z
+from ..zeek.client import DEFAULT_URL, check_app_name
 from ..config import Config
 from .logfmt import LOG_FORMATS, setup_logging
 from .process import make_reloader, note_hup, serve_one, with_args
@@ -17,7 +17,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="etool.yaml (default: built-in defaults, or $ETOOL_CONFIG); "
                    "SIGHUP reads it again")
     p.add_argument("--zeek-url", metavar="URL",
-                   help=f"Zeek WebSocket API endpoint (default: serve.zeek_url, {z.DEFAULT_URL})")
+                   help=f"Zeek WebSocket API endpoint (default: serve.zeek_url, {DEFAULT_URL})")
     p.add_argument("--model", metavar="DIR", help="model package directory (default: model.path, the bundled model); "
                    "SIGHUP loads it again")
     p.add_argument("--workers", metavar="N", type=_positive_int,
@@ -47,7 +47,7 @@ def serve_main(args: argparse.Namespace, cfg: Config | None = None) -> int:
     if cfg.serve.log_format == "json" or not logging.getLogger().handlers:
         setup_logging(cfg.serve.log_format)
     try:
-        z.check_app_name(cfg.serve.app_name)
+        check_app_name(cfg.serve.app_name)
     except ValueError as e:
         print(f"etool-sensor serve: {e}", file=sys.stderr)
         return 2
