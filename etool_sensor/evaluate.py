@@ -703,7 +703,7 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
     With `repeats` R > 1 the same folds are trained R times with model seeds seed + 100 r (teachers are
     trained once per fold and shared): the main numbers are repeat 0's, and "repeats" holds each method's
     pooled macro-F1 (>=5) per repeat, its mean and sd, because one student init moves the score by several
-    points (docs/model-card.md, "How much one training run moves the score")."""
+    points (docs/model-card.md, "Results": the seed spread)."""
     if repeats < 1:
         raise ValueError("--repeats must be >= 1")
     n = len(ds)
@@ -775,7 +775,7 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
                 v = out["methods"][m]["vs_rf"] = bootstrap_vs(y, pred[m], pred["rf"], groups, seed=seed,
                                                               unit=unit)
                 log(f"eval[{kind}] {m:18s} vs rf macroF1(>=5) ratio {v['ratio']} (95% CI {v['ratio_ci95']}), "
-                    f"difference {v['diff']} ({v['diff_ci95']}), {v['groups']} captures resampled")
+                    f"difference {v['diff']} ({v['diff_ci95']}), {v['groups']} {v['unit']}s resampled")
     if repeats > 1:
         out["repeats"] = repeat_summary(y, preds, seeds, [m for m in methods if m not in errors], log, kind)
     return out

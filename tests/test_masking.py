@@ -205,8 +205,8 @@ def test_no_known_server_name_in_the_models_window(shared, corpus):
     the bundled model reads, also where a chunk starts mid-certificate (a subjectAltName list's continuation,
     an authorityInfoAccess URL) or the name sits in another protocol's field (a banner, an agora 'sni' tag)."""
     root = shared / "data" / corpus
-    if corpus == "zeek-traces":  # no labels: the certificates' names only
-        data_dir, labels = root, None
+    if corpus == "zeek-traces":  # every capture, labelled or not (unlabelled: the certificates' names only)
+        data_dir, labels = root, root / "labels.csv"
         caps = sorted(p for p in root.rglob("*") if p.suffix in (".pcap", ".pcapng", ".trace") and p.is_file())
     else:
         data_dir, labels = root / "pcap", root / "labels.csv"
