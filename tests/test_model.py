@@ -437,8 +437,15 @@ def test_prior_correction_rescales_the_service_head(real_flows, tmp_path):
     assert np.allclose(m.predict_proba(recs, ctxs), p0, atol=1e-6)
     _edit(pkg, priors={"head": "service", "train": train, "deploy": deploy})
     assert np.allclose(load_model(pkg, threads=1).predict_proba(recs, ctxs), p1, atol=1e-6)
+    pri = base.manifest["priors"]  # the bundled package: its training flows' shares, no deployment prior
+    assert pri["head"] == "service" and "deploy" not in pri and abs(sum(pri["train"].values()) - 1) < 1e-4
+    assert max(pri["train"], key=pri["train"].get) == "Web"
+    bare = _copy(DEFAULT_MODEL_DIR, tmp_path / "bare")
+    m = json.loads((bare / "manifest.json").read_text())
+    del m["priors"]
+    (bare / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ModelError, match="no training prior"):
-        base.set_prior(deploy)
+        load_model(bare, threads=1).set_prior(deploy)
     for bad, msg in (({"head": "nope", "train": train}, "priors needs head"),
                      ({"head": "service", "train": {"NoSuchLabel": 1.0}}, "not a label"),
                      ({"head": "service", "train": {"Web": -1.0}}, "share >= 0"),
