@@ -1974,20 +1974,73 @@ static int mask_cert_names_c(Buf *s) {
     return masked;
 }
 
+static inline int is_letter(uint8_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
+
+static inline int is_digit(uint8_t c) { return c >= '0' && c <= '9'; }
+
+static inline int name_char(uint8_t c) { /* masking._NAME_CHARS */
+    return is_letter(c) || is_digit(c) || c == '-' || c == '_' || c == '.' || c == '*';
+}
+
+/* masking._name_like */
+static int name_like(const Buf *s, Py_ssize_t i, Py_ssize_t j) {
+    if (j - i < 4) return 0;
+    Py_ssize_t dot = -1, letters = 0;
+    for (Py_ssize_t k = i; k < j; k++) {
+        if (s->b[k] == '.') dot = k;
+        letters += is_letter(s->b[k]);
+    }
+    if (dot < 0 || letters < 2) return 0;
+    Py_ssize_t e = j;
+    while (e > dot + 1 && is_digit(s->b[e - 1])) e--;
+    int cut = j == s->n && e == j;
+    if (e - (dot + 1) < (cut ? 0 : 2)) return 0;
+    for (Py_ssize_t k = dot + 1; k < e; k++)
+        if (!is_letter(s->b[k])) return 0;
+    return 1;
+}
+
+/* masking.mask_name_runs */
+static int mask_name_runs_c(Buf *s) {
+    const Py_ssize_t n = s->n;
+    int masked = 0;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (!name_char(s->b[i])) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i + 1;
+        while (j < n && name_char(s->b[j])) j++;
+        if (name_like(s, i, j)) {
+            fill(s, i, j, '*');
+            masked = 1;
+        }
+        i = j;
+    }
+    return masked;
+}
+
 static int starts_with(const uint8_t *b, Py_ssize_t n, Py_ssize_t at, const char *p) {
     Py_ssize_t m = (Py_ssize_t)strlen(p);
     return at >= 0 && at + m <= n && memcmp(b + at, p, (size_t)m) == 0;
 }
 
+/* masking._http_request */
+static int http_request(const Buf *s) {
+    static const char *methods[] = {"GET ", "POST ", "HEAD ", "PUT ", "CONNECT ", "OPTIONS ", "DELETE ",
+                                    "PATCH "};
+    Py_ssize_t hn = s->n < 8 ? s->n : 8;
+    for (int t = 0; t < 8; t++)
+        if (starts_with(s->b, hn, 0, methods[t])) return 1;
+    return 0;
+}
+
 /* returns -1 on memory error */
 static int mask_http_host_c(Buf *s) {
     const Py_ssize_t n = s->n;
-    static const char *methods[] = {"GET ", "POST ", "HEAD ", "PUT ", "CONNECT ", "OPTIONS ", "DELETE ",
-                                    "PATCH "};
     Py_ssize_t hn = n < 8 ? n : 8;
-    int is_request = 0;
-    for (int t = 0; t < 8; t++)
-        if (starts_with(s->b, hn, 0, methods[t])) is_request = 1;
+    int is_request = http_request(s);
     int connect = starts_with(s->b, hn, 0, "CONNECT ");
     uint8_t *low = PyMem_Malloc(n ? (size_t)n : 1);
     if (!low) return -1;
@@ -2130,12 +2183,18 @@ static int mask_buf(Buf *sp, int proto, long orig_p, long resp_p, int normalize)
     else if (s.b[0] == 0x16) {
         mask_tls_client_hello_c(&s);
         mask_cert_names_c(&s);
+        mask_name_runs_c(&s);
     } else if (tcp) {
         int r = mask_http_host_c(&s);
         if (r < 0) return -1;
-        if (!r) mask_cert_names_c(&s);
-    } else if (udp)
+        if (!r) {
+            mask_cert_names_c(&s);
+            if (!http_request(&s)) mask_name_runs_c(&s);
+        }
+    } else if (udp) {
         mask_gquic_sni_c(&s);
+        mask_name_runs_c(&s);
+    }
     if (normalize) {
         if (dns_port(resp_p) || dns_port(orig_p) || (tcp && (resp_p == 53 || orig_p == 53))) {
             Py_ssize_t off = tcp ? 2 : 0;

@@ -6,13 +6,15 @@
 
 Splits (all from --seed, over the matched flows):
   iid         random flows, stratified 70/30
-  capture     group split on the capture file (~30% of flows in test): the main non-IID split
+  capture     group split on capture groups (~30% of flows in test): the main non-IID split. A capture group
+              is the captures linked by a shared server endpoint or a client address recorded the same day
+              (capture_groups): nDPI's files were cut from shared recordings, so file names leak sessions
   unseen_app  for each service with >= 2 apps, about a third of its apps (at least one) held out
               entirely; the test asks for the *service* (category) of those unseen apps
   shifted     per-class test fractions from 0.6 (rarest class) down to 0.1 (commonest): train and test
               have different class priors (NETD-1/2 style)
-  capture_kfold  (only when named; --folds K, default 5) K group folds on the capture file: every flow is
-              tested once, by a model that never saw its capture. Metrics over the pooled out-of-fold
+  capture_kfold  (only when named; --folds K, default 5) K group folds on capture groups: every flow is
+              tested once, by a model that never saw its capture nor its servers. Metrics over the pooled out-of-fold
               predictions, plus each fold's macro-F1 (>=5) with mean and standard deviation. One
               `capture` partition holds ~70 captures in test, and which ones decides much of the score
               (macro-F1 (>=5) of the same method moves by 2x between seeds); the pooled K-fold number is
@@ -22,13 +24,14 @@ Splits (all from --seed, over the matched flows):
               predictions of every flow rather than on one partition of each.
   On both K-fold splits, when rf runs, every other method also gets `vs_rf`: the ratio and difference of
   its pooled macro-F1 (>=5) to the forest's with 95 % intervals from 1,000 bootstrap resamples of whole
-  capture files (the by-capture target is a ratio to the forest). Each K-fold result also holds
+  capture groups (capture_kfold) or files (the by-capture target is a ratio to the forest). Each K-fold result also holds
   `headroom` (headroom.py): per class, the share of its test flows whose class, app with that label, or
   exact fingerprint with that label is in their fold's training flows, and the macro-F1 of an oracle that
   knows each flow's app and of an exact fingerprint lookup: how much of a low score the folds themselves
   explain.
 
-Methods: rf and knn on the first 20 signed packet sizes (AppScanner/CUMUL-like), etool (student distilled
+Methods: rf and knn on the first 20 signed packet sizes (AppScanner/CUMUL-like), rf_shape (the forest on
+what the hybrid reads: flights, TCP/UDP and TLS hello bits, SizeBaseline; the feature-matched baseline), etool (student distilled
 from the LLM teacher), student_no_llm (no teacher), student_no_payload, student_ports, teacher (the LLM
 teacher itself) and encoder_only (the teacher's encoder + projector with the LLM removed: what the LLM adds).
 The model and torch imports happen only for the methods that need them.
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import sys
 import time
@@ -51,10 +55,10 @@ from .scoring import bootstrap_vs, confusion, confusion_png, metrics
 
 SPLITS = ("iid", "capture", "unseen_app", "shifted")
 EXTRA_SPLITS = ("capture_kfold", "iid_kfold")  # run only when named: K trainings per method
-METHODS = ("rf", "knn", "etool", "hybrid", "student_no_llm", "hybrid_no_llm", "student_no_payload",
+METHODS = ("rf", "rf_shape", "knn", "etool", "hybrid", "student_no_llm", "hybrid_no_llm", "student_no_payload",
            "student_ports", "teacher", "encoder_only")
 HYBRIDS = {"hybrid": "etool", "hybrid_no_llm": "student_no_llm"}  # student times the shape forest (train/forest.py)
-EXTRA_METHODS = ("rf_hello", "rf_shape", "student_capbal")  # only when named (experiments, docs/model-card.md)
+EXTRA_METHODS = ("rf_hello", "student_capbal")  # only when named (experiments, docs/model-card.md)
 N_SIZES = 20
 N_FLIGHTS = 12  # rf_shape
 
@@ -84,21 +88,22 @@ def make_splits(ds, names: Sequence[str], seed: int = 0, test_size: float = 0.3)
             tr = np.concatenate([tr, idx[~strat_ok]])  # singletons can only be learnt, never tested
             out[name] = {"train": np.sort(tr), "test": np.sort(te), "label": None}
         elif name == "capture":
-            pcaps = sorted(set(ds.pcap))
+            group = capture_groups(ds)
+            pcaps = sorted(set(group))
             r.shuffle(pcaps)
             size = {p: 0 for p in pcaps}
-            for p in ds.pcap:
+            for p in group:
                 size[p] += 1
             test, got = set(), 0
             for p in pcaps:
                 if got >= test_size * n:
                     break
                 if got + size[p] > 1.5 * test_size * n and got > 0:
-                    continue  # a huge capture would swamp the test set
+                    continue  # a huge group would swamp the test set
                 test.add(p)
                 got += size[p]
-            te = np.array([i for i in range(n) if ds.pcap[i] in test], int)
-            tr = np.array([i for i in range(n) if ds.pcap[i] not in test], int)
+            te = np.array([i for i in range(n) if group[i] in test], int)
+            tr = np.array([i for i in range(n) if group[i] not in test], int)
             out[name] = {"train": tr, "test": te, "label": None}
         elif name == "unseen_app":
             apps_of: dict[str, list[str]] = {}
@@ -435,26 +440,99 @@ def app_seen_breakdown(y: Sequence[str], pred: Sequence[str], seen: np.ndarray) 
     return out
 
 
+CLIENT_WINDOW = 86400.0  # captures sharing a client address are one group when recorded this close (s)
+_CLOCK_SET = 946684800.0  # 2000-01-01: a capture starting before it has no usable clock
+_CLOCK_SPAN = 30 * 86400.0  # nor has one whose flows spread over more than this (clocks mixed in one file)
+
+
+def _identifies(addr: str) -> bool:
+    """Whether an address names one host: not loopback, unspecified, multicast, link-local or broadcast
+    (those are the same string on every network)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return not (ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_link_local
+                or addr == "255.255.255.255")
+
+
+def capture_groups(ds, client_window: float = CLIENT_WINDOW) -> list[str]:
+    """Per flow, its capture group: the connected component of captures linked by a shared server endpoint
+    (address, port, protocol) or by a shared client address recorded within `client_window` seconds (both
+    captures' clocks usable: starting after 2000, within 30 days; two captures without a usable clock that
+    share a client are linked too). Named by its first capture; a capture without endpoint data is its own.
+
+    Why: file names do not separate sessions. nDPI's captures were cut from shared recordings (reddit and
+    tumblr share 11 identical 5-tuples, one client spans pinterest, reddit and tumblr; the openvpn variants and
+    dnscrypt v1/v2 share clients and servers), so folds by file leak sessions and servers into training. A
+    client address alone is not linked across years: a home network's 192.168.x.y recurs in captures years
+    apart, and linking on it makes one component of 62 % of the encrypted flows."""
+    pcaps = list(ds.pcap)
+    parent = {p: p for p in pcaps}
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def join(a: str, b: str) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    span: dict[str, tuple[float, float]] = {}
+    servers: dict[tuple, str] = {}
+    clients: dict[str, set[str]] = {}
+    for r, p in zip(ds.records, pcaps):
+        if r is None:
+            continue
+        lo, hi = span.get(p, (r.ts, r.ts))
+        span[p] = (min(lo, r.ts), max(hi, r.ts))
+        if _identifies(r.resp_h):
+            join(p, servers.setdefault((r.resp_h, r.resp_p, r.proto), p))
+        if _identifies(r.orig_h):
+            clients.setdefault(r.orig_h, set()).add(p)
+
+    def clock(p: str) -> bool:
+        lo, hi = span[p]
+        return lo >= _CLOCK_SET and hi - lo <= _CLOCK_SPAN
+
+    for caps in clients.values():
+        caps_s = sorted(caps)
+        for i, a in enumerate(caps_s):
+            for b in caps_s[i + 1:]:
+                if clock(a) and clock(b):
+                    gap = max(span[a][0], span[b][0]) - min(span[a][1], span[b][1])
+                    if gap <= client_window:
+                        join(a, b)
+                elif not clock(a) and not clock(b):
+                    join(a, b)
+    return [root(p) for p in pcaps]
+
+
 def capture_folds(ds, folds: int, seed: int = 0) -> list[np.ndarray]:
-    """Test indices of `folds` group folds on the capture file, balanced by flow count (greedy, biggest
-    capture first, ties broken by a seeded shuffle)."""
+    """Test indices of `folds` group folds on capture groups (capture_groups: captures that share a server
+    or a client stay together), balanced by flow count (greedy, biggest group first, ties broken by a
+    seeded shuffle)."""
     if folds < 2:
         raise ValueError("capture_kfold needs --folds >= 2")
-    pcaps = sorted(set(ds.pcap))
-    if len(pcaps) < folds:
-        raise ValueError(f"{len(pcaps)} captures cannot make {folds} capture folds")
+    group = capture_groups(ds)
+    names = sorted(set(group))
+    if len(names) < folds:
+        raise ValueError(f"{len(names)} capture groups cannot make {folds} capture folds")
     rng = np.random.default_rng([seed, 7])
-    rng.shuffle(pcaps)
-    size = {p: 0 for p in pcaps}
-    for p in ds.pcap:
-        size[p] += 1
+    rng.shuffle(names)
+    size = {g: 0 for g in names}
+    for g in group:
+        size[g] += 1
     load = [0] * folds
     fold_of: dict[str, int] = {}
-    for p in sorted(pcaps, key=lambda p: -size[p]):  # stable: equal sizes keep the shuffled order
+    for g in sorted(names, key=lambda g: -size[g]):  # stable: equal sizes keep the shuffled order
         k = min(range(folds), key=lambda j: (load[j], j))
-        fold_of[p] = k
-        load[k] += size[p]
-    return [np.array([i for i in range(len(ds)) if fold_of[ds.pcap[i]] == k], int) for k in range(folds)]
+        fold_of[g] = k
+        load[k] += size[g]
+    return [np.array([i for i in range(len(ds)) if fold_of[group[i]] == k], int) for k in range(folds)]
 
 
 def iid_folds(ds, folds: int, seed: int = 0) -> list[np.ndarray]:
@@ -481,7 +559,7 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
     With `repeats` R > 1 the same folds are trained R times with model seeds seed + 100 r (teachers are
     trained once per fold and shared): the main numbers are repeat 0's, and "repeats" holds each method's
     pooled macro-F1 (>=5) per repeat, its mean and sd, because one student init moves the score by several
-    points (docs/model-card.md, "How much one training run moves the score")."""
+    points (docs/model-card.md, "Results": the seed spread)."""
     if repeats < 1:
         raise ValueError("--repeats must be >= 1")
     n = len(ds)
@@ -521,6 +599,11 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
     out: dict = {"label": column, "folds": folds, "train_flows": n - min(map(len, parts)), "test_flows": n,
                  "train_pcaps": len(set(ds.pcap)) - min(len({ds.pcap[i] for i in p}) for p in parts),
                  "test_pcaps": len(set(ds.pcap)), "methods": {}}
+    if kind == "capture_kfold":
+        groups, unit = capture_groups(ds), "capture group"
+        out["groups"] = len(set(groups))
+    else:
+        groups, unit = list(ds.pcap), "capture file"
     from .headroom import dataset_headroom
 
     out["headroom"] = dataset_headroom(ds, parts)  # what the folds leave learnable, per class (no model)
@@ -545,9 +628,10 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
     if "rf" in methods and "rf" not in errors:  # the by-capture target is "at least 2x the forest": how sure?
         for m in methods:
             if m != "rf" and m not in errors:
-                v = out["methods"][m]["vs_rf"] = bootstrap_vs(y, pred[m], pred["rf"], ds.pcap, seed=seed)
+                v = out["methods"][m]["vs_rf"] = bootstrap_vs(y, pred[m], pred["rf"], groups, seed=seed,
+                                                              unit=unit)
                 log(f"eval[{kind}] {m:18s} vs rf macroF1(>=5) ratio {v['ratio']} (95% CI {v['ratio_ci95']}), "
-                    f"difference {v['diff']} ({v['diff_ci95']}), {v['groups']} captures resampled")
+                    f"difference {v['diff']} ({v['diff_ci95']}), {v['groups']} {v['unit']}s resampled")
     if repeats > 1:
         out["repeats"] = repeat_summary(y, preds, seeds, [m for m in methods if m not in errors], log, kind)
     return out
@@ -647,7 +731,7 @@ def write_report(res: dict, path: Path) -> None:
             if vs:
                 any_vs = next(iter(vs.values()))
                 lines += [f"Against the forest, pooled macro-F1 (>=5), {any_vs['boot']} bootstrap resamples of the "
-                          f"{any_vs['groups']} capture files (95 % intervals):", "",
+                          f"{any_vs['groups']} {any_vs.get('unit', 'capture file')}s (95 % intervals):", "",
                           "| method | ratio to rf | 95 % CI | difference | 95 % CI |", "|---|---|---|---|---|"]
                 for m, v in vs.items():
                     lines.append(f"| {m} | {_fmt(v['ratio'])} | {v['ratio_ci95']} | {_fmt(v['diff'])} | {v['diff_ci95']} |")

@@ -99,11 +99,61 @@ def mask_cert_names(buf: bytearray) -> bool:
     return masked
 
 
+_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.*")
+_LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _name_like(buf: bytearray, i: int, j: int) -> bool:
+    """Whether buf[i:j], a maximal run of name characters, reads as a DNS name: four or more characters, a
+    dot, two or more letters, and a last label of two or more letters (a TLD; fewer where the chunk ends in
+    it). Digits after the TLD are allowed: a DER tag that follows a name reads as '0' or '1'.
+    Version strings ('OpenSSH_5.3', '8.8.7') and addresses have no letters in their last label and stay."""
+    if j - i < 4:
+        return False
+    dot = buf.rfind(b".", i, j)
+    if dot < 0 or sum(1 for x in buf[i:j] if x in _LETTERS) < 2:
+        return False
+    e = j
+    while e > dot + 1 and 0x30 <= buf[e - 1] <= 0x39:
+        e -= 1
+    tld = buf[dot + 1:e]
+    cut = j == len(buf) and e == j  # the chunk ends inside the name: its TLD may be cut short or missing
+    return len(tld) >= (0 if cut else 2) and all(x in _LETTERS for x in tld)
+
+
+def mask_name_runs(buf: bytearray) -> bool:
+    """Mask every run of name characters that reads as a DNS name (_name_like), wherever it is.
+
+    The structured parsers need the start of a structure; a payload chunk often begins in the middle of one
+    (the rest of a certificate's subjectAltName list, an authorityInfoAccess URL such as
+    http://pki.google.com/..., a server banner, another protocol's name field). A DER length byte or tag
+    that reads as a name character right before a name is masked with it."""
+    n = len(buf)
+    masked = False
+    i = 0
+    while i < n:
+        if buf[i] not in _NAME_CHARS:
+            i += 1
+            continue
+        j = i + 1
+        while j < n and buf[j] in _NAME_CHARS:
+            j += 1
+        if _name_like(buf, i, j):
+            _fill(buf, i, j)
+            masked = True
+        i = j
+    return masked
+
+
+def _http_request(buf: bytearray) -> bool:
+    return any(buf.startswith(m) for m in (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"CONNECT ", b"OPTIONS ",
+                                           b"DELETE ", b"PATCH "))
+
+
 def mask_http_host(buf: bytearray) -> bool:
     """Mask HTTP/1.x Host header values (also in continuation segments) and request authorities."""
     head = bytes(buf[:8])
-    is_request = any(head.startswith(m) for m in (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"CONNECT ",
-                                                   b"OPTIONS ", b"DELETE ", b"PATCH "))
+    is_request = _http_request(buf)
     low = bytes(buf).lower()
     masked = False
     start = 0
@@ -273,11 +323,15 @@ def mask_payload(data: bytes, proto: str, orig_p: int, resp_p: int) -> bytes:
     elif buf[0] == 0x16:
         mask_tls_client_hello(buf)
         mask_cert_names(buf)
+        mask_name_runs(buf)
     elif proto == "tcp":
         if not mask_http_host(buf):
             mask_cert_names(buf)  # a certificate can start mid-segment
+            if not _http_request(buf):  # a request line holds a path (index.php), its names are in Host
+                mask_name_runs(buf)  # mid-structure, no OID precedes the names
     elif proto == "udp":
         mask_gquic_sni(buf)
+        mask_name_runs(buf)
     return bytes(buf)
 
 

@@ -192,6 +192,34 @@ def agreement_confidence(p_label: np.ndarray, forest_label: np.ndarray) -> np.nd
     return np.sqrt(p_label * forest_label)
 
 
+PRIOR_FLOOR = 1e-4  # a share below this counts as this: a label no training flow had is not vetoed
+
+
+def _shares(where: Any, what: str, value: Any, labels: list[str]) -> np.ndarray:
+    """A {label: share} object over `labels` as a vector summing to 1 (absent labels 0); ModelError if bad."""
+    if not isinstance(value, dict) or not value:
+        raise ModelError(f"{where}: {what} must be a non-empty object of label shares")
+    pos = {l: j for j, l in enumerate(labels)}
+    v = np.zeros(len(labels), np.float64)
+    for k, x in value.items():
+        if k not in pos:
+            raise ModelError(f"{where}: {what} names {k!r}, which is not a label of the head")
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x) or x < 0:
+            raise ModelError(f"{where}: {what}[{k!r}] must be a share >= 0, got {x!r}")
+        v[pos[k]] = float(x)
+    if v.sum() <= 0:
+        raise ModelError(f"{where}: {what} has no positive share")
+    return v / v.sum()
+
+
+def prior_shift(train: np.ndarray, deploy: np.ndarray | None) -> np.ndarray | None:
+    """Per label, log(deploy / train) (shares floored at PRIOR_FLOOR): added to a head's logits it turns
+    p(y | x) into p(y | x) * deploy(y) / train(y), renormalised (Saerens et al. 2002); None without a deploy."""
+    if deploy is None:
+        return None
+    return (np.log(np.maximum(deploy, PRIOR_FLOOR)) - np.log(np.maximum(train, PRIOR_FLOOR))).astype(np.float32)
+
+
 def _load_table(path: Path, key: str, entry: Any, spec: FeatureSpec, labels: list[str], head: str) -> Any:
     """A hybrid package's fingerprint table for `head` (manifest hybrid.`key`: file, sha256; fingerprints.TABLES),
     checked against the package."""
@@ -333,10 +361,35 @@ class Model:
         self._tables: dict[str, Any] = {
             head: _load_table(path, key, hyb[key], spec, self.label_sets[head], head)
             for head, (key, _) in TABLES.items() if hyb.get(key)}
+        # class priors (manifest `priors`): the label shares the head's probabilities assume (train) and those
+        # of the network it runs on (deploy); with both the head's probabilities are rescaled by deploy / train
+        pri = manifest.get("priors")
+        self._prior_head: str | None = None
+        self._prior_train: np.ndarray | None = None
+        self._shift: np.ndarray | None = None
+        if pri is not None:
+            where = path / MANIFEST
+            if not isinstance(pri, dict) or pri.get("head") not in HEADS:
+                raise ModelError(f"{where}: priors needs head (one of {HEADS}) and train")
+            self._prior_head = str(pri["head"])
+            labels = self.label_sets[self._prior_head]
+            self._prior_train = _shares(where, "priors.train", pri.get("train"), labels)
+            deploy = pri.get("deploy")
+            self._shift = prior_shift(self._prior_train, None if deploy is None else
+                                      _shares(where, "priors.deploy", deploy, labels))
 
     @property
     def id(self) -> str:
         return f"{self.name}@{self.version}"
+
+    def set_prior(self, deploy: dict[str, float] | None) -> None:
+        """Use `deploy` ({label: share} of the prior head's labels, normalised here) as the deployment prior
+        instead of the manifest's; None: no correction. Needs a package whose manifest has `priors`."""
+        if self._prior_train is None or self._prior_head is None:
+            raise ModelError(f"{self.path}: the package has no training prior (manifest priors)")
+        labels = self.label_sets[self._prior_head]
+        self._shift = prior_shift(self._prior_train, None if deploy is None else
+                                  _shares("deploy prior", "deploy", deploy, labels))
 
     def features(self, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None,
                  mask_names: bool | None = None) -> dict[str, np.ndarray]:
@@ -364,7 +417,11 @@ class Model:
                 if h == "service":
                     probs[TABLE_HIT] = found[0]
                 x = table.add_to(x, feats["hfp"], records, self.spec.payload_packets, found)  # x: fresh (run_graph)
-            probs[h] = softmax(x) if self._out_kind == "logits" else x
+            shift = self._shift if h == self._prior_head and len(x) else None  # one read: set_prior may swap it
+            if self._out_kind == "logits":
+                probs[h] = softmax(x if shift is None else x + shift)
+            else:
+                probs[h] = x if shift is None else softmax(np.log(np.maximum(x, 1e-30)) + shift)
         if mixed:
             probs[FOREST] = res[-1]
         return probs

@@ -132,8 +132,8 @@ def _macro_f1_min5_codes(t: np.ndarray, p: np.ndarray, k: int, min_support: int 
 
 
 def bootstrap_vs(y: Sequence[str], pred: Sequence[str], ref: Sequence[str], groups: Sequence[str], *,
-                 boot: int = 1000, seed: int = 0) -> dict:
-    """How sure is "method vs reference" on pooled predictions? Resample whole groups (capture files) with
+                 boot: int = 1000, seed: int = 0, unit: str = "capture group") -> dict:
+    """How sure is "method vs reference" on pooled predictions? Resample whole groups (capture groups) with
     replacement `boot` times and recompute both methods' macro-F1 (classes >= 5 flows in the resample):
     95 % percentile intervals of the ratio and the difference. The unit is the capture because flows of one
     capture succeed or fail together; resampling flows would make the intervals far too narrow."""
@@ -155,7 +155,7 @@ def bootstrap_vs(y: Sequence[str], pred: Sequence[str], ref: Sequence[str], grou
     q = lambda v: [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]  # noqa: E731
     return {"ratio": round(fa / fb, 4) if fb > 0 else None, "ratio_ci95": q(ratios) if ratios else None,
             "diff": round(fa - fb, 4), "diff_ci95": q(diffs), "boot": boot, "groups": len(members),
-            "unit": "capture file"}
+            "unit": unit}
 
 
 def confusion_png(y_true: Sequence[str], y_pred: Sequence[str], path: str | Path, title: str) -> bool:

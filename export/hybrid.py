@@ -128,11 +128,11 @@ def table_entry(t: Any, fname: str, sha256: str) -> dict[str, Any]:
 
 def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *, version: str | None = None,
                   name: str | None = None, tables: dict[str, Any] | None = None, hello_bytes: int = 0,
-                  log: Any = None) -> dict[str, Any]:
+                  log: Any = None, priors: dict[str, Any] | None = None) -> dict[str, Any]:
     """Join a trained ShapeForest (and `tables`, fingerprints.HelloTable's by head from fit_tables, which need
     flows read with hellos whole: hello_bytes) to the student package `pkg` in place, checked on `feats`
-    (encoded real flows with the forest's features: flt included, hfp with tables); ValueError when the
-    package cannot take it."""
+    (encoded real flows with the forest's features: flt included, hfp with tables); `priors` (priors_entry)
+    goes to the manifest as it is. ValueError when the package cannot take it."""
     from etool_sensor.fingerprints import TABLES
     from etool_sensor.runtime import MODEL_FILE, check_manifest, read_manifest, sha256_file
     from etool_sensor.train.forest import CONFIDENCE, EPS, MIX, mix, spread
@@ -195,7 +195,18 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
     if name:
         manifest["name"] = name
     log(f"hybrid: joined ({size / 1e6:.1f} MB), parity {par}")
-    return commit_rewrite(d, manifest, tmp, version, "hybrid", par, hybrid=hybrid)
+    extra = {"priors": priors} if priors else {}
+    return commit_rewrite(d, manifest, tmp, version, "hybrid", par, hybrid=hybrid, **extra)
+
+
+def priors_entry(labels: Sequence[str], label_set: Sequence[str], head: str = "service") -> dict[str, Any]:
+    """The manifest's `priors` block for a head trained on flows with these labels: their shares (`train`),
+    and no deployment prior (runtime.Model rescales by deploy / train once one is set)."""
+    from collections import Counter
+
+    n = Counter(l for l in labels if l in set(label_set))
+    total = sum(n.values())
+    return {"head": head, "train": {l: round(n[l] / total, 6) for l in label_set if n[l]}}
 
 
 def hybrid_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pcaps: Sequence[str | Path], *,
@@ -232,7 +243,7 @@ def hybrid_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pc
         log("hybrid: fingerprint tables of " + ", ".join(f"{len(t.counts)} ({h})" for h, t in tables.items()))
     feats, _ = real_features(pcaps, dataclasses.replace(spec, hello_bytes=hello_bytes))
     return attach_forest(d, forest, feats, version=version, name=name, tables=tables, hello_bytes=hello_bytes,
-                         log=log)
+                         log=log, priors=priors_entry(ds.service, manifest["label_sets"]["service"]))
 
 
 def retable_package(pkg: str | Path, data: str | Path, labels_csv: str | Path, pcaps: Sequence[str | Path], *,

@@ -205,7 +205,8 @@ def test_eval_cli_contract(eval_run):
             acc = (b["seen"]["accuracy"] * b["seen"]["flows"] + b["unseen"]["accuracy"] * b["unseen"]["flows"]) / r["flows"]
             assert acc == pytest.approx(mm["accuracy"], abs=1e-9)
         vs = kf["methods"]["knn"]["vs_rf"]  # the forest is the target's reference: knn against it, resampled
-        assert "vs_rf" not in kf["methods"]["rf"] and vs["boot"] == 1000 and vs["unit"] == "capture file"
+        assert "vs_rf" not in kf["methods"]["rf"] and vs["boot"] == 1000
+        assert vs["unit"] == ("capture group" if name == "capture_kfold" else "capture file")
         ratio = kf["methods"]["knn"]["macro_f1_min5"] / kf["methods"]["rf"]["macro_f1_min5"]
         assert vs["ratio"] == pytest.approx(ratio, abs=1e-3)
         assert vs["ratio_ci95"][0] <= vs["ratio_ci95"][1] and vs["diff_ci95"][0] <= vs["diff"] + 1e-9
@@ -415,6 +416,13 @@ def test_kfold_repeats_keep_repeat_zero_and_share_the_teacher(shared, tmp_path, 
         return SimpleNamespace(labels=labels, predict_logits=logits)
 
     monkeypatch.setattr(T, "train_teacher", fake_teacher)
+    # number for number needs one torch thread count in both runs (student.set_threads follows the load), and
+    # no SSL encoder cached by an earlier test: a student whose encoder comes from the cache draws its random
+    # numbers from another point of torch's stream than one that pretrains (train_student)
+    import etool_sensor.train.student as S
+
+    monkeypatch.setenv("ETOOL_TORCH_THREADS", "1")
+    monkeypatch.setattr(S, "_SSL_CACHE", {})
     args = ["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--no-model", "--encrypted-only",
             "--quick", "--splits", "capture_kfold", "--folds", "3", "--methods", "rf,knn,etool",
             "--pcaps", ",".join(PCAPS)]
@@ -497,3 +505,47 @@ def test_eval_scores_the_model_without_the_train_extra(shared, tmp_path):
     r = subprocess.run(base + ["--json", str(tmp_path / "s.json"), "--splits", "capture"], capture_output=True,
                        text=True, env=env, timeout=300)
     assert r.returncode == 2 and "train extra" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.fixture(scope="module")
+def ndpi_encrypted(shared):
+    from etool_sensor.train.data import load_labelled
+
+    return load_labelled(NDPI / "pcap", NDPI / "labels.csv", encrypted_only=True)
+
+
+def test_capture_groups_keep_servers_and_clients_in_one_fold(ndpi_encrypted):
+    """On nDPI's encrypted flows: no server endpoint and no client of one day spans two capture folds, and the
+    captures cut from shared recordings end up together."""
+    ds = ndpi_encrypted
+    group = E.capture_groups(ds)
+    of = dict(zip(ds.pcap, group))
+    assert of["reddit.pcap"] == of["tumblr.pcap"] == of["pinterest.pcap"]  # 11 shared 5-tuples, one client
+    assert of["openvpn.pcap"] == of["openvpn_nohmac.pcapng"] == of["openvpn_nohmac_tcp.pcapng"]
+    assert of["dnscrypt-v1-and-resolver-pings.pcap"] == of["dnscrypt-v2-doh.pcap"]
+    folds = E.capture_folds(ds, 5, seed=0)
+    fold = np.empty(len(ds), int)
+    for k, te in enumerate(folds):
+        fold[te] = k
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(ds)))
+    servers, clients, span = {}, {}, {}
+    for i, r in enumerate(ds.records):
+        if E._identifies(r.resp_h):
+            servers.setdefault((r.resp_h, r.resp_p, r.proto), set()).add(fold[i])
+        if E._identifies(r.orig_h):
+            clients.setdefault(r.orig_h, {}).setdefault(ds.pcap[i], fold[i])
+        lo, hi = span.get(ds.pcap[i], (r.ts, r.ts))
+        span[ds.pcap[i]] = (min(lo, r.ts), max(hi, r.ts))
+    assert len(servers) > 300 and all(len(f) == 1 for f in servers.values())
+    day = 0
+    for caps in clients.values():
+        for a in caps:
+            for b in caps:
+                clocks = all(span[c][0] > 946684800 and span[c][1] - span[c][0] <= 30 * 86400 for c in (a, b))
+                if a < b and clocks and max(span[a][0], span[b][0]) - min(span[a][1], span[b][1]) <= E.CLIENT_WINDOW:
+                    day += 1
+                    assert caps[a] == caps[b], (a, b)
+    assert day > 10
+    sizes = sorted(len(te) for te in folds)
+    assert sizes[-1] < 0.35 * len(ds), sizes  # the groups still make usable folds
+    print(f"\n{len(set(group))} capture groups of {len(set(ds.pcap))} captures; fold sizes {sizes}")

@@ -76,6 +76,9 @@ def test_joined_graph_computes_the_hybrid_and_keeps_the_app_head(quick_package, 
     assert par["student_outputs_unchanged"] and m["features"]["flights"] == FLIGHTS and m["inputs"][-1] == "flt"
     assert m["outputs"]["forest"] == "forest_proba" and m["hybrid"]["head"] == "service"
     assert m["name"] == "quick-hybrid" and m["version"] == "0.0.2" and m["hybrid"]["forest"]["flows"] > 100
+    pri = m["priors"]  # the training flows' service shares, no deployment prior: verdicts unchanged by it
+    assert pri["head"] == "service" and "deploy" not in pri and abs(sum(pri["train"].values()) - 1) < 1e-4
+    assert set(pri["train"]) <= set(m["label_sets"]["service"]) and len(pri["train"]) > 3
     hyb, base = load_model(d, threads=1), load_model(quick_package, threads=1)
     recs, ctxs = real_flows
     assert "flt" in hyb.features(recs[:3], ctxs[:3]) and "flt" not in base.features(recs[:3], ctxs[:3])

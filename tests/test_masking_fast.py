@@ -68,7 +68,8 @@ def test_every_rule_on_every_kind_of_chunk(chunks):
 
 MARKERS = [b"\x16\x03\x01", b"\x16\x03\x03\x00\x40\x01", b"\x06\x03\x55\x04\x03", b"\x06\x03\x55\x1d\x11",
            b"\x04\x82", b"\x30\x81", b"\x82\x05", b"\nHost:", b"\nhOsT: ", b"\r", b"GET http://", b"CONNECT ",
-           b"CHLO", b"SNI\x00", b"\xc0\x0c", b"\x00\x00", b"\xff\xff", b"\x3f", b"\xc3\x00\x00\x00\x01\x14"]
+           b"CHLO", b"SNI\x00", b"\xc0\x0c", b"\x00\x00", b"\xff\xff", b"\x3f", b"\xc3\x00\x00\x00\x01\x14",
+           b".com", b"a.b", b".c0", b"x.y1", b"ab.", b"-.*_", b"pki.google.com/", b"5.3"]  # name runs
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:

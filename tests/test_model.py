@@ -404,3 +404,54 @@ def test_encoder_budget_and_ablations():
     s1, _ = mp(**x, port=torch.tensor([443, 80, 1025]))
     s2, _ = mp(**x, port=torch.tensor([53, 80, 1025]))
     assert not torch.allclose(s1[0], s2[0]) and torch.allclose(s1[1:], s2[1:])
+
+
+def test_prior_correction_rescales_the_service_head(real_flows, tmp_path):
+    """manifest priors: p(y | x) * deploy(y) / train(y), renormalised, on the bundled package's real verdicts;
+    deploy = train and no deploy change nothing; set_prior swaps the deployment prior; bad priors are refused."""
+    from etool_sensor.runtime import DEFAULT_MODEL_DIR, ModelError, load_model
+
+    recs, ctxs = real_flows
+    base = load_model(threads=1)
+    p0 = base.predict_proba(recs, ctxs)
+    labels = base.label_sets["service"]
+    train = {l: (j + 1) / 10 for j, l in enumerate(labels)}  # any shares: normalised on load
+    deploy = {**train, "Web": 40.0}
+    pkg = _copy(DEFAULT_MODEL_DIR, tmp_path / "prior")
+    _edit(pkg, priors={"head": "service", "train": train})
+    m = load_model(pkg, threads=1)
+    assert np.array_equal(m.predict_proba(recs, ctxs), p0)  # no deployment prior: no correction
+    m.set_prior(train)
+    assert np.allclose(m.predict_proba(recs, ctxs), p0, atol=1e-6)
+    m.set_prior(deploy)
+    p1 = m.predict_proba(recs, ctxs)
+    t = np.array([train[l] for l in labels]) / sum(train.values())
+    d = np.array([deploy[l] for l in labels]) / sum(deploy.values())
+    want = p0 * (d / t)
+    want /= want.sum(1, keepdims=True)
+    assert np.allclose(p1, want, atol=1e-5)
+    web = labels.index("Web")
+    assert (p1[:, web] >= p0[:, web] - 1e-6).all() and (p1.argmax(1) == web).sum() > (p0.argmax(1) == web).sum()
+    v = m.classify(recs, ctxs)
+    assert [x.service for x in v if x.status == "ok"] == [labels[i] for i, r in zip(p1.argmax(1), recs)
+                                                          if len(r.packets) >= 2]
+    m.set_prior(None)
+    assert np.allclose(m.predict_proba(recs, ctxs), p0, atol=1e-6)
+    _edit(pkg, priors={"head": "service", "train": train, "deploy": deploy})
+    assert np.allclose(load_model(pkg, threads=1).predict_proba(recs, ctxs), p1, atol=1e-6)
+    pri = base.manifest["priors"]  # the bundled package: its training flows' shares, no deployment prior
+    assert pri["head"] == "service" and "deploy" not in pri and abs(sum(pri["train"].values()) - 1) < 1e-4
+    assert max(pri["train"], key=pri["train"].get) == "Web"
+    bare = _copy(DEFAULT_MODEL_DIR, tmp_path / "bare")
+    m = json.loads((bare / "manifest.json").read_text())
+    del m["priors"]
+    (bare / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="no training prior"):
+        load_model(bare, threads=1).set_prior(deploy)
+    for bad, msg in (({"head": "nope", "train": train}, "priors needs head"),
+                     ({"head": "service", "train": {"NoSuchLabel": 1.0}}, "not a label"),
+                     ({"head": "service", "train": {"Web": -1.0}}, "share >= 0"),
+                     ({"head": "service", "train": train, "deploy": {}}, "non-empty")):
+        _edit(pkg, priors=bad)
+        with pytest.raises(ModelError, match=msg):
+            load_model(pkg, threads=1)
