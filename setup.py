@@ -1,7 +1,8 @@
 """Build glue for the one optional C extension; all metadata lives in setup.cfg.
 
-etool_sensor/_fastpath.c is the compiled packet path of pcap.py. It is optional: without a C compiler
-the install still succeeds and pcap.py reads captures in pure Python (same results, slower).
+etool_sensor/_fastpath.c is the compiled packet path of etool_sensor/capture/ (glue: capture/native.py). It is
+optional: without a C compiler the install still succeeds and capture/ reads captures in pure Python (same
+results, slower).
 """
 
 from setuptools import Extension, find_packages, setup

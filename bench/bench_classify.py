@@ -10,7 +10,7 @@ In one process, each repetition times:
   imports excluded, model load and worker start included), which is what the user gets, for each N of
   ``--workers`` (default 1 and 2), interleaved within each repetition so that foreign load hits all alike;
 * the stages of the same work, run one after the other on the same data:
-  ``read`` (pcap.read_flows, conn summaries collected), ``context`` (ContextTracker.observe),
+  ``read`` (read_flows, conn summaries collected), ``context`` (ContextTracker.observe),
   ``encode`` (features.encode incl. name masking), ``model`` (Model.classify minus its encode: the
   onnxruntime session plus softmax/verdicts), ``log`` (etool.log + conn.log rows, TSV, to a temp dir).
 
@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from etool_sensor import cli, offline  # noqa: E402
 from etool_sensor.context import ContextTracker  # noqa: E402
-from etool_sensor.pcap import ReadStats, read_flows  # noqa: E402
+from etool_sensor.capture.reader import ReadStats, read_flows  # noqa: E402
 from etool_sensor.runtime import load_model  # noqa: E402
 from etool_sensor.zeeklog import CONN_FIELDS, ETOOL_FIELDS, open_log  # noqa: E402
 

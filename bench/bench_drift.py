@@ -26,7 +26,7 @@ def observe_cost(a: argparse.Namespace) -> None:
     from etool_sensor import drift as dr
     from etool_sensor.config import DriftConfig
     from etool_sensor.context import ContextTracker
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
     from etool_sensor.runtime import load_model
 
     model = load_model("default", threads=1)

@@ -16,7 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from etool_sensor.pcap import ReadStats, fast_path_available, read_flows
+from etool_sensor.capture.native import fast_path_available
+from etool_sensor.capture.reader import ReadStats, read_flows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 OUT = Path("/tmp/etool_bench.pcap")

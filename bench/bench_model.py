@@ -28,7 +28,7 @@ from etool_sensor.runtime import DEFAULT_MODEL_DIR, HEADS, load_model  # noqa: E
 
 def flows(pcaps: list[str], n: int):
     from etool_sensor.context import ContextTracker
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     recs, ctxs, short = [], [], 0
     for p in pcaps:

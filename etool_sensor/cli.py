@@ -163,7 +163,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
 
     before = gc.get_threshold(), sys.getswitchinterval()
     try:
-        pcap, runtime, ContextTracker = offline.prepare(args, cfg)
+        reader, runtime, ContextTracker = offline.prepare(args, cfg)
         workers = getattr(args, "workers", None) or cfg.classify.workers
         if workers is None:
             from .parallel import usable_cores
@@ -174,8 +174,8 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
             # order, same summary, exit codes and errors as the one-process path.
             from .parallel import classify_sharded
 
-            return classify_sharded(args, cfg, workers, pcap)
-        return offline.classify_one(args, cfg, pcap, runtime, ContextTracker)
+            return classify_sharded(args, cfg, workers, reader)
+        return offline.classify_one(args, cfg, reader, runtime, ContextTracker)
     finally:
         gc.set_threshold(*before[0])
         sys.setswitchinterval(before[1])

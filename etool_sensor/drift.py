@@ -408,7 +408,7 @@ def classify_captures(model: Any, captures: Sequence[str | Path], cfg: Any = Non
                       batch: int = 512) -> tuple[list[Any], list[bool | None]]:
     """Every flow of the captures classified as `classify` does (its reader, BURST context and settings;
     `cfg` None = the defaults): the verdicts and their table hits, in flow order."""
-    from . import pcap
+    from .capture.reader import read_flows
     from .config import Config
     from .context import ContextTracker
     from .runtime import exceeds, model_window
@@ -427,7 +427,7 @@ def classify_captures(model: Any, captures: Sequence[str | Path], cfg: Any = Non
         recs.clear()
         ctxs.clear()
 
-    for rec in pcap.read_flows([str(p) for p in captures], cfg.flow_params, checksums=cfg.flow.verify_checksums):
+    for rec in read_flows([str(p) for p in captures], cfg.flow_params, checksums=cfg.flow.verify_checksums):
         if cut:
             rec = rec.within(window)
         ctxs.append(tracker.observe(rec))

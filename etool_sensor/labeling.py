@@ -191,7 +191,7 @@ def find_engine(name: str = "auto") -> Any:
 
 def check_captures(paths: Sequence[str | Path]) -> None:
     """LabelError for the first capture that is missing, unreadable or not a capture (before any is read)."""
-    from . import pcap
+    from .capture.reader import PcapError, check_capture
 
     for p in paths:
         if not os.path.exists(p):
@@ -201,8 +201,8 @@ def check_captures(paths: Sequence[str | Path]) -> None:
         if not os.access(p, os.R_OK):
             raise LabelError(f"{p}: permission denied")
         try:
-            pcap.check_capture(p)
-        except pcap.PcapError as e:
+            check_capture(p)
+        except PcapError as e:
             raise LabelError(str(e).splitlines()[0]) from None
 
 

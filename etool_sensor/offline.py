@@ -65,12 +65,12 @@ def _conn_row(c: Any, uid: str | None = None) -> list[Any]:
 
 def _import_runtime_parts() -> tuple[Any, Any, Any]:
     try:
-        pcap = importlib.import_module("etool_sensor.pcap")
+        reader = importlib.import_module("etool_sensor.capture.reader")
         runtime = importlib.import_module("etool_sensor.runtime")
         ContextTracker = importlib.import_module("etool_sensor.context").ContextTracker
     except ModuleNotFoundError as e:
         raise CliError(f"classify cannot run: the module {e.name!r} is missing from this installation") from None
-    return pcap, runtime, ContextTracker
+    return reader, runtime, ContextTracker
 
 
 def _progress_bar(captures: Sequence[str]) -> Any:
@@ -112,7 +112,7 @@ def _warn_collection(runtime: Any, model_path: Any, params: Any) -> None:
 def _check_inputs(paths: Sequence[str]) -> None:
     """Every capture is checked before any is read: a missing, unreadable or non-capture file in a long list
     stops the run at once (exit 2), not after the captures before it were classified."""
-    from . import pcap
+    from .capture import reader
 
     for p in paths:
         if not os.path.exists(p):
@@ -123,8 +123,8 @@ def _check_inputs(paths: Sequence[str]) -> None:
             raise CliError(f"{p}: permission denied")
     for p in paths:
         try:
-            pcap.check_capture(p)
-        except pcap.PcapError as e:
+            reader.check_capture(p)
+        except reader.PcapError as e:
             raise CliError(str(e).splitlines()[0]) from None
 
 
@@ -179,15 +179,15 @@ def _drift_of(counts: Counts, cfg: Any) -> Any:
 def prepare(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any, Any]:
     """What both classify paths do first: check every capture, import the runtime, warn about a collection
     that is smaller than the model reads, and set the collector (before --workers fork: they inherit it).
-    Returns (pcap, runtime, ContextTracker)."""
+    Returns (reader, runtime, ContextTracker): reader is etool_sensor.capture.reader."""
     _check_inputs(args.captures)
-    pcap, runtime, ContextTracker = _import_runtime_parts()
+    reader, runtime, ContextTracker = _import_runtime_parts()
     _warn_collection(runtime, args.model or cfg.model.path, cfg.flow_params)
     runtime.tune_gc()
-    return pcap, runtime, ContextTracker
+    return reader, runtime, ContextTracker
 
 
-def classify_one(args: argparse.Namespace, cfg: Any, pcap: Any, runtime: Any, ContextTracker: Any) -> int:
+def classify_one(args: argparse.Namespace, cfg: Any, reader: Any, runtime: Any, ContextTracker: Any) -> int:
     """`classify` in one process: read -> context -> model (in threads) -> etool.log + conn.log."""
     from .zeeklog import LogWriteError
 
@@ -216,7 +216,7 @@ def classify_one(args: argparse.Namespace, cfg: Any, pcap: Any, runtime: Any, Co
     except OSError as e:
         raise CliError(f"{outdir}: cannot create output directory: {e.strerror or e}", EXIT_OUTPUT) from None
 
-    stats = pcap.ReadStats()
+    stats = reader.ReadStats()
     counts = Counts(files=len(args.captures), drift=drift_monitor(model_path, cfg))
     observe = counts.drift.observe if counts.drift is not None else None
     tracker = ContextTracker(window=cfg.context.window, bursts=cfg.context.bursts)
@@ -297,7 +297,7 @@ def classify_one(args: argparse.Namespace, cfg: Any, pcap: Any, runtime: Any, Co
 
     try:
         try:
-            for rec in pcap.read_flows(args.captures, cfg.flow_params, stats=stats, on_conn=on_conn,
+            for rec in reader.read_flows(args.captures, cfg.flow_params, stats=stats, on_conn=on_conn,
                                        progress=progress, checksums=cfg.flow.verify_checksums):
                 counts.flows += 1
                 if cut:
@@ -307,7 +307,7 @@ def classify_one(args: argparse.Namespace, cfg: Any, pcap: Any, runtime: Any, Co
                 if len(batch) >= BATCH:
                     submit_batch()
             flush_batch()
-        except pcap.PcapError as e:
+        except reader.PcapError as e:
             # Logs keep what was classified before the bad file; the error names the file.
             flush_batch()
             raise CliError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None

@@ -1,7 +1,7 @@
 """`classify --workers N`: N processes, each reading the whole capture and classifying one shard of it.
 
 Everything in classify except onnxruntime holds the GIL, so a second core needs a second process. Each
-worker process runs ``pcap.read_shard`` (every packet is read and advances the network clock, but only
+worker process runs ``capture.reader.read_shard`` (every packet is read and advances the network clock, but only
 the packets whose shard key, the client-looking address, hashes to the worker are decoded and
 tracked), the BURST context, the model (its own onnxruntime session) and the Zeek row formatting. It
 sends back finished log lines whose uid is a placeholder, tagged with the key at which the single
@@ -80,7 +80,8 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
     then ("end", stats, shard_stats, error) with error None or (exit_code, message)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers
     try:
-        from . import pcap, runtime
+        from . import runtime
+        from .capture import reader
         from .errors import EXIT_INPUT
         from .offline import _conn_row, _verdict_row
         from .context import ContextTracker
@@ -102,7 +103,7 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
         cut = runtime.exceeds(spec.flow_params, window)
         tracker = ContextTracker(window=spec.window, bursts=spec.bursts)
         top_k, alert_labels, ph = spec.top_k, spec.alert_labels, UID_PLACEHOLDER
-        stats, shard_stats = pcap.ReadStats(), pcap.ReadStats()
+        stats, shard_stats = reader.ReadStats(), reader.ReadStats()
         news: list = []
         erows: list = []
         crows: list = []
@@ -138,11 +139,11 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
 
         error = None
         try:
-            events = pcap.read_shard(list(spec.paths), (spec.n, spec.me), spec.flow_params, stats=stats,
+            events = reader.read_shard(list(spec.paths), (spec.n, spec.me), spec.flow_params, stats=stats,
                                      shard_stats=shard_stats, progress=progress if spec.progress else None,
                                      checksums=spec.checksums)
             for key, kind, obj in events:
-                if kind == pcap.EV_RECORD:
+                if kind == reader.EV_RECORD:
                     if cut:
                         obj = obj.within(window)
                     keys.append(key)
@@ -151,14 +152,14 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
                     if len(recs) >= spec.batch:
                         classify()
                         send(key)
-                elif kind == pcap.EV_CONN:
+                elif kind == reader.EV_CONN:
                     row = _conn_row(obj, ph)
                     crows.append((key, obj.uid, fmt_c(row)))
-                elif kind == pcap.EV_NEW:
+                elif kind == reader.EV_NEW:
                     news.append(obj)
                 else:  # EV_TICK
                     send(keys[0] if keys else key)
-        except pcap.PcapError as e:
+        except reader.PcapError as e:
             # like one process: what was read before the bad file is classified and logged, then the error
             error = (EXIT_INPUT, str(e).splitlines()[0] if str(e) else type(e).__name__)
         if recs:
@@ -379,7 +380,7 @@ def _failure_message(e: WorkerFailed, counts: Any) -> str:
             f"(set ETOOL_DEBUG=1 for a traceback)")
 
 
-def classify_sharded(args: Any, cfg: Any, workers: int, pcap: Any) -> int:
+def classify_sharded(args: Any, cfg: Any, workers: int, reader: Any) -> int:
     """classify with `workers` processes; same logs, summary, exit codes and errors as one process."""
     from .errors import EXIT_OUTPUT, CliError
     from .offline import BATCH, Counts, _finish_classify, _open_logs, _progress_bar, drift_monitor

@@ -140,7 +140,7 @@ def real_features(pcaps: Sequence[str | Path], spec: Any) -> tuple[dict[str, np.
     how many; ValueError if there are none. The check set of a package rewrite."""
     from etool_sensor.context import ContextTracker
     from etool_sensor.features import encode
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
     from etool_sensor.runtime import model_window
 
     recs, ctxs = [], []

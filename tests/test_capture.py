@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from etool_sensor import pcap
+from etool_sensor.capture import reader
 from etool_sensor.train import capture as C
 
 
@@ -20,8 +20,8 @@ def test_capture_makes_real_tls_and_http_flows(tmp_path: Path) -> None:
     p = C.capture(tmp_path, seconds=4, seed=1, log=lambda s: None)
     meta = json.loads(p.with_suffix(".json").read_text())
     assert meta["pcap"] == p.name and sum(meta["client_commands"].values()) >= 3
-    conns: list[pcap.ConnSummary] = []
-    recs = list(pcap.read_flows(p, on_conn=conns.append))
+    conns: list[reader.ConnSummary] = []
+    recs = list(reader.read_flows(p, on_conn=conns.append))
     ours = [c for c in conns if c.resp_h == C.SERVER_IP and c.orig_h == C.CLIENT_IP]
     assert len(ours) >= 3 and {c.resp_p for c in ours} <= {80, 443, 8443}
     assert all(c.proto == "tcp" for c in ours)

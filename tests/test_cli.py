@@ -12,7 +12,7 @@ import pytest
 
 from etool_sensor import __version__
 from etool_sensor.cli import EXIT_INPUT, EXIT_OUTPUT, EXIT_TRUNCATED, LAZY, LazyCommand, main
-from etool_sensor.pcap import ReadStats, read_flows
+from etool_sensor.capture.reader import ReadStats, read_flows
 from etool_sensor.zeeklog import CONN_FIELDS, ETOOL_FIELDS, read_ascii_log, read_json_log
 
 REPO = Path(__file__).resolve().parents[1]

@@ -139,7 +139,7 @@ def _score(model, captures, window=None) -> dr.DriftScore:
 @needs_data
 def test_table_hit_is_the_service_tables_lookup(default_model) -> None:
     from etool_sensor.fingerprints import fingerprints
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
     from etool_sensor.runtime import load_model
 
     caps = dr.captures_in(DATA / "ndpi")[:40]

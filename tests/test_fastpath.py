@@ -1,4 +1,4 @@
-"""The compiled packet path (_fastpath.c) against pcap.py's pure-Python reader, which is the reference.
+"""The compiled packet path (_fastpath.c) against the pure-Python reader (etool_sensor/capture/), which is the reference.
 
 read_flows uses the engine for pcap and pcapng when it is built; these tests read the same inputs
 both ways and require identical records, connection summaries (in the same order) and counters: on
@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etool_sensor import pcap
+from etool_sensor.capture import native, reader
 from etool_sensor.flows import FlowParams
-from etool_sensor.pcap import ReadStats, read_flows
+from etool_sensor.capture.reader import ReadStats, read_flows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
 
-needs_engine = pytest.mark.skipif(pcap._fastpath is None, reason="C extension not built (no compiler)")
+needs_engine = pytest.mark.skipif(native._fastpath is None, reason="C extension not built (no compiler)")
 
 
 def _captures() -> list[Path]:
@@ -55,26 +55,26 @@ def _same(path, monkeypatch, **kw):
 def test_engine_is_built_where_required():
     """CI sets ETOOL_REQUIRE_FASTPATH so that a build that silently fell back to Python fails here."""
     if os.environ.get("ETOOL_REQUIRE_FASTPATH"):
-        assert pcap._fastpath is not None, "etool_sensor._fastpath was not built"
-        assert pcap.fast_path_available()
-    elif pcap._fastpath is None:
+        assert native._fastpath is not None, "etool_sensor._fastpath was not built"
+        assert native.fast_path_available()
+    elif native._fastpath is None:
         pytest.skip("C extension not built")
 
 
 @needs_engine
 @pytest.mark.parametrize("checksums", [True, False])
 def test_identical_on_every_shared_capture(checksums, monkeypatch):
-    files = [p for p in _captures() if pcap._fast_header(p) is not None]
+    files = [p for p in _captures() if native._fast_header(p) is not None]
     if not files:
         pytest.skip("shared data absent")
     frags = {4: 0, 6: 0}
-    handle = pcap._FragShim.handle
+    handle = native._FragShim.handle
 
     def counting(self, frag):
         frags[frag[0]] += 1
         return handle(self, frag)
 
-    monkeypatch.setattr(pcap._FragShim, "handle", counting)
+    monkeypatch.setattr(native._FragShim, "handle", counting)
     flows = 0
     for p in files:
         recs, _, _ = _same(p, monkeypatch, checksums=checksums)
@@ -88,7 +88,7 @@ def test_identical_on_every_shared_capture(checksums, monkeypatch):
 @pytest.mark.parametrize("params", [FlowParams(packets=1), FlowParams(packets=64, payload_bytes=0, payload_packets=0),
                                     FlowParams(packets=8, payload_bytes=1500, payload_packets=8)])
 def test_identical_with_other_collection_parameters(params, monkeypatch):
-    files = [p for p in _captures() if pcap._fast_header(p) is not None][::25]
+    files = [p for p in _captures() if native._fast_header(p) is not None][::25]
     if not files:
         pytest.skip("shared data absent")
     for p in files:
@@ -97,7 +97,7 @@ def test_identical_with_other_collection_parameters(params, monkeypatch):
 
 
 def _biggest() -> Path:
-    files = [p for p in _captures() if p.suffix == ".pcap" and pcap._fast_header(p) is not None]
+    files = [p for p in _captures() if p.suffix == ".pcap" and native._fast_header(p) is not None]
     if not files:
         pytest.skip("shared data absent")
     return max(files[:200], key=lambda p: p.stat().st_size)
@@ -142,13 +142,13 @@ def test_progress_and_streaming(tmp_path, monkeypatch):
 def _small_captures() -> list[bytes]:
     out = []
     for suffix in (".pcap", ".pcapng"):
-        files = [p for p in _captures() if p.suffix == suffix and pcap._fast_header(p) is not None]
+        files = [p for p in _captures() if p.suffix == suffix and native._fast_header(p) is not None]
         files = [p for p in files if 2_000 < p.stat().st_size < 60_000]
         out += [p.read_bytes() for p in files[::max(1, len(files) // 8)][:8]]
     return out
 
 
-_SMALL = _small_captures() if pcap._fastpath is not None else []
+_SMALL = _small_captures() if native._fastpath is not None else []
 
 
 @needs_engine
@@ -169,7 +169,7 @@ def test_identical_on_mutated_captures(tmp_path_factory, which, edits, checksums
     with pytest.MonkeyPatch.context() as mp:
         try:
             _same(p, mp, checksums=checksums)
-        except pcap.PcapError:
+        except reader.PcapError:
             pass  # the header itself was destroyed: both readers refuse the file alike (not via the engine)
 
 
@@ -180,22 +180,22 @@ def _shard_events(paths, shard, pure: bool, monkeypatch, **kw):
         monkeypatch.delenv("ETOOL_PURE_PYTHON", raising=False)
     st, sst = ReadStats(), ReadStats()
     out, last = [], None
-    for key, kind, o in pcap.read_shard(paths, shard, stats=st, shard_stats=sst, **kw):
+    for key, kind, o in reader.read_shard(paths, shard, stats=st, shard_stats=sst, **kw):
         # keys never decrease, ticks included: a tick promises that nothing below it comes later
         assert last is None or key >= last, (last, key)
         last = key
-        if kind == pcap.EV_TICK:
+        if kind == reader.EV_TICK:
             continue
-        out.append((key, kind, o.to_dict() if kind == pcap.EV_RECORD else astuple(o) if kind == pcap.EV_CONN else o))
+        out.append((key, kind, o.to_dict() if kind == reader.EV_RECORD else astuple(o) if kind == reader.EV_CONN else o))
     return out, astuple(st), astuple(sst)
 
 
 @needs_engine
 @pytest.mark.parametrize("n", [2, 3])
 def test_sharded_reading_identical(n, monkeypatch):
-    """read_shard through the engine: the same events with the same keys as pcap.py's read_shard, on every
+    """read_shard through the engine: the same events with the same keys as the Python read_shard, on every
     shared capture the engine applies to (several files per call, so packet indices run across files)."""
-    files = [p for p in _captures() if pcap._fast_header(p) is not None]
+    files = [p for p in _captures() if native._fast_header(p) is not None]
     if not files:
         pytest.skip("shared data absent")
     for i in range(0, len(files), 40):

@@ -60,7 +60,7 @@ def reference(records, contexts, spec: FeatureSpec) -> dict[str, np.ndarray]:
 
 
 def _real_flows():
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     files = sorted(NDPI.glob("*.pcap*"))[::6] + sorted(TRACES.rglob("*.pcap"))[::25]
     recs, ctxs = [], []

@@ -20,7 +20,7 @@ from etool_sensor import features
 from etool_sensor.context import ContextTracker, Neighbour
 from etool_sensor.features import FeatureSpec, _arrays_c, _arrays_py, encode
 from etool_sensor.flows import Chunk, FlowParams, FlowRecord, Packet
-from etool_sensor.pcap import read_flows
+from etool_sensor.capture.reader import read_flows
 from tests.conftest import NDPI, ZEEK_TRACES
 
 fast = pytest.importorskip("etool_sensor._fastpath")

@@ -61,7 +61,7 @@ def test_flights_do_not_move_with_the_mss_on_real_tls_flows():
     """On real TLS flows, a smaller MSS changes the packet sizes the size forest reads but not the flights'
     bytes (as far as the re-cut packets stay inside the record)."""
     from etool_sensor.evaluate import signed_sizes
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     checked = moved = 0
     for name in ("tls_verylong_certificate.pcap", "long_tls_certificate.pcap", "tls_long_cert.pcap", "chrome.pcap"):
@@ -89,7 +89,7 @@ def test_flights_do_not_move_with_the_mss_on_real_tls_flows():
 @pytest.mark.skipif(not NDPI.is_dir(), reason="shared data absent")
 def test_a_student_with_flights_exports_and_reads_them(tmp_path):
     pytest.importorskip("onnx")
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
     from tests.test_hello import student_reads_extra_input
 
     recs = list(read_flows(NDPI / "pcap" / "tls_verylong_certificate.pcap", FlowParams()))
@@ -123,7 +123,7 @@ def test_eval_rf_shape_and_student_flights(tmp_path, capsys):
 def test_encoded_flights_are_flights_scaled_on_real_flows():
     """encode()'s vectorised flt equals flights() scaled one element at a time, on every flow of 60 captures
     (the numbers the bundled forest was trained on)."""
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     recs = [r for p in sorted((NDPI / "pcap").glob("*.pcap*"))[::8] for r in read_flows(p)]
     assert len(recs) > 300

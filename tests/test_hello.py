@@ -71,7 +71,7 @@ def test_hello_tokens_server_first_then_client():
 def test_real_hellos_parse_and_a_student_exports_with_them(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     recs = []
     for p in sorted(PCAPS.glob("*.pcap"))[::4]:

@@ -19,7 +19,7 @@ TRACE = os.path.join(os.path.dirname(__file__), "..", "zeek-plugin", "testing", 
 
 def _hello_chunks():
     from etool_sensor.flows import FlowParams
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     r = next(iter(read_flows(TRACE, FlowParams(packets=8, hello_bytes=4096))))
     return r.payload[0].data, r.payload[1].data, r.payload[2].data
@@ -59,11 +59,11 @@ def test_validate_accepts_a_whole_hello_and_refuses_other_long_chunks():
 def test_readers_and_within_cut_by_the_same_rule(monkeypatch):
     """The compiled and the Python reader give the same records with hellos whole; a record read with H cut
     to a smaller window (FlowRecord.within) is the record read with that window."""
-    from etool_sensor import pcap
+    from etool_sensor.capture import native
     from etool_sensor.flows import FlowParams, chunk_length, hello_end
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
-    if not pcap.fast_path_available():
+    if not native.fast_path_available():
         pytest.skip("compiled reader not built")
     names = [PCAPS / n for n in ("chrome.pcap", "tls_verylong_certificate.pcap", "signal.pcap", "1kxun.pcap",
                                  "long_tls_certificate.pcap")]
@@ -85,7 +85,7 @@ def test_fingerprint_reads_codes_not_names():
     from etool_sensor.fingerprints import canonical, fingerprint, fingerprints
     from etool_sensor.flows import Chunk, FlowParams
     from etool_sensor.masking import mask_chunk
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     recs = list(read_flows(TRACE, FlowParams()))
     c = canonical(recs[0])
@@ -109,7 +109,7 @@ def test_flows_without_a_hello_are_keyed_by_their_opening_bytes():
     whatever follows, and never a hello's."""
     from etool_sensor.fingerprints import OPENING_BYTES, canonical, fingerprint
     from etool_sensor.flows import Chunk, FlowRecord
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     assert OPENING_BYTES == 2
     whatsapp = [r for r in read_flows(PCAPS / "whatsapp.pcap") if r.payload]
@@ -202,7 +202,7 @@ def test_compiled_hello_key_matches_python():
     if fast is None:
         pytest.skip("compiled extension not built")
     from etool_sensor.flows import FlowParams
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     files = sorted(PCAPS.glob("*.pcap*")) if PCAPS.is_dir() else [TRACE]
     chunks = [c.data for r in read_flows(files, FlowParams()) for c in r.payload

@@ -280,7 +280,7 @@ def test_eval_hybrid_on_the_app_column_is_the_student_plus_the_table():
     logits plus the app table, no forest): train/forest.Hybrid with forest None."""
     from etool_sensor.fingerprints import HelloTable, fingerprints
     from etool_sensor.flows import FlowParams
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
     from etool_sensor.runtime import softmax
     from etool_sensor.train.forest import Hybrid
 

@@ -22,7 +22,7 @@ WIDE = FlowParams(packets=32, payload_bytes=1500, payload_packets=3)
 
 def _sni_flows(limit_pcaps: int = 60):
     """(record, sni) for flows whose nDPI row names an SNI, from the first captures that have any."""
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     rows = defaultdict(dict)
     with open(NDPI / "labels.csv", newline="") as f:

@@ -14,7 +14,7 @@ import pytest
 
 from etool_sensor import masking
 from etool_sensor.flows import FlowParams
-from etool_sensor.pcap import read_flows
+from etool_sensor.capture.reader import read_flows
 from tests.conftest import NDPI, ZEEK_TRACES
 
 fast = pytest.importorskip("etool_sensor._fastpath")

@@ -27,7 +27,7 @@ needs_data = pytest.mark.skipif(not LABELS.is_file(), reason="shared/data not pr
 
 
 def _flows(names: list[str]):
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
 
     recs, ctxs = [], []
     for n in names:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from etool_sensor import pcap, runtime
+from etool_sensor import runtime
+from etool_sensor.capture import reader
+from etool_sensor.capture.shard import shard_owner
 from etool_sensor.cli import EXIT_INPUT, EXIT_INTERNAL, EXIT_TRUNCATED, main
 from etool_sensor.flows import make_uid
 from etool_sensor.zeeklog import read_ascii_log
@@ -46,8 +48,8 @@ def merged_shards(paths, n: int, checksums: bool):
     """read_shard for every shard, merged by key as the classify parent does: (records, conns, stats)."""
     streams, glob_stats, shard_stats = [], [], []
     for i in range(n):
-        st, sst = pcap.ReadStats(), pcap.ReadStats()
-        ev = list(pcap.read_shard(paths, (n, i), stats=st, shard_stats=sst, checksums=checksums, tick=97))
+        st, sst = reader.ReadStats(), reader.ReadStats()
+        ev = list(reader.read_shard(paths, (n, i), stats=st, shard_stats=sst, checksums=checksums, tick=97))
         keys = [k for k, _, _ in ev]
         assert keys == sorted(keys)  # watermarks (ticks) hold: no event below an earlier tick
         streams.append(ev)
@@ -55,28 +57,28 @@ def merged_shards(paths, n: int, checksums: bool):
         shard_stats.append(sst)
     # what every shard sees alike is counted alike
     assert all(dataclasses.asdict(s) == dataclasses.asdict(glob_stats[0]) for s in glob_stats)
-    evs = sorted((e for s in streams for e in s if e[1] != pcap.EV_TICK), key=lambda e: (e[0], e[1]))
+    evs = sorted((e for s in streams for e in s if e[1] != reader.EV_TICK), key=lambda e: (e[0], e[1]))
     uids, base, k = {}, None, 0
     recs, conns = [], []
     for _key, kind, obj in evs:
-        if kind == pcap.EV_NEW:
+        if kind == reader.EV_NEW:
             cid, b = obj
             base, k = (b, 0) if b != base else (base, k)
             k += 1
             uids[cid] = make_uid(base, k)
-        elif kind == pcap.EV_RECORD:
+        elif kind == reader.EV_RECORD:
             recs.append(dataclasses.replace(obj, uid=uids[obj.uid]))
         else:
             conns.append(dataclasses.replace(obj, uid=uids[obj.uid]))
     stats = glob_stats[0]
     for s in shard_stats:
         stats.add_counts(s)
-    return recs, conns, stats, [len([e for e in s if e[1] == pcap.EV_RECORD]) for s in streams]
+    return recs, conns, stats, [len([e for e in s if e[1] == reader.EV_RECORD]) for s in streams]
 
 
 def single(paths, checksums: bool):
-    st, conns = pcap.ReadStats(), []
-    recs = list(pcap.read_flows(paths, stats=st, on_conn=conns.append, checksums=checksums))
+    st, conns = reader.ReadStats(), []
+    recs = list(reader.read_flows(paths, stats=st, on_conn=conns.append, checksums=checksums))
     return recs, conns, st
 
 
@@ -113,15 +115,15 @@ def test_read_shard_equals_read_flows_on_zeek_traces(checksums: bool) -> None:
 
 
 def test_shard_owner_keeps_both_directions_and_the_client_together() -> None:
-    lsp = pcap.LIKELY_SERVER_PORTS["tcp"]
+    lsp = reader.LIKELY_SERVER_PORTS["tcp"]
     c, s1, s2 = bytes([192, 168, 1, 7]), bytes([8, 8, 8, 8]), bytes([1, 1, 1, 1])
     for n in (2, 3, 7):
-        own = pcap.shard_owner(c, s1, 50000, 443, lsp, n)
-        assert pcap.shard_owner(s1, c, 443, 50000, lsp, n) == own  # both directions
-        assert pcap.shard_owner(c, s2, 40000, 8443, lsp, n) == own  # the private client's other connection
+        own = shard_owner(c, s1, 50000, 443, lsp, n)
+        assert shard_owner(s1, c, 443, 50000, lsp, n) == own  # both directions
+        assert shard_owner(c, s2, 40000, 8443, lsp, n) == own  # the private client's other connection
         pub = bytes([5, 6, 7, 8])  # public client: not on a likely server port, else the higher port
-        assert pcap.shard_owner(pub, s1, 1030, 8080, lsp, n) == pcap.shard_owner(pub, s2, 61000, 443, lsp, n)
-        assert pcap.shard_owner(c, s1, -1, -1, (), n) == pcap.shard_owner(s1, c, -1, -1, (), n)
+        assert shard_owner(pub, s1, 1030, 8080, lsp, n) == shard_owner(pub, s2, 61000, 443, lsp, n)
+        assert shard_owner(c, s1, -1, -1, (), n) == shard_owner(s1, c, -1, -1, (), n)
 
 
 # ---------------------------------------------------------------------------------- classify N vs 1
@@ -137,8 +139,8 @@ def _client_split(rows, n: int = 2) -> set[str]:
     shards = defaultdict(set)
     for r in rows:
         a, b = ipaddress.ip_address(r["id.orig_h"]).packed, ipaddress.ip_address(r["id.resp_h"]).packed
-        lsp = pcap.LIKELY_SERVER_PORTS[r["proto"]]
-        shards[r["id.orig_h"]].add(pcap.shard_owner(a, b, int(r["id.orig_p"]), int(r["id.resp_p"]), lsp, n))
+        lsp = reader.LIKELY_SERVER_PORTS[r["proto"]]
+        shards[r["id.orig_h"]].add(shard_owner(a, b, int(r["id.orig_p"]), int(r["id.resp_p"]), lsp, n))
     return {h for h, s in shards.items() if len(s) > 1}
 
 

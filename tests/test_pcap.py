@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from etool_sensor import pcap as pcap_mod
+from etool_sensor.capture import native
 from etool_sensor.flows import FlowParams
-from etool_sensor.pcap import PcapError, ReadStats, read_flows
+from etool_sensor.capture.reader import PcapError, ReadStats, read_flows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 NDPI = SHARED / "data" / "ndpi" / "pcap"
@@ -61,7 +61,7 @@ def reader(request, monkeypatch):
     if request.param == "python":
         monkeypatch.setenv("ETOOL_PURE_PYTHON", "1")
     else:
-        if pcap_mod._fastpath is None:
+        if native._fastpath is None:
             pytest.skip("C extension not built")
         monkeypatch.delenv("ETOOL_PURE_PYTHON", raising=False)
     return request.param

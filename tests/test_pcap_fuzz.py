@@ -7,7 +7,7 @@ import tracemalloc
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from etool_sensor.pcap import PcapError, ReadStats, read_flows
+from etool_sensor.capture.reader import PcapError, ReadStats, read_flows
 import sys
 from pathlib import Path
 

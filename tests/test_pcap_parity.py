@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from etool_sensor.pcap import read_flows, ReadStats
+from etool_sensor.capture.reader import read_flows, ReadStats
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BASE = SHARED / "reference" / "zeek-conn-baselines"

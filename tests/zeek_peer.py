@@ -349,8 +349,8 @@ def default_captures(n: int = 12) -> list[Path]:
 
 def flows_from_captures(paths: Iterable[Path] | None = None, limit: int | None = None,
                         params: FlowParams = FlowParams()) -> list[FlowRecord]:
-    """FlowRecords from real captures via etool_sensor.pcap.read_flows (the offline reader)."""
-    from etool_sensor.pcap import PcapError, read_flows
+    """FlowRecords from real captures via etool_sensor.capture.reader.read_flows (the offline reader)."""
+    from etool_sensor.capture.reader import PcapError, read_flows
 
     out: list[FlowRecord] = []
     seen: set[str] = set()

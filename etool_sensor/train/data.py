@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 from ..context import Context, ContextTracker
 from ..flows import FlowParams, FlowRecord
-from ..pcap import PcapError, read_flows
+from ..capture.reader import PcapError, read_flows
 
 Key = tuple[str, frozenset]
 
