@@ -164,7 +164,7 @@ def _window_names(data_dir, labels_csv, captures) -> tuple[int, list, list]:
     """(flows with a known name, leaks before masking, leaks after): a leak is a known name of the flow found in
     the bytes the bundled model reads of it (features.encode's `byt`, the 64-byte windows of its first chunks)."""
     from etool_sensor.features import FeatureSpec, encode
-    from etool_sensor.pcap import read_flows
+    from etool_sensor.capture.reader import read_flows
     from etool_sensor.runtime import model_window
 
     manifest = json.loads((Path(etool_sensor.__file__).parent / "models/default/manifest.json").read_text())
