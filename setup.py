@@ -1,8 +1,8 @@
-"""Build glue for the one optional C extension; all metadata lives in setup.cfg.
+"""Build glue: the package layout and the one optional C extension; the other metadata lives in setup.cfg.
 
-etool_sensor/_fastpath.c is the compiled packet path of etool_sensor/capture/ (glue: capture/native.py). It is
-optional: without a C compiler the install still succeeds and capture/ reads captures in pure Python (same
-results, slower).
+etool_sensor/_fastpath.c holds the compiled twins of the hot Python functions (the capture reader, the flow
+frame decoder, masking, model arrays). It is optional: without a C compiler the install still succeeds and
+the Python references do the work (same results, slower).
 """
 
 from setuptools import Extension, find_packages, setup

@@ -1,13 +1,18 @@
-/* Compiled packet path for etool_sensor.pcap: pcap/pcapng records -> Zeek-like connections -> flow records.
+/* The compiled twins of etool's hot Python functions, one extension so an install builds one thing.
  *
- * A line-by-line port of pcap.py's Ethernet decoding and _Tracker (TCP/UDP session semantics, Zeek's
- * timers, conn.log counters, FlowCollector). pcap.py stays the reference: tests/test_fastpath.py checks
- * that both give identical records, summaries and counters on every shared capture. Python keeps what
- * is rare or cheap per flow: IP fragment reassembly (the engine stops at a fragment and pcap.py's code
- * reassembles it and hands the packet back), uids and address strings.
+ *   - the capture reader (Engine): pcap/pcapng records -> Zeek-like connections -> flow records, a port of
+ *     capture/ (linklayer, ip, tcp, conntrack; native.py is the glue), checked by tests/test_fastpath.py on
+ *     every shared capture. Python keeps what is rare or cheap per flow: IP fragment reassembly (the engine
+ *     stops at a fragment, capture/ip.py reassembles it and hands the packet back), uids, address strings;
+ *   - flow_frame: zeek/wire.py's text decoder of an ETooL::flow frame (tests/test_zeekws_fast.py);
+ *   - mask_chunk: masking.py's name masking of one payload chunk (tests/test_masking_fast.py);
+ *   - encode_arrays: features.py's model input arrays (tests/test_features_fast.py);
+ *   - hello_key: fingerprints.py's packed hello fields (tests/test_hello_fields.py);
+ *   - tsv_row: zeeklog.py's TSV row (tests/test_zeeklog.py); uid_text: flows.py's uid text.
  *
- * Why: per packet the Python reader spends ~5 us building bytes keys, struct tuples and dict lookups;
- * here a packet costs well under a microsecond, and Python only runs once per finished flow.
+ * Each Python function stays the reference and the fallback; compiled.py hands the twins out, and
+ * ETOOL_PURE_PYTHON=1 turns all of them off. Why C: per packet the Python reader spends ~5 us building
+ * bytes keys, struct tuples and dict lookups; here a packet costs well under a microsecond.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,7 +28,7 @@ enum { INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET };
 #define F_ACK 0x10
 #define CLOSE_FLAGS (F_SYN | F_FIN | F_RST)
 
-/* ZeekTimeouts defaults (pcap.py) */
+/* ZeekTimeouts defaults (capture/) */
 #define TCP_INACTIVITY 300.0
 #define UDP_INACTIVITY 60.0
 #define TCP_ATTEMPT_DELAY 5.0
@@ -43,7 +48,7 @@ typedef struct {
 } Pkt;
 
 typedef struct Conn {
-    struct Conn *prev, *next; /* live connections in creation order (pcap.py's dict order) */
+    struct Conn *prev, *next; /* live connections in creation order (capture/'s dict order) */
     uint64_t ordinal;
     int tcp;
     double ts0, last, pkt_t;
@@ -87,7 +92,7 @@ typedef struct {
     PyObject *packet_cls, *chunk_cls;
     /* pcap */
     int swap, started, linktype;
-    /* pcapng: per-section interfaces (all Ethernet: pcap.py checks with a scan first), SPB timestamps */
+    /* pcapng: per-section interfaces (all Ethernet: capture/ checks with a scan first), SPB timestamps */
     int ng, scan_only, scan_bad, ng_section;
     struct Iface { double scale, toff; uint32_t snap; int lt; } *ifaces;
     int n_ifaces, cap_ifaces;
@@ -109,7 +114,7 @@ typedef struct {
     long long packets, bytes, non_ip, malformed, fragments, bad_checksums;
     /* counters of this shard's packets (ReadStats of read_shard's shard_stats; the same object unsharded) */
     long long s_flows, s_malformed, s_bad_checksums, s_non_tcp_udp;
-    /* sharded reading (pcap.read_shard): keep connections whose shard_owner is me; gi = global packet index */
+    /* sharded reading (capture.reader.read_shard): keep connections whose shard_owner is me; gi = global packet index */
     int shard_n, shard_me;
     long long gi;
     int phase; /* of the events being emitted: 0 packet, 1 sweep after it, 2 end of file */
@@ -133,7 +138,7 @@ static inline uint32_t rd32(const Engine *e, const uint8_t *p) {
 }
 static inline long long seq_delta(uint32_t a, uint32_t b) { return (long long)(int32_t)(a - b); }
 
-/* zlib.crc32 (IEEE 802.3), for pcap.shard_owner */
+/* zlib.crc32 (IEEE 802.3), for capture.shard.shard_owner */
 static uint32_t crc_table[256];
 static void crc_init(void) {
     for (uint32_t i = 0; i < 256; i++) {
@@ -486,7 +491,7 @@ static int finish(Engine *e, Conn *c) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* connection lifecycle (pcap.py _Tracker) */
+/* connection lifecycle (capture/ _Tracker) */
 
 static Conn *new_conn(Engine *e, const uint8_t *key, const uint8_t *rkey, int klen, int tcp, double ts,
                       const uint8_t *src, int sp, const uint8_t *dst, int dp, int alen, int flip) {
@@ -886,7 +891,7 @@ static int collect(Engine *e, Conn *c, double ts, int is_orig, uint32_t ip_len, 
     return 0;
 }
 
-/* pcap.shard_owner(...) == me for a packet (sharded reading only; _Tracker._mine) */
+/* capture.shard.shard_owner(...) == me for a packet (sharded reading only; _Tracker._mine) */
 static int mine(const Engine *e, int proto, const uint8_t *src, const uint8_t *dst, int alen, const uint8_t *buf,
                 size_t t, size_t cap_end) {
     uint32_t h;
@@ -1009,7 +1014,7 @@ static int transport(Engine *e, double ts, const uint8_t *buf, size_t t, size_t 
     return 0;
 }
 
-/* fragments go back to pcap.py's reassembly; the engine records the pending one and returns */
+/* fragments go back to capture/'s reassembly; the engine records the pending one and returns */
 static int frag4(Engine *e, double ts, const uint8_t *buf, size_t o, size_t end, int ihl, int tot, size_t cap_end,
                  int ident, int frag, int proto) {
     e->frag = Py_BuildValue("(idy#iiniiiy#y#)", 4, ts, buf + o, (Py_ssize_t)(end - o), ihl, tot,
@@ -1090,7 +1095,7 @@ static int ip6(Engine *e, double ts, const uint8_t *buf, size_t o, size_t end) {
     return 0;
 }
 
-/* pcap.py _dispatch for LT_EN10MB */
+/* capture/ _dispatch for LT_EN10MB */
 static int ether(Engine *e, double ts, const uint8_t *buf, size_t o, size_t end) {
     if (end < o + 14) { e->malformed++; return 0; }
     int et = (buf[o + 12] << 8) | buf[o + 13];
@@ -1149,7 +1154,7 @@ static int ether(Engine *e, double ts, const uint8_t *buf, size_t o, size_t end)
     }
 }
 
-/* every link type of pcap.py _dispatch (SUPPORTED_LINKTYPES): Ethernet, Linux cooked (SLL, SLL2), raw IP,
+/* every link type of capture/ _dispatch (SUPPORTED_LINKTYPES): Ethernet, Linux cooked (SLL, SLL2), raw IP,
    BSD loopback (NULL, LOOP), PPP, 802.11 and radiotap */
 static int link_supported(int lt) {
     return lt == 1 || lt == 113 || lt == 276 || lt == 101 || lt == 12 || lt == 14 || lt == 228 || lt == 229 ||
@@ -1247,7 +1252,7 @@ static inline uint16_t rd16(const Engine *e, const uint8_t *p) {
     return e->swap ? __builtin_bswap16(v) : v;
 }
 
-/* one captured packet of a pcapng file: pcap.py _read_one's loop body */
+/* one captured packet of a pcapng file: capture/ _read_one's loop body */
 static int ng_packet(Engine *e, int lt, double ts, size_t d, size_t end) {
     e->gi++;
     e->last_ts = ts;
@@ -1261,8 +1266,8 @@ static int ng_packet(Engine *e, int lt, double ts, size_t d, size_t end) {
     return post_packet(e, ts);
 }
 
-/* pcap.py _iter_pcapng. scan_only: walk the blocks and note (scan_bad) anything this port does not do
-   exactly as pcap.py does: an interface of another link type, interface options past their block */
+/* capture/ _iter_pcapng. scan_only: walk the blocks and note (scan_bad) anything this port does not do
+   exactly as capture/ does: an interface of another link type, interface options past their block */
 static int run_ng(Engine *e) {
     while (!e->stopped && e->len - e->pos >= 12) {
         const uint8_t *h = e->buf + e->pos;
@@ -1270,7 +1275,7 @@ static int run_ng(Engine *e) {
             if (memcmp(h + 8, "\x4d\x3c\x2b\x1a", 4) == 0) e->swap = 0;
             else if (memcmp(h + 8, "\x1a\x2b\x3c\x4d", 4) == 0) e->swap = 1;
             else {
-                if (!e->ng_section) e->scan_bad = 1; /* pcap.py raises PcapError: let it */
+                if (!e->ng_section) e->scan_bad = 1; /* capture/ raises PcapError: let it */
                 e->truncated = 1;
                 e->stopped = 1;
                 return 0;
@@ -1338,7 +1343,7 @@ static int run_ng(Engine *e) {
                     if (code == 0) break;
                     size_t v = q + 4;
                     if ((code == 9 && olen >= 1 && v + 1 > bend) || (code == 14 && olen >= 8 && v + 8 > bend))
-                        e->scan_bad = 1; /* pcap.py would read the next block's bytes here */
+                        e->scan_bad = 1; /* capture/ would read the next block's bytes here */
                     else if (code == 9 && olen >= 1) {
                         int rr = e->buf[v];
                         f.scale = rr & 0x80 ? ldexp(1.0, -(rr & 0x7F)) : pow(10.0, -(double)rr);
@@ -1505,7 +1510,7 @@ static PyObject *Engine_inject(Engine *e, PyObject *args) {
     if (ver == 4) {
         r = ip4(e, ts, buf, 0, n, 1);
     } else if (n < 40 || p < 40 || (size_t)p > n) {
-        r = 0; /* not a reassembled IPv6 packet (callers pass pcap.py's) */
+        r = 0; /* not a reassembled IPv6 packet (callers pass capture/'s) */
     } else if (e->shard_n && !mine(e, nxt, buf + 8, buf + 24, 16, buf, (size_t)p, n)) {
         r = 0;
     } else if (nxt == 6 || nxt == 17) {
@@ -2840,14 +2845,14 @@ static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "etool_sensor._fastpath.Engine",
     .tp_basicsize = sizeof(Engine),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Compiled pcap.py reader for pcap and pcapng (see pcap.py)",
+    .tp_doc = "Compiled capture reader for pcap and pcapng (see etool_sensor/capture/)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Engine_init,
     .tp_dealloc = (destructor)Engine_dealloc,
     .tp_methods = Engine_methods,
 };
 
-static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath", "Compiled packet path of pcap.py", -1,
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath", "Compiled twins of etool_sensor's hot Python functions", -1,
                                       module_methods};
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
@@ -2856,8 +2861,8 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (PyType_Ready(&EngineType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
-    /* pcap.py's _FASTPATH_ABI: a module left from an older build (a failed optional rebuild keeps the old
-       file) is not used with a newer pcap.py */
+    /* capture/'s _FASTPATH_ABI: a module left from an older build (a failed optional rebuild keeps the old
+       file) is not used with a newer capture/ */
     if (PyModule_AddIntConstant(m, "ABI", 7) < 0) {
         Py_DECREF(m);
         return NULL;
