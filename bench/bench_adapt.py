@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from etool_sensor.train import adapt as A  # noqa: E402
+from etool_sensor.train import adapted_package, local_fit as A  # noqa: E402
 from etool_sensor.evaluate import SizeBaseline  # noqa: E402
 from etool_sensor.runtime import load_model, model_window  # noqa: E402
 from etool_sensor.train.data import load_labelled  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> int:
             t = time.time()
             parts = A.fit_parts(model, lf, tr, seed=a.seed)
             with tempfile.TemporaryDirectory() as tmp:
-                A.write_package(model, parts, lf, Path(tmp) / "pkg", lineage={"local_sha256": "0" * 64,
+                adapted_package.write_package(model, parts, lf, Path(tmp) / "pkg", lineage={"local_sha256": "0" * 64,
                                                                              "captures": len(train)})
                 adapted = load_model(Path(tmp) / "pkg", threads=2)
                 fit_s = time.time() - t
