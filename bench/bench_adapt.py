@@ -1,7 +1,7 @@
 """The adapt protocol of docs/adapt.md ("How well it works"): for each other-network set, split its captures into
 two halves by file (fixed seed), adapt the base package on one half with that half's labels, score the other half
 (encrypted flows: service macro-F1 over classes with >= 5 flows, accuracy), and the other way round. In the same
-run it scores the base package and a random forest on the first 20 signed packet sizes (evaluate.SizeBaseline
+run it scores the base package and a random forest on the first 20 signed packet sizes (lab.baselines.SizeBaseline
 "rf") trained on nDPI's set plus the adapting half, encrypted flows, the same labels.
 
     python bench/bench_adapt.py ../shared/data/more ../shared/data/zeek-traces [--ndpi ../shared/data/ndpi]
@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from etool_sensor.lab.baselines import SizeBaseline  # noqa: E402
 from etool_sensor.train import adapted_package, local_fit as A  # noqa: E402
-from etool_sensor.evaluate import SizeBaseline  # noqa: E402
 from etool_sensor.runtime import load_model, model_window  # noqa: E402
 from etool_sensor.train.data import load_labelled  # noqa: E402
 

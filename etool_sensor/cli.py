@@ -51,7 +51,7 @@ LAZY: dict[str, LazyCommand] = {
     "serve": LazyCommand(("etool_sensor.sensor.serve",), "add_serve_arguments", "serve_main",
                          "classify flows sent by Zeek over its WebSocket API (the sensor daemon)", "",
                          takes_config=True),
-    "eval": LazyCommand(("etool_sensor.evaluate",), "add_eval_arguments", "eval_main",
+    "eval": LazyCommand(("etool_sensor.lab.cli",), "add_eval_arguments", "eval_main",
                         "score a model against labelled captures"),
     "train": LazyCommand(("etool_sensor.train.cli",), "add_train_arguments", "train_main",
                          "train a model (needs the train extra)", "train"),

@@ -327,14 +327,17 @@ def test_subcommand_missing_dependency_names_the_extra(monkeypatch, tmp_path: Pa
     assert_one_line_error(err, "definitely_not_installed_xyz", "pip install '.[train]'")
 
 
-def test_train_on_the_base_install_says_what_to_install(monkeypatch, capsys) -> None:
-    """train imports torch only once it runs: without it, one line naming the extra, exit 2."""
+def test_train_on_the_base_install_says_what_to_install(tmp_path: Path) -> None:
+    """train imports torch only once it runs: without it, one line naming the extra, exit 2. A fresh process,
+    so that no earlier test has imported torch or the training modules already."""
+    import subprocess
     import sys
 
-    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as on `pip install .`
-    rc, _, err = run(["train", "--data", "x", "--labels", "y", "--out", "z"], capsys)
-    assert rc == EXIT_INPUT
-    assert_one_line_error(err, "'train' needs the Python module 'torch'", "pip install '.[train]'")
+    code = ("import sys; sys.modules['torch'] = None\n"  # `import torch` fails, as on `pip install .`
+            "from etool_sensor.cli import main; sys.exit(main(['train', '--data', 'x', '--labels', 'y', '--out', 'z']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == EXIT_INPUT, r.stderr
+    assert_one_line_error(r.stderr, "'train' needs the Python module 'torch'", "pip install '.[train]'")
 
 
 def test_lazy_subcommand_is_dispatched(monkeypatch, tmp_path: Path, capsys) -> None:

@@ -10,8 +10,10 @@ import pytest
 
 from conftest import NDPI
 
-from etool_sensor import evaluate as E
-from etool_sensor import scoring as S
+from etool_sensor.lab import runner as R
+from etool_sensor.lab import scoring as S
+from etool_sensor.lab import splits as SP
+from etool_sensor.lab import teacher_logits as TL
 
 PCAPS = ["whatsapp.pcap", "discord.pcap", "avast_securedns.pcapng", "avast.pcap", "alicloud.pcap",
          "softether.pcap", "tunnelbear.pcap", "telegram.pcap", "signal.pcap", "viber.pcap", "webex.pcap"]
@@ -83,7 +85,7 @@ class _DS(SimpleNamespace):
 
 
 def test_bootstrap_macro_f1_is_metrics_and_its_intervals_behave():
-    from etool_sensor.scoring import _macro_f1_min5_codes, bootstrap_vs
+    from etool_sensor.lab.scoring import _macro_f1_min5_codes, bootstrap_vs
 
     rng = np.random.default_rng(1)
     labs = list("ABCDEFG")
@@ -107,9 +109,9 @@ def test_bootstrap_macro_f1_is_metrics_and_its_intervals_behave():
 def test_splits_disjoint_and_reproducible():
     f = _fake()
     ds = _DS(labels=f.labels, service=f.service, app=f.app, pcap=f.pcap, records=f.records)
-    a = E.make_splits(ds, E.SPLITS, seed=3)
-    b = E.make_splits(ds, E.SPLITS, seed=3)
-    for name in E.SPLITS:
+    a = SP.make_splits(ds, SP.SPLITS, seed=3)
+    b = SP.make_splits(ds, SP.SPLITS, seed=3)
+    for name in SP.SPLITS:
         tr, te = set(a[name]["train"].tolist()), set(a[name]["test"].tolist())
         assert tr and te and not tr & te and tr | te <= set(range(len(ds)))
         assert np.array_equal(a[name]["test"], b[name]["test"])
@@ -132,7 +134,7 @@ def test_splits_disjoint_and_reproducible():
 def test_capture_folds_partition_captures():
     f = _fake(n_pcaps=11, per=7)
     ds = _DS(labels=f.labels, service=f.service, app=f.app, pcap=f.pcap, records=f.records)
-    folds = E.capture_folds(ds, 4, seed=2)
+    folds = SP.capture_folds(ds, 4, seed=2)
     assert len(folds) == 4
     every = np.concatenate(folds)
     assert sorted(every.tolist()) == list(range(len(ds)))  # each flow tested exactly once
@@ -142,16 +144,16 @@ def test_capture_folds_partition_captures():
             assert not caps[i] & caps[j]  # a capture never straddles two folds
     sizes = sorted(len(f_) for f_ in folds)
     assert sizes[-1] - sizes[0] <= 7  # balanced to within one capture
-    again = E.capture_folds(ds, 4, seed=2)
+    again = SP.capture_folds(ds, 4, seed=2)
     assert all(np.array_equal(a, b) for a, b in zip(folds, again))
     with pytest.raises(ValueError):
-        E.capture_folds(ds, 12)
+        SP.capture_folds(ds, 12)
 
 
 def test_iid_folds_partition_and_stratify():
     f = _fake(n_pcaps=11, per=7)
     ds = _DS(labels=f.labels, service=f.service, app=f.app, pcap=f.pcap, records=f.records)
-    folds = E.iid_folds(ds, 4, seed=2)
+    folds = SP.iid_folds(ds, 4, seed=2)
     assert sorted(np.concatenate(folds).tolist()) == list(range(len(ds)))  # each flow tested exactly once
     counts = {c: ds.labels.count(c) for c in set(ds.labels)}
     for c, n in counts.items():
@@ -159,15 +161,15 @@ def test_iid_folds_partition_and_stratify():
         assert max(per_fold) - min(per_fold) <= 1, (c, per_fold)  # stratified: every class spread evenly
     assert any(len({ds.pcap[i] for i in f_} & {ds.pcap[i] for i in g}) for f_ in folds for g in folds
                if f_ is not g)  # unlike capture folds, captures straddle folds
-    assert all(np.array_equal(a, b) for a, b in zip(folds, E.iid_folds(ds, 4, seed=2)))
-    assert not all(np.array_equal(a, b) for a, b in zip(folds, E.iid_folds(ds, 4, seed=3)))
+    assert all(np.array_equal(a, b) for a, b in zip(folds, SP.iid_folds(ds, 4, seed=2)))
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, SP.iid_folds(ds, 4, seed=3)))
     with pytest.raises(ValueError):
-        E.iid_folds(ds, 1)
+        SP.iid_folds(ds, 1)
 
 
 @pytest.fixture(scope="module")
 def eval_run(shared, tmp_path_factory):
-    from etool_sensor.evaluate import main
+    from etool_sensor.lab.cli import main
 
     out = tmp_path_factory.mktemp("eval")
     rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--label-column", "category",
@@ -210,7 +212,7 @@ def test_eval_cli_contract(eval_run):
         ratio = kf["methods"]["knn"]["macro_f1_min5"] / kf["methods"]["rf"]["macro_f1_min5"]
         assert vs["ratio"] == pytest.approx(ratio, abs=1e-3)
         assert vs["ratio_ci95"][0] <= vs["ratio_ci95"][1] and vs["diff_ci95"][0] <= vs["diff"] + 1e-9
-        hr = kf["headroom"]  # what the folds leave learnable (headroom.py), beside the methods
+        hr = kf["headroom"]  # what the folds leave learnable (lab/headroom.py), beside the methods
         assert sum(c["support"] for c in hr["classes"].values()) == r["flows"]
         assert 0.0 <= hr["fingerprint_with_label"] <= hr["label_in_training"] <= 1.0
         kf_unseen[name + "_fp"] = hr["fingerprint_with_label"]
@@ -244,14 +246,14 @@ def test_real_capture_split_disjoint(shared):
     from etool_sensor.train.data import load_labelled
 
     ds = load_labelled(NDPI / "pcap", NDPI / "labels.csv", encrypted_only=True, pcaps=PCAPS)
-    sp = E.make_splits(ds, ["capture", "unseen_app"], seed=0)
+    sp = SP.make_splits(ds, ["capture", "unseen_app"], seed=0)
     assert not {ds.pcap[i] for i in sp["capture"]["train"]} & {ds.pcap[i] for i in sp["capture"]["test"]}
     held = {ds.app[i] for i in sp["unseen_app"]["test"]}
     assert held and not held & {ds.app[i] for i in sp["unseen_app"]["train"]}
 
 
 def test_eval_rejects_bad_student_config(shared, tmp_path, capsys):
-    from etool_sensor.evaluate import main
+    from etool_sensor.lab.cli import main
 
     base = ["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(tmp_path / "r.json"),
             "--no-model", "--pcaps", ",".join(PCAPS[:2])]
@@ -293,7 +295,7 @@ def test_eval_and_train_refuse_bad_labels_and_data_in_one_line(shared, tmp_path,
 
 def test_eval_no_model_needs_splits(shared, tmp_path, capsys):
     """--no-model alone would evaluate nothing: refused before any work, no JSON that looks like a score."""
-    from etool_sensor.evaluate import main
+    from etool_sensor.lab.cli import main
 
     out = tmp_path / "r.json"
     rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
@@ -307,7 +309,7 @@ def test_eval_unlabelled_captures_join_the_students_ssl(shared, tmp_path, capsys
     """--unlabelled DIR: the student's self-supervised stage sees the split's training flows plus those captures."""
     import shutil
 
-    from etool_sensor.evaluate import main
+    from etool_sensor.lab.cli import main
     from etool_sensor.train.data import load_unlabelled
 
     extra = tmp_path / "extra"
@@ -335,7 +337,7 @@ def test_eval_unlabelled_captures_join_the_students_ssl(shared, tmp_path, capsys
 def test_eval_rf_hello_reads_whole_hellos(shared, tmp_path, capsys):
     """rf_hello (the forest with the TLS handshake structure) runs beside rf on flows read with whole hellos;
     asking for less than the payload window is refused."""
-    from etool_sensor.evaluate import main
+    from etool_sensor.lab.cli import main
 
     out = tmp_path / "h.json"
     args = ["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
@@ -364,7 +366,7 @@ def test_capture_draw_weighs_captures_not_flows():
 
 def test_eval_capture_balanced_student_runs(shared, tmp_path, capsys):
     """student_capbal (student_no_llm drawing flows per capture, an experiment) is measured beside it."""
-    from etool_sensor.evaluate import main
+    from etool_sensor.lab.cli import main
 
     out = tmp_path / "c.json"
     rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
@@ -386,22 +388,22 @@ def test_teacher_cache_is_reused_only_for_the_same_training_flows(shared, tmp_pa
     z = np.random.default_rng(0).normal(size=(len(ds), len(labels))).astype(np.float32)
     teacher = SimpleNamespace(labels=labels, predict_logits=lambda records, contexts=None: z[:len(records)])
     path = tmp_path / "teacher_category_capture_kfold0_seed0.npz"
-    E.save_teacher_logits(path, ds, teacher, E.training_key(a))
-    assert E.training_key(a) == E.training_key(ds.subset(list(range(len(ds) // 2))[::-1]))  # order-free
-    got = E.load_cached_teacher(ds, path, E.training_key(a))
+    TL.save_teacher_logits(path, ds, teacher, TL.training_key(a))
+    assert TL.training_key(a) == TL.training_key(ds.subset(list(range(len(ds) // 2))[::-1]))  # order-free
+    got = TL.load_cached_teacher(ds, path, TL.training_key(a))
     assert got is not None and got.labels == labels
     np.testing.assert_allclose(got.predict_logits(b.records), z[len(ds) // 2:].astype(np.float16), rtol=0, atol=0)
-    assert E.load_cached_teacher(ds, path, E.training_key(b)) is None  # trained on other flows
-    assert E.load_cached_teacher(ds, path) is not None  # no key asked: the old contract (train --teacher-cache)
+    assert TL.load_cached_teacher(ds, path, TL.training_key(b)) is None  # trained on other flows
+    assert TL.load_cached_teacher(ds, path) is not None  # no key asked: the old contract (train --teacher-cache)
     old = tmp_path / "old.npz"  # a cache written before keys (the GPU run's files) still loads
-    E.save_teacher_logits(old, ds, teacher)
-    assert E.load_cached_teacher(ds, old, E.training_key(b)) is not None
+    TL.save_teacher_logits(old, ds, teacher)
+    assert TL.load_cached_teacher(ds, old, TL.training_key(b)) is not None
 
 
 def test_kfold_repeats_keep_repeat_zero_and_share_the_teacher(shared, tmp_path, monkeypatch, capsys):
     """--repeats R retrains the students and forests with R model seeds on the same folds: repeat 0 is the
     run without --repeats, the spread is reported, and each fold's teacher is trained once, not R times."""
-    from etool_sensor.evaluate import main
+    from etool_sensor.lab.cli import main
     import etool_sensor.train.teacher as T
 
     calls = []
@@ -462,8 +464,8 @@ def test_numpy_metrics_match_sklearn_on_the_shipped_models_verdicts(shared):
     from conftest import ZEEK_TRACES
 
     ds = load_labelled(ZEEK_TRACES, ZEEK_TRACES / "labels.csv", encrypted_only=True)  # a network it never saw
-    m = E.evaluate_model(ds, None, "category")
-    y, p = E._label_of(ds, "category"), m["_pred"]
+    m = R.evaluate_model(ds, None, "category")
+    y, p = SP.label_of(ds, "category"), m["_pred"]
     assert set(p) - set(y), "the model should predict a label the test set lacks, to check it counts"
     true = sorted(set(y))
     assert m["macro_f1"] == pytest.approx(f1_score(y, p, labels=true, average="macro", zero_division=0))
@@ -518,21 +520,21 @@ def test_capture_groups_keep_servers_and_clients_in_one_fold(ndpi_encrypted):
     """On nDPI's encrypted flows: no server endpoint and no client of one day spans two capture folds, and the
     captures cut from shared recordings end up together."""
     ds = ndpi_encrypted
-    group = E.capture_groups(ds)
+    group = SP.capture_groups(ds)
     of = dict(zip(ds.pcap, group))
     assert of["reddit.pcap"] == of["tumblr.pcap"] == of["pinterest.pcap"]  # 11 shared 5-tuples, one client
     assert of["openvpn.pcap"] == of["openvpn_nohmac.pcapng"] == of["openvpn_nohmac_tcp.pcapng"]
     assert of["dnscrypt-v1-and-resolver-pings.pcap"] == of["dnscrypt-v2-doh.pcap"]
-    folds = E.capture_folds(ds, 5, seed=0)
+    folds = SP.capture_folds(ds, 5, seed=0)
     fold = np.empty(len(ds), int)
     for k, te in enumerate(folds):
         fold[te] = k
     assert sorted(np.concatenate(folds).tolist()) == list(range(len(ds)))
     servers, clients, span = {}, {}, {}
     for i, r in enumerate(ds.records):
-        if E._identifies(r.resp_h):
+        if SP._identifies(r.resp_h):
             servers.setdefault((r.resp_h, r.resp_p, r.proto), set()).add(fold[i])
-        if E._identifies(r.orig_h):
+        if SP._identifies(r.orig_h):
             clients.setdefault(r.orig_h, {}).setdefault(ds.pcap[i], fold[i])
         lo, hi = span.get(ds.pcap[i], (r.ts, r.ts))
         span[ds.pcap[i]] = (min(lo, r.ts), max(hi, r.ts))
@@ -542,7 +544,7 @@ def test_capture_groups_keep_servers_and_clients_in_one_fold(ndpi_encrypted):
         for a in caps:
             for b in caps:
                 clocks = all(span[c][0] > 946684800 and span[c][1] - span[c][0] <= 30 * 86400 for c in (a, b))
-                if a < b and clocks and max(span[a][0], span[b][0]) - min(span[a][1], span[b][1]) <= E.CLIENT_WINDOW:
+                if a < b and clocks and max(span[a][0], span[b][0]) - min(span[a][1], span[b][1]) <= SP.CLIENT_WINDOW:
                     day += 1
                     assert caps[a] == caps[b], (a, b)
     assert day > 10

@@ -60,7 +60,7 @@ def _resegment(r: FlowRecord, mss: int) -> FlowRecord:
 def test_flights_do_not_move_with_the_mss_on_real_tls_flows():
     """On real TLS flows, a smaller MSS changes the packet sizes the size forest reads but not the flights'
     bytes (as far as the re-cut packets stay inside the record)."""
-    from etool_sensor.evaluate import signed_sizes
+    from etool_sensor.lab.baselines import signed_sizes
     from etool_sensor.capture.reader import read_flows
 
     checked = moved = 0
@@ -103,7 +103,7 @@ def test_a_student_with_flights_exports_and_reads_them(tmp_path):
 @pytest.mark.skipif(not NDPI.is_dir(), reason="shared data absent")
 def test_eval_rf_shape_and_student_flights(tmp_path, capsys):
     """rf_shape runs beside rf; --flights reaches the students' features and is bounded by the record."""
-    from etool_sensor.evaluate import main
+    from etool_sensor.lab.cli import main
 
     out = tmp_path / "s.json"
     args = ["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),

@@ -1,4 +1,4 @@
-"""headroom.py: what capture folds leave learnable, checked on real nDPI captures where the answer is known."""
+"""lab/headroom.py: what capture folds leave learnable, checked on real nDPI captures where the answer is known."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from conftest import NDPI
 
-from etool_sensor.headroom import dataset_headroom, headroom, headroom_lines
+from etool_sensor.lab.headroom import dataset_headroom, headroom, headroom_lines
 
 # WhatsApp chat in three captures: the two login captures open with the old `WA` handshake, whatsapp.pcap's 86
 # connections with the newer `ED` one; zug.pcap is the only capture of Crypto_Currency.
@@ -51,7 +51,7 @@ def test_a_class_seen_in_one_capture_only_has_nothing_in_training(ds):
 
 
 def test_random_folds_leave_more_learnable_than_capture_folds(ds):
-    from etool_sensor.evaluate import iid_folds
+    from etool_sensor.lab.splits import iid_folds
 
     cap = dataset_headroom(ds, by_capture(ds))
     iid = dataset_headroom(ds, iid_folds(ds, 4, seed=0))

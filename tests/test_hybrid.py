@@ -242,7 +242,7 @@ def test_hybrid_rewrite_refusals(hybrid_package, quick_package, tmp_path, capsys
 
 @needs_data
 def test_eval_hybrid_trains_its_student_once(tmp_path, capsys):
-    from etool_sensor.evaluate import main
+    from etool_sensor.lab.cli import main
 
     out = tmp_path / "h.json"
     pcaps = "tls_verylong_certificate.pcap,chrome.pcap,quic.pcap,dnscrypt-v2.pcap,signal.pcap,teams.pcap,1kxun.pcap"

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAB = ("etool_sensor.train", "etool_sensor.evaluate", "etool_sensor.headroom", "etool_sensor.export")
+LAB = ("etool_sensor.train", "etool_sensor.lab", "etool_sensor.export")
 #: directory -> the package name it installs as (setup.py maps the checkout's export/ to etool_sensor.export)
 PACKAGES = {"etool_sensor": "etool_sensor", "export": "etool_sensor.export"}
 

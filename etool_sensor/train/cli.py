@@ -44,7 +44,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="etool-student")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--teacher-cache", help="npz of teacher logits (evaluate.save_teacher_logits format: ids, "
+    p.add_argument("--teacher-cache", help="npz of teacher logits (lab.teacher_logits.save_teacher_logits format: ids, "
                    "logits, labels) for the training flows, instead of training a teacher here")
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
 
@@ -129,7 +129,7 @@ def train_main(args: argparse.Namespace) -> int:
     # teacher (engineer T's SmolLM2 teacher) when available
     teacher, teacher_info = None, {"used": False}
     if args.teacher_cache:
-        from etool_sensor.evaluate import load_cached_teacher
+        from etool_sensor.lab.teacher_logits import load_cached_teacher
         teacher = load_cached_teacher(train, Path(args.teacher_cache))
         if teacher is None:
             _log(f"train: {args.teacher_cache} does not cover these training flows")

@@ -19,7 +19,7 @@ requires_grad False, eval mode):
   stage 2, task instruction: "Which service category is it?" over the label names.
 
 `use_llm=False` builds the same encoder/pooling/projector with the LLM replaced by mean pooling, so the
-LLM's contribution is measured, not assumed (evaluate.py reports both).
+LLM's contribution is measured, not assumed (lab/runner.py reports both).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Meant for one run on an accelerator (the full-depth SmolLM2 teacher is slow on C
            [--columns category,app] [--splits iid,capture,unseen_app,shifted] [--layers 30]
 
 `flows.pkl` is a pickled LabelledSet (train/data.py) of every matched flow; the splits are made on its
-encrypted flows exactly as evaluate.make_splits makes them from the same seed. Writes
+encrypted flows exactly as lab.splits.make_splits makes them from the same seed. Writes
 teacher_<column>_<split>.npz and encoder_only_<column>_<split>.npz (logits on every flow of the data set,
 keyed by flow identity), teacher_<column>_all.npz (a teacher trained on every flow, for the shipped
 student), state dicts of the `all` teachers' trainable parts, and summary.json (times, device, settings).
@@ -26,7 +26,8 @@ import torch
 
 
 def main(argv=None) -> int:
-    from ..evaluate import SPLITS, _relabel, make_splits, save_teacher_logits, training_key
+    from ..lab.splits import SPLITS, make_splits, relabel
+    from ..lab.teacher_logits import save_teacher_logits, training_key
     from .teacher import TeacherConfig, train_teacher
 
     p = argparse.ArgumentParser()
@@ -84,17 +85,17 @@ def main(argv=None) -> int:
         log(f"cache: {name} done in {time.time() - t0:.0f}s (total {time.time() - t_start:.0f}s)")
 
     for column in a.columns.split(","):
-        ds = _relabel(enc, column)
+        ds = relabel(enc, column)
         splits = make_splits(ds, a.splits.split(","), a.seed)
         for sname, sp in splits.items():
             col = sp["label"] or column
             if sp["label"] and sp["label"] != column and column != a.columns.split(",")[0]:
                 continue  # unseen_app asks for the category whatever the column: train it once
-            d = _relabel(enc, col)
+            d = relabel(enc, col)
             for v in variants:
                 one(f"{v}_{col}_{sname}", d.subset(sp["train"]), d, col, v == "teacher")
     for column in a.columns.split(","):
-        d = _relabel(full, column)
+        d = relabel(full, column)
         one(f"teacher_{column}_all", d, d, column, True, save_state=True, epochs=a.all_epochs)
     summary["total_s"] = round(time.time() - t_start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

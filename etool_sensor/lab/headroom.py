@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .fingerprints import fingerprints
+from ..fingerprints import fingerprints
 from .scoring import metrics
 
 
@@ -95,7 +95,7 @@ def headroom_lines(h: dict[str, Any]) -> list[str]:
     """The markdown section of eval's report."""
     ms = h["min_support"]
     lines = [f"What the folds leave learnable (classes with >= {ms} flows; needs the test labels, so it "
-             "describes the folds, not a method; etool_sensor/headroom.py). Share of each class's test flows "
+             "describes the folds, not a method; etool_sensor/lab/headroom.py). Share of each class's test flows "
              "whose class, app with this label, or exact fingerprint with this label is in their fold's training "
              "flows:", "",
              "| class | support | captures | largest capture | label in training | app with label | "

@@ -1,0 +1,270 @@
+"""Runs of `eval`: every method trained on a split's training flows and scored on its test flows
+(run_split), K-fold runs pooled over the folds (run_kfold, with repeats over model seeds), and the shipped
+model on every matched flow (evaluate_model). Methods (METHODS): the baselines (baselines.py), the students
+distilled from the LLM teacher and their ablations, the hybrids (student times the shape forest, plus the
+fingerprint tables), the teacher itself and its encoder without the LLM. torch and the training code are
+imported only for the methods that need them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..features import FeatureSpec
+from ..fingerprints import fit_tables
+from ..runtime import load_model
+from .baselines import SizeBaseline
+from .headroom import dataset_headroom
+from .report import fmt
+from .scoring import bootstrap_vs, confusion_png, metrics
+from .splits import KFOLDS, capture_groups, label_of, relabel
+from .teacher_logits import load_cached_teacher, save_teacher_logits, teacher_cache_path, training_key
+
+METHODS = ("rf", "rf_shape", "knn", "etool", "hybrid", "student_no_llm", "hybrid_no_llm", "student_no_payload",
+           "student_ports", "teacher", "encoder_only")
+HYBRIDS = {"hybrid": "etool", "hybrid_no_llm": "student_no_llm"}  # student times the shape forest (train/forest.py)
+EXTRA_METHODS = ("rf_hello", "student_capbal")  # only when named (experiments, docs/model-card.md)
+
+
+def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str], np.ndarray]:
+    """Labels and confidences; a hybrid gives the confidence its package's verdicts would carry."""
+    if hasattr(model, "predict_with_confidence"):
+        p, conf = model.predict_with_confidence(records, contexts)
+    else:
+        p = np.asarray(model.predict_proba(records, contexts))
+        conf = p.max(1) if p.shape[0] else np.zeros(0)
+    if p.shape[0] == 0:
+        return [], np.zeros(0)
+    return [labels_attr[i] for i in p.argmax(1)], np.asarray(conf)
+
+
+def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
+              teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
+              split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False,
+              student_config: dict | None = None, capture_balance: float = 0.5, hello_bytes: int = 0,
+              model_seed: int | None = None, teachers: dict | None = None, near_hellos: int | None = None) -> dict:
+    """Every method trained on split["train"] and scored on split["test"]. `seed` seeds the teachers,
+    `model_seed` (default `seed`) everything else: a repeat with another model seed keeps the teacher.
+    `teachers` (variant -> teacher) is filled and reused, so repeats of one split train each teacher once."""
+    col = split["label"] or column
+    mseed = seed if model_seed is None else model_seed
+    teachers = {} if teachers is None else teachers
+    full = relabel(ds, col)
+    tr, te = full.subset(split["train"]), full.subset(split["test"])
+    res: dict = {"label": col, "train_flows": len(tr), "test_flows": len(te),
+                 "train_pcaps": len(set(tr.pcap)), "test_pcaps": len(set(te.pcap)), "methods": {}}
+    if "held_out_apps" in split:
+        res["held_out_apps"] = split["held_out_apps"]
+
+    def get_teacher(variant: str = "teacher"):
+        if variant in teachers:
+            return teachers[variant]
+        t = None
+        key = training_key(tr) if teacher_cache else None
+        if teacher_cache:
+            t = load_cached_teacher(full, teacher_cache_path(teacher_cache, split_name, col, variant), key)
+            if t is not None:
+                log(f"eval[{split_name}]: {variant} logits from {teacher_cache}")
+        if t is None:
+            from ..train.teacher import train_teacher
+
+            t = train_teacher(tr, label_column=col, quick=quick, device=device, seed=seed,
+                              use_llm=variant == "teacher", unlabelled=unlabelled, log=log)
+            if teacher_cache and not quick:  # write-through: the next run with this cache skips the training
+                path = teacher_cache_path(teacher_cache, split_name, col, variant)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_teacher_logits(path, full, t, key)
+                log(f"eval[{split_name}]: {variant} logits saved to {path}")
+        teachers[variant] = t
+        return t
+
+    students: dict = {}
+
+    def student_for(m: str):
+        from ..train.student import train_student
+
+        kw = {"etool": {}, "student_no_llm": {}, "student_no_payload": dict(use_payload=False),
+              "student_ports": dict(use_ports=True), "student_capbal": dict(capture_balance=capture_balance)}[m]
+        # ablations change one thing from etool: they keep its teacher (built only when needed)
+        t = None if m in ("student_no_llm", "student_capbal") else get_teacher()
+        # SSL on the training flows plus the extra unlabelled ones, as the teacher's stage 1 does
+        ssl = None if unlabelled is None else (list(tr.records) + list(unlabelled[0]),
+                                               list(tr.contexts) + list(unlabelled[1]))
+        return train_student(tr, label_column=col, quick=quick, seed=mseed, teacher=t, log=log, spec=spec,
+                             config=student_config, unlabelled=ssl, **kw)
+
+    for m in methods:
+        t0 = time.time()
+        try:
+            if m in ("rf", "knn", "rf_hello", "rf_shape"):
+                model = SizeBaseline(m, mseed, quick).fit(tr.records, tr.labels)
+            elif m in ("teacher", "encoder_only"):
+                model = get_teacher(m)
+            elif m in HYBRIDS:  # the student of the named method (trained once per split) times the forest
+                from ..train.forest import Hybrid, train_forest
+
+                base = HYBRIDS[m]
+                if base not in students:
+                    students[base] = student_for(base)
+                st = students[base]
+                table, n_chunks = None, (spec or FeatureSpec()).payload_packets
+                if hello_bytes:  # flows read with TLS hellos whole: the hello table too, as the default has
+                    head = "app" if col == "app" else "service"  # near hellos for the service head, as a package
+                    table = fit_tables(tr.records, {head: tr.labels}, {head: st.labels}, n_chunks, near_hellos)[head]
+                # as a package: the forest joins the service head only, the tables both heads
+                forest = None if col == "app" else train_forest(tr.records, tr.contexts, tr.labels, spec=spec,
+                                                                seed=mseed, quick=quick)
+                model = Hybrid(st, forest, table=table, chunks=n_chunks)
+            else:
+                model = students[m] = student_for(m)
+            fit_s = time.time() - t0
+            pred, conf = _predict(model, te.records, te.contexts, list(model.labels))
+            r = metrics(te.labels, pred, conf)
+            r["fit_s"] = round(fit_s, 1)
+            if keep_predictions:
+                r["_pred"], r["_conf"] = list(pred), [float(c) for c in conf]
+            res["methods"][m] = r
+            if png_dir is not None and m in ("etool", "hybrid", "teacher", "rf") and len(te):
+                png = png_dir / f"confusion_{col}_{split_name}_{m}.png"
+                if confusion_png(te.labels, pred, png, f"{m}, {split_name} split, {col}"):
+                    r["confusion_png"] = png.name
+            log(f"eval[{split_name}] {m:18s} macroF1 {r['macro_f1']:.3f} min5 {r['macro_f1_min5']:.3f} "
+                f"acc {r['accuracy']:.3f} ECE {r.get('ece', 0):.3f} ({fit_s:.0f}s)")
+        except Exception as e:  # one broken method must not hide the others' numbers
+            res["methods"][m] = {"error": f"{type(e).__name__}: {e}"}
+            log(f"eval[{split_name}] {m}: FAILED {type(e).__name__}: {e}")
+    return res
+
+
+def app_seen_breakdown(y: Sequence[str], pred: Sequence[str], seen: np.ndarray) -> dict[str, dict]:
+    """Metrics on the test flows whose app had flows in training ("seen": the same apps in new sessions,
+    the paper's time and version shift) and on the others ("unseen": the service of a new app). On the nDPI
+    corpus most captures hold one or two apps, so a capture split is partly an unseen-app split; this says
+    how much of each a score is made of."""
+    out: dict[str, dict] = {}
+    for name, mask in (("seen", seen), ("unseen", ~seen)):
+        idx = np.flatnonzero(mask)
+        r = metrics([y[i] for i in idx], [pred[i] for i in idx]) if len(idx) else {}
+        out[name] = {"flows": int(len(idx)), **{k: r.get(k) for k in ("macro_f1", "macro_f1_min5", "accuracy")}}
+    return out
+
+
+def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int, log: Callable[[str], None],
+              png_dir: Path | None, kind: str = "capture_kfold", repeats: int = 1, **kw) -> dict:
+    """Every method trained `folds` times (one per fold of `kind`); metrics over the pooled predictions.
+    With `repeats` R > 1 the same folds are trained R times with model seeds seed + 100 r (teachers are
+    trained once per fold and shared): the main numbers are repeat 0's, and "repeats" holds each method's
+    pooled macro-F1 (>=5) per repeat, its mean and sd, because one student init moves the score by several
+    points (docs/model-card.md, "Results": the seed spread)."""
+    if repeats < 1:
+        raise ValueError("--repeats must be >= 1")
+    n = len(ds)
+    parts = KFOLDS[kind](ds, folds, seed)
+    seeds = [seed + 100 * r for r in range(repeats)]
+    preds: list[dict[str, list]] = [{m: [None] * n for m in methods} for _ in seeds]
+    conf: dict[str, list] = {m: [0.0] * n for m in methods}
+    per_fold: dict[str, list] = {m: [] for m in methods}
+    errors: dict[str, str] = {}
+    fit_s: dict[str, float] = {m: 0.0 for m in methods}
+    seen = np.zeros(n, bool)  # the flow's app has flows in its fold's training part
+    apps = list(ds.app)
+    for k, te in enumerate(parts):
+        tr = np.setdiff1d(np.arange(n), te)
+        train_apps = {apps[i] for i in tr}
+        seen[te] = [apps[i] in train_apps for i in te]
+        teachers: dict = {}  # one teacher per fold, whatever the repeat
+        for r, mseed in enumerate(seeds):
+            rep = f", model seed {mseed} (repeat {r + 1}/{repeats})" if repeats > 1 else ""
+            log(f"eval[{kind}]: fold {k + 1}/{folds}: train {len(tr)} / test {len(te)} flows{rep}")
+            res = run_split(ds, {"train": tr, "test": te, "label": None}, column, methods, seed=seed, log=log,
+                            png_dir=None, split_name=f"{kind}{k}_seed{seed}", keep_predictions=True,
+                            model_seed=mseed, teachers=teachers, **kw)
+            for m, rm in res["methods"].items():
+                if "error" in rm:
+                    errors.setdefault(m, rm["error"])
+                    continue
+                for j, i in enumerate(te):
+                    preds[r][m][i] = rm["_pred"][j]
+                    if r == 0:
+                        conf[m][i] = rm["_conf"][j]
+                if r == 0:
+                    per_fold[m].append(rm["macro_f1_min5"])
+                    fit_s[m] += rm["fit_s"]
+    pred = preds[0]
+    y = list(ds.labels)
+    out: dict = {"label": column, "folds": folds, "train_flows": n - min(map(len, parts)), "test_flows": n,
+                 "train_pcaps": len(set(ds.pcap)) - min(len({ds.pcap[i] for i in p}) for p in parts),
+                 "test_pcaps": len(set(ds.pcap)), "methods": {}}
+    if kind == "capture_kfold":
+        groups, unit = capture_groups(ds), "capture group"
+        out["groups"] = len(set(groups))
+    else:
+        groups, unit = list(ds.pcap), "capture file"
+    out["headroom"] = dataset_headroom(ds, parts)  # what the folds leave learnable, per class (no model)
+    for m in methods:
+        if m in errors:
+            out["methods"][m] = {"error": errors[m]}
+            continue
+        r = metrics(y, pred[m], conf[m])
+        f = np.array(per_fold[m])
+        r.update(fold_macro_f1_min5=[round(float(v), 4) for v in f], fold_mean=float(f.mean()),
+                 fold_sd=float(f.std(ddof=1)) if len(f) > 1 else 0.0, fit_s=round(fit_s[m], 1),
+                 by_app_seen=app_seen_breakdown(y, pred[m], seen))
+        out["methods"][m] = r
+        if png_dir is not None and m in ("etool", "hybrid", "hybrid_no_llm", "rf", "student_no_llm"):
+            png = png_dir / f"confusion_{column}_{kind}_{m}.png"
+            if confusion_png(y, pred[m], png, f"{m}, {kind} (pooled), {column}"):
+                r["confusion_png"] = png.name
+        b = r["by_app_seen"]
+        log(f"eval[{kind}] {m:18s} pooled macroF1 {r['macro_f1']:.3f} min5 {r['macro_f1_min5']:.3f} "
+            f"acc {r['accuracy']:.3f}; folds min5 {r['fold_mean']:.3f} +- {r['fold_sd']:.3f}; "
+            f"min5 on apps seen in training {fmt(b['seen']['macro_f1_min5'])}, unseen {fmt(b['unseen']['macro_f1_min5'])}")
+    if "rf" in methods and "rf" not in errors:  # the by-capture target is "at least 2x the forest": how sure?
+        for m in methods:
+            if m != "rf" and m not in errors:
+                v = out["methods"][m]["vs_rf"] = bootstrap_vs(y, pred[m], pred["rf"], groups, seed=seed,
+                                                              unit=unit)
+                log(f"eval[{kind}] {m:18s} vs rf macroF1(>=5) ratio {v['ratio']} (95% CI {v['ratio_ci95']}), "
+                    f"difference {v['diff']} ({v['diff_ci95']}), {v['groups']} {v['unit']}s resampled")
+    if repeats > 1:
+        out["repeats"] = repeat_summary(y, preds, seeds, [m for m in methods if m not in errors], log, kind)
+    return out
+
+
+def repeat_summary(y: Sequence[str], preds: list[dict[str, list]], seeds: Sequence[int], methods: Sequence[str],
+                   log: Callable[[str], None] = lambda s: None, kind: str = "capture_kfold") -> dict:
+    """Pooled macro-F1 (>=5) and accuracy of every method in every repeat, their mean and sd, and the
+    ratio of the means to the forest's (the by-capture target's reference)."""
+    out: dict = {"model_seeds": list(seeds), "methods": {}}
+    for m in methods:
+        rs = [metrics(y, p[m]) for p in preds]
+        f = np.array([r["macro_f1_min5"] for r in rs])
+        out["methods"][m] = {"macro_f1_min5": [round(float(v), 4) for v in f],
+                             "accuracy": [round(float(r["accuracy"]), 4) for r in rs],
+                             "mean": round(float(f.mean()), 4), "sd": round(float(f.std(ddof=1)), 4)}
+    rf = out["methods"].get("rf")
+    for m, v in out["methods"].items():
+        if rf and m != "rf" and rf["mean"] > 0:
+            v["ratio_of_means_to_rf"] = round(v["mean"] / rf["mean"], 3)
+        log(f"eval[{kind}] {m:18s} over {len(seeds)} model seeds: pooled min5 {v['mean']:.3f} +- {v['sd']:.3f} "
+            f"({', '.join(f'{x:.3f}' for x in v['macro_f1_min5'])})"
+            + (f"; ratio of means to rf {v['ratio_of_means_to_rf']}" if "ratio_of_means_to_rf" in v else ""))
+    return out
+
+
+def evaluate_model(ds, model_path: str | None, column: str) -> dict:
+    """The shipped (or given) model on every matched flow."""
+    model = load_model(model_path)
+    head = "service" if column == "category" else "app"
+    sets = model.label_sets
+    labels = list(sets[head] if isinstance(sets, dict) else sets)
+    p, conf = model.predict_with_confidence(ds.records, ds.contexts, head=head)
+    pred = [labels[i] for i in p.argmax(1)] if len(p) else []
+    y = label_of(ds, column)
+    r = metrics(y, pred, conf)
+    r["unknown_labels"] = sorted(set(y) - set(labels))
+    r["_pred"] = pred
+    return r
