@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .compiled import compiled
-from .tls import HELLO_HEAD, hello_kind, parse_hello
+from .tls import parse_hello
 from .flows import FlowRecord
 from .masking import mask_chunk
 
@@ -56,14 +56,13 @@ OPENING_BYTES = 2  # a flow with no hello is keyed by this many masked bytes of 
 
 def _hellos(rec: FlowRecord, chunks: int, parse: Callable[[bytes], Any]) -> list:
     """parse(data) of the first ClientHello and ServerHello among the first `chunks` chunks ([client, server],
-    None where absent); parse gives None or something whose [0] is the handshake type (parse_hello, _hello_key).
-    Chunks that do not start a hello (tls.hello_kind) are skipped without a call: most flows have none."""
+    None where absent); parse gives None for a chunk that does not start a hello (parse_hello asks
+    tls.hello_kind; _hello_key is its twin) and otherwise something whose [0] is the handshake type. No test
+    here before the call: the compiled _hello_key answers a chunk that is not a hello faster than one could."""
     got: list = [None, None]
     for ch in rec.payload[:chunks]:
         d = ch.data
-        if len(d) < HELLO_HEAD or not hello_kind(d):
-            continue
-        h = parse(d)
+        h = parse(d if type(d) is bytes else bytes(d))  # the compiled twin takes bytes only
         if h is not None and got[h[0] - 1] is None:
             got[h[0] - 1] = h
     return got
@@ -84,6 +83,8 @@ def _opening(rec: FlowRecord, chunks: int, masked: bytes = b"", at: int = 0, wit
                 got[k] = masked[o:o + min(len(d), OPENING_BYTES)]
             else:
                 got[k] = mask_chunk(d, rec.proto, rec.orig_p, rec.resp_p)[:OPENING_BYTES]
+            if got[1 - k] is not None:
+                break
     return got
 
 
@@ -124,9 +125,13 @@ def _key(rec: FlowRecord, got: list, op: list | None) -> int:
     if got[0] is not None or got[1] is not None:
         h = hashlib.blake2b((got[0] or b"-") + (got[1] or b"-"), digest_size=8)
         return int.from_bytes(h.digest(), "big") or 1
-    if op is None or op == [None, None]:
+    if op is None:
         return 0
-    o, s = (0xFF0000 if b is None else len(b) << 16 | int.from_bytes(b.ljust(OPENING_BYTES, b"\0"), "big") for b in op)
+    a, b = op
+    if a is None and b is None:
+        return 0
+    o = 0xFF0000 if a is None else len(a) << 16 | int.from_bytes(a.ljust(OPENING_BYTES, b"\0"), "big")
+    s = 0xFF0000 if b is None else len(b) << 16 | int.from_bytes(b.ljust(OPENING_BYTES, b"\0"), "big")
     return 1 << 56 | _PROTO.get(rec.proto, 2) << 48 | o << 24 | s
 
 
@@ -359,7 +364,7 @@ class HelloTable:
                 if fp in cache:
                     row = cache[fp]
                 else:
-                    t = flows.tokens(i) if flows is not None else hello_tokens(records[i], chunks)  # type: ignore[index]
+                    t = flows.tokens(i) if flows is not None else hello_tokens(records[i], chunks)  # type: ignore
                     c = None if t is None else self.near.summed(t)
                     row = None if c is None else (self.weight * np.log((c + self.alpha / k) / (c.sum() + self.alpha))
                                                   ).astype(np.float32)
