@@ -871,7 +871,8 @@ static int collect(Engine *e, Conn *c, double ts, int is_orig, uint32_t ip_len, 
             }
         }
         size_t lim = (size_t)e->pay_bytes;
-        /* flows.chunk_length: a chunk that starts a TLS ClientHello/ServerHello keeps it whole, up to H */
+        /* flows.chunk_length: a chunk that starts a TLS ClientHello/ServerHello (tls.hello_end) keeps it whole,
+         * up to H */
         if (e->hello_bytes > e->pay_bytes && avail >= 9 && pay[0] == 0x16 && pay[1] == 0x03 &&
             (pay[5] == 1 || pay[5] == 2)) {
             size_t end = 9 + (((size_t)pay[6] << 16) | ((size_t)pay[7] << 8) | pay[8]);
@@ -1904,6 +1905,7 @@ static Py_ssize_t find(const uint8_t *b, Py_ssize_t n, const char *pat, Py_ssize
 
 static int mask_tls_client_hello_c(Buf *s) {
     const Py_ssize_t n = s->n;
+    /* tls.hello_kind(...) == CLIENT_HELLO */
     if (n < 6 || s->b[0] != 0x16 || s->b[1] != 3 || s->b[5] != 1) return 0;
     Py_ssize_t i = 5 + 4 + 2 + 32;
     if (i >= n) return 0;
@@ -2157,6 +2159,7 @@ static void mask_gquic_sni_c(Buf *s) {
 
 static void normalize_tls_hello_c(Buf *s) {
     const Py_ssize_t n = s->n;
+    /* masking.normalize_tls_hello: at least 10 bytes and tls.hello_kind */
     if (n < 10 || s->b[0] != 0x16 || s->b[1] != 3 || (s->b[5] != 1 && s->b[5] != 2)) return;
     fill(s, 11, n < 43 ? n : 43, 0);
     if (n > 43) fill(s, 44, 44 + s->b[43], 0);
@@ -2730,7 +2733,7 @@ static PyObject *tsv_row(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize
 }
 
 /* ---------------------------------------------------------------------------------------------
- * hello_key: fingerprints._hello_key_py in C. features.parse_hello of one chunk (the same walk, cut hellos
+ * hello_key: fingerprints._hello_key_py in C. tls.parse_hello of one chunk (the same walk, cut hellos
  * included), GREASE values dropped, cipher suites and extension types sorted, packed big-endian as
  * struct.pack(">BHH{n}HH{m}H", kind, version, n, *suites, m, *types); None when the chunk does not start a
  * ClientHello or ServerHello. tests/test_hello_fields.py compares both on every chunk of the shared captures
@@ -2754,7 +2757,7 @@ static PyObject *hello_key(PyObject *Py_UNUSED(mod), PyObject *arg) {
     }
     const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(arg);
     Py_ssize_t n = PyBytes_GET_SIZE(arg);
-    if (n < 44 || d[0] != 0x16 || d[1] != 3 || (d[5] != 1 && d[5] != 2)) Py_RETURN_NONE;
+    if (n < 44 || d[0] != 0x16 || d[1] != 3 || (d[5] != 1 && d[5] != 2)) Py_RETURN_NONE; /* tls.parse_hello */
     int kind = d[5];
     unsigned version = ((unsigned)d[9] << 8) | d[10];
     Py_ssize_t p = 44 + d[43], ns = 0, ne = 0;

@@ -19,6 +19,7 @@ import numpy as np
 
 from .compiled import compiled
 from .context import CONTEXT_SIZES, Context
+from .fingerprints import OPENING_BYTES, FlowKeys, flow_keys
 from .flows import FlowParams, FlowRecord
 from .masking import compact_tls_hello, mask_chunk
 from .tls import parse_hello
@@ -165,6 +166,15 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
             not a graph input)
     - port  int64 [B]: responder port token (only when spec.use_ports)
     """
+    return encode_keyed(records, contexts, spec, mask_names)[0]
+
+
+def encode_keyed(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None, spec: FeatureSpec,
+                 mask_names: bool | None = None) -> tuple[dict[str, np.ndarray], FlowKeys | None]:
+    """encode(), and with spec.hello_bytes the batch's fingerprint-table keys (fingerprints.FlowKeys, whose hfp
+    is the arrays' hfp): each flow's hellos are parsed once, for hfp and for a table's near-hello back-off, and
+    a flow without hellos takes its opening bytes from the chunks masked here for byt (masked once) where
+    those hold it whole."""
     mask = spec.mask_names if mask_names is None else mask_names
     out = None
     if _encode_c is not None and not spec.compact_hello:
@@ -177,13 +187,20 @@ def encode(records: Sequence[FlowRecord], contexts: Sequence[Context | None] | N
             t = hello_tokens(r, spec.payload_packets)[:spec.hello_tokens]
             if t:
                 out["hello"][i, :len(t)] = t
+    keys = None
     if spec.hello_bytes:
-        from .fingerprints import fingerprints
-
-        out["hfp"] = fingerprints(records, spec.payload_packets)
+        m, bb = spec.payload_packets, spec.payload_bytes
+        masked, within = b"", -1
+        # byt holds every chunk's first bytes as fingerprints._opening masks them (mask_chunk, names and random
+        # fields) when encode masks and normalises too: the same bytes in, for chunks that fit the window whole
+        if mask and spec.normalize_random and not spec.compact_hello and bb >= OPENING_BYTES and m and records:
+            masked = (out["byt"].reshape(len(records), m, bb)[:, :, :OPENING_BYTES] - 1).astype(np.uint8).tobytes()
+            within = bb
+        keys = flow_keys(records, m, masked, within)
+        out["hfp"] = keys.hfp
     if spec.use_ports:
         out["port"] = np.array([port_token(r.resp_p) for r in records], np.int64)
-    return out
+    return out, keys
 
 
 def _zeros(bsz: int, spec: FeatureSpec) -> dict[str, np.ndarray]:

@@ -56,27 +56,35 @@ OPENING_BYTES = 2  # a flow with no hello is keyed by this many masked bytes of 
 
 def _hellos(rec: FlowRecord, chunks: int, parse: Callable[[bytes], Any]) -> list:
     """parse(data) of the first ClientHello and ServerHello among the first `chunks` chunks ([client, server],
-    None where absent); parse gives None or something whose [0] is the handshake type (parse_hello, _hello_key).
-    Chunks that cannot start a hello are skipped without a call: most flows have none."""
+    None where absent); parse gives None for a chunk that does not start a hello (parse_hello asks
+    tls.hello_kind; _hello_key is its twin) and otherwise something whose [0] is the handshake type. No test
+    here before the call: the compiled _hello_key answers a chunk that is not a hello faster than one could."""
     got: list = [None, None]
     for ch in rec.payload[:chunks]:
         d = ch.data
-        if len(d) < 44 or d[0] != 0x16 or d[1] != 0x03:
-            continue
-        h = parse(d)
+        h = parse(d if type(d) is bytes else bytes(d))  # the compiled twin takes bytes only
         if h is not None and got[h[0] - 1] is None:
             got[h[0] - 1] = h
     return got
 
 
-def _opening(rec: FlowRecord, chunks: int) -> list:
+def _opening(rec: FlowRecord, chunks: int, masked: bytes = b"", at: int = 0, within: int = -1) -> list:
     """The first OPENING_BYTES of the first originator and responder chunk among the first `chunks`, masked
-    and normalised (mask_chunk); [None, None] when the flow carries no payload."""
+    and normalised (mask_chunk); [None, None] when the flow carries no payload. `masked` may hold them
+    already: OPENING_BYTES per chunk slot from offset `at`, for chunks of at most `within` bytes (encode's
+    masked window; flow_keys)."""
     got: list = [None, None]
-    for ch in rec.payload[:chunks]:
+    for c, ch in enumerate(rec.payload[:chunks]):
         k = 0 if ch.is_orig else 1
         if got[k] is None:
-            got[k] = mask_chunk(ch.data, rec.proto, rec.orig_p, rec.resp_p)[:OPENING_BYTES]
+            d = ch.data
+            if len(d) <= within:
+                o = at + c * OPENING_BYTES
+                got[k] = masked[o:o + min(len(d), OPENING_BYTES)]
+            else:
+                got[k] = mask_chunk(d, rec.proto, rec.orig_p, rec.resp_p)[:OPENING_BYTES]
+            if got[1 - k] is not None:
+                break
     return got
 
 
@@ -112,28 +120,33 @@ _hello_key = compiled("hello_key") or _hello_key_py
 _PROTO = {"tcp": 0, "udp": 1}
 
 
+def _key(rec: FlowRecord, got: list, op: list | None) -> int:
+    """fingerprint() from the flow's packed hellos `got` (_hellos with _hello_key), else its opening `op`."""
+    if got[0] is not None or got[1] is not None:
+        h = hashlib.blake2b((got[0] or b"-") + (got[1] or b"-"), digest_size=8)
+        return int.from_bytes(h.digest(), "big") or 1
+    if op is None:
+        return 0
+    a, b = op
+    if a is None and b is None:
+        return 0
+    o = 0xFF0000 if a is None else len(a) << 16 | int.from_bytes(a.ljust(OPENING_BYTES, b"\0"), "big")
+    s = 0xFF0000 if b is None else len(b) << 16 | int.from_bytes(b.ljust(OPENING_BYTES, b"\0"), "big")
+    return 1 << 56 | _PROTO.get(rec.proto, 2) << 48 | o << 24 | s
+
+
 def fingerprint(rec: FlowRecord, chunks: int = 3) -> int:
     """The content of canonical() as 64 bits: the hellos packed (_hello_key) and hashed (blake2b), or else the
     opening packed as it is, bytes 01, protocol (0 TCP, 1 UDP), then per side its length (ff: none) and its
     two bytes (a hash costs more than the rest of it; a hello hash equal to one of these 64-bit values is a
     1 in 2^64 chance); 0 when the flow carries no payload."""
     got = _hellos(rec, chunks, _hello_key)
-    if got[0] is not None or got[1] is not None:
-        h = hashlib.blake2b((got[0] or b"-") + (got[1] or b"-"), digest_size=8)
-        return int.from_bytes(h.digest(), "big") or 1
-    op = _opening(rec, chunks)
-    if op == [None, None]:
-        return 0
-    o, s = (0xFF0000 if b is None else len(b) << 16 | int.from_bytes(b.ljust(OPENING_BYTES, b"\0"), "big") for b in op)
-    return 1 << 56 | _PROTO.get(rec.proto, 2) << 48 | o << 24 | s
+    return _key(rec, got, None if got != [None, None] else _opening(rec, chunks))
 
 
-def hello_tokens(rec: FlowRecord, chunks: int = 3) -> np.ndarray | None:
-    """The flow's hellos as a set of tokens (sorted uint32): per side (client 0, server 1) its legacy version,
-    each cipher suite and each extension type, GREASE dropped; what fingerprint() hashes, kept apart so that
-    two hellos can be compared. None when the flow shows no hello."""
-    got = _hellos(rec, chunks, _hello_key)
-    if got == [None, None]:
+def _tokens(got: list) -> np.ndarray | None:
+    """hello_tokens() from a flow's packed hellos (_hellos with _hello_key)."""
+    if got[0] is None and got[1] is None:
         return None
     toks: list[int] = []
     for side, key in enumerate(got):
@@ -148,6 +161,41 @@ def hello_tokens(rec: FlowRecord, chunks: int = 3) -> np.ndarray | None:
         toks.extend(base | 1 << 16 | v for v in su)
         toks.extend(base | 2 << 16 | v for v in ex)
     return np.unique(np.array(toks, np.uint32))
+
+
+def hello_tokens(rec: FlowRecord, chunks: int = 3) -> np.ndarray | None:
+    """The flow's hellos as a set of tokens (sorted uint32): per side (client 0, server 1) its legacy version,
+    each cipher suite and each extension type, GREASE dropped; what fingerprint() hashes, kept apart so that
+    two hellos can be compared. None when the flow shows no hello."""
+    return _tokens(_hellos(rec, chunks, _hello_key))
+
+
+@dataclass(frozen=True, slots=True)
+class FlowKeys:
+    """A batch's table keys, worked out once per flow (flow_keys; features.encode_keyed): `hfp`, each flow's
+    fingerprint(); `hellos`, its packed hellos ([client, server] of _hello_key, None where absent), from which
+    a table's near-hello back-off takes the flow's tokens without parsing the hellos again."""
+
+    hfp: np.ndarray  # uint64 [B]
+    hellos: list[list]
+
+    def tokens(self, i: int) -> np.ndarray | None:
+        """hello_tokens() of flow i."""
+        return _tokens(self.hellos[i])
+
+
+def flow_keys(records: Sequence[FlowRecord], chunks: int = 3, masked: bytes = b"", within: int = -1) -> FlowKeys:
+    """FlowKeys of `records`. `masked`, when the caller has masked the chunks already (features.encode_keyed):
+    the first OPENING_BYTES of every flow's first `chunks` chunk slots as mask_chunk gives them, flow by flow,
+    valid for chunks of at most `within` bytes; longer chunks are masked here."""
+    hfp: list[int] = []
+    hellos: list[list] = []
+    stride = chunks * OPENING_BYTES
+    for i, r in enumerate(records):
+        got = _hellos(r, chunks, _hello_key)
+        hellos.append(got)
+        hfp.append(_key(r, got, None if got != [None, None] else _opening(r, chunks, masked, i * stride, within)))
+    return FlowKeys(np.fromiter(hfp, np.uint64, len(hfp)), hellos)
 
 
 @dataclass
@@ -218,7 +266,7 @@ class NearHellos:
 
 def fingerprints(records: Sequence[FlowRecord], chunks: int = 3) -> np.ndarray:
     """fingerprint() of every record, as encode()'s hfp (uint64 [B])."""
-    return np.fromiter((fingerprint(r, chunks) for r in records), np.uint64, len(records))
+    return flow_keys(records, chunks).hfp
 
 
 def fit_tables(records: Sequence[FlowRecord], labels: dict[str, Sequence[str]],
@@ -292,11 +340,13 @@ class HelloTable:
         return (fps[pos] == keys) & (keys != 0), pos
 
     def add_to(self, logits: np.ndarray, keys: np.ndarray, records: Sequence[FlowRecord] | None = None,
-               chunks: int = 3, found: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+               chunks: int = 3, found: tuple[np.ndarray, np.ndarray] | None = None,
+               flows: FlowKeys | None = None) -> np.ndarray:
         """logits += log_proba(keys, records), in place (float32 [B, labels]); returns logits. The runtime's
-        form: it touches only the rows of flows the table knows or finds near neighbours for; only the flows
-        with a fingerprint the table lacks are parsed again (hello_tokens), and only with `records`.
-        `found`: lookup(keys), when the caller has it already."""
+        form: it touches only the rows of flows the table knows or finds near neighbours for. The near-hello
+        back-off reads the hellos of flows with a fingerprint the table lacks from `flows` (FlowKeys of the same
+        flows, as encode_keyed gave them: nothing parsed again), else from `records` (parsed again), else not
+        at all. `found`: lookup(keys), when the caller has it already."""
         k = len(self.labels)
         rows = self._table()[1]
         keys = np.asarray(keys, np.uint64)
@@ -304,16 +354,17 @@ class HelloTable:
         hit = np.flatnonzero(known)
         if len(hit):
             logits[hit] += rows[pos[hit]]
-        if self.near is not None and records is not None:
-            if len(records) != len(keys):
-                raise ValueError(f"{len(records)} records for {len(keys)} fingerprints")
+        if self.near is not None and (flows is not None or records is not None):
+            n = len(flows.hellos) if flows is not None else len(records)  # type: ignore[arg-type]
+            if n != len(keys):
+                raise ValueError(f"{n} records for {len(keys)} fingerprints")
             cache = self._near_cache
             for i in np.flatnonzero(~known & (keys != 0)).tolist():
                 fp = int(keys[i])  # the fingerprint hashes the same fields: one answer per fingerprint
                 if fp in cache:
                     row = cache[fp]
                 else:
-                    t = hello_tokens(records[i], chunks)
+                    t = flows.tokens(i) if flows is not None else hello_tokens(records[i], chunks)  # type: ignore
                     c = None if t is None else self.near.summed(t)
                     row = None if c is None else (self.weight * np.log((c + self.alpha / k) / (c.sum() + self.alpha))
                                                   ).astype(np.float32)

@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .tls import hello_end
+
 SCHEMA_VERSION = 1
 
 #: Defaults of the collection parameters (N, B, M in docs/flow-record.md).
@@ -48,15 +50,6 @@ class FlowParams:
             raise FlowError(f"payload_packets must be in 0..64, got {self.payload_packets}")
         if not 0 <= self.hello_bytes <= 65535:
             raise FlowError(f"hello_bytes must be in 0..65535, got {self.hello_bytes}")
-
-
-def hello_end(data: bytes | memoryview) -> int:
-    """Where the TLS ClientHello or ServerHello that `data` starts with ends (5-byte record header + 4-byte
-    handshake header + its length), or 0 when `data` does not start one. Why: the cipher suites and
-    extension types lie beyond any small B, and a hello is one message that the record header sizes."""
-    if len(data) < 9 or data[0] != 0x16 or data[1] != 0x03 or data[5] not in (1, 2):
-        return 0
-    return 9 + ((data[6] << 16) | (data[7] << 8) | data[8])
 
 
 def chunk_length(data: bytes | memoryview, payload_bytes: int, hello_bytes: int) -> int:

@@ -14,6 +14,7 @@ random fields; it is not a privacy measure but keeps the model from memorising p
 from __future__ import annotations
 
 from .compiled import compiled
+from .tls import CLIENT_HELLO, HANDSHAKE, HELLO_HEAD, hello_kind
 
 _mask_chunk_c = compiled("mask_chunk")  # the compiled port of mask_chunk_py, or None
 
@@ -36,7 +37,7 @@ def _u16(b: bytearray, i: int) -> int:
 
 def mask_tls_client_hello(buf: bytearray) -> bool:
     """Mask the server_name extension of a (possibly truncated) TLS ClientHello. True if masked."""
-    if len(buf) < 6 or buf[0] != 0x16 or buf[1] != 3 or buf[5] != 1:
+    if hello_kind(buf) != CLIENT_HELLO:
         return False
     i = 5 + 4 + 2 + 32  # record hdr, handshake hdr, version, random
     try:
@@ -256,7 +257,7 @@ ZERO = 0x00
 def normalize_tls_hello(buf: bytearray) -> bool:
     """Overwrite the per-session random fields of a TLS ClientHello/ServerHello with zeros: the 32-byte
     Random and the legacy_session_id (its length byte stays). True if the chunk was a hello."""
-    if len(buf) < 10 or buf[0] != 0x16 or buf[1] != 3 or buf[5] not in (1, 2):
+    if len(buf) < 10 or not hello_kind(buf):
         return False
     buf[11:min(43, len(buf))] = bytes(min(43, len(buf)) - 11) if len(buf) > 11 else b""
     if len(buf) > 43:
@@ -271,7 +272,7 @@ def compact_tls_hello(data: bytes) -> bytes:
     Those 33-65 bytes are per-connection noise (zero after normalize_random), and with them the first 64
     bytes of a hello end before the cipher suites; without them the window holds the cipher suites and
     extension types that identify the client and server implementations. Other data is returned as is."""
-    if len(data) < 44 or data[0] != 0x16 or data[1] != 3 or data[5] not in (1, 2):
+    if len(data) < HELLO_HEAD or not hello_kind(data):
         return data
     return data[:11] + data[43:44] + data[44 + data[43]:]
 
@@ -304,7 +305,7 @@ def normalize_random(data: bytes, proto: str, orig_p: int = 0, resp_p: int = 0) 
         off = 2 if proto == "tcp" else 0
         end = min(off + 2, len(buf))
         buf[off:end] = bytes(max(0, end - off))
-    elif buf[0] == 0x16:
+    elif buf[0] == HANDSHAKE:  # a TLS handshake record (hellos, certificates)
         normalize_tls_hello(buf)
     elif proto == "udp":
         normalize_quic_cids(buf)
@@ -320,7 +321,7 @@ def mask_payload(data: bytes, proto: str, orig_p: int, resp_p: int) -> bytes:
         mask_dns(buf)
     elif proto == "tcp" and (resp_p == 53 or orig_p == 53):
         mask_dns(buf, offset=2)
-    elif buf[0] == 0x16:
+    elif buf[0] == HANDSHAKE:  # a TLS handshake record (hellos, certificates)
         mask_tls_client_hello(buf)
         mask_cert_names(buf)
         mask_name_runs(buf)

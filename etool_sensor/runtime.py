@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .context import Context
-from .features import FEATURES_VERSION, FeatureSpec, encode
+from .features import FEATURES_VERSION, FeatureSpec, encode_keyed
+from .fingerprints import FlowKeys
 from .flows import SCHEMA_VERSION, FlowRecord, Verdict
 
 MANIFEST = "manifest.json"
@@ -393,14 +394,14 @@ class Model:
 
     def features(self, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None,
                  mask_names: bool | None = None) -> dict[str, np.ndarray]:
-        return encode(records, contexts, self.spec, mask_names=mask_names)
+        return encode_keyed(records, contexts, self.spec, mask_names)[0]
 
     def _run(self, feats: dict[str, np.ndarray], heads: Sequence[str],
-             records: Sequence[FlowRecord] | None = None) -> dict[str, np.ndarray]:
-        """The heads' probabilities for encoded flows; `records` (the same flows) let a table with near
-        hellos (fingerprints.NearHellos) read the hellos it does not know. A hybrid's forest probabilities
-        (in the mixed head's label columns) come along under FOREST; with a service table, whether each flow's
-        fingerprint is in it under TABLE_HIT (the lookup the table does anyway)."""
+             keys: FlowKeys | None = None) -> dict[str, np.ndarray]:
+        """The heads' probabilities for encoded flows; `keys` (encode_keyed's table keys of the same flows) let a
+        table with near hellos (fingerprints.NearHellos) read the hellos it does not know. A hybrid's forest
+        probabilities (in the mixed head's label columns) come along under FOREST; with a service table, whether
+        each flow's fingerprint is in it under TABLE_HIT (the lookup the table does anyway)."""
         outs = [self._out[h] for h in heads]
         mixed = self._hybrid is not None and self._hybrid[0] in heads
         if mixed:
@@ -416,7 +417,7 @@ class Model:
                 found = table.lookup(feats["hfp"])
                 if h == "service":
                     probs[TABLE_HIT] = found[0]
-                x = table.add_to(x, feats["hfp"], records, self.spec.payload_packets, found)  # x: fresh (run_graph)
+                x = table.add_to(x, feats["hfp"], found=found, flows=keys)  # x: fresh (run_graph)
             shift = self._shift if h == self._prior_head and len(x) else None  # one read: set_prior may swap it
             if self._out_kind == "logits":
                 probs[h] = softmax(x if shift is None else x + shift)
@@ -441,7 +442,8 @@ class Model:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if not records:
             return np.zeros((0, len(self.label_sets[head])), np.float32), np.zeros(0, np.float32)
-        probs = self._run(self.features(records, contexts, mask_names), [head], records)
+        feats, keys = encode_keyed(records, contexts, self.spec, mask_names)
+        probs = self._run(feats, [head], keys)
         return probs[head], self._confidence_of(probs, head, probs[head].argmax(1))
 
     def predict_proba(self, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None = None,
@@ -467,7 +469,8 @@ class Model:
         if idx:
             recs = [records[i] for i in idx]
             ctxs = [contexts[i] for i in idx] if contexts is not None else None
-            probs = self._run(self.features(recs, ctxs, mask_names), HEADS, recs)
+            feats, keys = encode_keyed(recs, ctxs, self.spec, mask_names)
+            probs = self._run(feats, HEADS, keys)
             ps, pa = probs["service"], probs["app"]
             s_lab, a_lab = self.label_sets["service"], self.label_sets["app"]
             k = max(0, min(top_k, ps.shape[1]))

@@ -1,15 +1,41 @@
-"""TLS handshake fields the model and the fingerprint tables read (cipher suites and extension types,
-never names), parsed once here so features, fingerprints and eval agree on what a hello is."""
+"""TLS hellos: whether a chunk starts one (hello_kind, hello_end) and the handshake fields the model and the
+fingerprint tables read (cipher suites and extension types, never names: parse_hello). The one Python
+definition of a hello: the collection (flows.chunk_length), masking, features, fingerprints and eval ask
+here; the compiled twins in _fastpath.c test the same bytes and name these functions as their reference."""
 
 from __future__ import annotations
 
 import struct
 
 
+HANDSHAKE = 0x16  # TLS record content type of handshake messages
+CLIENT_HELLO, SERVER_HELLO = 1, 2  # handshake message types
+HELLO_HEAD = 44  # bytes of a hello up to its session ID length: parse_hello reads no shorter chunk
+
+
+def hello_kind(data: bytes | bytearray | memoryview) -> int:
+    """CLIENT_HELLO or SERVER_HELLO when `data` starts a TLS 1.x handshake record whose first message is that
+    hello, else 0 (also for fewer than the 6 bytes that tell). Callers that read further check the length
+    they need themselves."""
+    if len(data) < 6 or data[0] != HANDSHAKE or data[1] != 3:
+        return 0
+    k = data[5]
+    return k if k == CLIENT_HELLO or k == SERVER_HELLO else 0
+
+
+def hello_end(data: bytes | bytearray | memoryview) -> int:
+    """Where the TLS ClientHello or ServerHello that `data` starts with ends (5-byte record header + 4-byte
+    handshake header + its length), or 0 when `data` does not start one. Why: the cipher suites and
+    extension types lie beyond any small B, and a hello is one message that the record header sizes."""
+    if len(data) < 9 or not hello_kind(data):
+        return 0
+    return 9 + ((data[6] << 16) | (data[7] << 8) | data[8])
+
+
 def parse_hello(data: bytes) -> tuple[int, int, list[int], list[int]] | None:
     """(handshake type 1/2, version, cipher suites, extension types) of a TLS ClientHello/ServerHello at the
     start of `data` (GREASE values dropped); None for anything else. A cut hello yields what it holds."""
-    if len(data) < 44 or data[0] != 0x16 or data[1] != 3 or data[5] not in (1, 2):
+    if len(data) < HELLO_HEAD or not hello_kind(data):
         return None
     kind, n = data[5], len(data)
     version = (data[9] << 8) | data[10]

@@ -345,3 +345,32 @@ def test_near_hellos_match_the_plain_definition_on_real_flows():
         assert (got is None and not want.any()) or np.array_equal(got, want)
         checked += got is not None
     assert len(te) >= 100 and checked >= 50
+
+
+@needs_data
+def test_encode_keys_are_the_plain_definitions_on_real_flows():
+    """features.encode_keyed works a flow's table keys out once (hellos parsed once, openings read from the
+    chunks it masked for byt); they must be what fingerprint() and hello_tokens() give alone, on every flow of
+    the shared captures, masked or not, and for a chunk longer than the window whose opening masks otherwise."""
+    from etool_sensor.capture.reader import read_flows
+    from etool_sensor.features import FeatureSpec, encode, encode_keyed
+    from etool_sensor.fingerprints import fingerprint, fingerprints, hello_tokens
+    from etool_sensor.masking import mask_chunk
+
+    recs = list(read_flows(sorted(PCAPS.glob("*.pcap*"))))
+    spec = FeatureSpec(hello_bytes=1024)
+    feats, keys = encode_keyed(recs, None, spec)
+    want = fingerprints(recs)
+    assert np.array_equal(keys.hfp, want) and np.array_equal(feats["hfp"], want)
+    assert np.array_equal(encode(recs, None, spec)["hfp"], want)
+    assert np.array_equal(encode_keyed(recs, None, spec, mask_names=False)[1].hfp, want)
+    openings = [i for i, h in enumerate(keys.hellos) if h == [None, None] and want[i]]
+    assert len(openings) > 1000 and sum(h != [None, None] for h in keys.hellos) > 500
+    for i, r in enumerate(recs):
+        t, w = keys.tokens(i), hello_tokens(r)
+        assert (t is None and w is None) or np.array_equal(t, w)
+    # a name run from byte 0 that the window cuts reads as a name only when cut: the opening masks the chunk
+    data = b"xy." + b"a" * 70 + b"_"
+    assert mask_chunk(data[:64], "tcp", 50000, 443)[:2] != mask_chunk(data, "tcp", 50000, 443)[:2]
+    odd = _flow((True, data), (False, data[:60]))
+    assert encode_keyed([odd], None, spec)[1].hfp[0] == fingerprint(odd)
