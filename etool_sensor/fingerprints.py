@@ -22,7 +22,7 @@ carries it as hello_table.json and the runtime adds its log-probabilities to the
 Since 0.8.0 the service table also holds its distinct training hellos as token sets (NearHellos): a flow
 whose hello the table lacks takes the services of the NEAR_M training hellos most like it (Jaccard over
 version, suite and extension-type tokens, at least NEAR_TAU), the same kind of evidence. Only 13-14 % of the
-test flows of a capture K-fold have their exact fingerprint in training (headroom.py); a client's next build
+test flows of a capture K-fold have their exact fingerprint in training (lab/headroom.py); a client's next build
 usually adds or drops a suite or an extension and keeps the rest (docs/model-card.md, "Near hellos").
 """
 
