@@ -62,14 +62,15 @@ def _conn_row(c: Any, uid: str | None = None) -> list[Any]:
     ]
 
 
-def _import_runtime_parts() -> tuple[Any, Any, Any]:
+def _import_runtime_parts() -> tuple[Any, Any]:
+    """(capture.reader, runtime); the context module too, so that a missing piece is one line before any work."""
     try:
         reader = importlib.import_module("etool_sensor.capture.reader")
         runtime = importlib.import_module("etool_sensor.runtime")
-        ContextTracker = importlib.import_module("etool_sensor.context").ContextTracker
+        importlib.import_module("etool_sensor.context")
     except ModuleNotFoundError as e:
         raise CliError(f"classify cannot run: the module {e.name!r} is missing from this installation") from None
-    return reader, runtime, ContextTracker
+    return reader, runtime
 
 
 def _progress_bar(captures: Sequence[str]) -> Any:
@@ -175,18 +176,18 @@ def _drift_of(counts: Counts, cfg: Any) -> Any:
     return mon.score()
 
 
-def prepare(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any, Any]:
+def prepare(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
     """What both classify paths do first: check every capture, import the runtime, warn about a collection
     that is smaller than the model reads, and set the collector (before --workers fork: they inherit it).
-    Returns (reader, runtime, ContextTracker): reader is etool_sensor.capture.reader."""
+    Returns (reader, runtime): reader is etool_sensor.capture.reader."""
     _check_inputs(args.captures)
-    reader, runtime, ContextTracker = _import_runtime_parts()
+    reader, runtime = _import_runtime_parts()
     _warn_collection(runtime, args.model or cfg.model.path, cfg.flow_params)
     runtime.tune_gc()
-    return reader, runtime, ContextTracker
+    return reader, runtime
 
 
-def classify_one(args: argparse.Namespace, cfg: Any, reader: Any, runtime: Any, ContextTracker: Any) -> int:
+def classify_one(args: argparse.Namespace, cfg: Any, reader: Any, runtime: Any) -> int:
     """`classify` in one process: read -> context -> model (in threads) -> etool.log + conn.log."""
     from .zeeklog import LogWriteError
 
