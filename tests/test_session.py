@@ -43,3 +43,12 @@ def test_session_cuts_and_tallies_agree() -> None:
 
     # a collection within the window is not cut
     assert not Session.of(model, Config(), collection=Config().flow_params).cuts
+
+
+def test_config_travels_to_a_spawned_worker() -> None:
+    """classify --workers sends the Config itself (parallel.WorkerSpec); under 'spawn' it is pickled."""
+    import pickle
+
+    cfg = Config().with_overrides({"classify.label_thresholds": {"Chat": 0.7}, "flow.packets": 48})
+    back = pickle.loads(pickle.dumps(cfg))
+    assert back == cfg and hash(back) == hash(cfg) and dict(back.classify.label_thresholds) == {"Chat": 0.7}
