@@ -163,7 +163,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
 
     before = gc.get_threshold(), sys.getswitchinterval()
     try:
-        reader, runtime, ContextTracker = offline.prepare(args, cfg)
+        reader, runtime = offline.prepare(args, cfg)
         workers = getattr(args, "workers", None) or cfg.classify.workers
         if workers is None:
             from .parallel import usable_cores
@@ -175,7 +175,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
             from .parallel import classify_sharded
 
             return classify_sharded(args, cfg, workers, reader)
-        return offline.classify_one(args, cfg, reader, runtime, ContextTracker)
+        return offline.classify_one(args, cfg, reader, runtime)
     finally:
         gc.set_threshold(*before[0])
         sys.setswitchinterval(before[1])

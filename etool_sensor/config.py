@@ -221,6 +221,11 @@ class _FrozenDict(dict):
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(tuple(sorted(self.items())))
 
+    def __reduce__(self) -> tuple:
+        # pickled with the Config (classify --workers under 'spawn'): rebuilt from a plain dict, since
+        # dict's default unpickling sets items one by one
+        return (_FrozenDict, (dict(self),))
+
 
 _SECTION_CLASSES = _make_classes(SCHEMA)
 FlowConfig = _SECTION_CLASSES["flow"]

@@ -10,11 +10,12 @@ import os
 import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import EXIT_OK, EXIT_OUTPUT, EXIT_TRUNCATED, PROG, CliError
+from .pipeline import Session, Tally
 
 BATCH = 512  # flows per model call in classify
 PIPELINE = 2  # batches queued to the model thread before classify waits for the oldest
@@ -22,16 +23,14 @@ PIPELINE = 2  # batches queued to the model thread before classify waits for the
 
 
 @dataclass
-class Counts:
+class Counts(Tally):
+    """A classify run's counts: its verdicts' Tally (the drift monitor over every verdict of the run, when the
+    package has a reference) and its files, packets, flows and connections."""
+
     files: int = 0
     packets: int = 0
     flows: int = 0
-    classified: int = 0
-    unknown: int = 0
-    alerts: dict[str, int] = field(default_factory=dict)  # classify.alert_labels hits, by label
-    statuses: dict[str, int] = field(default_factory=dict)
     conns: int = 0
-    drift: Any = None  # drift.DriftMonitor over every verdict of the run, when the package has a reference
 
 
 def _verdict_row(rec: Any, v: Any, model_id: str, top_k: int, uid: str | None = None) -> list[Any]:
@@ -63,14 +62,15 @@ def _conn_row(c: Any, uid: str | None = None) -> list[Any]:
     ]
 
 
-def _import_runtime_parts() -> tuple[Any, Any, Any]:
+def _import_runtime_parts() -> tuple[Any, Any]:
+    """(capture.reader, runtime); the context module too, so that a missing piece is one line before any work."""
     try:
         reader = importlib.import_module("etool_sensor.capture.reader")
         runtime = importlib.import_module("etool_sensor.runtime")
-        ContextTracker = importlib.import_module("etool_sensor.context").ContextTracker
+        importlib.import_module("etool_sensor.context")
     except ModuleNotFoundError as e:
         raise CliError(f"classify cannot run: the module {e.name!r} is missing from this installation") from None
-    return reader, runtime, ContextTracker
+    return reader, runtime
 
 
 def _progress_bar(captures: Sequence[str]) -> Any:
@@ -176,18 +176,18 @@ def _drift_of(counts: Counts, cfg: Any) -> Any:
     return mon.score()
 
 
-def prepare(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any, Any]:
+def prepare(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
     """What both classify paths do first: check every capture, import the runtime, warn about a collection
     that is smaller than the model reads, and set the collector (before --workers fork: they inherit it).
-    Returns (reader, runtime, ContextTracker): reader is etool_sensor.capture.reader."""
+    Returns (reader, runtime): reader is etool_sensor.capture.reader."""
     _check_inputs(args.captures)
-    reader, runtime, ContextTracker = _import_runtime_parts()
+    reader, runtime = _import_runtime_parts()
     _warn_collection(runtime, args.model or cfg.model.path, cfg.flow_params)
     runtime.tune_gc()
-    return reader, runtime, ContextTracker
+    return reader, runtime
 
 
-def classify_one(args: argparse.Namespace, cfg: Any, reader: Any, runtime: Any, ContextTracker: Any) -> int:
+def classify_one(args: argparse.Namespace, cfg: Any, reader: Any, runtime: Any) -> int:
     """`classify` in one process: read -> context -> model (in threads) -> etool.log + conn.log."""
     from .zeeklog import LogWriteError
 
@@ -204,10 +204,9 @@ def classify_one(args: argparse.Namespace, cfg: Any, reader: Any, runtime: Any, 
         model = runtime.load_model(model_path, threads=1)
     except runtime.ModelError as e:
         raise CliError(f"model: {e}") from None
-    model_id = model.id
-    # a collection longer than the model reads (flow.packets above its window): cut, as the daemon does
-    window = runtime.model_window(model.spec)
-    cut = runtime.exceeds(cfg.flow_params, window)
+    # a collection longer than the model reads (flow.packets above its window) is cut, as the daemon does
+    session = Session.of(model, cfg, collection=cfg.flow_params)
+    model_id = session.model_id
 
     outdir = Path(args.output or cfg.log.dir)
     fmt = args.format or cfg.log.format
@@ -218,11 +217,9 @@ def classify_one(args: argparse.Namespace, cfg: Any, reader: Any, runtime: Any, 
 
     stats = reader.ReadStats()
     counts = Counts(files=len(args.captures), drift=drift_monitor(model_path, cfg))
-    observe = counts.drift.observe if counts.drift is not None else None
-    tracker = ContextTracker(window=cfg.context.window, bursts=cfg.context.bursts)
-    thresholds = cfg.thresholds
-    top_k = cfg.classify.top_k
-    alert_labels = frozenset(cfg.classify.alert_labels)
+    top_k = session.top_k
+    alert_labels = session.alert_labels
+    prepare = session.prepare
 
     show_progress = not args.quiet and sys.stderr.isatty()
     bar = None
@@ -251,27 +248,12 @@ def classify_one(args: argparse.Namespace, cfg: Any, reader: Any, runtime: Any, 
     # time: 0.2 ms is 1.1x end to end (docs/performance.md, "Fixed runtime settings and why").
     sys.setswitchinterval(runtime.GIL_SWITCH_S)
 
-    def classify_batch(recs: list[Any], ctxs: list[Any]) -> list[Any]:
-        return model.classify(recs, ctxs, thresholds, mask_names=cfg.privacy.mask_names,
-                              min_packets=cfg.flow.min_packets, top_k=top_k)
-
     def write_oldest() -> None:
         recs, fut = inflight[0]
         verdicts = fut.result()
-        if len(verdicts) != len(recs):
-            raise RuntimeError(f"model returned {len(verdicts)} verdicts for {len(recs)} flows")
-        statuses = counts.statuses
+        counts.add(verdicts, alert_labels)
         write = etool_w.write
         for rec, v in zip(recs, verdicts):
-            statuses[v.status] = statuses.get(v.status, 0) + 1
-            if v.status == "ok":
-                counts.classified += 1
-                counts.unknown += bool(v.unknown)
-                hit = v.alert(alert_labels)
-                if hit:
-                    counts.alerts[hit] = counts.alerts.get(hit, 0) + 1
-            if observe is not None:
-                observe(v, v.table_hit)
             write(_verdict_row(rec, v, model_id, top_k))
         inflight.popleft()
 
@@ -281,7 +263,7 @@ def classify_one(args: argparse.Namespace, cfg: Any, reader: Any, runtime: Any, 
             return
         recs, ctxs = batch, contexts
         batch, contexts = [], []
-        inflight.append((recs, executor.submit(classify_batch, recs, ctxs)))
+        inflight.append((recs, executor.submit(session.classify, recs, ctxs)))
         while len(inflight) > PIPELINE + threads - 1:
             write_oldest()
 
@@ -300,9 +282,8 @@ def classify_one(args: argparse.Namespace, cfg: Any, reader: Any, runtime: Any, 
             for rec in reader.read_flows(args.captures, cfg.flow_params, stats=stats, on_conn=on_conn,
                                        progress=progress, checksums=cfg.flow.verify_checksums):
                 counts.flows += 1
-                if cut:
-                    rec = rec.within(window)
-                contexts.append(tracker.observe(rec))
+                rec, ctx = prepare(rec)
+                contexts.append(ctx)
                 batch.append(rec)
                 if len(batch) >= BATCH:
                     submit_batch()

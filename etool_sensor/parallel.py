@@ -51,24 +51,15 @@ def usable_cores() -> int:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker needs, as plain picklable values (for 'spawn')."""
+    """Everything a worker needs, picklable (for 'spawn'): the validated configuration as it is, and what the
+    command line or the parent decided."""
 
     paths: tuple[str, ...]
     n: int
     me: int
-    flow_params: Any  # flows.FlowParams
-    checksums: bool
-    model_path: str | None
-    threads: int
-    threshold: float
-    label_thresholds: dict[str, float]
-    mask_names: bool
-    min_packets: int
-    top_k: int
-    alert_labels: frozenset[str]
-    window: float
-    bursts: int
-    fmt: str
+    cfg: Any  # config.Config
+    model_path: str | None  # --model, else model.path
+    fmt: str  # --format, else log.format
     batch: int
     progress: bool
 
@@ -80,29 +71,28 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
     then ("end", stats, shard_stats, error) with error None or (exit_code, message)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers
     try:
+        cfg = spec.cfg
         from . import runtime
         from .capture import reader
         from .errors import EXIT_INPUT
         from .offline import _conn_row, _verdict_row
-        from .context import ContextTracker
+        from .pipeline import Session
         from .zeeklog import CONN_FIELDS, ETOOL_FIELDS, row_formatter
 
         try:
-            model = runtime.load_model(spec.model_path, threads=spec.threads)
+            model = runtime.load_model(spec.model_path, threads=cfg.model.threads or 1)
         except runtime.ModelError as e:
             conn.send(("error", EXIT_INPUT, f"model: {e}", None))
             return
-        model_id = model.id
+        # records beyond the model's window are cut to it, as in one process
+        session = Session.of(model, cfg, collection=cfg.flow_params)
+        model_id = session.model_id
         runtime.tune_gc()  # inherited under 'fork'; 'spawn' starts with Python's defaults
         conn.send(("ready", model_id))
 
         fmt_e = row_formatter(ETOOL_FIELDS, spec.fmt)
         fmt_c = row_formatter(CONN_FIELDS, spec.fmt)
-        thresholds = runtime.Thresholds(spec.threshold, dict(spec.label_thresholds))
-        window = runtime.model_window(model.spec)  # records beyond it are cut to it, as in one process
-        cut = runtime.exceeds(spec.flow_params, window)
-        tracker = ContextTracker(window=spec.window, bursts=spec.bursts)
-        top_k, alert_labels, ph = spec.top_k, spec.alert_labels, UID_PLACEHOLDER
+        top_k, entry, prepare, ph = session.top_k, session.entry, session.prepare, UID_PLACEHOLDER
         stats, shard_stats = reader.ReadStats(), reader.ReadStats()
         news: list = []
         erows: list = []
@@ -116,16 +106,10 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
             prog[0] += d
 
         def classify() -> None:
-            verdicts = model.classify(recs, ctxs, thresholds, mask_names=spec.mask_names,
-                                      min_packets=spec.min_packets, top_k=top_k)
-            if len(verdicts) != len(recs):
-                raise RuntimeError(f"model returned {len(verdicts)} verdicts for {len(recs)} flows")
+            verdicts = session.classify(recs, ctxs)
             for key, rec, v in zip(keys, recs, verdicts):
-                row = _verdict_row(rec, v, model_id, top_k, ph)
-                ok = v.status == "ok"
-                erows.append((key, rec.uid, fmt_e(row), v.status, ok and bool(v.unknown),
-                              v.alert(alert_labels) if ok else None,
-                              (v.service, v.confidence, v.table_hit) if ok else None))  # for the drift score
+                # the parent tallies entry(v) in merge order (statuses, alerts, the drift score)
+                erows.append((key, rec.uid, fmt_e(_verdict_row(rec, v, model_id, top_k, ph)), entry(v)))
             keys.clear()
             recs.clear()
             ctxs.clear()
@@ -139,16 +123,15 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
 
         error = None
         try:
-            events = reader.read_shard(list(spec.paths), (spec.n, spec.me), spec.flow_params, stats=stats,
+            events = reader.read_shard(list(spec.paths), (spec.n, spec.me), cfg.flow_params, stats=stats,
                                      shard_stats=shard_stats, progress=progress if spec.progress else None,
-                                     checksums=spec.checksums)
+                                     checksums=cfg.flow.verify_checksums)
             for key, kind, obj in events:
                 if kind == reader.EV_RECORD:
-                    if cut:
-                        obj = obj.within(window)
+                    obj, ctx = prepare(obj)
                     keys.append(key)
                     recs.append(obj)
-                    ctxs.append(tracker.observe(obj))
+                    ctxs.append(ctx)
                     if len(recs) >= spec.batch:
                         classify()
                         send(key)
@@ -388,15 +371,10 @@ def classify_sharded(args: Any, cfg: Any, workers: int, reader: Any) -> int:
 
     fmt = args.format or cfg.log.format
     show_progress = not args.quiet and sys.stderr.isatty()
-    specs = [WorkerSpec(
-        paths=tuple(str(p) for p in args.captures), n=workers, me=i, flow_params=cfg.flow_params,
-        checksums=cfg.flow.verify_checksums, model_path=args.model or cfg.model.path,
-        threads=cfg.model.threads or 1, threshold=cfg.classify.threshold,
-        label_thresholds=dict(cfg.classify.label_thresholds), mask_names=cfg.privacy.mask_names,
-        min_packets=cfg.flow.min_packets, top_k=cfg.classify.top_k,
-        alert_labels=frozenset(cfg.classify.alert_labels), window=cfg.context.window,
-        bursts=cfg.context.bursts, fmt=fmt, batch=BATCH, progress=show_progress and i == 0)
-        for i in range(workers)]
+    specs = [WorkerSpec(paths=tuple(str(p) for p in args.captures), n=workers, me=i, cfg=cfg,
+                        model_path=args.model or cfg.model.path, fmt=fmt, batch=BATCH,
+                        progress=show_progress and i == 0)
+             for i in range(workers)]
 
     pool = ShardedClassify(specs)
     writers: list[Any] = []
@@ -408,7 +386,6 @@ def classify_sharded(args: Any, cfg: Any, workers: int, reader: Any) -> int:
         except WorkerFailed as e:
             raise CliError(_failure_message(e, counts), e.code) from None
         counts.drift = drift_monitor(args.model or cfg.model.path, cfg)
-        drift_add = counts.drift.add if counts.drift is not None else None
         outdir = Path(args.output or cfg.log.dir)
         try:
             outdir.mkdir(parents=True, exist_ok=True)
@@ -420,20 +397,13 @@ def classify_sharded(args: Any, cfg: Any, workers: int, reader: Any) -> int:
         writers += [etool_w, conn_w]
 
         ph = UID_PLACEHOLDER
-        statuses, alerts = counts.statuses, counts.alerts
+        add_entry = counts.add_entry
 
         def write_etool(rows, uids) -> None:
             write = etool_w.write_formatted
-            for _key, cid, line, status, unknown, alert, seen in rows:
+            for _key, cid, line, entry in rows:
                 counts.flows += 1
-                statuses[status] = statuses.get(status, 0) + 1
-                if status == "ok":
-                    counts.classified += 1
-                    counts.unknown += unknown
-                    if alert:
-                        alerts[alert] = alerts.get(alert, 0) + 1
-                    if drift_add is not None:
-                        drift_add(*seen)
+                add_entry(*entry)
                 write(line.replace(ph, uids[cid], 1))
 
         def write_conn(rows, uids) -> None:

@@ -35,6 +35,7 @@ from ..zeek.messages import ZeekError
 from ..zeek.wire import encode_verdict, parse_flow
 from ..config import Config
 from ..context import ContextTracker
+from ..pipeline import Session
 from ..flows import FlowRecord, Verdict
 from .limits import RateLimitedLog, TokenBucket
 from .logfmt import DAEMON_LOGGER, ev
@@ -74,38 +75,19 @@ def _task_done(t: asyncio.Task, running: set, slots: asyncio.Semaphore, failed: 
 
 
 # -------------------------------------------------------------------------------------- daemon
-@dataclass(frozen=True, eq=False)
-class Serving:
-    """What answers a flow: the model and the classify settings in force when the flow arrived.
+class Serving(Session):
+    """What answers a flow: the Session (model, classify settings, context) in force when the flow arrived,
+    and the model's per-label verdict counters (Metrics.use_model).
 
     One object per load or reload; each queued flow holds the one it arrived under, so a reload never
-    changes the answer to a flow already in hand."""
+    changes the answer to a flow already in hand. Records from Zeek are cut to the model's window whatever
+    their length (the collection is Zeek's, not flow.*)."""
 
-    model: Any
-    model_id: str  # name@version, as in the verdicts' model field
-    thresholds: Any
-    top_k: int
-    mask_names: bool
-    min_packets: int
-    alert_labels: frozenset[str]
-    window: Any  # what the model reads of a flow (runtime.model_window), None = all of it
-    model_packets: int
-    counters: dict[str, dict[str, Any]]  # Metrics.use_model: per-label verdict counters
-
-
-def _serving(cfg: Config, model: Any, m: Metrics, previous: Any = None) -> Serving:
-    from ..runtime import model_window
-
-    window = model_window(getattr(model, "spec", None))
-    return Serving(model=model, model_id=model.id,
-                   thresholds=cfg.thresholds, top_k=cfg.classify.top_k, mask_names=cfg.privacy.mask_names,
-                   min_packets=cfg.flow.min_packets, alert_labels=frozenset(cfg.classify.alert_labels),
-                   window=window, model_packets=window.packets if window is not None else 0,
-                   counters=m.use_model(model, previous))
-
-
-def _tracker(cfg: Config) -> ContextTracker:
-    return ContextTracker(window=cfg.context.window, bursts=cfg.context.bursts)
+    def __init__(self, cfg: Config, model: Any, counters: dict[str, dict[str, Any]],
+                 tracker: ContextTracker | None = None) -> None:
+        super().__init__(model, classify=cfg.classify, privacy=cfg.privacy, flow=cfg.flow, context=cfg.context,
+                         collection=None, tracker=tracker)
+        self.counters = counters
 
 
 @dataclass(slots=True)
@@ -135,13 +117,12 @@ class Daemon:
         self.on_listening = on_listening  # given: serve metrics even on port 0 (a free one) and say which
         self.m = metrics or Metrics()
         # records Zeek collected beyond what the model reads are cut to it (FlowRecord.within)
-        self.serving = _serving(cfg, model, self.m)
+        self.serving = Serving(cfg, model, self.m.use_model(model, None))
         self.reloader = reloader
         self._reload_task: asyncio.Task | None = None
         self._reload_again = False
         self.last_reload: dict[str, Any] | None = None  # shown on /healthz
         self.warn = RateLimitedLog(log)
-        self.tracker = _tracker(cfg)
         self.client = ZeekClient(serve.zeek_url, serve.topics, app_name=serve.app_name,
                                    ca_file=serve.tls.ca_file, verify=serve.tls.verify,
                                    max_size=serve.max_message_bytes, reconnect_min_s=serve.reconnect_min_s,
@@ -169,6 +150,11 @@ class Daemon:
     def model(self) -> Any:
         """The model answering new flows."""
         return self.serving.model
+
+    @property
+    def tracker(self) -> ContextTracker:
+        """The BURST context of the flows that arrive."""
+        return self.serving.tracker
 
     # -------------------------------------------------------------- control
     def request_stop(self) -> None:
@@ -215,9 +201,9 @@ class Daemon:
         for k in RESTART_ONLY:
             new = with_value(new, k, config_value(old, k))
         previous = self.serving
-        serving = _serving(new, model, self.m, previous.model)
-        if new.context != old.context:
-            self.tracker = _tracker(new)  # the context history restarts under the new window
+        # the context history restarts under a new context window, else it goes on
+        serving = Serving(new, model, self.m.use_model(model, previous.model),
+                          tracker=previous.tracker if new.context == old.context else None)
         if new.serve.max_flows_per_s != old.serve.max_flows_per_s:
             rate = new.serve.max_flows_per_s
             self.rate = TokenBucket(rate) if rate > 0 else None
@@ -358,8 +344,7 @@ class Daemon:
                 self.warn.warn("long_collection", "flows arrive after %d packets (ETooL::packets_per_flow) but the "
                                "model reads only the first %d: verdicts come later than they need to; lower it to %d "
                                "in local.zeek", n_pk, model_packets, model_packets)
-        if sv.window is not None:
-            rec = rec.within(sv.window)
+        rec = sv.cut(rec)
         uid = rec.uid
         if uid in self._seen:
             m.drops.labels("duplicate").inc()
@@ -373,7 +358,7 @@ class Daemon:
             self.warn.warn("queue_full", "queue full (%d): dropping flows; inference is behind", serve.queue_size)
             return
         try:
-            ctx = self.tracker.observe(rec)
+            ctx = sv.context(rec)
         except Exception as e:  # noqa: BLE001
             ctx = None
             self.warn.warn("context", "context tracker failed: %r", e)
@@ -523,7 +508,7 @@ class Daemon:
                         c = by_label[kind]["unknown"]
                     c.inc()
             if sv.alert_labels:
-                hit = v.alert(sv.alert_labels)
+                hit = sv.alert(v)
                 if hit:
                     m.alerts.labels(hit).inc()
 
@@ -533,8 +518,7 @@ class Daemon:
         out: list[Verdict] = []
         for sv, run in itertools.groupby(batch, key=lambda it: it.serving):
             items = list(run)
-            out += sv.model.classify([it.record for it in items], [it.context for it in items], sv.thresholds,
-                                     mask_names=sv.mask_names, min_packets=sv.min_packets, top_k=sv.top_k)
+            out += sv.classify([it.record for it in items], [it.context for it in items])
         return out
 
     # -------------------------------------------------------------- metrics / health endpoint
