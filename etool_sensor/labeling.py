@@ -6,7 +6,7 @@ nDPI runs out of process or through a binding, never re-implemented here. Two en
   the version that wrote the labels.csv files of the shared more/ and zeek-traces/ sets, so its categories are theirs (100 % of the
   encrypted flows agree on `more/` and `zeek-traces/`, docs/labels.md). Its per-flow lines (`-v 2`) are
   parsed.
-* `nfstream`: the nfstream package from PyPI (`pip install 'etool-sensor[label]'`), which bundles a newer
+* `nfstream`: the nfstream package from PyPI (`pip install '.[label]'`), which bundles a newer
   nDPI (5.0 in nfstream 6.6). Newer nDPI re-files some apps and names an unknown flow's category; the tables
   below map those back where the shared sets show 4.2's choice, and ENCRYPTED_MASTERS gives the `encrypted`
   column, which nfstream does not expose.
@@ -37,7 +37,7 @@ COLUMNS = ("pcap", "l4", "src", "sport", "dst", "dport", "bidirectional", "label
 EXIT_OK, EXIT_INPUT, EXIT_TRUNCATED = 0, 2, 3
 
 INSTALL_HINT = ("labelling needs nDPI: apt-get install libndpi-bin (ndpiReader, nDPI 4.2 as the shared labels) "
-                "or pip install 'etool-sensor[label]' (nfstream)")
+                "or pip install '.[label]' (nfstream)")
 
 # nDPI 5 (nfstream 6.6) category names -> nDPI 4.2's. On the shared captures nDPI 5 names its categories as 4.2
 # did (it adds new ones, e.g. Health, which stay as they are) except the category of an unknown flow, which 4.2
@@ -186,7 +186,7 @@ def find_engine(name: str = "auto") -> Any:
         return Nfstream()
     except ImportError:
         raise LabelError(INSTALL_HINT if name == "auto" else "nfstream is not installed: "
-                         "pip install 'etool-sensor[label]'") from None
+                         "pip install '.[label]'") from None
 
 
 def check_captures(paths: Sequence[str | Path]) -> None:

@@ -12,6 +12,7 @@ from etool_sensor.capture import reader
 from etool_sensor.train import capture as C
 
 
+@pytest.mark.slow
 def test_capture_makes_real_tls_and_http_flows(tmp_path: Path) -> None:
     try:
         C._require()

@@ -400,6 +400,7 @@ def test_teacher_cache_is_reused_only_for_the_same_training_flows(shared, tmp_pa
     assert TL.load_cached_teacher(ds, old, TL.training_key(b)) is not None
 
 
+@pytest.mark.slow
 def test_kfold_repeats_keep_repeat_zero_and_share_the_teacher(shared, tmp_path, monkeypatch, capsys):
     """--repeats R retrains the students and forests with R model seeds on the same folds: repeat 0 is the
     run without --repeats, the spread is reported, and each fold's teacher is trained once, not R times."""

@@ -41,6 +41,7 @@ def reference(subset=SUBSET):
     return ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ndpireader", "nfstream"])
 def test_category_agrees_with_ndpi_42_on_encrypted_flows(name):
     engine = engine_or_skip(name)

@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # loads the LLM (SmolLM2-135M) and trains on the CPU
 
 from conftest import NDPI  # noqa: E402
 

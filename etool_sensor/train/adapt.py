@@ -173,7 +173,7 @@ def adapt_main(args: argparse.Namespace) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except ImportError as e:
-        print(f"{prog}: error: adapt needs the Python module {e.name!r}: pip install 'etool-sensor[adapt]'",
+        print(f"{prog}: error: adapt needs the Python module {e.name!r}: pip install '.[adapt]' in a checkout of etool",
               file=sys.stderr)
         return EXIT_INPUT
     except OSError as e:
