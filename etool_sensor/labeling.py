@@ -190,20 +190,13 @@ def find_engine(name: str = "auto") -> Any:
 
 
 def check_captures(paths: Sequence[str | Path]) -> None:
-    """LabelError for the first capture that is missing, unreadable or not a capture (before any is read)."""
-    from .capture.reader import PcapError, check_capture
+    """capture.reader.check_captures as a LabelError (exit 2)."""
+    from .capture.reader import PcapError, check_captures as check
 
-    for p in paths:
-        if not os.path.exists(p):
-            raise LabelError(f"{p}: no such file")
-        if os.path.isdir(p):
-            raise LabelError(f"{p}: is a directory, not a capture")
-        if not os.access(p, os.R_OK):
-            raise LabelError(f"{p}: permission denied")
-        try:
-            check_capture(p)
-        except PcapError as e:
-            raise LabelError(str(e).splitlines()[0]) from None
+    try:
+        check(paths)
+    except PcapError as e:
+        raise LabelError(str(e)) from None
 
 
 def default_root(paths: Sequence[str | Path]) -> Path:

@@ -110,22 +110,13 @@ def _warn_collection(runtime: Any, model_path: Any, params: Any) -> None:
 
 
 def _check_inputs(paths: Sequence[str]) -> None:
-    """Every capture is checked before any is read: a missing, unreadable or non-capture file in a long list
-    stops the run at once (exit 2), not after the captures before it were classified."""
+    """capture.reader.check_captures as classify's one-line input error (exit 2)."""
     from .capture import reader
 
-    for p in paths:
-        if not os.path.exists(p):
-            raise CliError(f"{p}: no such file")
-        if os.path.isdir(p):
-            raise CliError(f"{p}: is a directory, not a capture")
-        if not os.access(p, os.R_OK):
-            raise CliError(f"{p}: permission denied")
-    for p in paths:
-        try:
-            reader.check_capture(p)
-        except reader.PcapError as e:
-            raise CliError(str(e).splitlines()[0]) from None
+    try:
+        reader.check_captures(paths)
+    except reader.PcapError as e:
+        raise CliError(str(e)) from None
 
 
 def _summary(counts: Counts, stats: Any, outputs: Sequence[Path], drift: Any = None) -> str:

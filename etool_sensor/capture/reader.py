@@ -70,6 +70,24 @@ def check_capture(path: str | os.PathLike) -> None:
         src.close()
 
 
+def check_captures(paths: Sequence[str | os.PathLike]) -> None:
+    """Check every capture before any is read: PcapError, one line, for the first that is missing, a directory,
+    unreadable, or not a capture. A stray file in a long list then stops a run at once, not after the
+    captures before it were read."""
+    for p in paths:
+        if not os.path.exists(p):
+            raise PcapError(f"{p}: no such file")
+        if os.path.isdir(p):
+            raise PcapError(f"{p}: is a directory, not a capture")
+        if not os.access(p, os.R_OK):
+            raise PcapError(f"{p}: permission denied")
+    for p in paths:
+        try:
+            check_capture(p)
+        except PcapError as e:
+            raise PcapError(str(e).splitlines()[0]) from None
+
+
 def _read_one(path: Path, idx: int, params: FlowParams, st: ReadStats, on_conn, progress, checksums, lsp=None):
     src = _Source(path)
     try:
