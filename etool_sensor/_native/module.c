@@ -18,8 +18,9 @@
 
 /* Record objects. flows.Packet and flows.Chunk are dataclasses with __slots__ whose generated __init__
  * only stores its arguments in the slots, in field order; calling it (a Python function) was most of the
- * cost of a packet in the capture reader. For such a class make() allocates the instance and fills the slots directly; any
- * other class (no __slots__, a __post_init__, other fields, a custom __init__) is called as before.
+ * cost of a packet in the capture reader. For such a class make() allocates the instance and fills the
+ * slots directly; any other class (no __slots__, a __post_init__, other fields, a custom __init__) is called
+ * as before.
  */
 typedef struct {
     PyObject *type; /* strong reference; NULL = free entry */
