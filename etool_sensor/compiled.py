@@ -1,4 +1,4 @@
-"""The optional compiled twins of Python functions (etool_sensor/_fastpath.c).
+"""The optional compiled twins of Python functions (etool_sensor/_native/, built as etool_sensor._fastpath).
 
 Each module that has one asks for it here, once at import: None when the extension was not built (no C
 compiler at install time), is a build from before that function, or ETOOL_PURE_PYTHON is set. The Python

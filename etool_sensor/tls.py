@@ -1,7 +1,7 @@
 """TLS hellos: whether a chunk starts one (hello_kind, hello_end) and the handshake fields the model and the
 fingerprint tables read (cipher suites and extension types, never names: parse_hello). The one Python
 definition of a hello: the collection (flows.chunk_length), masking, features, fingerprints and eval ask
-here; the compiled twins in _fastpath.c test the same bytes and name these functions as their reference."""
+here; the compiled twins in etool_sensor/_native/ test the same bytes and name these functions as their reference."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The compiled packet path (_fastpath.c) against the pure-Python reader (etool_sensor/capture/), which is the reference.
+"""The compiled packet path (etool_sensor/_native/capture.c) against the pure-Python reader (etool_sensor/capture/), which is the reference.
 
 read_flows uses the engine for pcap and pcapng when it is built; these tests read the same inputs
 both ways and require identical records, connection summaries (in the same order) and counters: on

@@ -9,6 +9,6 @@ One module per layer; each imports only modules listed above it:
 - ``linklayer``: the link-layer types a capture may hold, decoded down to IPv4/IPv6.
 - ``formats``: capture files (pcap, pcapng, either gzip-compressed) walked record by record; PcapError.
 - ``conntrack``: the connection table with Zeek's TCP/UDP session semantics -> FlowRecord + ConnSummary.
-- ``native``: glue to the compiled packet path (``etool_sensor/_fastpath.c``), which ports the layers above.
+- ``native``: glue to the compiled packet path (``etool_sensor/_native/capture.c``), which ports the layers above.
 - ``reader``: the public API: read_flows, read_shard, check_capture, PcapError, ReadStats, ConnSummary.
 """

@@ -1,4 +1,4 @@
-"""Glue to the compiled packet path (etool_sensor/_fastpath.c): the same reader for pcap and pcapng, in C.
+"""Glue to the compiled packet path (etool_sensor/_native/capture.c): the same reader for pcap and pcapng, in C.
 
 The engine is a port of formats, linklayer, ip (all but fragment reassembly) and conntrack; this module decides
 where it applies (_fast_header), feeds it blocks, hands IP fragments to ip.py's reassembly (_FragShim) and turns
