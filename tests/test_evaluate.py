@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import NDPI
+from tests.support import NDPI
 
 from etool_sensor.lab import runner as R
 from etool_sensor.lab import scoring as S
@@ -462,7 +462,7 @@ def test_numpy_metrics_match_sklearn_on_the_shipped_models_verdicts(shared):
 
     from etool_sensor.train.data import load_labelled
 
-    from conftest import ZEEK_TRACES
+    from tests.support import ZEEK_TRACES
 
     ds = load_labelled(ZEEK_TRACES, ZEEK_TRACES / "labels.csv", encrypted_only=True)  # a network it never saw
     m = R.evaluate_model(ds, None, "category")

@@ -21,7 +21,7 @@ from etool_sensor.context import ContextTracker, Neighbour
 from etool_sensor.features import FeatureSpec, _arrays_c, _arrays_py, encode
 from etool_sensor.flows import Chunk, FlowParams, FlowRecord, Packet
 from etool_sensor.capture.reader import read_flows
-from tests.conftest import NDPI, ZEEK_TRACES
+from tests.support import NDPI, ZEEK_TRACES
 
 fast = pytest.importorskip("etool_sensor._fastpath")
 if not hasattr(fast, "encode_arrays"):  # pragma: no cover - a build from before encode_arrays

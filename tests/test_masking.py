@@ -15,7 +15,7 @@ from etool_sensor.flows import FlowParams
 from etool_sensor.masking import mask_cert_names, mask_dns, mask_payload, mask_tls_client_hello
 from etool_sensor.train.data import flow_key
 
-from conftest import NDPI
+from tests.support import NDPI
 
 WIDE = FlowParams(packets=32, payload_bytes=1500, payload_packets=3)
 
