@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support import full_length
 from tests.test_model import PCAPS, _flows
 
 needs_data = pytest.mark.skipif(not PCAPS.is_dir(), reason="shared/data not present")
@@ -38,7 +39,7 @@ def test_bundled_models_cut_padding_without_changing_verdicts(name, real_flows):
     recs, ctxs = real_flows
     feats = m.features(recs, ctxs)
     cut = m._run(feats, HEADS)
-    m._granules = {}  # the same graph over the full, padded arrays
+    m._granules = full_length(m)  # the same graph over the full, padded arrays
     full = m._run(feats, HEADS)
     for h in HEADS:
         assert (cut[h].argmax(1) == full[h].argmax(1)).all(), h
@@ -117,7 +118,7 @@ def test_a_flows_scores_do_not_depend_on_its_batch(real_flows, monkeypatch):
     monkeypatch.setattr(rt, "BATCH", 7)
     b = m.predict_proba([recs[i] for i in perm], [ctxs[i] for i in perm])
     assert np.array_equal(a[perm], b)
-    m._granules, gran = {}, m._granules
+    m._granules, gran = full_length(m), m._granules
     full = m.predict_proba(recs, ctxs)
     m._granules = gran
     moved = np.nonzero(np.abs(full - a).max(1) > 0)[0]  # flows whose cut changed an int8 rounding
