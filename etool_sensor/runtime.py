@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .context import Context
-from .features import FEATURES_VERSION, FeatureSpec, encode_keyed
+from .features import FEATURES_VERSION, RETIRED, FeatureSpec, encode_keyed
 from .fingerprints import FlowKeys
 from .flows import SCHEMA_VERSION, FlowRecord, Verdict
 
@@ -140,7 +140,7 @@ def model_window(spec: Any) -> Any:
     packets = int(getattr(spec, "packets", 0) or 0)
     if not packets:
         return None
-    return FlowParams(packets, int(getattr(spec, "collect_payload_bytes", 0) or getattr(spec, "payload_bytes", 0)),
+    return FlowParams(packets, int(getattr(spec, "payload_bytes", 0)),
                       int(getattr(spec, "payload_packets", 0)), int(getattr(spec, "hello_bytes", 0) or 0))
 
 
@@ -154,7 +154,7 @@ def collection_shortfalls(spec: FeatureSpec, params: Any) -> list[str]:
     """Where the flow collection (flows.FlowParams) keeps less than the model reads: one sentence each, for a
     warning. The model still runs, on less than it was trained and measured on."""
     need = (("packets", spec.packets, "packets"),
-            ("payload_bytes", spec.collect_payload_bytes or spec.payload_bytes, "payload bytes per payload packet"),
+            ("payload_bytes", spec.payload_bytes, "payload bytes per payload packet"),
             ("payload_packets", spec.payload_packets, "payload packets"),
             ("hello_bytes", spec.hello_bytes, "bytes of a TLS hello (its cipher suites and extensions)"))
     return [f"flow.{key} is {getattr(params, key)}, below the {want} {what} the model reads"
@@ -285,13 +285,13 @@ def check_manifest(d: Path, manifest: dict[str, Any], *, verify_checksum: bool =
     if not isinstance(gran, dict) or "pkt" not in gran or not all(isinstance(v, int) and v > 0 for v in gran.values()):
         raise ModelError(f"{where}: no 'token_granules' (token axes not dynamic: a package exported before that step); "
                          f"export it again with this build (`etool-sensor export`)")
-    known = {f.name for f in fields(FeatureSpec)}
+    known = {f.name for f in fields(FeatureSpec)} | set(RETIRED)
     unknown = set(feats) - known
     if unknown:
         raise ModelError(f"{where}: unknown feature settings {sorted(unknown)}")
     try:
-        spec = FeatureSpec(**feats)
-    except TypeError as e:
+        spec = FeatureSpec.from_dict(feats)
+    except (TypeError, ValueError) as e:
         raise ModelError(f"{where}: bad feature settings ({e})") from None
     ls = manifest["label_sets"]
     if not isinstance(ls, dict) or not all(isinstance(ls.get(h), list) and ls.get(h) for h in HEADS):

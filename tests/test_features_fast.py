@@ -158,7 +158,7 @@ def test_declines_and_errors_are_the_python_paths():
 def test_encode_uses_the_compiled_path(monkeypatch, flows):
     """encode() gives _arrays_py's arrays with the C path on and off (and the extras on top)."""
     recs, ctxs = flows
-    for spec in (FeatureSpec(), FeatureSpec(use_ports=True, hello_tokens=16, flights=4)):
+    for spec in (FeatureSpec(), FeatureSpec(use_ports=True, flights=4)):
         a = encode(recs[:400], ctxs[:400], spec)
         monkeypatch.setattr(features, "_encode_c", None)
         b = encode(recs[:400], ctxs[:400], spec)

@@ -168,7 +168,7 @@ def _window_names(data_dir, labels_csv, captures) -> tuple[int, list, list]:
     from etool_sensor.runtime import model_window
 
     manifest = json.loads((Path(etool_sensor.__file__).parent / "models/default/manifest.json").read_text())
-    spec = FeatureSpec(**manifest["features"])
+    spec = FeatureSpec.from_dict(manifest["features"])
     window = model_window(spec)
     bb = spec.payload_bytes
     sni: dict = defaultdict(dict)

@@ -242,6 +242,17 @@ def test_manifest_refusals(tmp_path):
     with pytest.raises(ModelError, match="head has"):
         load_model(bad)
 
+    # settings of retired experiments: accepted at their "off" value (the bundled default manifest records
+    # them so), refused otherwise
+    assert json.loads((pkg / "manifest.json").read_text())["features"]["compact_hello"] is False
+    for key, on in (("compact_hello", True), ("hello_tokens", 48), ("collect_payload_bytes", 1024)):
+        bad = _copy(pkg, tmp_path / key)
+        m = json.loads((bad / "manifest.json").read_text())
+        m["features"][key] = on
+        (bad / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ModelError, match=f"{key}=.*no longer runs"):
+            load_model(bad)
+
     bad = _copy(pkg, tmp_path / "granules")  # a package exported before the token axes were dynamic
     m = json.loads((bad / "manifest.json").read_text())
     del m["token_granules"]

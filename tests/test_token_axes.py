@@ -162,7 +162,7 @@ def test_granules_never_cut_a_stream_the_encoder_pads():
     {"layers": 1, "pkt_stride": 4, "dgram_stride": 16},  # the fast one
     {"pkt_stride": 1, "use_payload": False},  # no payload inputs, no token reshape at all
     {"pkt_stride": 3, "dgram_stride": 7},  # streams the encoder pads up to whole tokens: never cut
-    {"use_ports": True, "hello_tokens": 4},  # the optional inputs ride along uncut
+    {"use_ports": True, "flights": 4},  # the optional inputs ride along uncut
 ])
 def test_fresh_exports_of_every_shape_cut_to_the_same_logits(shape, real_flows, tmp_path):
     """torch export -> rewrite -> run cut as the runtime does: fp32 logits equal the full-length run."""
@@ -173,7 +173,7 @@ def test_fresh_exports_of_every_shape_cut_to_the_same_logits(shape, real_flows, 
     from etool_sensor.export.quantize import onnx_logits, parity
     from etool_sensor.export.token_axes import cut_logits, granules, make_token_axes_dynamic
 
-    spec = FeatureSpec(use_ports=shape.pop("use_ports", False), hello_tokens=shape.pop("hello_tokens", 0))
+    spec = FeatureSpec(use_ports=shape.pop("use_ports", False), flights=shape.pop("flights", 0))
     torch.manual_seed(0)
     model = StudentClassifier(EncoderConfig.from_spec(spec, **shape), 6, 9)
     for p in model.parameters():  # larger weights than the init's, so that positions matter
