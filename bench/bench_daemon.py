@@ -1,10 +1,10 @@
 """Benchmark of `etool-sensor serve` over loopback WebSocket (not a test; prints numbers).
 
-The bench process plays Zeek (the WebSocket v1 server side) and is the load generator. By default it is
+The bench process plays Zeek (the WebSocket v1 server side) and is the load generator:
 bench/loadgen.LeanPeer, which speaks the protocol with websockets' Sans-I/O layer, writes pre-encoded frames
-and matches verdicts by uid (one in 64 decoded in full): 27-38 us of CPU per flow at 6,000-10,000 flows/s
-against 65-90 us for tests/zeek_peer.ZeekPeer, the conformance peer (``--peer full``), which decodes and checks
-every verdict, on the same two cores as the daemons (docs/performance.md, "serve"). Either way, it publishes ETooL::flow events built from real captures at a fixed rate, steps the
+and matches verdicts by uid (one in 64 decoded in full); the conformance peer that checks every verdict is
+the tests' (tests/support/zeek_peer.py), which a bench does not import. It publishes ETooL::flow events built
+from real captures (bench/replay.py) at a fixed rate, steps the
 rate up until the daemons drop flows or fall behind, and reports per step: offered and answered
 flows/s, p50/p99 verdict latency (flow sent -> verdict received, both ends on this machine), drops
 (from the daemons' /metrics) and the daemons' RSS (largest and summed). Each daemon runs as its own
@@ -13,7 +13,7 @@ process (`python -m etool_sensor serve`, or with --stub a fixed-answer model, fo
 Scale-out the way the Zeek package does it (docs/sensor.md, "Several daemons"): with ``--daemons N``
 (N > 1) daemon i is named ``etool-i`` and subscribes to ``etool/flows/etool-i/`` only, and the peer
 publishes each flow on the topic ``ETooL::pick_daemon`` gives its originator address (rendezvous
-hashing, tests/zeek_peer.pick_daemon). One daemon subscribes to ``etool/flows/`` (``ETooL::daemons``
+hashing, bench/replay.pick_daemon). One daemon subscribes to ``etool/flows/`` (``ETooL::daemons``
 empty). ``--daemons 1,2`` measures both in one run; ``--rounds R`` alternates them R times.
 ``--workers`` runs one ``serve --workers N`` process instead (workers etool-sensor-i, same topics scheme).
 
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from etool_sensor.zeek import wire  # noqa: E402
 from bench.loadgen import LeanPeer  # noqa: E402
-from tests.zeek_peer import ZeekPeer, daemon_topic, flows_from_captures  # noqa: E402
+from bench.replay import daemon_topic, flows_from_captures  # noqa: E402
 
 UID_MARK = "CUIDUIDUIDUIDUIDUI"
 ADDR_MARK = "203.0.113.254"  # TEST-NET-3: never one of the captures' addresses
@@ -161,8 +161,7 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
 
     sent_at: dict[bytes, float] = {}
     lat: list[float] = []
-    lean = a.peer == "lean"
-    peer: Any = LeanPeer() if lean else ZeekPeer(validate=False)
+    peer = LeanPeer()
     await peer.start()
 
     async def wait_for(pred: Any, timeout: float) -> bool:
@@ -185,7 +184,8 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
             cfg.write_text(json.dumps({"serve": serve, **({"model": {"path": a.model}} if a.model else {})}))
             cmd = [sys.executable, "-m", "etool_sensor", "serve", "--config", str(cfg), "--zeek-url", peer.url] + extra
             if a.stub:
-                cmd = [sys.executable, str(root / "tests" / "stub_daemon.py")] + cmd[4:]
+                stub = root / "tests" / "stub_daemon.py"  # where a checkout from before tests/support/ has it
+                cmd = [sys.executable, *([str(stub)] if stub.is_file() else ["-m", "tests.support.stub_daemon"])] + cmd[4:]
             env = dict(os.environ, PYTHONPATH=str(root))
             procs.append(subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE if a.quiet else None))
             mports.append(mport)
@@ -207,8 +207,7 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
 
             def collect() -> None:
                 nonlocal seen
-                new = peer.verdicts[seen:] if lean else [(v.uid.encode(), t) for _, v, t in peer.verdicts[seen:]]
-                for uid, t in new:
+                for uid, t in peer.verdicts[seen:]:
                     t0 = sent_at.pop(uid, None)
                     if t0 is not None:
                         lat.append(t - t0)
@@ -245,26 +244,18 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
                 n_sent = 0
                 while (el := time.perf_counter() - t0) < a.seconds:
                     due = min(int(el * rate) - n_sent, 1000)
-                    if lean:  # one write per tick; every flow of the tick stamped at the write
-                        batch, uids = [], []
-                        for _ in range(due):
-                            uid = b"B%017d" % seq
-                            uids.append(uid)
-                            batch.append(frame_bytes(seq, uid))
-                            seq += 1
-                        now = time.perf_counter()
-                        for uid in uids:
-                            sent_at[uid] = now
-                        n_sent += due
-                        await peer.publish_many(batch)
-                    else:
-                        for _ in range(due):
-                            uid = b"B%017d" % seq
-                            topic, frame = frame_bytes(seq, uid)
-                            sent_at[uid] = time.perf_counter()
-                            await peer.publish(topic, frame.decode())
-                            seq += 1
-                            n_sent += 1
+                    # one write per tick; every flow of the tick stamped at the write
+                    batch, uids = [], []
+                    for _ in range(due):
+                        uid = b"B%017d" % seq
+                        uids.append(uid)
+                        batch.append(frame_bytes(seq, uid))
+                        seq += 1
+                    now = time.perf_counter()
+                    for uid in uids:
+                        sent_at[uid] = now
+                    n_sent += due
+                    await peer.publish_many(batch)
                     await asyncio.sleep(0.001)
                     collect()
                 offered = n_sent / (time.perf_counter() - t0)
@@ -294,8 +285,7 @@ async def run_config(a: argparse.Namespace, n: int, tmpls: list[Template], root:
             m = scrape_all(mports)
             print("# daemon counters (summed):",
                   json.dumps({k: v for k, v in m.items() if k.endswith("_total") and v}))
-            if lean:
-                print("# load generator:", json.dumps(peer.summary()))
+            print("# load generator:", json.dumps(peer.summary()))
             if m.get("etool_inference_seconds_count"):
                 print(f"# mean batch {m['etool_batch_size_sum'] / m['etool_batch_size_count']:.1f} flows, "
                       f"mean inference {m['etool_inference_seconds_sum'] / m['etool_inference_seconds_count'] * 1e3:.2f} ms")
@@ -354,7 +344,4 @@ if __name__ == "__main__":
                         "commit and .); the peer always runs from this one")
     p.add_argument("--stub", action="store_true", help="fixed-answer model: measure decode/transport alone")
     p.add_argument("--quiet", action="store_true", help="hide the daemons' log")
-    p.add_argument("--peer", choices=["lean", "full"], default="lean",
-                   help="lean: bench/loadgen.LeanPeer (default); full: tests/zeek_peer.ZeekPeer, which checks "
-                        "every verdict as Zeek would (~70-80 us of CPU per flow more)")
     asyncio.run(main(p.parse_args()))

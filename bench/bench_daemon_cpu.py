@@ -48,7 +48,7 @@ def child(a: argparse.Namespace) -> None:
     from etool_sensor.flows import Verdict
 
     sys.path.insert(0, str(ROOT))
-    from tests.zeek_peer import flows_from_captures  # the peer side is always this checkout's
+    from bench.replay import flows_from_captures  # the peer side is always this checkout's
 
     class Model:
         name, version, id = "etool-student", "0.3.0", "etool-student@0.3.0"

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from etool_sensor.zeek import broker_json, messages, wire  # noqa: E402
-from tests.zeek_peer import flows_from_captures  # noqa: E402
+from bench.replay import flows_from_captures  # noqa: E402
 
 
 def generic(frame: str) -> wire.FlowEvent:

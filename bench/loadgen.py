@@ -1,6 +1,6 @@
 """A lean stand-in for Zeek's WebSocket server, for load generation (used by bench_daemon.py; not a test).
 
-tests/zeek_peer.ZeekPeer is the conformance peer: it checks every message the daemons send the way Zeek and
+tests/support/zeek_peer.ZeekPeer is the conformance peer: it checks every message the daemons send the way Zeek and
 Broker do, and forwards it to other subscribers. That cost it 65-90 us of CPU per flow at 6,000-10,000 flows/s
 on the same two cores the daemon runs on, which capped what bench_daemon.py could offer (~6,900 flows/s) and
 took CPU the daemon needed; LeanPeer costs 27-38 us (docs/performance.md, "serve"). Zeek does that work in C++ on its own cores on a sensor.

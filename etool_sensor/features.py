@@ -21,8 +21,7 @@ from .compiled import compiled
 from .context import CONTEXT_SIZES, Context
 from .fingerprints import OPENING_BYTES, FlowKeys, flow_keys
 from .flows import FlowParams, FlowRecord
-from .masking import compact_tls_hello, mask_chunk
-from .tls import parse_hello
+from .masking import mask_chunk
 
 _encode_c = compiled("encode_arrays")  # the compiled port of _arrays_py, or None
 
@@ -46,14 +45,6 @@ class FeatureSpec:
     use_ports: bool = False
     normalize_random: bool = True  # zero per-session random fields (masking.normalize_random)
     version: int = FEATURES_VERSION
-    # Drop the TLS hello Random and session ID before the payload_bytes window (masking.compact_tls_hello),
-    # so the window reaches the cipher suites and extensions; needs flow records with more than
-    # payload_bytes bytes per chunk (collect_payload_bytes).
-    compact_hello: bool = False
-    collect_payload_bytes: int = 0  # 0 = payload_bytes
-    # TLS handshake structure as up to this many hashed tokens (hello_tokens(); 0 = off): versions, cipher
-    # suites and extension types of the ClientHello / ServerHello, parsed from the collected chunk, never names.
-    hello_tokens: int = 0
     # The first `flights` direction runs of payload packets as (signed bytes, packets) pairs (flights()):
     # sums over TCP segments, so they do not move with the path's MSS as single packet sizes do. 0 = off.
     flights: int = 0
@@ -70,36 +61,25 @@ class FeatureSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        """The spec a manifest or checkpoint records. Settings of experiments this build no longer runs
+        (RETIRED) are accepted at their default only, which older manifests carry; TypeError on unknown keys."""
+        for k, default in RETIRED.items():
+            if k in d and d[k] != default:
+                raise ValueError(f"{k}={d[k]!r} is an experiment this build no longer runs (only {default!r})")
+        return cls(**{k: v for k, v in d.items() if k not in RETIRED})
+
+
+#: feature settings of retired experiments, with the value that meant "off" (older manifests record them)
+RETIRED = {"compact_hello": False, "collect_payload_bytes": 0, "hello_tokens": 0}
+
 
 _PACKET_COLS = attrgetter("dt", "is_orig", "payload_len", "tcp_flags")
 
 
 def port_token(port: int) -> int:
     return port if port < 1024 else (1024 if port < 49152 else 1025)
-
-
-HELLO_VOCAB = 4096  # hashed handshake tokens; 0 = padding
-
-
-def _hello_id(kind: int, value: int) -> int:
-    return 1 + ((kind << 16 | value) * 2654435761 & 0xFFFFFFFF) % (HELLO_VOCAB - 1)
-
-
-def hello_tokens(rec: FlowRecord, chunks: int = 3) -> list[int]:
-    """Hashed tokens of the TLS hellos among the first `chunks` payload chunks: the server's first (its
-    version, cipher, extension types), then the client's (version, up to 16 cipher suites, extension types)."""
-    out: list[int] = []
-    for want in (2, 1):
-        for ch in rec.payload[:chunks]:
-            h = parse_hello(ch.data)
-            if h is None or h[0] != want:
-                continue
-            k = 0 if want == 2 else 3
-            out.append(_hello_id(k + 1, h[1]))
-            out += [_hello_id(k + 2, c) for c in h[2][:16]]
-            out += [_hello_id(k + 3, e) for e in h[3][:24]]
-            break
-    return out
 
 
 FLIGHT_SCALE = math.log1p(65535.0)
@@ -177,23 +157,17 @@ def encode_keyed(records: Sequence[FlowRecord], contexts: Sequence[Context | Non
     those hold it whole."""
     mask = spec.mask_names if mask_names is None else mask_names
     out = None
-    if _encode_c is not None and not spec.compact_hello:
+    if _encode_c is not None:
         out = _arrays_c(records, contexts, spec, mask)
     if out is None:
         out = _arrays_py(records, contexts, spec, mask)
-    if spec.hello_tokens:
-        out["hello"] = np.zeros((len(records), spec.hello_tokens), np.int64)
-        for i, r in enumerate(records):
-            t = hello_tokens(r, spec.payload_packets)[:spec.hello_tokens]
-            if t:
-                out["hello"][i, :len(t)] = t
     keys = None
     if spec.hello_bytes:
         m, bb = spec.payload_packets, spec.payload_bytes
         masked, within = b"", -1
         # byt holds every chunk's first bytes as fingerprints._opening masks them (mask_chunk, names and random
         # fields) when encode masks and normalises too: the same bytes in, for chunks that fit the window whole
-        if mask and spec.normalize_random and not spec.compact_hello and bb >= OPENING_BYTES and m and records:
+        if mask and spec.normalize_random and bb >= OPENING_BYTES and m and records:
             masked = (out["byt"].reshape(len(records), m, bb)[:, :, :OPENING_BYTES] - 1).astype(np.uint8).tobytes()
             within = bb
         keys = flow_keys(records, m, masked, within)
@@ -231,7 +205,6 @@ def _arrays_py(records: Sequence[FlowRecord], contexts: Sequence[Context | None]
                mask: bool) -> dict[str, np.ndarray]:
     """pkt, byt, seg, ctx, meta (and flt) of encode(); the reference for _arrays_c."""
     n, m, bb, k = spec.packets, spec.payload_packets, spec.payload_bytes, spec.context
-    compact = spec.compact_hello
     norm = spec.normalize_random
     bsz = len(records)
     arrays = _zeros(bsz, spec)
@@ -251,13 +224,11 @@ def _arrays_py(records: Sequence[FlowRecord], contexts: Sequence[Context | None]
         flat += ps
         counts.append(len(ps))
         for c, ch in enumerate(r.payload[:m]):
-            data = ch.data if compact else ch.data[:bb]
+            data = ch.data[:bb]
             if not data:
                 continue
             if mask:
                 data = mask_chunk(data, r.proto, r.orig_p, r.resp_p, norm)
-            if compact:
-                data = compact_tls_hello(data)[:bb]
             pieces.append(data)
             piece_at.append(i * stride + c * bb)
             piece_seg.append(1 + 2 * c + (0 if ch.is_orig else 1))

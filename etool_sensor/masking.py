@@ -14,7 +14,7 @@ random fields; it is not a privacy measure but keeps the model from memorising p
 from __future__ import annotations
 
 from .compiled import compiled
-from .tls import CLIENT_HELLO, HANDSHAKE, HELLO_HEAD, hello_kind
+from .tls import CLIENT_HELLO, HANDSHAKE, hello_kind
 
 _mask_chunk_c = compiled("mask_chunk")  # the compiled port of mask_chunk_py, or None
 
@@ -264,17 +264,6 @@ def normalize_tls_hello(buf: bytearray) -> bool:
         end = min(44 + buf[43], len(buf))
         buf[44:end] = bytes(end - 44)
     return True
-
-
-def compact_tls_hello(data: bytes) -> bytes:
-    """A TLS ClientHello/ServerHello without its 32-byte Random and legacy_session_id (the length byte stays).
-
-    Those 33-65 bytes are per-connection noise (zero after normalize_random), and with them the first 64
-    bytes of a hello end before the cipher suites; without them the window holds the cipher suites and
-    extension types that identify the client and server implementations. Other data is returned as is."""
-    if len(data) < HELLO_HEAD or not hello_kind(data):
-        return data
-    return data[:11] + data[43:44] + data[44 + data[43]:]
 
 
 def normalize_quic_cids(buf: bytearray) -> bool:

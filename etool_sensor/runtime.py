@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .context import Context
-from .features import FEATURES_VERSION, FeatureSpec, encode_keyed
+from .features import FEATURES_VERSION, RETIRED, FeatureSpec, encode_keyed
 from .fingerprints import FlowKeys
 from .flows import SCHEMA_VERSION, FlowRecord, Verdict
 
@@ -114,14 +114,9 @@ def token_groups(feats: dict[str, np.ndarray], granules: dict[str, int], batch: 
 def run_graph(session: Any, outputs: Sequence[str], feats: dict[str, np.ndarray], inputs: Sequence[str],
               granules: dict[str, int]) -> list[np.ndarray | None]:
     """The graph's `outputs` for every flow of `feats`, in input order (None for an output when there are no
-    flows): with `granules`, each flow's padding cut off and equal cuts run together (token_groups); without,
-    full-length runs of BATCH flows. Model._run and the export's parity checks both run graphs this way."""
-    n = len(feats["pkt"])
-    order = None
-    if granules:
-        order, runs = token_groups(feats, granules)
-    else:
-        runs = [(slice(i, i + BATCH), {}) for i in range(0, n, BATCH)]
+    flows): each flow's padding cut off to its input's `granules` and equal cuts run together (token_groups).
+    Model._run and the export's parity checks both run graphs this way."""
+    order, runs = token_groups(feats, granules)
     parts: list[list[np.ndarray]] = [[] for _ in outputs]
     for rows, cut in runs:
         feed = {k: (feats[k][rows, :cut[k]] if k in cut else feats[k][rows]) for k in inputs}
@@ -130,7 +125,7 @@ def run_graph(session: Any, outputs: Sequence[str], feats: dict[str, np.ndarray]
     out: list[np.ndarray | None] = []
     for p in parts:
         x = np.concatenate(p) if p else None
-        if x is not None and order is not None:
+        if x is not None:
             x[order] = x.copy()  # back to input order
         out.append(x)
     return out
@@ -145,7 +140,7 @@ def model_window(spec: Any) -> Any:
     packets = int(getattr(spec, "packets", 0) or 0)
     if not packets:
         return None
-    return FlowParams(packets, int(getattr(spec, "collect_payload_bytes", 0) or getattr(spec, "payload_bytes", 0)),
+    return FlowParams(packets, int(getattr(spec, "payload_bytes", 0)),
                       int(getattr(spec, "payload_packets", 0)), int(getattr(spec, "hello_bytes", 0) or 0))
 
 
@@ -159,7 +154,7 @@ def collection_shortfalls(spec: FeatureSpec, params: Any) -> list[str]:
     """Where the flow collection (flows.FlowParams) keeps less than the model reads: one sentence each, for a
     warning. The model still runs, on less than it was trained and measured on."""
     need = (("packets", spec.packets, "packets"),
-            ("payload_bytes", spec.collect_payload_bytes or spec.payload_bytes, "payload bytes per payload packet"),
+            ("payload_bytes", spec.payload_bytes, "payload bytes per payload packet"),
             ("payload_packets", spec.payload_packets, "payload packets"),
             ("hello_bytes", spec.hello_bytes, "bytes of a TLS hello (its cipher suites and extensions)"))
     return [f"flow.{key} is {getattr(params, key)}, below the {want} {what} the model reads"
@@ -286,13 +281,17 @@ def check_manifest(d: Path, manifest: dict[str, Any], *, verify_checksum: bool =
     if feats.get("version") != FEATURES_VERSION:
         raise ModelError(f"{where}: model expects feature encoding v{feats.get('version')}, "
                          f"this build has v{FEATURES_VERSION}")
-    known = {f.name for f in fields(FeatureSpec)}
+    gran = manifest.get("token_granules")
+    if not isinstance(gran, dict) or "pkt" not in gran or not all(isinstance(v, int) and v > 0 for v in gran.values()):
+        raise ModelError(f"{where}: no 'token_granules' (token axes not dynamic: a package exported before that step); "
+                         f"export it again with this build (`etool-sensor export`)")
+    known = {f.name for f in fields(FeatureSpec)} | set(RETIRED)
     unknown = set(feats) - known
     if unknown:
         raise ModelError(f"{where}: unknown feature settings {sorted(unknown)}")
     try:
-        spec = FeatureSpec(**feats)
-    except TypeError as e:
+        spec = FeatureSpec.from_dict(feats)
+    except (TypeError, ValueError) as e:
         raise ModelError(f"{where}: bad feature settings ({e})") from None
     ls = manifest["label_sets"]
     if not isinstance(ls, dict) or not all(isinstance(ls.get(h), list) and ls.get(h) for h in HEADS):
@@ -342,8 +341,9 @@ class Model:
             raise ModelError(f"{path}: manifest hybrid.confidence must be one of {CONFIDENCE_KINDS}, "
                              f"got {self._confidence!r}")
         self._inputs = [i.name for i in session.get_inputs()]
-        gran = manifest.get("token_granules") or {}
-        self._granules: dict[str, int] = {k: int(v) for k, v in gran.items() if k in self._inputs}
+        self._granules: dict[str, int] = {k: int(v) for k, v in manifest["token_granules"].items() if k in self._inputs}
+        if "pkt" not in self._granules:
+            raise ModelError(f"{path}: model.onnx has no input 'pkt' (token_granules names {sorted(manifest['token_granules'])})")
         names = {o.name for o in session.get_outputs()}
         if self._hybrid and (self._hybrid[0] not in HEADS or self._hybrid[1] not in names
                              or self._out_kind != "logits"):

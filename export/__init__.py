@@ -2,7 +2,7 @@
 checks and packaging. export/ sits at the top of the checkout and installs as `etool_sensor.export` (setup.py).
 
 `etool-sensor export` finds add_export_arguments / export_main here. They are imported on first use, so
-that `python -m etool_sensor.export.package` (or .token_axes, .simplify, ...) runs its module only once.
+that `python -m etool_sensor.export.package` (or .simplify, .fuse, ...) runs its module only once.
 """
 
 _PACKAGE = ("add_export_arguments", "build_package", "export_main", "update_metrics")

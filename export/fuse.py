@@ -241,9 +241,9 @@ def fuse_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str |
     from .quantize import parity
     from .token_axes import commit_rewrite, cut_logits, open_rewrite
 
-    first = "run `python -m etool_sensor.export.token_axes` and `python -m etool_sensor.export.simplify` on it first"
+    first = "run `python -m etool_sensor.export.simplify` on it first"
     d, manifest, gran, feats, n, src, tmp = open_rewrite(
-        pkg, pcaps, ("fused", "already fused"), [("token_granules", first), ("simplified", first)], ".fused")
+        pkg, pcaps, ("fused", "already fused"), [("simplified", first)], ".fused")
     try:
         done = fuse_graph(src, tmp)
         with tempfile.TemporaryDirectory() as td:

@@ -144,9 +144,7 @@ def attach_forest(pkg: str | Path, forest: Any, feats: dict[str, np.ndarray], *,
     spec = check_manifest(d, manifest)
     if manifest.get("hybrid"):
         raise ValueError(f"{d}: the package already has the shape forest ({manifest['hybrid']['forest']})")
-    gran = manifest.get("token_granules")
-    if not gran:
-        raise ValueError(f"{d}: upgrade it first: python -m etool_sensor.export.token_axes")
+    gran = manifest["token_granules"]  # check_manifest refuses a package without it
     if dataclasses.replace(spec, flights=forest.spec.flights) != forest.spec:
         raise ValueError(f"{d}: the forest was trained on other features ({forest.spec}) than the package's ({spec})")
     if "flt" not in feats or not len(feats["flt"]):

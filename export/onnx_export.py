@@ -43,9 +43,6 @@ def dummy_inputs(model: StudentClassifier, batch: int = 2) -> dict[str, torch.Te
     d["pkt"][:, 0, 0] = 1
     if c.use_ports:
         d["port"] = torch.zeros(batch, dtype=torch.long)
-    if c.hello_tokens:
-        d["hello"] = torch.zeros(batch, c.hello_tokens, dtype=torch.long)
-        d["hello"][:, 0] = 1
     if c.flights:
         d["flt"] = torch.zeros(batch, 2 * c.flights)
     return d

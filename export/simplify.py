@@ -140,9 +140,8 @@ def simplify_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: s
     from .quantize import parity
     from .token_axes import commit_rewrite, cut_logits, open_rewrite
 
-    first = "token axes are not dynamic; run `python -m etool_sensor.export.token_axes` on it first"
     d, manifest, gran, feats, n, src, tmp = open_rewrite(
-        pkg, pcaps, ("simplified", "already simplified"), [("token_granules", first)], ".simplified")
+        pkg, pcaps, ("simplified", "already simplified"), (), ".simplified")
     try:
         done = simplify_graph(src, tmp)
         par = parity(cut_logits(src, feats, gran), cut_logits(tmp, feats, gran))

@@ -162,7 +162,7 @@ Rewrite = tuple[Path, dict[str, Any], dict[str, int] | None, dict[str, np.ndarra
 
 def open_rewrite(pkg: str | Path, pcaps: Sequence[str | Path], done: tuple[str, str],
                  needs: Sequence[tuple[str, str]], suffix: str) -> Rewrite:
-    """The start every package rewrite shares (upgrade_package, simplify_package, fuse_package): (directory,
+    """The start every package rewrite shares (simplify_package, fuse_package): (directory,
     manifest, token granules, the check flows' features and count, the model file, a path beside it for the
     new graph). ValueError if the manifest says the rewrite was made (`done`: manifest key and what to say), or
     lacks a step it builds on (`needs`: manifest key and what to do about it)."""
@@ -177,22 +177,6 @@ def open_rewrite(pkg: str | Path, pcaps: Sequence[str | Path], done: tuple[str, 
             raise ValueError(f"{d}: {fix}")
     feats, n = real_features(pcaps, spec)
     return d, manifest, manifest.get("token_granules"), feats, n, d / MODEL_FILE, d / (MODEL_FILE + suffix)
-
-
-def upgrade_package(pkg: str | Path, pcaps: Sequence[str | Path], *, version: str | None = None) -> dict[str, Any]:
-    """Rewrite the model.onnx of an existing package (one exported before this step existed) in place: token
-    axes dynamic, manifest token_granules, sha256, parity cut_vs_full measured on the flows of `pcaps`."""
-    from .quantize import onnx_logits, parity
-
-    done = ("token_granules", "token axes are already dynamic")
-    d, manifest, _, feats, n, src, tmp = open_rewrite(pkg, pcaps, done, (), ".cut")
-    gran = granules(manifest["architecture"]["config"])
-    make_token_axes_dynamic(src, tmp, gran)
-    par = parity(onnx_logits(src, feats), cut_logits(tmp, feats, gran))
-    if min(par["service_argmax_agreement"], par["app_argmax_agreement"]) < 0.99:
-        tmp.unlink()
-        raise ValueError(f"{d}: the cut graph disagrees with the full one: {par}")
-    return commit_rewrite(d, manifest, tmp, version, "cut_vs_full", {"flows": n, **par}, token_granules=gran)
 
 
 def commit_rewrite(d: Path, manifest: dict[str, Any], new_graph: Path, version: str | None, parity_key: str,
@@ -213,7 +197,7 @@ def commit_rewrite(d: Path, manifest: dict[str, Any], new_graph: Path, version: 
 
 
 def rewrite_main(argv: Sequence[str] | None, prog: str, rewrite: Any, summary: Any) -> int:
-    """The command line of a package rewrite (this module's upgrade_package, simplify.simplify_package):
+    """The command line of a package rewrite (simplify.simplify_package, fuse.fuse_package):
     PACKAGE --pcap CAPTURE... [--version V]; exit 2 with the reason when the package is refused."""
     import argparse
 
@@ -231,12 +215,3 @@ def rewrite_main(argv: Sequence[str] | None, prog: str, rewrite: Any, summary: A
         return 2
     print(f"{a.package}: {m['name']}@{m['version']}, {summary(m)}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return rewrite_main(argv, "python -m etool_sensor.export.token_axes", upgrade_package,
-                        lambda m: f"token_granules {m['token_granules']}, cut vs full {m['parity']['cut_vs_full']}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

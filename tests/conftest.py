@@ -1,4 +1,4 @@
-"""Shared test fixtures: where ../shared lives (CI clones the repo beside it)."""
+"""Shared test fixtures (the shared helpers are in tests/support/)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-NDPI = SHARED / "data" / "ndpi"
-ZEEK_TRACES = SHARED / "data" / "zeek-traces"
+from tests.support import NDPI, SHARED
 
 
 @pytest.fixture(scope="session")

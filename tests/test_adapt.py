@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import ZEEK_TRACES
+from tests.support import ZEEK_TRACES
 
 pytest.importorskip("sklearn")
 pytest.importorskip("skl2onnx")

@@ -466,7 +466,7 @@ def test_a_longer_collection_than_the_model_reads_is_cut_to_its_window(tmp_path:
     monkeypatch.setattr(runtime.Model, "classify", classify)
     cfg = tmp_path / "long.yaml"
     cfg.write_text("flow:\n  packets: 64\n  payload_bytes: 128\n  payload_packets: 5\n")
-    from conftest import NDPI
+    from tests.support import NDPI
 
     cap = NDPI / "pcap" / "telegram.pcap"  # TLS flows of hundreds of packets
     if not cap.is_file():

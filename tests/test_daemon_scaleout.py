@@ -14,7 +14,8 @@ import ipaddress
 import pytest
 
 from tests.test_daemon_e2e import flows, model, run, serving  # noqa: F401 - fixtures
-from tests.zeek_peer import ZeekPeer, daemon_topic, hrw_weight, pick_daemon
+from bench.replay import daemon_topic, hrw_weight, pick_daemon
+from tests.support.zeek_peer import ZeekPeer
 
 
 def test_pick_daemon_is_stable_spreads_and_moves_only_the_removed_share():

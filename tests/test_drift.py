@@ -218,7 +218,7 @@ SCORE = dr.DriftScore(0.41, 0.41, 0.25, 0.5, 0.09, 0.75, 0.94, 1284)
 
 
 def test_encode_drift_is_broker_json_like_encode_verdict() -> None:
-    from tests.zeek_peer import schema_validator
+    from tests.support.zeek_peer import schema_validator
 
     text = wire.encode_drift(wire.DRIFT_TOPIC, "etool-sensor-1", "etool-hybrid@0.8.1", SCORE)
     val = schema_validator()
@@ -251,7 +251,8 @@ def test_encode_drift_is_broker_json_like_encode_verdict() -> None:
 def test_serve_publishes_drift_events_and_gauges(default_model) -> None:
     from etool_sensor.config import DriftConfig
     from tests.test_daemon_e2e import http_get, serving
-    from tests.zeek_peer import ZeekPeer, flows_from_captures
+    from tests.support.zeek_peer import ZeekPeer
+    from bench.replay import flows_from_captures
 
     recs = flows_from_captures(limit=300)
     ok = sum(len(r.packets) >= 2 for r in recs)
@@ -288,9 +289,10 @@ def test_serve_publishes_drift_events_and_gauges(default_model) -> None:
 def test_serve_without_a_reference_publishes_no_drift() -> None:
     """A package without drift_reference (the stand-in model): gauges NaN, no ETooL::drift, verdicts as ever."""
     from etool_sensor.config import DriftConfig
-    from tests.stub_daemon import StubModel
+    from tests.support.stub_daemon import StubModel
     from tests.test_daemon_e2e import http_get, serving
-    from tests.zeek_peer import ZeekPeer, flows_from_captures
+    from tests.support.zeek_peer import ZeekPeer
+    from bench.replay import flows_from_captures
 
     recs = flows_from_captures(limit=150)
 

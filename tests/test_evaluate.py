@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import NDPI
+from tests.support import NDPI
 
 from etool_sensor.lab import runner as R
 from etool_sensor.lab import scoring as S
@@ -335,18 +335,17 @@ def test_eval_unlabelled_captures_join_the_students_ssl(shared, tmp_path, capsys
 
 
 def test_eval_rf_hello_reads_whole_hellos(shared, tmp_path, capsys):
-    """rf_hello (the forest with the TLS handshake structure) runs beside rf on flows read with whole hellos;
-    asking for less than the payload window is refused."""
+    """rf_hello (the forest with the TLS handshake structure) runs beside rf on flows read with whole hellos
+    (--hello-bytes, 1024 by default); a hello size outside 0..65535 is refused."""
     from etool_sensor.lab.cli import main
 
     out = tmp_path / "h.json"
     args = ["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
             "--no-model", "--splits", "iid", "--methods", "rf,rf_hello", "--encrypted-only", "--quick"]
-    assert main(args + ["--hello-tokens", "32"]) == 2
-    assert "below the payload window" in capsys.readouterr().err
-    assert main(args + ["--hello-tokens", "1024"]) == 0
+    assert main(args + ["--hello-bytes", "70000"]) == 2
+    assert "must be in 0..65535" in capsys.readouterr().err
+    assert main(args) == 0
     res = json.loads(out.read_text())
-    assert res["features"]["collect_payload_bytes"] == 1024 and res["features"]["payload_bytes"] == 64
     m = res["splits"]["iid"]["methods"]
     assert 0.0 < m["rf"]["accuracy"] <= 1.0 and 0.0 < m["rf_hello"]["accuracy"] <= 1.0
 
@@ -462,7 +461,7 @@ def test_numpy_metrics_match_sklearn_on_the_shipped_models_verdicts(shared):
 
     from etool_sensor.train.data import load_labelled
 
-    from conftest import ZEEK_TRACES
+    from tests.support import ZEEK_TRACES
 
     ds = load_labelled(ZEEK_TRACES, ZEEK_TRACES / "labels.csv", encrypted_only=True)  # a network it never saw
     m = R.evaluate_model(ds, None, "category")

@@ -21,7 +21,7 @@ from etool_sensor.context import ContextTracker, Neighbour
 from etool_sensor.features import FeatureSpec, _arrays_c, _arrays_py, encode
 from etool_sensor.flows import Chunk, FlowParams, FlowRecord, Packet
 from etool_sensor.capture.reader import read_flows
-from tests.conftest import NDPI, ZEEK_TRACES
+from tests.support import NDPI, ZEEK_TRACES
 
 fast = pytest.importorskip("etool_sensor._fastpath")
 if not hasattr(fast, "encode_arrays"):  # pragma: no cover - a build from before encode_arrays
@@ -158,7 +158,7 @@ def test_declines_and_errors_are_the_python_paths():
 def test_encode_uses_the_compiled_path(monkeypatch, flows):
     """encode() gives _arrays_py's arrays with the C path on and off (and the extras on top)."""
     recs, ctxs = flows
-    for spec in (FeatureSpec(), FeatureSpec(use_ports=True, hello_tokens=16, flights=4)):
+    for spec in (FeatureSpec(), FeatureSpec(use_ports=True, flights=4)):
         a = encode(recs[:400], ctxs[:400], spec)
         monkeypatch.setattr(features, "_encode_c", None)
         b = encode(recs[:400], ctxs[:400], spec)

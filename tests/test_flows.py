@@ -94,7 +94,7 @@ def test_within_gives_what_a_smaller_collection_records_on_real_captures():
     """FlowRecord.within(params) on a record collected with more packets, bytes and payload packets is the
     record a collection of `params` makes of the same connection: checked flow by flow against the reader run
     with each collection on real captures (TCP and UDP, flows that end early and flows cut at N)."""
-    from conftest import NDPI
+    from tests.support import NDPI
     from etool_sensor.capture.reader import read_flows
 
     pcaps = [NDPI / "pcap" / n for n in ("443-chrome.pcap", "quic.pcap", "whatsapp_login_chat.pcap", "dns.pcap", "zoom.pcap", "teams.pcap",

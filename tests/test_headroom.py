@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import NDPI
+from tests.support import NDPI
 
 from etool_sensor.lab.headroom import dataset_headroom, headroom, headroom_lines
 

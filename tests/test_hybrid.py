@@ -236,7 +236,7 @@ def test_hybrid_rewrite_refusals(hybrid_package, quick_package, tmp_path, capsys
     del man["token_granules"]
     (old / "manifest.json").write_text(json.dumps(man))
     assert main([str(old)] + args) == 2
-    assert "upgrade it first" in capsys.readouterr().err
+    assert "no 'token_granules'" in capsys.readouterr().err
     assert main([str(tmp_path / "missing")] + args) == 2
 
 

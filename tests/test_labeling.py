@@ -14,7 +14,7 @@ import pytest
 from etool_sensor.labeling import COLUMNS, LabelError, find_engine, label_rows
 from etool_sensor.train.data import flow_key
 
-from conftest import ZEEK_TRACES
+from tests.support import ZEEK_TRACES
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ("ssh/", "tls/")  # 85 captures, 171 encrypted flows: SSH, TLS (Web, Cloud, Music, ...)

@@ -76,3 +76,15 @@ def test_the_check_sees_function_local_imports(tmp_path) -> None:
     """The graph holds imports inside functions too (they are how cycles hide)."""
     graph = import_graph()
     assert "etool_sensor.parallel" in graph["etool_sensor.cli"]  # cli imports parallel inside classify_main
+
+
+def test_bench_never_imports_the_tests() -> None:
+    """bench/ runs from a bare checkout and against older ones (--roots): what it shares with the tests
+    (bench/replay.py) lives on its side."""
+    bad = []
+    for p in (ROOT / "bench").glob("*.py"):
+        for n in ast.walk(ast.parse(p.read_text())):
+            names = [a.name for a in n.names] if isinstance(n, ast.Import) else \
+                [n.module or ""] if isinstance(n, ast.ImportFrom) else []
+            bad += [f"{p.name}: {x}" for x in names if x == "tests" or x.startswith("tests.")]
+    assert not bad, bad

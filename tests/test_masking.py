@@ -15,7 +15,7 @@ from etool_sensor.flows import FlowParams
 from etool_sensor.masking import mask_cert_names, mask_dns, mask_payload, mask_tls_client_hello
 from etool_sensor.train.data import flow_key
 
-from conftest import NDPI
+from tests.support import NDPI
 
 WIDE = FlowParams(packets=32, payload_bytes=1500, payload_packets=3)
 
@@ -168,7 +168,7 @@ def _window_names(data_dir, labels_csv, captures) -> tuple[int, list, list]:
     from etool_sensor.runtime import model_window
 
     manifest = json.loads((Path(etool_sensor.__file__).parent / "models/default/manifest.json").read_text())
-    spec = FeatureSpec(**manifest["features"])
+    spec = FeatureSpec.from_dict(manifest["features"])
     window = model_window(spec)
     bb = spec.payload_bytes
     sni: dict = defaultdict(dict)

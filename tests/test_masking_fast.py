@@ -15,7 +15,7 @@ import pytest
 from etool_sensor import masking
 from etool_sensor.flows import FlowParams
 from etool_sensor.capture.reader import read_flows
-from tests.conftest import NDPI, ZEEK_TRACES
+from tests.support import NDPI, ZEEK_TRACES
 
 fast = pytest.importorskip("etool_sensor._fastpath")
 if not hasattr(fast, "mask_chunk"):  # pragma: no cover - a build from before mask_chunk

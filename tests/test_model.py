@@ -16,6 +16,7 @@ import pytest
 from etool_sensor.context import ContextTracker
 from etool_sensor.features import FEATURES_VERSION
 from etool_sensor.flows import FlowRecord, Packet
+from tests.support import full_length
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -145,38 +146,32 @@ def test_onnx_matches_torch_on_real_flows(quick_package, real_flows, tmp_path):
 
 
 @needs_data
-def test_upgrade_package_makes_token_axes_dynamic(quick_package, tmp_path):
-    """`python -m etool_sensor.export.token_axes PKG` rewrites a package exported before the step existed, once."""
+def test_simplify_rewrites_a_package_once(quick_package, tmp_path):
+    """`python -m etool_sensor.export.simplify PKG` rewrites a package whose graph has dynamic token axes but
+    is not simplified yet, once; a package without dynamic token axes is refused."""
     from etool_sensor.runtime import load_model, sha256_file
     from etool_sensor.train.student import Student
     from etool_sensor.export.onnx_export import export_onnx
-    from etool_sensor.export.token_axes import granules, main
+    from etool_sensor.export.token_axes import make_token_axes_dynamic
+    from export import simplify
 
-    pkg = tmp_path / "old"
+    pkg = tmp_path / "cut"
     shutil.copytree(quick_package, pkg)
-    export_onnx(Student.load(pkg / "student.pt").model, pkg / "model.onnx")  # fixed token axes, as before
     m = json.loads((pkg / "manifest.json").read_text())
-    del m["token_granules"], m["parity"]["cut_vs_full"], m["simplified"]
+    full = export_onnx(Student.load(pkg / "student.pt").model, tmp_path / "full.onnx")
+    make_token_axes_dynamic(full, pkg / "model.onnx", m["token_granules"])  # fp32, cut, not simplified
+    del m["simplified"]
     m["sha256"] = sha256_file(pkg / "model.onnx")
     (pkg / "manifest.json").write_text(json.dumps(m))
-    assert load_model(pkg)._granules == {}
     caps = [str(PCAPS / "tls_verylong_certificate.pcap"), str(PCAPS / "1kxun.pcap")]
-    assert main([str(pkg), "--pcap", *caps, "--version", "0.0.2"]) == 0
-    up = load_model(pkg)
-    assert up.version == "0.0.2" and up._granules == granules(m["architecture"]["config"])
-    assert up.manifest["parity"]["cut_vs_full"]["service_argmax_agreement"] == 1.0
-    assert up.manifest["parity"]["cut_vs_full"]["flows"] > 10
-    assert main([str(pkg), "--pcap", *caps]) == 2  # already dynamic: refused, nothing rewritten
-    assert main([str(tmp_path / "nope"), "--pcap", *caps]) == 2
-    # then export.simplify, once; a package whose token axes are fixed is sent to token_axes first
-    from export import simplify
     assert simplify.main([str(pkg), "--pcap", *caps, "--version", "0.0.3"]) == 0
     sim = load_model(pkg)
     layers = sim.manifest["architecture"]["config"]["layers"]
     assert sim.version == "0.0.3" and sim.manifest["simplified"] == {"conv_as_matmul": 1, "constant_reshape": 4 * layers}
     par = sim.manifest["parity"]["simplified_vs_previous"]
-    assert par["flows"] == up.manifest["parity"]["cut_vs_full"]["flows"] and par["service_argmax_agreement"] == 1.0
-    assert simplify.main([str(pkg), "--pcap", *caps]) == 2
+    assert par["flows"] > 10 and par["service_argmax_agreement"] == 1.0
+    assert simplify.main([str(pkg), "--pcap", *caps]) == 2  # already simplified: refused, nothing rewritten
+    assert simplify.main([str(tmp_path / "nope"), "--pcap", *caps]) == 2
     fixed = tmp_path / "fixed"
     shutil.copytree(quick_package, fixed)
     mf = json.loads((fixed / "manifest.json").read_text())
@@ -245,6 +240,24 @@ def test_manifest_refusals(tmp_path):
     bad = _copy(pkg, tmp_path / "labels")
     _edit(bad, label_sets={"service": ["a"], "app": ["b"]})
     with pytest.raises(ModelError, match="head has"):
+        load_model(bad)
+
+    # settings of retired experiments: accepted at their "off" value (the bundled default manifest records
+    # them so), refused otherwise
+    assert json.loads((pkg / "manifest.json").read_text())["features"]["compact_hello"] is False
+    for key, on in (("compact_hello", True), ("hello_tokens", 48), ("collect_payload_bytes", 1024)):
+        bad = _copy(pkg, tmp_path / key)
+        m = json.loads((bad / "manifest.json").read_text())
+        m["features"][key] = on
+        (bad / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ModelError, match=f"{key}=.*no longer runs"):
+            load_model(bad)
+
+    bad = _copy(pkg, tmp_path / "granules")  # a package exported before the token axes were dynamic
+    m = json.loads((bad / "manifest.json").read_text())
+    del m["token_granules"]
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match=r"no 'token_granules'.*export it again"):
         load_model(bad)
 
     with pytest.raises(ModelError, match="does not exist"):
@@ -356,7 +369,7 @@ def test_batching_and_masking_are_consistent(default_model, real_flows, monkeypa
     import etool_sensor.runtime as rt
 
     recs, ctxs = real_flows
-    monkeypatch.setattr(default_model, "_granules", {})  # full-length batches (length groups: test_token_axes)
+    monkeypatch.setattr(default_model, "_granules", full_length(default_model))  # full-length batches
     p_all = default_model.predict_proba(recs, ctxs)
     monkeypatch.setattr(rt, "BATCH", 7)
     p_small = default_model.predict_proba(recs, ctxs)

@@ -8,11 +8,7 @@ import tracemalloc
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from etool_sensor.capture.reader import PcapError, ReadStats, read_flows
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pcap import A, B, eth, ip4, pcap, tcp  # noqa: E402
+from tests.test_pcap import A, B, eth, ip4, pcap, tcp
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 

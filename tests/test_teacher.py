@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow  # loads the LLM (SmolLM2-135M) and trains on the CPU
 
-from conftest import NDPI  # noqa: E402
+from tests.support import NDPI  # noqa: E402
 
 PCAPS = ["whatsapp.pcap", "discord.pcap", "avast_securedns.pcapng", "alicloud.pcap", "softether.pcap"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support import full_length
 from tests.test_model import PCAPS, _flows
 
 needs_data = pytest.mark.skipif(not PCAPS.is_dir(), reason="shared/data not present")
@@ -38,7 +39,7 @@ def test_bundled_models_cut_padding_without_changing_verdicts(name, real_flows):
     recs, ctxs = real_flows
     feats = m.features(recs, ctxs)
     cut = m._run(feats, HEADS)
-    m._granules = {}  # the same graph over the full, padded arrays
+    m._granules = full_length(m)  # the same graph over the full, padded arrays
     full = m._run(feats, HEADS)
     for h in HEADS:
         assert (cut[h].argmax(1) == full[h].argmax(1)).all(), h
@@ -117,7 +118,7 @@ def test_a_flows_scores_do_not_depend_on_its_batch(real_flows, monkeypatch):
     monkeypatch.setattr(rt, "BATCH", 7)
     b = m.predict_proba([recs[i] for i in perm], [ctxs[i] for i in perm])
     assert np.array_equal(a[perm], b)
-    m._granules, gran = {}, m._granules
+    m._granules, gran = full_length(m), m._granules
     full = m.predict_proba(recs, ctxs)
     m._granules = gran
     moved = np.nonzero(np.abs(full - a).max(1) > 0)[0]  # flows whose cut changed an int8 rounding
@@ -161,7 +162,7 @@ def test_granules_never_cut_a_stream_the_encoder_pads():
     {"layers": 1, "pkt_stride": 4, "dgram_stride": 16},  # the fast one
     {"pkt_stride": 1, "use_payload": False},  # no payload inputs, no token reshape at all
     {"pkt_stride": 3, "dgram_stride": 7},  # streams the encoder pads up to whole tokens: never cut
-    {"use_ports": True, "hello_tokens": 4},  # the optional inputs ride along uncut
+    {"use_ports": True, "flights": 4},  # the optional inputs ride along uncut
 ])
 def test_fresh_exports_of_every_shape_cut_to_the_same_logits(shape, real_flows, tmp_path):
     """torch export -> rewrite -> run cut as the runtime does: fp32 logits equal the full-length run."""
@@ -172,7 +173,7 @@ def test_fresh_exports_of_every_shape_cut_to_the_same_logits(shape, real_flows, 
     from etool_sensor.export.quantize import onnx_logits, parity
     from etool_sensor.export.token_axes import cut_logits, granules, make_token_axes_dynamic
 
-    spec = FeatureSpec(use_ports=shape.pop("use_ports", False), hello_tokens=shape.pop("hello_tokens", 0))
+    spec = FeatureSpec(use_ports=shape.pop("use_ports", False), flights=shape.pop("flights", 0))
     torch.manual_seed(0)
     model = StudentClassifier(EncoderConfig.from_spec(spec, **shape), 6, 9)
     for p in model.parameters():  # larger weights than the init's, so that positions matter

@@ -136,7 +136,7 @@ def test_baseline_event_args_round_trip(json_impl):
 
 
 def test_baseline_error_messages_are_what_the_peer_sends():
-    from tests.zeek_peer import ERR_BAD_EVENT, ERR_BAD_JSON, ERR_NOT_ARRAY, ERR_NOT_STRING  # noqa: F401
+    from tests.support.zeek_peer import ERR_BAD_EVENT, ERR_BAD_JSON, ERR_NOT_ARRAY, ERR_NOT_STRING  # noqa: F401
     texts = {(m["code"], m["context"]) for _, m in baseline_messages() if m["type"] == "error"}
     assert ("deserialization_failed", "failed to decode JSON object") in texts
     assert ("deserialization_failed", "failed to create Zeek event") in texts
@@ -539,13 +539,13 @@ def _baseline_lines(name: str) -> list[str]:
 
 
 def test_peer_reproduces_zeek_baselines():
-    """Replay Zeek's own btest clients (bad-event-args, bad-subscriptions, bad-url) against tests/zeek_peer.py;
+    """Replay Zeek's own btest clients (bad-event-args, bad-subscriptions, bad-url) against tests/support/zeek_peer.py;
     it must print exactly what the baselines expect from real Zeek."""
     import asyncio
 
     from websockets.asyncio.client import connect
 
-    from tests.zeek_peer import ZeekPeer
+    from tests.support.zeek_peer import ZeekPeer
 
     def make_ping(args):
         return json.dumps({"type": "data-message", "topic": "/zeek/event/my_topic", "@data-type": "vector", "data": [

@@ -43,7 +43,7 @@ def same(frame, max_bytes=None):
 
 @pytest.fixture(scope="module")
 def real_frames():
-    from tests.zeek_peer import flows_from_captures
+    from bench.replay import flows_from_captures
 
     flows = flows_from_captures()
     if not flows:

@@ -27,8 +27,8 @@ def signed_sizes(records, n: int = N_SIZES) -> np.ndarray:
 class SizeBaseline:
     """rf / knn on the first 20 signed packet sizes. rf_hello: the forest with the TLS handshake structure too
     (hello version, cipher suites and extension types present, as bits over the training flows' most common
-    values; features.parse_hello): how much of that signal survives the capture shift (needs flows read with
-    the whole hello, eval --hello-tokens COLLECT). rf_shape: the forest on what does not move with the path:
+    values; tls.parse_hello): how much of that signal survives the capture shift (needs flows read with
+    the whole hello, eval --hello-bytes H). rf_shape: the forest on what does not move with the path:
     the first flights (features.flights: direction-run byte and packet totals), TCP or UDP, and the
     handshake bits of rf_hello, without the single packet sizes."""
 

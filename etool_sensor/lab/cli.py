@@ -88,12 +88,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-config", default=None, metavar="JSON",
                    help='encoder shape of every student method, e.g. \'{"layers": 1, "pkt_stride": 4, '
                         '"dgram_stride": 16}\' (the bundled fast model); default: train/model.py EncoderConfig')
-    p.add_argument("--compact-hello", type=int, default=None, metavar="COLLECT",
-                   help="students drop the TLS hello Random/session ID before their payload window "
-                        "(features.compact_hello); flows are read with COLLECT payload bytes per chunk")
-    p.add_argument("--hello-tokens", type=int, default=None, metavar="COLLECT",
-                   help="students also get the TLS handshake structure as hashed tokens (features.hello_tokens); "
-                        "flows are read with COLLECT payload bytes per chunk, the datagram window stays B")
     p.add_argument("--hello-bytes", type=int, default=DEFAULT_HELLO_BYTES, metavar="H",
                    help="flows are read with TLS hellos whole up to H bytes (flow.hello_bytes) and the hybrids "
                         "add a fingerprint table (fingerprints.py) trained on the same flows, as the default model "
@@ -125,17 +119,6 @@ def eval_main(args: argparse.Namespace) -> int:
         return 2
     params = dataclasses.replace(params, hello_bytes=hello)
     spec = FeatureSpec.from_params(params, normalize_random=not getattr(args, "no_normalize_random", False))
-    # experiments that read more of each payload chunk than the students' window (docs/model-card.md)
-    for flag, extra in (("hello_tokens", {"hello_tokens": 48}), ("compact_hello", {"compact_hello": True})):
-        collect = getattr(args, flag, None)
-        if not collect:
-            continue
-        if collect < spec.payload_bytes:
-            log(f"eval: --{flag.replace('_', '-')} {collect} is below the payload window {spec.payload_bytes}")
-            return 2
-        collect = max(collect, spec.collect_payload_bytes)
-        spec = dataclasses.replace(spec, collect_payload_bytes=collect, **extra)
-        params = dataclasses.replace(params, payload_bytes=collect)
     if getattr(args, "flights", 0):
         if args.flights < 0 or args.flights > params.packets:
             log(f"eval: --flights {args.flights} must be between 0 and the {params.packets} packets read")

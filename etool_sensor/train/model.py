@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from etool_sensor.context import CONTEXT_SIZES
-from etool_sensor.features import FLAG_VOCAB, HELLO_VOCAB, IAT_BUCKETS, PORT_VOCAB, SIZE_BUCKETS, FeatureSpec
+from etool_sensor.features import FLAG_VOCAB, IAT_BUCKETS, PORT_VOCAB, SIZE_BUCKETS, FeatureSpec
 
 NEG = -1e4  # additive attention bias for padding (finite: safe in fp16/int8 graphs)
 
@@ -49,7 +49,6 @@ class EncoderConfig:
     dgram_stride: int = 8  # 2-byte units merged per datagram token
     use_payload: bool = True
     use_ports: bool = False
-    hello_tokens: int = 0  # hashed TLS handshake tokens, pooled into the meta token (features.hello_tokens)
     flights: int = 0  # direction-run totals (features.flights), added to the meta token
 
     @classmethod
@@ -60,8 +59,7 @@ class EncoderConfig:
             units = (spec.payload_packets * spec.payload_bytes + 1) // 2
             kw["dgram_stride"] = max(8, math.ceil(units / MAX_DGRAM_TOKENS))
         return cls(packets=spec.packets, payload_bytes=spec.payload_bytes, payload_packets=spec.payload_packets,
-                   context=spec.context, use_ports=spec.use_ports, hello_tokens=spec.hello_tokens,
-                   flights=spec.flights, **kw)
+                   context=spec.context, use_ports=spec.use_ports, flights=spec.flights, **kw)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,7 +166,6 @@ class TrafficEncoder(nn.Module):
         self.c_in = nn.Linear(3 + CONTEXT_SIZES, d)
         self.m_in = nn.Linear(4, d)
         self.port = nn.Embedding(PORT_VOCAB, d) if c.use_ports else None
-        self.hello = nn.Embedding(HELLO_VOCAB, d) if c.hello_tokens else None
         self.flt = nn.Sequential(nn.Linear(2 * c.flights, d), nn.GELU(), nn.Linear(d, d)) if c.flights else None
         self.cls = nn.Parameter(torch.zeros(1, 1, d))
         self.tok_type = nn.Parameter(torch.zeros(5, d))  # cls, meta, pkt, dgram, ctx
@@ -192,14 +189,13 @@ class TrafficEncoder(nn.Module):
 
     def forward(self, pkt: torch.Tensor, byt: torch.Tensor, seg: torch.Tensor, ctx: torch.Tensor,
                 meta: torch.Tensor, *extra: torch.Tensor, port: torch.Tensor | None = None,
-                hello: torch.Tensor | None = None, flt: torch.Tensor | None = None,
+                flt: torch.Tensor | None = None,
                 pkt_masked: torch.Tensor | None = None, unit_masked: torch.Tensor | None = None):
-        """extra: the optional inputs in input_names() order (port, hello, flt), or by keyword.
+        """extra: the optional inputs in input_names() order (port, flt), or by keyword.
         pkt_masked [B,N] / unit_masked [B,U] (bool, SSL only): positions whose content is hidden."""
         c = self.c
         opt = dict(zip(input_names(c)[5:], extra))
         port = opt.get("port", port)
-        hello = opt.get("hello", hello)
         flt = opt.get("flt", flt)
         b = pkt.shape[0]
         # packets
@@ -247,9 +243,6 @@ class TrafficEncoder(nn.Module):
         me = self.m_in(meta)
         if self.port is not None and port is not None:
             me = me + self.port(port)
-        if self.hello is not None and hello is not None:  # mean of the hello token embeddings (0 = padding)
-            hv = (hello > 0).unsqueeze(-1).float()
-            me = me + (self.hello(hello) * hv).sum(1) / hv.sum(1).clamp(min=1.0)
         if self.flt is not None and flt is not None:
             me = me + self.flt(flt)
         me = (me + self.tok_type[1]).unsqueeze(1)
@@ -284,15 +277,14 @@ class StudentClassifier(nn.Module):
         self.service = nn.Linear(c.d, n_service)
         self.app = nn.Linear(c.d, n_app)
 
-    def forward(self, pkt, byt, seg, ctx, meta, *extra, port=None, hello=None, flt=None):
-        z, _, _ = self.encoder(pkt, byt, seg, ctx, meta, *extra, port=port, hello=hello, flt=flt)
+    def forward(self, pkt, byt, seg, ctx, meta, *extra, port=None, flt=None):
+        z, _, _ = self.encoder(pkt, byt, seg, ctx, meta, *extra, port=port, flt=flt)
         return self.service(z), self.app(z)
 
 
 def input_names(c: EncoderConfig) -> list[str]:
     names = ["pkt", "byt", "seg", "ctx", "meta"]
-    return (names + (["port"] if c.use_ports else []) + (["hello"] if c.hello_tokens else [])
-            + (["flt"] if c.flights else []))
+    return names + (["port"] if c.use_ports else []) + (["flt"] if c.flights else [])
 
 
 def flops_per_flow(c: EncoderConfig, n_service: int = 25, n_app: int = 200) -> dict[str, int]:

@@ -86,12 +86,15 @@ class Student:
 
     @classmethod
     def from_checkpoint(cls, ck: dict[str, Any]) -> "Student":
-        cfg = EncoderConfig(**ck["config"])
+        conf = dict(ck["config"])
+        if conf.pop("hello_tokens", 0):  # older checkpoints record the retired input, off
+            raise ValueError("the checkpoint's student reads hello_tokens, an experiment this build no longer runs")
+        cfg = EncoderConfig(**conf)
         ls = ck["label_sets"]
         m = StudentClassifier(cfg, len(ls["service"]), len(ls["app"]))
         m.load_state_dict(ck["state_dict"])
         m.eval()
-        return cls(m, FeatureSpec(**ck["spec"]), ls, ck.get("label_column", "category"), cfg, info=ck.get("info", {}))
+        return cls(m, FeatureSpec.from_dict(ck["spec"]), ls, ck.get("label_column", "category"), cfg, info=ck.get("info", {}))
 
     def save(self, path) -> None:
         torch.save(self.checkpoint(), str(path))

@@ -456,7 +456,7 @@ class Teacher:
 def load_teacher(path: str | Path, device: str = "cpu", log: Callable[[str], None] = print) -> Teacher:
     d = torch.load(path, map_location="cpu", weights_only=False)
     cfg = TeacherConfig(**d["config"])
-    spec = FeatureSpec(**d["spec"])
+    spec = FeatureSpec.from_dict(d["spec"])
     lm = tok = None
     if cfg.use_llm:
         lm, tok = load_llm(cfg.llm_layers, log)

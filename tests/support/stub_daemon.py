@@ -1,4 +1,5 @@
-"""`python tests/stub_daemon.py [serve args]`: the real daemon entry point with a stand-in model.
+"""`python -m tests.support.stub_daemon [serve args]` (from the repository root): the real daemon entry
+point with a stand-in model.
 
 Only for the daemon's own tests when no model package is installed (ETOOL_E2E_STUB=1): it exercises
 signal handling, draining and metrics exactly as `python -m etool_sensor serve`, with a model whose
@@ -9,12 +10,9 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from etool_sensor import cli  # noqa: E402
-from etool_sensor.flows import Verdict  # noqa: E402
+from etool_sensor import cli
+from etool_sensor.flows import Verdict
 
 
 class StubModel:
