@@ -41,3 +41,11 @@ def quick_package(tmp_path_factory):
             os.environ["ETOOL_TORCH_THREADS"] = old
     assert rc == 0
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a freshly trained package is an integration test: it gets the `slow` marker, so
+    `-m "not slow"` runs the unit tests without training anything."""
+    for item in items:
+        if "quick_package" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
