@@ -181,6 +181,24 @@ def hybrid_logits(student_logits: np.ndarray, forest_proba: np.ndarray, w: float
     return (np.float32(w) * log_s + np.float32(1.0 - w) * log_f).astype(np.float32)
 
 
+def hybrid_head(x: np.ndarray, forest_proba: np.ndarray | None = None, w: float = 0.5, eps: float = 1e-4, *,
+                table: Any = None, keys: np.ndarray | None = None, found: Any = None, flows: Any = None,
+                records: Sequence[FlowRecord] | None = None, chunks: int = 3, shift: np.ndarray | None = None,
+                logits: bool = True) -> np.ndarray:
+    """A head's probabilities as a hybrid package computes them, in this order: the student's output `x` times
+    the shape forest (hybrid_logits, when `forest_proba` is given), plus the fingerprint table's evidence for
+    the flows' fingerprint `keys` (HelloTable.add_to; `found`, `flows` and `records` as it takes them), plus a
+    class-prior `shift`, normalised. `logits`: x is logits (else probabilities). The runtime and eval's hybrids
+    (train/forest.py) both call it, so eval scores what a package computes. `x` may be changed in place."""
+    if forest_proba is not None:
+        x = hybrid_logits(x, forest_proba, w, eps)
+    if table is not None and len(x):
+        x = table.add_to(x, keys, records, chunks, found=found, flows=flows)
+    if logits:
+        return softmax(x if shift is None else x + shift)
+    return x if shift is None else softmax(np.log(np.maximum(x, 1e-30)) + shift)
+
+
 def agreement_confidence(p_label: np.ndarray, forest_label: np.ndarray) -> np.ndarray:
     """A hybrid's "agreement" confidence (manifest hybrid.confidence): the geometric mean of the head's
     probability of each flow's label and the shape forest's vote share for that label (train/forest.py's
@@ -410,19 +428,15 @@ class Model:
         probs = {}
         for h, x in zip(heads, res):
             x = x if x is not None else np.zeros((0, len(self.label_sets[h])), np.float32)
-            if mixed and h == self._hybrid[0] and len(x):
-                x = hybrid_logits(x, res[-1], self._hybrid[2], self._hybrid[3])
-            if h in self._tables and len(x):
-                table = self._tables[h]
-                found = table.lookup(feats["hfp"])
-                if h == "service":
-                    probs[TABLE_HIT] = found[0]
-                x = table.add_to(x, feats["hfp"], found=found, flows=keys)  # x: fresh (run_graph)
+            forest = res[-1] if mixed and h == self._hybrid[0] and len(x) else None
+            table = self._tables.get(h) if len(x) else None
+            found = table.lookup(feats["hfp"]) if table is not None else None
+            if found is not None and h == "service":
+                probs[TABLE_HIT] = found[0]
             shift = self._shift if h == self._prior_head and len(x) else None  # one read: set_prior may swap it
-            if self._out_kind == "logits":
-                probs[h] = softmax(x if shift is None else x + shift)
-            else:
-                probs[h] = x if shift is None else softmax(np.log(np.maximum(x, 1e-30)) + shift)
+            probs[h] = hybrid_head(x, forest, *(self._hybrid[2:4] if forest is not None else ()), table=table,
+                                   keys=feats["hfp"] if table is not None else None, found=found, flows=keys,
+                                   shift=shift, logits=self._out_kind == "logits")  # x: fresh (run_graph)
         if mixed:
             probs[FOREST] = res[-1]
         return probs

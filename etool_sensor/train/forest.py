@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from etool_sensor.features import FeatureSpec, encode
-from etool_sensor.runtime import agreement_confidence, hybrid_logits, softmax
+from etool_sensor.runtime import agreement_confidence, hybrid_head, hybrid_logits
 
 FLIGHTS = 12  # flights the forest reads
 MIX = 0.5  # weight of the student's log-probabilities; the forest's is 1 - MIX
@@ -121,17 +121,16 @@ class Hybrid:
         s, a = self.student.logits(records, contexts)
         z = s if self.student.head == "service" else a
         pf = None
-        if self.forest is None:
-            h = z
-        else:
+        if self.forest is not None:
             pf = spread(self.forest.proba(encode(records, contexts, self.forest.spec)), self.forest.classes,
                         self.labels)
-            h = mix(z, pf, self.w, self.eps)
+        keys = None
         if self.table is not None:
             from etool_sensor.fingerprints import fingerprints
 
-            h = h + self.table.log_proba(fingerprints(records, self.chunks), records, self.chunks)
-        p = softmax(h)
+            keys = fingerprints(records, self.chunks)
+        p = hybrid_head(np.array(z, np.float32), pf, self.w, self.eps, table=self.table, keys=keys, records=records,
+                        chunks=self.chunks)
         conf = p.max(1)
         if pf is not None and self.confidence == "agreement":
             conf = agreement_confidence(conf, pf[np.arange(len(p)), p.argmax(1)])
