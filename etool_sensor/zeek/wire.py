@@ -113,13 +113,19 @@ def _packets(pk_raw: list[Any]) -> list[Packet]:
     return out
 
 
-def flow_from_event(ev: Event) -> FlowEvent:
-    """ETooL::flow(f: ETooL::Flow) -> FlowRecord + reply_topic; WireError on any contract breach."""
-    if ev.name != FLOW_EVENT:
+def _event_record(ev: Event, name: str, fields: tuple[str, ...], record: str) -> list[Any]:
+    """The one record argument of event `name` (its fields as a list); WireError for another event, another
+    arity or a record of another length."""
+    if ev.name != name:
         raise WireError("foreign_event", f"unexpected event {ev.name[:64]!r}")
     if len(ev.raw_args) != 1:
-        raise WireError("type", f"{FLOW_EVENT} takes 1 argument, got {len(ev.raw_args)}")
-    f = _record(ev.raw_args[0], len(FLOW_FIELDS), "ETooL::Flow")
+        raise WireError("type", f"{name} takes 1 argument, got {len(ev.raw_args)}")
+    return _record(ev.raw_args[0], len(fields), record)
+
+
+def flow_from_event(ev: Event) -> FlowEvent:
+    """ETooL::flow(f: ETooL::Flow) -> FlowRecord + reply_topic; WireError on any contract breach."""
+    f = _event_record(ev, FLOW_EVENT, FLOW_FIELDS, "ETooL::Flow")
     uid = _string(f[0], "uid")
     ts = parse_timestamp(expect_data(f[1], "timestamp"))
     orig_h = str(parse_address(expect_data(f[2], "address")))
@@ -454,11 +460,7 @@ def encode_drift(topic: str, daemon: str, model: str, d: Any) -> str:
 def drift_from_event(ev: Event) -> dict[str, Any]:
     """Strict inverse of encode_drift (the test peer type-checks the event as Zeek would): the record's fields
     by name, table rates -1 where there is no table."""
-    if ev.name != DRIFT_EVENT:
-        raise WireError("foreign_event", f"unexpected event {ev.name[:64]!r}")
-    if len(ev.raw_args) != 1:
-        raise WireError("type", f"{DRIFT_EVENT} takes 1 argument")
-    r = _record(ev.raw_args[0], len(DRIFT_FIELDS), "ETooL::Drift")
+    r = _event_record(ev, DRIFT_EVENT, DRIFT_FIELDS, "ETooL::Drift")
     out: dict[str, Any] = {"daemon": _string(r[0], "daemon"), "model": _string(r[1], "model")}
     for name, o in zip(DRIFT_FIELDS[2:9], r[2:9]):
         v = expect_data(o, "real")
@@ -471,11 +473,7 @@ def drift_from_event(ev: Event) -> dict[str, Any]:
 
 def verdict_from_event(ev: Event) -> Verdict:
     """Strict inverse of encode_verdict (used by the test peer the way Zeek type-checks the event)."""
-    if ev.name != VERDICT_EVENT:
-        raise WireError("foreign_event", f"unexpected event {ev.name[:64]!r}")
-    if len(ev.raw_args) != 1:
-        raise WireError("type", f"{VERDICT_EVENT} takes 1 argument")
-    r = _record(ev.raw_args[0], len(VERDICT_FIELDS), "ETooL::Verdict")
+    r = _event_record(ev, VERDICT_EVENT, VERDICT_FIELDS, "ETooL::Verdict")
     conf = expect_data(r[3], "real")
     if type(conf) is not float or not math.isfinite(conf):
         raise WireError("type", "confidence is not a real")
