@@ -480,6 +480,16 @@ def daemon_cmd(tmp: Path, url: str, metrics_port: int, extra: dict | None = None
     pytest.skip(f"no model: load_model() failed ({_model_cache['why']}); set ETOOL_E2E_STUB=1 to use a stand-in")
 
 
+async def _terminate(proc: asyncio.subprocess.Process, timeout: float = 30) -> None:
+    """SIGTERM a daemon still running and wait for it (killed after `timeout` seconds)."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            proc.kill()
+
+
 def _stopped_counts(stderr: str) -> dict:
     for line in stderr.splitlines():
         if "stopped: {" in line:
@@ -610,12 +620,7 @@ def test_soak_twice_the_sustainable_rate(tmp_path, flows):
                 dropped = sum(v for k, v in m2.items() if k.startswith("etool_drops_total"))
                 assert abs(total_in - answered - dropped) <= 1, summary  # accounted (queue empty)
             finally:
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        await asyncio.wait_for(proc.wait(), 30)
-                    except (asyncio.TimeoutError, TimeoutError):
-                        proc.kill()
+                await _terminate(proc)
                 await err_task
     run(main(), timeout=180)
 
@@ -814,12 +819,7 @@ def test_sighup_swaps_the_model_mid_stream_without_losing_a_flow(tmp_path, flows
                 assert await peer.wait_verdicts(n + len(late), 30)
                 assert peer.app_names == ["etool-sensor"] and peer.connections == 1
             finally:
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        await asyncio.wait_for(proc.wait(), 30)
-                    except (asyncio.TimeoutError, TimeoutError):
-                        proc.kill()
+                await _terminate(proc)
                 err = (await err_task).decode()
             assert proc.returncode == 0, err[-3000:]
             sent = before + during + after + late
