@@ -23,9 +23,14 @@ from .scoring import bootstrap_vs, confusion_png, metrics
 from .splits import KFOLDS, capture_groups, label_of, relabel
 from .teacher_logits import load_cached_teacher, save_teacher_logits, teacher_cache_path, training_key
 
-METHODS = ("rf", "rf_shape", "knn", "etool", "hybrid", "student_no_llm", "hybrid_no_llm", "student_no_payload",
-           "student_ports", "teacher", "encoder_only")
-HYBRIDS = {"hybrid": "etool", "hybrid_no_llm": "student_no_llm"}  # student times the shape forest (train/forest.py)
+METHODS = ("rf", "rf_shape", "knn", "etool", "hybrid", "student_no_llm", "hybrid_no_llm", "student_enc_teacher",
+           "hybrid_enc_teacher", "student_no_payload", "student_ports", "teacher", "encoder_only")
+# student times the shape forest (train/forest.py)
+HYBRIDS = {"hybrid": "etool", "hybrid_no_llm": "student_no_llm", "hybrid_enc_teacher": "student_enc_teacher"}
+# paired comparisons a K-fold run reports when both methods ran: what the LLM adds over distillation alone
+# (the teacher's twin without the LLM, `encoder_only`, as the teacher) and what distillation adds at all
+PAIRS = (("hybrid", "hybrid_enc_teacher"), ("hybrid", "hybrid_no_llm"), ("hybrid_enc_teacher", "hybrid_no_llm"),
+         ("etool", "student_enc_teacher"), ("etool", "student_no_llm"), ("student_enc_teacher", "student_no_llm"))
 EXTRA_METHODS = ("rf_hello", "student_capbal")  # only when named (experiments, docs/model-card.md)
 
 
@@ -86,10 +91,14 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
     def student_for(m: str):
         from ..train.student import train_student
 
-        kw = {"etool": {}, "student_no_llm": {}, "student_no_payload": dict(use_payload=False),
-              "student_ports": dict(use_ports=True), "student_capbal": dict(capture_balance=capture_balance)}[m]
-        # ablations change one thing from etool: they keep its teacher (built only when needed)
-        t = None if m in ("student_no_llm", "student_capbal") else get_teacher()
+        kw = {"etool": {}, "student_no_llm": {}, "student_enc_teacher": {},
+              "student_no_payload": dict(use_payload=False), "student_ports": dict(use_ports=True), "student_capbal": dict(capture_balance=capture_balance)}[m]
+        # ablations change one thing from etool: they keep its teacher (built only when needed);
+        # student_enc_teacher changes the teacher to its twin without the LLM (the control for the LLM's share)
+        if m in ("student_no_llm", "student_capbal"):
+            t = None
+        else:
+            t = get_teacher("encoder_only" if m == "student_enc_teacher" else "teacher")
         # SSL on the training flows plus the extra unlabelled ones, as the teacher's stage 1 does
         ssl = None if unlabelled is None else (list(tr.records) + list(unlabelled[0]),
                                                list(tr.contexts) + list(unlabelled[1]))
@@ -231,6 +240,35 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
                     f"difference {v['diff']} ({v['diff_ci95']}), {v['groups']} {v['unit']}s resampled")
     if repeats > 1:
         out["repeats"] = repeat_summary(y, preds, seeds, [m for m in methods if m not in errors], log, kind)
+    ok = [m for m in methods if m not in errors]
+    pairs = [(a, b) for a, b in PAIRS if a in ok and b in ok]
+    if pairs:
+        out["paired"] = paired_summary(y, preds, seeds, pairs, groups, unit, log, kind)
+    out["pooled_predictions"] = {"y": y, "groups": list(map(str, groups)), "model_seeds": seeds,
+                                 "methods": {m: [p[m] for p in preds] for m in ok}}
+    return out
+
+
+def paired_summary(y: Sequence[str], preds: list[dict[str, list]], seeds: Sequence[int],
+                   pairs: Sequence[tuple[str, str]], groups: Sequence[str], unit: str,
+                   log: Callable[[str], None] = lambda s: None, kind: str = "capture_kfold") -> dict:
+    """Method A against method B on the same folds and model seed: per repeat the pooled macro-F1 (>=5)
+    difference with its 95 % interval from resampling whole groups, and the mean difference over repeats.
+    A difference is a gain only where every repeat's interval excludes zero on the same side."""
+    out: dict = {}
+    for a, b in pairs:
+        runs = [bootstrap_vs(y, p[a], p[b], groups, seed=s, unit=unit) for p, s in zip(preds, seeds)]
+        acc = [float(np.mean([u == v for u, v in zip(y, p[a])]) - np.mean([u == v for u, v in zip(y, p[b])]))
+               for p in preds]
+        d = [r["diff"] for r in runs]
+        lo, hi = min(r["diff_ci95"][0] for r in runs), max(r["diff_ci95"][1] for r in runs)
+        verdict = "gain" if lo > 0 else "loss" if hi < 0 else "noise"
+        out[f"{a} - {b}"] = {"diff": d, "diff_ci95": [r["diff_ci95"] for r in runs],
+                             "mean_diff": round(float(np.mean(d)), 4), "accuracy_diff": [round(v, 4) for v in acc],
+                             "verdict": verdict}
+        log(f"eval[{kind}] {a} - {b}: macroF1(>=5) difference per model seed "
+            + ", ".join(f"{x:+.3f} ({c[0]:+.3f}..{c[1]:+.3f})" for x, c in zip(d, out[f"{a} - {b}"]["diff_ci95"]))
+            + f"; accuracy {', '.join(f'{v:+.3f}' for v in acc)}: {verdict}")
     return out
 
 
