@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.test_model import LABELS, PCAPS, needs_data, real_flows  # noqa: F401 (fixture)
 
@@ -339,3 +340,34 @@ def test_retable_refits_the_tables_and_leaves_the_graph(hello_package, tmp_path,
                  str(PCAPS / names[1])]) == 2
     assert "exact rows differ from the package's" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+@needs_data
+def test_train_recipe_builds_every_part_the_bundled_package_has(tmp_path, capsys):
+    """`train --recipe default` is how the bundled package is built: the recipe's settings, the priors and
+    the drift reference come out of the one command (nothing from outside the repository), and an option
+    given on the command line wins over the recipe."""
+    from etool_sensor.runtime import load_model
+    from etool_sensor.train.cli import RECIPES, main
+
+    out = tmp_path / "m"
+    assert main(["--recipe", "default", "--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out), "--quick",
+                 "--no-ssl", "--quick-pcaps", "12", "--epochs", "1", "--version", "9.9.9"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    recipe = yaml.safe_load((RECIPES / "default.yaml").read_text())
+    assert m["name"] == recipe["name"] and m["version"] == "9.9.9" and m["training"]["student"]["epochs"] == 1
+    assert m["training"]["recipe"]["recipe"] == "default.yaml" and m["training"]["teacher"] == {"used": False}
+    bundled = load_model("default", threads=1).manifest
+    missing = set(bundled) - set(m) - {"metrics", "notes"}  # eval and people fill those
+    assert not missing, f"the recipe does not build {missing}"
+    assert abs(sum(m["priors"]["train"].values()) - 1) < 1e-3
+    ref = m["drift_reference"]
+    assert ref["flows"] > 0 and "12 captures" in ref["source"] and ref["threshold"] == 0.5
+    assert load_model(out, threads=1).name == recipe["name"]
+    # a recipe that does not exist, or holds a key train does not know, is one line and exit 2
+    assert main(["--recipe", "nope", "--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out)]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    assert main(["--recipe", str(bad), "--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no recipe 'nope' (known: default, fast" in err and "unknown recipe keys ['epochz']" in err

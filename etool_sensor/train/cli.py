@@ -12,7 +12,15 @@ from pathlib import Path
 from etool_sensor.flows import DEFAULT_HELLO_BYTES
 
 
+RECIPES = Path(__file__).parent / "recipes"
+RECIPE_KEYS = ("name", "version", "no_teacher", "student_config", "hello_bytes", "no_forest", "epochs", "ssl_epochs",
+               "quantize", "seed", "torch_threads")
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", metavar="NAME|YAML",
+                   help="settings of a known build: 'default' or 'fast' (the bundled packages, train/recipes/) or a "
+                        "YAML file of the same keys; options given on the command line win")
     p.add_argument("--data", required=True, help="directory of labelled captures (e.g. ../shared/data/ndpi/pcap)")
     p.add_argument("--labels", required=True, help="labels.csv (nDPI verdicts per flow)")
     p.add_argument("--out", required=True, help="model package directory to write")
@@ -49,6 +57,39 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
 
 
+def apply_recipe(args: argparse.Namespace) -> dict:
+    """Fill `args` from the recipe it names (train/recipes/NAME.yaml or a path): a recipe key replaces an option
+    still at its default. Returns the recipe (with its `recipe` source) for the manifest; ValueError if bad."""
+    import os
+
+    import yaml
+
+    ref = args.recipe
+    path = Path(ref) if ref.endswith((".yaml", ".yml")) else RECIPES / f"{ref}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+        raise ValueError(f"no recipe {ref!r} (known: {known}; or a YAML file)")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not YAML: {e}") from None
+    bad = sorted(set(recipe) - set(RECIPE_KEYS)) if isinstance(recipe, dict) else ["(not a mapping)"]
+    if bad:
+        raise ValueError(f"{path}: unknown recipe keys {bad}; known: {', '.join(RECIPE_KEYS)}")
+    probe = argparse.ArgumentParser()
+    add_train_arguments(probe)
+    defaults = vars(probe.parse_args(["--data", "-", "--labels", "-", "--out", "-"]))
+    for key, value in recipe.items():
+        if key == "torch_threads":  # the weights depend on the thread count: a recipe fixes it
+            os.environ.setdefault("ETOOL_TORCH_THREADS", str(value))
+            continue
+        if key == "student_config":
+            value = json.dumps(value) if value else None
+        if getattr(args, key) == defaults[key]:
+            setattr(args, key, value)
+    return {"recipe": path.name, **recipe}
+
+
 def _import_export(module: str = "package"):
     """etool_sensor.export.<module> (the checkout's export/, installed under that name), imported when used: it
     needs onnx and skl2onnx."""
@@ -73,6 +114,13 @@ def train_main(args: argparse.Namespace) -> int:
     from .threads import set_threads
 
     t0 = time.time()
+    recipe = None
+    if getattr(args, "recipe", None):
+        try:
+            recipe = apply_recipe(args)
+        except ValueError as e:
+            _log(f"train: --recipe {e}")
+            return 2
     shape = None
     if getattr(args, "student_config", None):
         from .model import parse_shape
@@ -161,6 +209,7 @@ def train_main(args: argparse.Namespace) -> int:
         "ssl": ssl_info,
         "student": dict(st.info),
         "quick": bool(args.quick),
+        "recipe": recipe,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,13 +234,31 @@ def train_main(args: argparse.Namespace) -> int:
                                 spec.payload_packets)
         check = encode(train.records[:2000], train.contexts[:2000],
                        dataclasses.replace(fspec, hello_bytes=params.hello_bytes))
-        m = _import_export("hybrid").attach_forest(out, forest, check, tables=tables, hello_bytes=params.hello_bytes,
-                                                   log=_log)
+        hy = _import_export("hybrid")
+        m = hy.attach_forest(out, forest, check, tables=tables, hello_bytes=params.hello_bytes, log=_log,
+                             priors=hy.priors_entry(train.service, m["label_sets"]["service"]))
         m["training"]["forest_seconds"] = round(time.time() - ts, 1)
         (out / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
+    _drift_reference(out, data, pcaps)
     par = m["parity"].get("int8_vs_torch", m["parity"].get("fp32_vs_torch", {}))
     _log(f"train: wrote {out} in {time.time() - t0:.0f}s; parity {json.dumps(par)}")
     return 0
+
+
+def _drift_reference(pkg: Path, data: Path, pcaps) -> None:
+    """The package's drift reference (etool_sensor/drift.py): its verdicts on every TCP/UDP flow of the
+    training captures, as classify reads them with the default settings."""
+    from etool_sensor.drift import captures_in, classify_captures, reference_from_verdicts, write_reference
+    from etool_sensor.config import Config
+    from etool_sensor.runtime import load_model
+
+    caps = [p for p in captures_in(data) if pcaps is None or p.name in set(pcaps)]
+    cfg = Config()
+    verdicts, hits = classify_captures(load_model(pkg, threads=1), caps, cfg)
+    ref = reference_from_verdicts(verdicts, hits, cfg.classify.threshold,
+                                  f"training captures ({data}), {len(caps)} captures, every TCP/UDP flow")
+    write_reference(pkg, ref)
+    _log(f"train: drift reference from {ref['flows']} flows of {len(caps)} captures")
 
 
 def main(argv=None) -> int:

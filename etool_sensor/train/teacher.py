@@ -245,6 +245,7 @@ class TeacherNet(nn.Module):
         self.tasks = dict(tasks)
         self.heads = nn.ModuleDict()
         self._lm = [lm]  # kept out of the module tree: never trained, never saved
+        self.tokenizer = tok  # names answers after training (lab/zero_shot.py)
         self.no_cache = os.environ.get("ETOOL_TEACHER_NO_CACHE") == "1"
         if cfg.use_llm:
             assert lm is not None and tok is not None
