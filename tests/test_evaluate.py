@@ -551,3 +551,71 @@ def test_capture_groups_keep_servers_and_clients_in_one_fold(ndpi_encrypted):
     sizes = sorted(len(te) for te in folds)
     assert sizes[-1] < 0.35 * len(ds), sizes  # the groups still make usable folds
     print(f"\n{len(set(group))} capture groups of {len(set(ds.pcap))} captures; fold sizes {sizes}")
+
+
+@pytest.mark.slow
+def test_kfold_pairs_the_llm_teacher_with_its_twin_on_the_same_folds(shared, tmp_path, monkeypatch, capsys):
+    """The control for the LLM's share: student_enc_teacher is distilled from the teacher's twin without the
+    LLM (use_llm False) on the same folds; the paired block compares it, etool and student_no_llm per model
+    seed, and its differences are the pooled scores' differences."""
+    from etool_sensor.lab.cli import main
+    import etool_sensor.train.teacher as T
+
+    variants = []
+
+    def fake_teacher(tr, label_column, **kw):
+        variants.append(kw["use_llm"])
+        labels = sorted(set(tr.labels))
+        k = 1 if kw["use_llm"] else 3
+
+        def logits(records, contexts=None):
+            return np.array([[np.sin(r.resp_p * (j + k) + r.packets[0].ip_len) for j in range(len(labels))]
+                             for r in records], np.float32).reshape(len(records), len(labels))
+        return SimpleNamespace(labels=labels, predict_logits=logits)
+
+    monkeypatch.setattr(T, "train_teacher", fake_teacher)
+    out = tmp_path / "p.json"
+    assert main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--no-model", "--encrypted-only",
+                 "--quick", "--splits", "capture_kfold", "--folds", "2", "--repeats", "2", "--pcaps", ",".join(PCAPS),
+                 "--methods", "rf,etool,student_enc_teacher,student_no_llm", "--json", str(out)]) == 0
+    assert sorted(variants) == [False, False, True, True]  # per fold one teacher of each kind, shared by the repeats
+    k = json.loads(out.read_text())["splits"]["capture_kfold"]
+    pairs = k["paired"]
+    assert set(pairs) == {"etool - student_enc_teacher", "etool - student_no_llm",
+                          "student_enc_teacher - student_no_llm"}
+    m = k["methods"]
+    for name, v in pairs.items():
+        a, b = name.split(" - ")
+        assert len(v["diff"]) == 2 and v["verdict"] in ("gain", "loss", "noise")
+        assert v["diff"][0] == pytest.approx(m[a]["macro_f1_min5"] - m[b]["macro_f1_min5"], abs=2e-4)
+        assert all(lo <= d <= hi for d, (lo, hi) in zip(v["diff"], v["diff_ci95"]))
+    pp = k["pooled_predictions"]
+    assert len(pp["y"]) == len(pp["groups"]) == k["test_flows"] and len(pp["methods"]["etool"]) == 2
+    assert "etool - student_enc_teacher: macroF1(>=5) difference per model seed" in capsys.readouterr().err
+
+
+def test_eval_scores_size_forests_beside_the_model(shared, tmp_path):
+    """--baselines-from trains rf and rf_shape on the model's training data and scores them on the same flows
+    as the model: the other-network target in one run."""
+    import csv
+
+    from etool_sensor.lab.cli import main
+
+    train_csv = tmp_path / "train.csv"
+    with open(NDPI / "labels.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["pcap"] in set(PCAPS[:5])]
+    with open(train_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "b.json"
+    assert main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--pcaps", ",".join(PCAPS[5:]),
+                 "--json", str(out), "--baselines-from", str(NDPI / "pcap"), str(train_csv)]) == 0
+    r = json.loads(out.read_text())
+    b = r["baselines"]
+    assert b["trained_on"]["flows"] > 0 and b["trained_on"]["labels"] == str(train_csv)
+    for kind in ("rf", "rf_shape"):
+        assert 0 <= b[kind]["accuracy"] <= 1
+        if b[kind]["macro_f1_min5"]:
+            assert b[kind]["model_ratio_macro_f1_min5"] == pytest.approx(r["macro_f1_min5"] / b[kind]["macro_f1_min5"],
+                                                                         rel=1e-2)

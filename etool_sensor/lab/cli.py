@@ -45,15 +45,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..features import FeatureSpec
 from ..fingerprints import NEAR_M
 from ..flows import DEFAULT_HELLO_BYTES, FlowParams
 from ..runtime import ModelError
-from .report import write_report
+from .report import fmt, write_report
 from .runner import EXTRA_METHODS, METHODS, evaluate_model, run_kfold, run_split
-from .scoring import confusion, confusion_png
+from .scoring import confusion, confusion_png, metrics
 from .splits import EXTRA_SPLITS, KFOLDS, SPLITS, label_of, make_splits
 
 
@@ -83,6 +83,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "stage of the students and the teacher; keep them apart from --data (e.g. the output of "
                         "python -m etool_sensor.train.capture)")
     p.add_argument("--no-model", action="store_true", help="skip the shipped model (splits only)")
+    p.add_argument("--baselines-from", nargs=2, metavar=("DIR", "CSV"), default=None,
+                   help="train the size forests (rf, rf_shape) on these labelled captures (the model's own training "
+                        "data, e.g. ../shared/data/ndpi/pcap ../shared/data/ndpi/labels.csv) and score them beside "
+                        "the model on the same flows, with the ratio of the model's macro-F1 (>=5) to each")
     p.add_argument("--payload-bytes", type=int, default=None,
                    help="B for the students' features (default: the flow record default)")
     p.add_argument("--student-config", default=None, metavar="JSON",
@@ -204,6 +208,13 @@ def eval_main(args: argparse.Namespace) -> int:
         res["model"] = m
         head = {k: m[k] for k in head}
         log(f"eval: model macroF1 {m['macro_f1']:.3f} min5 {m['macro_f1_min5']:.3f} acc {m['accuracy']:.3f}")
+        if args.baselines_from:
+            try:
+                res["baselines"] = baselines_beside(ds, m, args.baselines_from, args.label_column, params, args.seed,
+                                                    log)
+            except LabelsError as e:
+                log(f"eval: --baselines-from {e}")
+                return 2
     res.update(head)
     res["flows"] = len(ds)
     if args.splits:
@@ -252,6 +263,31 @@ def eval_main(args: argparse.Namespace) -> int:
         write_report(res, Path(args.report))
     log(f"eval: wrote {out} ({res['elapsed_s']}s)")
     return 0
+
+
+def baselines_beside(ds, model_result: dict, source: Sequence[str], column: str, params, seed: int,
+                     log: Callable[[str], None]) -> dict:
+    """The size forests trained on the labelled captures `source` (DIR, CSV: the model's training data) and
+    scored on the flows of `ds`, beside the model's result on them: the other-network target ("at least 2x a
+    size forest trained on the same data in macro-F1, and its accuracy") measured in one run."""
+    from ..train.data import load_labelled
+    from .baselines import SizeBaseline
+
+    train = load_labelled(source[0], source[1], label_column=column, params=params)
+    y_train = label_of(train, column)
+    y = label_of(ds, column)
+    out: dict = {"trained_on": {"data": str(source[0]), "labels": str(source[1]), "flows": len(train)}}
+    for kind in ("rf", "rf_shape"):
+        f = SizeBaseline(kind, seed).fit(train.records, y_train)
+        pred = [f.labels[i] for i in f.predict_proba(ds.records).argmax(1)] if len(ds) else []
+        r = {k: v for k, v in metrics(y, pred).items() if k in ("macro_f1", "macro_f1_min5", "accuracy")}
+        ref = r["macro_f1_min5"]
+        r["model_ratio_macro_f1_min5"] = round(model_result["macro_f1_min5"] / ref, 3) if ref else None
+        out[kind] = r
+        log(f"eval: {kind} trained on {len(train)} flows of {source[0]}: macroF1 min5 {ref:.3f} acc "
+            f"{r['accuracy']:.3f}; the model {model_result['macro_f1_min5']:.3f} / {model_result['accuracy']:.3f}"
+            f" ({fmt(r['model_ratio_macro_f1_min5'])}x)")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,7 +92,8 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         from ..train.student import train_student
 
         kw = {"etool": {}, "student_no_llm": {}, "student_enc_teacher": {},
-              "student_no_payload": dict(use_payload=False), "student_ports": dict(use_ports=True), "student_capbal": dict(capture_balance=capture_balance)}[m]
+              "student_no_payload": dict(use_payload=False), "student_ports": dict(use_ports=True),
+              "student_capbal": dict(capture_balance=capture_balance)}[m]
         # ablations change one thing from etool: they keep its teacher (built only when needed);
         # student_enc_teacher changes the teacher to its twin without the LLM (the control for the LLM's share)
         if m in ("student_no_llm", "student_capbal"):
