@@ -27,8 +27,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="category", choices=["category", "app"],
                    help="label of the primary head used by eval (both heads are always trained)")
     p.add_argument("--unlabelled", action="append", default=None,
-                   help="capture directory for self-supervised pretraining (repeatable; default: the parent "
-                        "of --data and its siblings, e.g. all of shared/data)")
+                   help="capture directory for self-supervised pretraining (repeatable; default: --data, every "
+                        "capture in it, labelled or not). Keep traffic you will evaluate on out of it")
     p.add_argument("--quick", action="store_true", help="a few epochs on a sample (tests, smoke runs)")
     p.add_argument("--no-teacher", action="store_true", help="skip the LLM teacher (CE only)")
     p.add_argument("--no-ssl", action="store_true", help="skip self-supervised pretraining")
@@ -161,7 +161,7 @@ def train_main(args: argparse.Namespace) -> int:
     if not args.no_ssl:
         from .model import EncoderConfig, TrafficEncoder
         from .ssl import pretrain
-        roots = args.unlabelled or [str(data.parent.parent if data.parent.name == "ndpi" else data.parent)]
+        roots = args.unlabelled or [str(data)]  # never the sets kept apart for evaluation
         files = capture_files(*roots)
         if args.quick:
             files = [f for f in files if f.name in set(pcaps or [])][:args.quick_pcaps] or files[:10]
