@@ -150,7 +150,7 @@ def test_bundled_models_are_fused_and_closer_to_their_float_activations(name):
     ops = _ops(m.path / "model.onnx")
     assert ops.count("QAttention") == layers and "QLinearMatMul" not in ops
     par = m.manifest["parity"]["fused"]
-    assert par["flows"] >= 3000
+    assert par["flows"] >= 2000  # train checks every rewrite on 2,000 of its training flows
     for h in ("service", "app"):
         key = f"{h}_mean_abs_logit_diff"
         assert par["fused_vs_reference"][key] < par["previous_vs_reference"][key]

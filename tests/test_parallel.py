@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import os
 import signal
 import subprocess
@@ -150,7 +151,11 @@ def test_two_workers_log_what_one_process_logs_on_the_ndpi_corpus(tmp_path: Path
     rc1, err1, e1, c1 = classify_logs(tmp_path, 1, paths, capsys)
     rc2, err2, e2, c2 = classify_logs(tmp_path, 2, paths, capsys)
     assert rc1 == rc2 == EXIT_TRUNCATED  # the corpus holds one cut capture
-    assert err1 == err2  # summary line (counts, skipped, malformed) and warning
+    # summary line (counts, skipped, malformed) and warning; the unknown count is each log's own (a split
+    # client's flow near the threshold may change its flag, below)
+    assert re.sub(r"\d+ unknown", "N unknown", err1) == re.sub(r"\d+ unknown", "N unknown", err2)
+    for err, rows in ((err1, e1), (err2, e2)):
+        assert f" {sum(r['unknown'] == 'T' for r in rows)} unknown" in err
     assert c1 == c2  # conn.log: identical rows in identical order
     assert [r["uid"] for r in e1] == [r["uid"] for r in e2] and len(e1) > 7000  # etool.log: same rows, order
     conn_cols = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "status"]
