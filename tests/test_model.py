@@ -298,7 +298,8 @@ def test_bundled_fast_model_by_name(default_model, real_flows, tmp_path, monkeyp
     assert a["config"]["layers"] < b["config"]["layers"] and a["tokens"] < b["tokens"]
     assert a["flops"] < 0.6 * b["flops"]
     assert fast.label_sets == default_model.label_sets
-    assert fast.manifest["metrics"]["category"]["capture"]["rf"]["macro_f1_min5"] > 0
+    # both built by `train --recipe` from the repository (docs/model-card.md: How it is built)
+    assert [m.manifest["training"]["recipe"]["recipe"] for m in (fast, default_model)] == ["fast.yaml", "default.yaml"]
     recs, ctxs = real_flows
     pf = fast.predict_proba(recs, ctxs).argmax(1)
     pd = default_model.predict_proba(recs, ctxs).argmax(1)
