@@ -363,7 +363,14 @@ def test_train_recipe_builds_every_part_the_bundled_package_has(tmp_path, capsys
     assert abs(sum(m["priors"]["train"].values()) - 1) < 1e-3
     ref = m["drift_reference"]
     assert ref["flows"] > 0 and "12 captures" in ref["source"] and ref["threshold"] == 0.5
-    assert load_model(out, threads=1).name == recipe["name"]
+    model = load_model(out, threads=1)
+    assert model.name == recipe["name"]
+    # the recipe fixes the torch threads: the same command builds the same bits
+    again = tmp_path / "again"
+    assert main(["--recipe", "default", "--data", str(PCAPS), "--labels", str(LABELS), "--out", str(again), "--quick",
+                 "--no-ssl", "--quick-pcaps", "12", "--epochs", "1", "--version", "9.9.9"]) == 0
+    m2 = json.loads((again / "manifest.json").read_text())
+    assert m2["sha256"] == m["sha256"] and m2["hybrid"]["hello_table"]["sha256"] == m["hybrid"]["hello_table"]["sha256"]
     # a recipe that does not exist, or holds a key train does not know, is one line and exit 2
     assert main(["--recipe", "nope", "--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out)]) == 2
     bad = tmp_path / "bad.yaml"

@@ -59,9 +59,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def apply_recipe(args: argparse.Namespace) -> dict:
     """Fill `args` from the recipe it names (train/recipes/NAME.yaml or a path): a recipe key replaces an option
-    still at its default. Returns the recipe (with its `recipe` source) for the manifest; ValueError if bad."""
-    import os
-
+    still at its default (torch_threads: unless ETOOL_TORCH_THREADS is set). Returns the recipe (with its
+    `recipe` source) for the manifest; ValueError if bad."""
     import yaml
 
     ref = args.recipe
@@ -81,7 +80,7 @@ def apply_recipe(args: argparse.Namespace) -> dict:
     defaults = vars(probe.parse_args(["--data", "-", "--labels", "-", "--out", "-"]))
     for key, value in recipe.items():
         if key == "torch_threads":  # the weights depend on the thread count: a recipe fixes it
-            os.environ.setdefault("ETOOL_TORCH_THREADS", str(value))
+            args.torch_threads = int(value)
             continue
         if key == "student_config":
             value = json.dumps(value) if value else None
@@ -134,7 +133,7 @@ def train_main(args: argparse.Namespace) -> int:
     except LabelsError as e:
         _log(f"train: {e}")
         return 2
-    threads = set_threads()
+    threads = set_threads(getattr(args, "torch_threads", None))
     import torch
 
     torch.manual_seed(args.seed)  # the SSL encoder's initial weights and dropout: the same seed, the same model

@@ -7,11 +7,11 @@ import os
 import torch
 
 
-def set_threads() -> int:
+def set_threads(fixed: int | None = None) -> int:
     """Use the idle cores only: on a busy 2-core box a second torch thread makes training ~5x slower.
-    ETOOL_TORCH_THREADS=N fixes the count instead: the weights then do not depend on the machine's load
-    (a model trained with another thread count sums in another order)."""
-    fixed = os.environ.get("ETOOL_TORCH_THREADS", "").strip()
+    ETOOL_TORCH_THREADS=N, else `fixed` (a recipe's torch_threads), fixes the count instead: the weights then do
+    not depend on the machine's load (a model trained with another thread count sums in another order)."""
+    fixed = os.environ.get("ETOOL_TORCH_THREADS", "").strip() or str(fixed or "")
     if fixed.isdigit() and int(fixed) > 0:
         torch.set_num_threads(int(fixed))
         return int(fixed)
