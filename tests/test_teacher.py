@@ -105,3 +105,33 @@ def test_ssl_masks_one_packet():
     assert torch.equal(y, pkt[torch.arange(3), j, 0] - 1)
     _, kw, y, ok = ssl_batch("size", x, g)
     assert set(y.tolist()) <= {0, 1, 2, 3}
+
+
+def test_zero_shot_names_held_out_labels_from_their_words(shared, tmp_path, capsys):
+    """lab/zero_shot.py: the teacher trains without the held-out services' flows, then names each of those flows
+    from the held-out names alone; the report is referenced to chance (1/k) with a capture-group interval."""
+    from etool_sensor.lab import zero_shot as Z
+    from etool_sensor.train import teacher as T
+
+    try:
+        T.load_llm(2, log=lambda s: None)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    pcaps = "tls_verylong_certificate.pcap,chrome.pcap,quic.pcap,signal.pcap,teams.pcap,reddit.pcap,whatsapp.pcap"
+    out = tmp_path / "z.json"
+    assert Z.main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--pcaps", pcaps, "--quick",
+                   "--held-out", "Chat,SocialNetwork", "--json", str(out)]) == 0
+    import json
+
+    run = json.loads(out.read_text())["runs"][0]
+    z = run["zero_shot"]
+    assert run["held_out"] == ["Chat", "SocialNetwork"] and run["test_flows"] > 0 and z["chance"] == 0.5
+    assert sum(z["predicted_shares"].values()) == pytest.approx(1, abs=1e-3)  # only held-out names answer
+    assert z["balanced_accuracy"] == pytest.approx(sum(z["recall"].values()) / 2, abs=1e-3)
+    lo, hi = z["balanced_accuracy_ci95"]
+    assert 0 <= lo <= hi <= 1 and z["verdict"] in ("above chance", "chance", "below chance")
+    assert 0 <= run["generalised"]["named_unseen_share"] <= 1
+    # fewer than two held-out labels with flows: one line, exit 2
+    assert Z.main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--pcaps", pcaps, "--quick",
+                   "--held-out", "Chat,NoSuchService", "--json", str(out)]) == 2
+    assert "needs at least 2 held-out labels with flows" in capsys.readouterr().err
