@@ -1,4 +1,6 @@
-"""`etool-sensor train`: SSL pretraining -> teacher (if available) -> student -> ONNX int8 -> model package."""
+"""`etool-sensor train`: SSL pretraining -> teacher (unless --no-teacher) -> student -> ONNX int8 -> shape forest and
+fingerprint tables -> priors and drift reference: a whole model package from labelled captures. `--recipe NAME`
+takes the settings of a bundled package (train/recipes/), so the repository rebuilds what it ships."""
 
 from __future__ import annotations
 
