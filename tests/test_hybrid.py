@@ -5,6 +5,7 @@ app head untouched; the package rewrite refuses what it cannot do; eval trains o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -351,12 +352,19 @@ def test_train_recipe_builds_every_part_the_bundled_package_has(tmp_path, capsys
     from etool_sensor.train.cli import RECIPES, main
 
     out = tmp_path / "m"
-    assert main(["--recipe", "default", "--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out), "--quick",
-                 "--no-ssl", "--quick-pcaps", "12", "--epochs", "1", "--version", "9.9.9"]) == 0
+    pinned = os.environ.pop("ETOOL_TORCH_THREADS", None)  # the recipe's torch_threads decides, and only inside
+    try:
+        assert main(["--recipe", "default", "--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out),
+                     "--quick", "--quick-pcaps", "12", "--epochs", "1", "--ssl-epochs", "1", "--version", "9.9.9"]) == 0
+        assert "ETOOL_TORCH_THREADS" not in os.environ
+    finally:
+        if pinned is not None:
+            os.environ["ETOOL_TORCH_THREADS"] = pinned
     m = json.loads((out / "manifest.json").read_text())
     recipe = yaml.safe_load((RECIPES / "default.yaml").read_text())
     assert m["name"] == recipe["name"] and m["version"] == "9.9.9" and m["training"]["student"]["epochs"] == 1
     assert m["training"]["recipe"]["recipe"] == "default.yaml" and m["training"]["teacher"] == {"used": False}
+    assert m["training"]["torch_threads"] == recipe["torch_threads"] and m["training"]["ssl"]["used"]
     bundled = load_model("default", threads=1).manifest
     missing = set(bundled) - set(m) - {"metrics", "notes"}  # eval and people fill those
     assert not missing, f"the recipe does not build {missing}"
@@ -368,7 +376,7 @@ def test_train_recipe_builds_every_part_the_bundled_package_has(tmp_path, capsys
     # the recipe fixes the torch threads: the same command builds the same bits
     again = tmp_path / "again"
     assert main(["--recipe", "default", "--data", str(PCAPS), "--labels", str(LABELS), "--out", str(again), "--quick",
-                 "--no-ssl", "--quick-pcaps", "12", "--epochs", "1", "--version", "9.9.9"]) == 0
+                 "--quick-pcaps", "12", "--epochs", "1", "--ssl-epochs", "1", "--version", "9.9.9"]) == 0
     m2 = json.loads((again / "manifest.json").read_text())
     assert m2["sha256"] == m["sha256"] and m2["hybrid"]["hello_table"]["sha256"] == m["hybrid"]["hello_table"]["sha256"]
     # a recipe that does not exist, or holds a key train does not know, is one line and exit 2

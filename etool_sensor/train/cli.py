@@ -104,6 +104,20 @@ def _log(msg: str) -> None:
 
 
 def train_main(args: argparse.Namespace) -> int:
+    recipe = None
+    if getattr(args, "recipe", None):
+        try:
+            recipe = apply_recipe(args)
+        except ValueError as e:
+            _log(f"train: --recipe {e}")
+            return 2
+    from .threads import pinned_threads
+
+    with pinned_threads(getattr(args, "torch_threads", None)):
+        return _train(args, recipe)
+
+
+def _train(args: argparse.Namespace, recipe: dict | None) -> int:
     import numpy as np
 
     from etool_sensor.features import FeatureSpec, encode
@@ -115,13 +129,6 @@ def train_main(args: argparse.Namespace) -> int:
     from .threads import set_threads
 
     t0 = time.time()
-    recipe = None
-    if getattr(args, "recipe", None):
-        try:
-            recipe = apply_recipe(args)
-        except ValueError as e:
-            _log(f"train: --recipe {e}")
-            return 2
     shape = None
     if getattr(args, "student_config", None):
         from .model import parse_shape
@@ -135,7 +142,7 @@ def train_main(args: argparse.Namespace) -> int:
     except LabelsError as e:
         _log(f"train: {e}")
         return 2
-    threads = set_threads(getattr(args, "torch_threads", None))
+    threads = set_threads()
     import torch
 
     torch.manual_seed(args.seed)  # the SSL encoder's initial weights and dropout: the same seed, the same model
