@@ -386,3 +386,20 @@ def test_train_recipe_builds_every_part_the_bundled_package_has(tmp_path, capsys
     assert main(["--recipe", str(bad), "--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "no recipe 'nope' (known: default, fast" in err and "unknown recipe keys ['epochz']" in err
+
+
+def test_recipe_fills_only_the_options_the_command_line_left_out():
+    """An option given on the command line wins over the recipe even at its default value; the recipe fills the
+    others."""
+    import argparse
+
+    from etool_sensor.train.cli import add_train_arguments, apply_recipe
+
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    args = p.parse_args(["--recipe", "default", "--data", "d", "--labels", "l", "--out", "o", "--version", "0.1.0",
+                         "--hello-bytes", "0"])
+    recipe = apply_recipe(args)
+    assert (args.version, args.hello_bytes) == ("0.1.0", 0)  # given: kept although 0.1.0 is train's default
+    assert (args.name, args.no_teacher, args.epochs, args.torch_threads) == (
+        recipe["name"], True, recipe["epochs"], recipe["torch_threads"])

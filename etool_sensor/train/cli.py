@@ -17,6 +17,10 @@ from etool_sensor.flows import DEFAULT_HELLO_BYTES
 RECIPES = Path(__file__).parent / "recipes"
 RECIPE_KEYS = ("name", "version", "no_teacher", "student_config", "hello_bytes", "no_forest", "epochs", "ssl_epochs",
                "quantize", "seed", "torch_threads")
+# the options a recipe may set: parsed as None when not given, so that a recipe fills exactly those left out
+DEFAULTS = {"name": "etool-student", "version": "0.1.0", "no_teacher": False, "student_config": None,
+            "hello_bytes": DEFAULT_HELLO_BYTES, "no_forest": False, "epochs": None, "ssl_epochs": None,
+            "quantize": "static", "seed": 0}
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,36 +36,36 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="capture directory for self-supervised pretraining (repeatable; default: --data, every "
                         "capture in it, labelled or not). Keep traffic you will evaluate on out of it")
     p.add_argument("--quick", action="store_true", help="a few epochs on a sample (tests, smoke runs)")
-    p.add_argument("--no-teacher", action="store_true", help="skip the LLM teacher (CE only)")
+    p.add_argument("--no-teacher", action="store_true", default=None, help="skip the LLM teacher (CE only)")
     p.add_argument("--no-ssl", action="store_true", help="skip self-supervised pretraining")
     p.add_argument("--no-payload", action="store_true", help="ablation: no datagram tokens")
     p.add_argument("--use-ports", action="store_true", help="ablation: responder port as a feature")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for the teacher")
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default 30, quick 4)")
     p.add_argument("--ssl-epochs", type=int, default=None, help="SSL epochs (default 6, quick 1)")
-    p.add_argument("--quantize", choices=["static", "dynamic", "none"], default="static",
+    p.add_argument("--quantize", choices=["static", "dynamic", "none"], default=None,
                    help="model.onnx: int8 static (calibrated, batch-independent; default), int8 dynamic, or fp32")
     p.add_argument("--student-config", default=None, metavar="JSON",
                    help='student encoder shape, e.g. \'{"layers": 1, "pkt_stride": 4, "dgram_stride": 16}\' '
                         "(the bundled fast model); default: train/model.py EncoderConfig")
-    p.add_argument("--hello-bytes", type=int, default=DEFAULT_HELLO_BYTES, metavar="H",
+    p.add_argument("--hello-bytes", type=int, default=None, metavar="H",
                    help="read TLS hellos whole up to H bytes (flow.hello_bytes) and join the fingerprint tables "
                         "(fingerprints.py; service and app) with the forest "
                         f"(default {DEFAULT_HELLO_BYTES}; 0: the forest alone)")
-    p.add_argument("--no-forest", action="store_true",
+    p.add_argument("--no-forest", action="store_true", default=None,
                    help="a student package only: do not join the shape forest to its service head "
                         "(train/forest.py, export/hybrid.py; the bundled default model has it)")
-    p.add_argument("--name", default="etool-student")
-    p.add_argument("--version", default="0.1.0")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help=f"package name (default {DEFAULTS['name']})")
+    p.add_argument("--version", default=None, help=f"package version (default {DEFAULTS['version']})")
+    p.add_argument("--seed", type=int, default=None, help="seed of every stage (default 0)")
     p.add_argument("--teacher-cache", help="npz of teacher logits (lab.teacher_logits.save_teacher_logits format: ids, "
                    "logits, labels) for the training flows, instead of training a teacher here")
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
 
 
 def apply_recipe(args: argparse.Namespace) -> dict:
-    """Fill `args` from the recipe it names (train/recipes/NAME.yaml or a path): a recipe key replaces an option
-    still at its default (torch_threads: unless ETOOL_TORCH_THREADS is set). Returns the recipe (with its
+    """Fill `args` from the recipe it names (train/recipes/NAME.yaml or a path): a recipe key sets an option the
+    command line left out (torch_threads: unless ETOOL_TORCH_THREADS is set). Returns the recipe (with its
     `recipe` source) for the manifest; ValueError if bad."""
     import yaml
 
@@ -77,16 +81,13 @@ def apply_recipe(args: argparse.Namespace) -> dict:
     bad = sorted(set(recipe) - set(RECIPE_KEYS)) if isinstance(recipe, dict) else ["(not a mapping)"]
     if bad:
         raise ValueError(f"{path}: unknown recipe keys {bad}; known: {', '.join(RECIPE_KEYS)}")
-    probe = argparse.ArgumentParser()
-    add_train_arguments(probe)
-    defaults = vars(probe.parse_args(["--data", "-", "--labels", "-", "--out", "-"]))
     for key, value in recipe.items():
         if key == "torch_threads":  # the weights depend on the thread count: a recipe fixes it
             args.torch_threads = int(value)
             continue
         if key == "student_config":
             value = json.dumps(value) if value else None
-        if getattr(args, key) == defaults[key]:
+        if getattr(args, key, None) is None:
             setattr(args, key, value)
     return {"recipe": path.name, **recipe}
 
@@ -111,6 +112,9 @@ def train_main(args: argparse.Namespace) -> int:
         except ValueError as e:
             _log(f"train: --recipe {e}")
             return 2
+    for key, value in DEFAULTS.items():  # what neither the command line nor the recipe set
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
     from .threads import pinned_threads
 
     with pinned_threads(getattr(args, "torch_threads", None)):
