@@ -439,6 +439,13 @@ def classify_captures(model: Any, captures: Sequence[str | Path], cfg: Any = Non
     return verdicts, [v.table_hit for v in verdicts]
 
 
+def reference_of(model: Any, captures: Sequence[str | Path], cfg: Any, source: str) -> dict[str, Any]:
+    """A package's ``drift_reference``: its verdicts on every flow of `captures`, as classify makes them with
+    `cfg`, unknown at cfg's classify.threshold."""
+    verdicts, hits = classify_captures(model, captures, cfg)
+    return reference_from_verdicts(verdicts, hits, cfg.classify.threshold, source)
+
+
 def write_reference(package: str | Path, reference: Mapping[str, Any]) -> Path:
     """Put `reference` into the package's manifest.json under drift_reference, the rest of the file as it was
     written (one-space indent, key order kept). The manifest's checksums cover model.onnx and the tables, not
@@ -466,9 +473,7 @@ def _reference_main(a: argparse.Namespace) -> int:
     if not caps:
         print(f"etool-sensor drift: no captures under {a.data}", file=sys.stderr)
         return 2
-    verdicts, hits = classify_captures(model, caps, cfg)
-    source = a.source or f"{len(caps)} captures under {a.data}, every TCP/UDP flow"
-    ref = reference_from_verdicts(verdicts, hits, cfg.classify.threshold, source)
+    ref = reference_of(model, caps, cfg, a.source or f"{len(caps)} captures under {a.data}, every TCP/UDP flow")
     if not a.dry_run:
         print(f"wrote {REFERENCE_KEY} into {write_reference(model.path, ref)}", file=sys.stderr)
     print(json.dumps(ref, indent=1))

@@ -239,9 +239,9 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
                                                               unit=unit)
                 log(f"eval[{kind}] {m:18s} vs rf macroF1(>=5) ratio {v['ratio']} (95% CI {v['ratio_ci95']}), "
                     f"difference {v['diff']} ({v['diff_ci95']}), {v['groups']} {v['unit']}s resampled")
-    if repeats > 1:
-        out["repeats"] = repeat_summary(y, preds, seeds, [m for m in methods if m not in errors], log, kind)
     ok = [m for m in methods if m not in errors]
+    if repeats > 1:
+        out["repeats"] = repeat_summary(y, preds, seeds, ok, log, kind)
     pairs = [(a, b) for a, b in PAIRS if a in ok and b in ok]
     if pairs:
         out["paired"] = paired_summary(y, preds, seeds, pairs, groups, unit, log, kind)
@@ -261,14 +261,13 @@ def paired_summary(y: Sequence[str], preds: list[dict[str, list]], seeds: Sequen
         runs = [bootstrap_vs(y, p[a], p[b], groups, seed=s, unit=unit) for p, s in zip(preds, seeds)]
         acc = [float(np.mean([u == v for u, v in zip(y, p[a])]) - np.mean([u == v for u, v in zip(y, p[b])]))
                for p in preds]
-        d = [r["diff"] for r in runs]
-        lo, hi = min(r["diff_ci95"][0] for r in runs), max(r["diff_ci95"][1] for r in runs)
+        d, ci = [r["diff"] for r in runs], [r["diff_ci95"] for r in runs]
+        lo, hi = min(c[0] for c in ci), max(c[1] for c in ci)
         verdict = "gain" if lo > 0 else "loss" if hi < 0 else "noise"
-        out[f"{a} - {b}"] = {"diff": d, "diff_ci95": [r["diff_ci95"] for r in runs],
-                             "mean_diff": round(float(np.mean(d)), 4), "accuracy_diff": [round(v, 4) for v in acc],
-                             "verdict": verdict}
+        out[f"{a} - {b}"] = {"diff": d, "diff_ci95": ci, "mean_diff": round(float(np.mean(d)), 4),
+                             "accuracy_diff": [round(v, 4) for v in acc], "verdict": verdict}
         log(f"eval[{kind}] {a} - {b}: macroF1(>=5) difference per model seed "
-            + ", ".join(f"{x:+.3f} ({c[0]:+.3f}..{c[1]:+.3f})" for x, c in zip(d, out[f"{a} - {b}"]["diff_ci95"]))
+            + ", ".join(f"{x:+.3f} ({c[0]:+.3f}..{c[1]:+.3f})" for x, c in zip(d, ci))
             + f"; accuracy {', '.join(f'{v:+.3f}' for v in acc)}: {verdict}")
     return out
 

@@ -25,34 +25,6 @@ import numpy as np
 from .splits import capture_groups
 
 
-def answer_vectors(net, names: Sequence[str]):
-    """The verbaliser's vector of each name: the mean input embedding of its words' tokens (as TeacherNet)."""
-    import torch
-
-    from ..train.teacher import answer_text
-
-    emb = net.lm.get_input_embeddings().weight.detach()
-    tok = net.tokenizer
-    return torch.stack([emb[torch.tensor(tok(answer_text(n), add_special_tokens=False).input_ids)].mean(0)
-                        for n in names])
-
-
-def hidden_states(teacher, records: Sequence, contexts: Sequence, batch: int = 256):
-    """The LLM's last hidden state for each flow under the teacher's label question."""
-    import torch
-
-    from ..train.teacher import _arrays
-
-    net = teacher.net
-    net.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(records), batch):
-            a = _arrays(records[i:i + batch], contexts[i:i + batch], teacher.spec)
-            out.append(net.hidden({k: v.to(teacher.device) for k, v in a.items()}, teacher.label_column).float().cpu())
-    return torch.cat(out)
-
-
 def balanced_accuracy(y: Sequence[str], pred: Sequence[str], classes: Sequence[str]) -> float:
     """Mean recall over `classes` (those with flows in y): chance is 1 / len(classes) whatever their sizes."""
     rec = [np.mean([p == c for t, p in zip(y, pred) if t == c]) for c in classes if c in set(y)]
@@ -64,7 +36,7 @@ def zero_shot_run(ds, held_out: Sequence[str], *, seed: int = 0, quick: bool = F
     """Train the LLM teacher without the flows of `held_out` and name those flows; see the module doc."""
     import torch
 
-    from ..train.teacher import train_teacher
+    from ..train.teacher import answer_vectors, train_teacher
 
     labels = list(ds.labels)
     unseen = [c for c in dict.fromkeys(held_out) if c in set(labels)]
@@ -82,10 +54,10 @@ def zero_shot_run(ds, held_out: Sequence[str], *, seed: int = 0, quick: bool = F
     net, head = teacher.net, teacher.net.heads[teacher.label_column]
     rng = np.random.default_rng(seed)
     sample = sorted(rng.choice(len(tr), min(len(tr), 512), replace=False).tolist())
-    h_tr = hidden_states(teacher, [train.records[i] for i in sample], [train.contexts[i] for i in sample])
-    h_te = hidden_states(teacher, test.records, test.contexts)
+    h_tr = teacher.hidden_states([train.records[i] for i in sample], [train.contexts[i] for i in sample])
+    h_te = teacher.hidden_states(test.records, test.contexts)
     with torch.no_grad():
-        vec = answer_vectors(net, unseen)
+        vec = answer_vectors(net.lm.get_input_embeddings().weight.detach(), net.tokenizer, unseen)
         bias = -(head.scale * h_tr @ vec.T).mean(0)
         z_new = (head.scale * h_te @ vec.T + bias).numpy()
         z_all = np.concatenate([head(h_te).numpy(), z_new], 1)

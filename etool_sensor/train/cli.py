@@ -15,12 +15,11 @@ from etool_sensor.flows import DEFAULT_HELLO_BYTES
 
 
 RECIPES = Path(__file__).parent / "recipes"
-RECIPE_KEYS = ("name", "version", "no_teacher", "student_config", "hello_bytes", "no_forest", "epochs", "ssl_epochs",
-               "quantize", "seed", "torch_threads")
 # the options a recipe may set: parsed as None when not given, so that a recipe fills exactly those left out
 DEFAULTS = {"name": "etool-student", "version": "0.1.0", "no_teacher": False, "student_config": None,
             "hello_bytes": DEFAULT_HELLO_BYTES, "no_forest": False, "epochs": None, "ssl_epochs": None,
             "quantize": "static", "seed": 0}
+RECIPE_KEYS = (*DEFAULTS, "torch_threads")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -260,15 +259,14 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
 def _drift_reference(pkg: Path, data: Path, pcaps) -> None:
     """The package's drift reference (etool_sensor/drift.py): its verdicts on every TCP/UDP flow of the
     training captures, as classify reads them with the default settings."""
-    from etool_sensor.drift import captures_in, classify_captures, reference_from_verdicts, write_reference
     from etool_sensor.config import Config
+    from etool_sensor.drift import captures_in, reference_of, write_reference
     from etool_sensor.runtime import load_model
 
-    caps = [p for p in captures_in(data) if pcaps is None or p.name in set(pcaps)]
-    cfg = Config()
-    verdicts, hits = classify_captures(load_model(pkg, threads=1), caps, cfg)
-    ref = reference_from_verdicts(verdicts, hits, cfg.classify.threshold,
-                                  f"training captures ({data}), {len(caps)} captures, every TCP/UDP flow")
+    keep = None if pcaps is None else set(pcaps)
+    caps = [p for p in captures_in(data) if keep is None or p.name in keep]
+    ref = reference_of(load_model(pkg, threads=1), caps, Config(),
+                       f"training captures ({data}), {len(caps)} captures, every TCP/UDP flow")
     write_reference(pkg, ref)
     _log(f"train: drift reference from {ref['flows']} flows of {len(caps)} captures")
 

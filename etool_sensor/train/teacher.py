@@ -52,12 +52,8 @@ QUESTIONS = {
     "dgram": "Some payload bytes are hidden. Were they zero, text or binary? Answer:",
     "match": "Are the listed neighbour connections from this connection's own burst? Answer:",
 }
-ANSWERS = {
-    "dir": ["client", "server"],
-    "size": ["empty", "small", "medium", "large"],
-    "dgram": ["zero", "text", "binary"],
-    "match": ["yes", "no"],
-}
+ANSWERS = {"dir": ["client", "server"], "size": ["empty", "small", "medium", "large"],
+           "dgram": ["zero", "text", "binary"], "match": ["yes", "no"]}
 SSL_TASKS = ("dir", "size", "dgram", "match")
 
 
@@ -194,6 +190,12 @@ def answer_text(label: str) -> str:
     return s.strip() or label
 
 
+def answer_vectors(emb: torch.Tensor, tok, names: Sequence[str]) -> torch.Tensor:
+    """[K, 576]: each name's words as the mean input embedding of their tokens (the verbaliser's answers)."""
+    return torch.stack([emb[torch.tensor(tok(answer_text(n), add_special_tokens=False).input_ids)].mean(0)
+                        for n in names])
+
+
 # --------------------------------------------------------------------------------------------- model
 
 
@@ -256,9 +258,7 @@ class TeacherNet(nn.Module):
             for t, ids in suffixes.items():
                 self.register_buffer(f"sfx_{t}", emb[torch.tensor(ids)].clone(), persistent=False)
             for t, names in self.tasks.items():
-                vecs = torch.stack([emb[torch.tensor(tok(answer_text(n), add_special_tokens=False).input_ids)].mean(0)
-                                    for n in names])
-                self.heads[t] = _Answers(vecs)
+                self.heads[t] = _Answers(answer_vectors(emb, tok, names))
             self._kv = None
         else:
             self.emb_rms = 0.1
@@ -430,14 +430,20 @@ class Teacher:
     @torch.no_grad()
     def predict_logits(self, records: Sequence, contexts: Sequence | None, batch: int = 256) -> np.ndarray:
         self.net.eval()
-        out = []
+        out = [self.net(x, self.label_column).float().cpu().numpy() for x in self._batches(records, contexts, batch)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(self.labels)), np.float32)
+
+    @torch.no_grad()
+    def hidden_states(self, records: Sequence, contexts: Sequence | None, batch: int = 256) -> torch.Tensor:
+        """Per flow, the state the answer heads score (the LLM's last hidden state under the label question)."""
+        self.net.eval()
+        return torch.cat([self.net.hidden(x, self.label_column).float().cpu()
+                          for x in self._batches(records, contexts, batch)])
+
+    def _batches(self, records: Sequence, contexts: Sequence | None, batch: int):
         for i in range(0, len(records), batch):
             a = _arrays(records[i:i + batch], contexts[i:i + batch] if contexts is not None else None, self.spec)
-            x = {k: v.to(self.device) for k, v in a.items()}
-            out.append(self.net(x, self.label_column).float().cpu().numpy())
-        if not out:
-            return np.zeros((0, len(self.labels)), np.float32)
-        return np.concatenate(out).astype(np.float32)
+            yield {k: v.to(self.device) for k, v in a.items()}
 
     def predict_proba(self, records, contexts) -> np.ndarray:
         z = self.predict_logits(records, contexts)
@@ -509,9 +515,6 @@ def train_teacher(train, *, label_column: str = "category", quick: bool = False,
         f"trainable={sum(p.numel() for p in _trainable(net)):,} setup {time.time() - t0:.1f}s on {device}")
     history: dict = {"config": cfg.to_dict(), "device": device, "ssl_epoch_s": [], "epoch_s": [], "loss": []}
 
-    def run(xb, task, kw=None):
-        return net(xb, task, **(kw or {}))
-
     # ---- stage 1: self-supervised instructions
     srec, sctx = list(train.records), list(train.contexts)
     if unlabelled is not None:
@@ -540,7 +543,7 @@ def train_teacher(train, *, label_column: str = "category", quick: bool = False,
         xb, kw, y, ok = ssl_batch(task, xb, gen)
         if ok.sum() == 0:
             continue
-        logit = run(xb, task, kw)
+        logit = net(xb, task, **kw)
         loss = F.cross_entropy(logit[ok], y[ok])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -575,7 +578,7 @@ def train_teacher(train, *, label_column: str = "category", quick: bool = False,
             idx = perm[i:i + cfg.batch]
             xb = _take(x, idx, device)
             yb = y_all[idx].to(device)
-            logit = run(xb, label_column)
+            logit = net(xb, label_column)
             loss = F.cross_entropy(logit, yb, weight=w, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
