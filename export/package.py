@@ -130,6 +130,8 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
             par["cut_vs_full"] = parity(full, cut_logits(shipped, check_feats, gran))
         shutil.copyfile(shipped, out / MODEL_FILE)
     fl = flops_per_flow(cfg, len(student.label_sets["service"]), len(student.label_sets["app"]))
+    members = len(getattr(model, "members", [model]))  # an ensemble runs every member on every flow
+    fl = {**fl, "macs": fl["macs"] * members, "flops": fl["flops"] * members, "members": members}
     manifest: dict[str, Any] = {
         "name": name,
         "version": version,

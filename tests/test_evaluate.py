@@ -594,6 +594,29 @@ def test_kfold_pairs_the_llm_teacher_with_its_twin_on_the_same_folds(shared, tmp
     assert "etool - student_enc_teacher: macroF1(>=5) difference per model seed" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_kfold_pairs_the_student_ensembles_with_one_student(shared, tmp_path, capsys):
+    """hybrid_ensemble averages --members students that share the self-supervised encoder of hybrid_no_llm's
+    student; hybrid_ensemble_ssl averages whole trainings (each member pretrains its own encoder). Both are
+    paired with hybrid_no_llm on the same folds."""
+    from etool_sensor.lab.cli import main
+
+    out = tmp_path / "e.json"
+    assert main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--no-model", "--encrypted-only",
+                 "--quick", "--splits", "capture_kfold", "--folds", "2", "--pcaps", ",".join(PCAPS), "--members", "2",
+                 "--methods", "hybrid_no_llm,hybrid_ensemble,hybrid_ensemble_ssl", "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("student: ensemble member 2/2") == 2  # hybrid_ensemble, once per fold
+    assert err.count("ssl: epoch 1/") == 4  # per fold: hybrid_no_llm's encoder, and the second whole training's
+    k = json.loads(out.read_text())["splits"]["capture_kfold"]
+    m = k["methods"]
+    for name in ("hybrid_ensemble - hybrid_no_llm", "hybrid_ensemble_ssl - hybrid_no_llm"):
+        a, b = name.split(" - ")
+        assert k["paired"][name]["diff"][0] == pytest.approx(m[a]["macro_f1_min5"] - m[b]["macro_f1_min5"], abs=2e-4)
+    assert main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--no-model", "--members", "0",
+                 "--splits", "capture_kfold", "--methods", "hybrid_ensemble", "--json", str(out)]) == 2
+
+
 def test_eval_scores_size_forests_beside_the_model(shared, tmp_path):
     """--baselines-from trains rf and rf_shape on the model's training data and scores them on the same flows
     as the model: the other-network target in one run."""

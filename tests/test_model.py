@@ -195,6 +195,46 @@ def test_runtime_proba_matches_student(quick_package, real_flows):
     assert (p_rt.argmax(1) == p_st.argmax(1)).mean() >= 0.95  # int8 graph vs fp32 torch
 
 
+@needs_data
+def test_members_average_students_that_differ_only_in_their_seed(quick_package, real_flows, tmp_path, monkeypatch):
+    """train --members 2: one graph answering the mean log-softmax of two students; the first is the student
+    --members 1 trains with the same seed; the package runs it, and counts its cost twice."""
+    import torch
+
+    from etool_sensor.features import encode
+    from etool_sensor.runtime import load_model
+    from etool_sensor.train.cli import main
+    from etool_sensor.train.model import StudentEnsemble
+    from etool_sensor.train.student import Student
+
+    monkeypatch.setenv("ETOOL_TORCH_THREADS", "1")  # as quick_package: the same weights for the same seed
+    out = tmp_path / "ens"
+    args = ["--data", str(PCAPS), "--labels", str(LABELS), "--out", str(out), "--quick", "--no-teacher", "--no-forest",
+            "--quick-pcaps", "30", "--name", "quick-test", "--version", "0.0.1", "--members", "2"]
+    assert main(args) == 0
+    ens = Student.load(out / "student.pt")
+    one = Student.load(quick_package / "student.pt")
+    assert isinstance(ens.model, StudentEnsemble) and len(ens.model.members) == 2
+    first, second = ens.model.members
+    for k, v in one.model.state_dict().items():  # the first member is the single student of the same run
+        assert torch.equal(first.state_dict()[k], v), k
+    assert not torch.equal(first.service.weight, second.service.weight)
+    recs, ctxs = real_flows
+    f = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in encode(recs, ctxs, ens.spec).items()}
+    with torch.no_grad():
+        s, _ = ens.model(*[f[k] for k in ("pkt", "byt", "seg", "ctx", "meta")])
+        each = [torch.log_softmax(m(*[f[k] for k in ("pkt", "byt", "seg", "ctx", "meta")])[0], -1)
+                for m in (first, second)]
+    assert torch.allclose(s, (each[0] + each[1]) / 2, atol=1e-6)
+    man = json.loads((out / "manifest.json").read_text())
+    single = json.loads((quick_package / "manifest.json").read_text())
+    assert man["architecture"]["members"] == 2 and man["architecture"]["flops"] == 2 * single["architecture"]["flops"]
+    m = load_model(out, threads=1)  # the int8 graph against torch, as for one student
+    p_rt = m.predict_proba(recs, ctxs, head="service")
+    assert (p_rt.argmax(1) == ens.predict_proba(recs, ctxs, head="service").argmax(1)).mean() >= 0.95
+    assert main(args[:-1] + ["0"]) == 2
+
+
 # ---------------------------------------------------------------------------------------- manifest
 def _copy(pkg: Path, dst: Path) -> Path:
     shutil.copytree(pkg, dst)

@@ -103,6 +103,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flights", type=int, default=0, metavar="F",
                    help="students also get the first F flights (direction-run byte and packet totals, "
                         "features.flights) in their meta token; 0 = off (the shipped features)")
+    p.add_argument("--members", type=int, default=3, metavar="M",
+                   help="methods student_ensemble / hybrid_ensemble average M students that differ in their "
+                        "supervised seed (train --members; default 3)")
     p.add_argument("--capture-balance", type=float, default=0.5, metavar="POWER",
                    help="method student_capbal draws training flows with probability (flows of their capture) "
                         "** -POWER (default 0.5; 1 = every capture equally often)")
@@ -145,6 +148,10 @@ def eval_main(args: argparse.Namespace) -> int:
     if repeats < 1:
         log(f"eval: --repeats {repeats} must be >= 1")
         return 2
+    args.members = getattr(args, "members", 3)
+    if args.members < 1:
+        log(f"eval: --members {args.members} must be >= 1")
+        return 2
     if args.splits:
         lacking = []
         for mod in ("torch", "sklearn"):
@@ -183,7 +190,7 @@ def eval_main(args: argparse.Namespace) -> int:
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
                  "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "repeats": repeats, "quick": bool(args.quick),
                  "student_config": student_config, "capture_balance": args.capture_balance,
-                 "near_hellos": args.near_hellos,
+                 "near_hellos": args.near_hellos, "members": args.members,
                  "unlabelled": None if unlabelled is None else {"dirs": list(args.unlabelled),
                                                                 "flows": len(unlabelled[0])}}
     out = Path(args.json)
@@ -245,7 +252,7 @@ def eval_main(args: argparse.Namespace) -> int:
                                                 teacher_cache=args.teacher_cache, device=args.device, spec=spec,
                                                 student_config=student_config, unlabelled=unlabelled,
                                                 capture_balance=args.capture_balance, hello_bytes=hello,
-                                                repeats=repeats, near_hellos=args.near_hellos)
+                                                repeats=repeats, near_hellos=args.near_hellos, members=args.members)
                 out.write_text(json.dumps(res, indent=1))
                 continue
             sp = splits[name]
@@ -255,7 +262,7 @@ def eval_main(args: argparse.Namespace) -> int:
                                             png_dir=png_dir, split_name=name, spec=spec,
                                             student_config=student_config, unlabelled=unlabelled,
                                             capture_balance=args.capture_balance, hello_bytes=hello,
-                                            near_hellos=args.near_hellos)
+                                            near_hellos=args.near_hellos, members=args.members)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=1))

@@ -18,7 +18,7 @@ RECIPES = Path(__file__).parent / "recipes"
 # the options a recipe may set: parsed as None when not given, so that a recipe fills exactly those left out
 DEFAULTS = {"name": "etool-student", "version": "0.1.0", "no_teacher": False, "student_config": None,
             "hello_bytes": DEFAULT_HELLO_BYTES, "no_forest": False, "epochs": None, "ssl_epochs": None,
-            "quantize": "static", "seed": 0}
+            "quantize": "static", "seed": 0, "members": 1}
 RECIPE_KEYS = (*DEFAULTS, "torch_threads")
 
 
@@ -57,6 +57,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help=f"package name (default {DEFAULTS['name']})")
     p.add_argument("--version", default=None, help=f"package version (default {DEFAULTS['version']})")
     p.add_argument("--seed", type=int, default=None, help="seed of every stage (default 0)")
+    p.add_argument("--members", type=int, default=None, metavar="M",
+                   help="the student is the mean of M students trained from the same self-supervised encoder with "
+                        "seeds seed .. seed + M - 1 (one graph, M times the student's CPU per flow; default 1)")
     p.add_argument("--teacher-cache", help="npz of teacher logits (lab.teacher_logits.save_teacher_logits format: ids, "
                    "logits, labels) for the training flows, instead of training a teacher here")
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
@@ -140,6 +143,9 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
         except ValueError as e:
             _log(f"train: --student-config {e}")
             return 2
+    if args.members < 1:
+        _log(f"train: --members {args.members} must be >= 1")
+        return 2
     try:
         check_labelled_inputs(args.data, args.labels, args.label_column)
     except LabelsError as e:
@@ -208,7 +214,7 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
     st = train_student(train, label_column=args.label_column, teacher=teacher, use_payload=not args.no_payload,
                        use_ports=args.use_ports, ssl_init=enc_state is not None, quick=args.quick,
                        seed=args.seed, log=_log, epochs=args.epochs, encoder_state=enc_state, spec=spec,
-                       config=shape)
+                       config=shape, members=args.members)
     training = {
         "data": {"labelled": str(args.labels), "captures": str(data)},
         "flows": len(train),

@@ -282,6 +282,27 @@ class StudentClassifier(nn.Module):
         return self.service(z), self.app(z)
 
 
+class StudentEnsemble(nn.Module):
+    """Students of one shape that differ in their supervised seed; answers the mean of their log-softmaxes
+    (a normalised geometric mean of their probabilities). One student's verdicts on new captures move a lot
+    with its initialisation; the mean of a few moves less. Same inputs and outputs as one StudentClassifier,
+    so the export and the runtime see one graph."""
+
+    def __init__(self, members: list[StudentClassifier]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def encoder(self) -> TrafficEncoder:  # the shape every member shares (input_names, export)
+        return self.members[0].encoder
+
+    def forward(self, pkt, byt, seg, ctx, meta, *extra, port=None, flt=None):
+        outs = [m(pkt, byt, seg, ctx, meta, *extra, port=port, flt=flt) for m in self.members]
+        s = torch.stack([torch.log_softmax(o[0], -1) for o in outs]).mean(0)
+        a = torch.stack([torch.log_softmax(o[1], -1) for o in outs]).mean(0)
+        return s, a
+
+
 def input_names(c: EncoderConfig) -> list[str]:
     names = ["pkt", "byt", "seg", "ctx", "meta"]
     return names + (["port"] if c.use_ports else []) + (["flt"] if c.flights else [])

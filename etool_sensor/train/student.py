@@ -22,7 +22,7 @@ from etool_sensor.context import Context
 from etool_sensor.features import FeatureSpec, encode
 from etool_sensor.flows import FlowRecord
 
-from .model import EncoderConfig, StudentClassifier, input_names
+from .model import EncoderConfig, StudentClassifier, StudentEnsemble, input_names
 from .threads import set_threads
 
 IGNORE = -100
@@ -80,7 +80,8 @@ class Student:
 
     def checkpoint(self) -> dict[str, Any]:
         """A plain-data checkpoint (tensors, str, numbers): loads with torch.load(weights_only=True)."""
-        return {"state_dict": self.model.state_dict(), "config": self.config.to_dict(),
+        members = len(self.model.members) if isinstance(self.model, StudentEnsemble) else 1
+        return {"state_dict": self.model.state_dict(), "config": self.config.to_dict(), "members": members,
                 "spec": self.spec.to_dict(), "label_sets": self.label_sets, "label_column": self.label_column,
                 "info": self.info}
 
@@ -91,7 +92,9 @@ class Student:
             raise ValueError("the checkpoint's student reads hello_tokens, an experiment this build no longer runs")
         cfg = EncoderConfig(**conf)
         ls = ck["label_sets"]
-        m = StudentClassifier(cfg, len(ls["service"]), len(ls["app"]))
+        n = int(ck.get("members", 1))
+        m = StudentClassifier(cfg, len(ls["service"]), len(ls["app"])) if n == 1 else \
+            StudentEnsemble([StudentClassifier(cfg, len(ls["service"]), len(ls["app"])) for _ in range(n)])
         m.load_state_dict(ck["state_dict"])
         m.eval()
         return cls(m, FeatureSpec.from_dict(ck["spec"]), ls, ck.get("label_column", "category"), cfg, info=ck.get("info", {}))
@@ -102,6 +105,16 @@ class Student:
     @classmethod
     def load(cls, path) -> "Student":
         return cls.from_checkpoint(torch.load(str(path), map_location="cpu", weights_only=True))
+
+
+def ensemble_of(students: Sequence[Student]) -> Student:
+    """One Student answering the mean log-softmax of `students` (trained on the same flows: same label sets)."""
+    first = students[0]
+    if any(s.label_sets != first.label_sets for s in students):
+        raise ValueError("ensemble members must share their label sets")
+    models = [m for s in students for m in getattr(s.model, "members", [s.model])]
+    return Student(StudentEnsemble(models).eval(), first.spec, first.label_sets, first.label_column, first.config,
+                   info={**first.info, "members": len(models)})
 
 
 def class_weights(y: np.ndarray, n: int, power: float = 0.5) -> torch.Tensor:
@@ -143,7 +156,8 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
                   log: Callable[[str], None] = print, epochs: int | None = None,
                   unlabelled: tuple[Sequence[FlowRecord], Sequence[Context]] | None = None,
                   encoder_state: dict | None = None, config: dict | None = None, alpha: float = 0.5,
-                  temperature: float = 2.0, spec: FeatureSpec | None = None, capture_balance: float = 0.0) -> Student:
+                  temperature: float = 2.0, spec: FeatureSpec | None = None, capture_balance: float = 0.0,
+                  members: int = 1) -> Student:
     """Train a student on a LabelledSet (records, contexts, labels, service, app).
 
     teacher: an object with `labels` and `predict_logits(records, contexts)`; distils into the
@@ -152,7 +166,12 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
     capture_balance: each epoch draws its n flows (with replacement) with probability proportional to
     (flows of the same capture) ** -capture_balance; 0 = every flow once per epoch. It keeps a few large
     captures from defining a class (an experiment for the by-capture split, docs/model-card.md).
+    members: M > 1 trains M students from the same self-supervised encoder with seeds seed .. seed + M - 1
+    (head initialisation, dropout, flow order) and answers their mean log-softmax (model.StudentEnsemble);
+    the first is the student `members=1` trains.
     """
+    if members < 1:
+        raise ValueError("members must be >= 1")
     t0 = time.time()
     set_threads()
     torch.manual_seed(seed)
@@ -203,21 +222,48 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
     wa = class_weights(ya, len(label_sets["app"]))
     ys_t, ya_t = torch.from_numpy(ys), torch.from_numpy(ya)
     ep = epochs or (4 if quick else 30)
-    bs = 128
-    steps = ep * math.ceil(n / bs)
+    draw = capture_draw(list(train.pcap), capture_balance) if capture_balance else None
+    fit = dict(feats=feats, names=names, ys=ys_t, ya=ya_t, ws=ws, wa=wa, head=head, tgt=tgt, alpha=alpha,
+               temperature=temperature, epochs=ep, draw=draw, log=log, t0=t0)
+    start = {k: v.clone() for k, v in model.encoder.state_dict().items()} if ssl_init else None
+    hist = _fit(model, rng, **fit)
+    if members > 1:
+        fitted = [model]
+        for i in range(1, members):
+            torch.manual_seed(seed + i)
+            m = StudentClassifier(cfg, len(label_sets["service"]), len(label_sets["app"]))
+            if start is not None:
+                m.encoder.load_state_dict(start)
+            log(f"student: ensemble member {i + 1}/{members} (seed {seed + i})")
+            _fit(m, np.random.default_rng(seed + i), **fit)
+            fitted.append(m.eval())
+        model = StudentEnsemble(fitted)
+    model.eval()
+    info = {"flows": n, "epochs": ep, "seconds": round(time.time() - t0, 1), "teacher": teacher is not None,
+            "ssl_init": ssl_init, "use_payload": use_payload, "use_ports": use_ports, "seed": seed,
+            "capture_balance": capture_balance, "members": members,
+            "alpha": alpha if teacher is not None else 0.0, "temperature": temperature}
+    return Student(model, spec, label_sets, label_column, cfg, hist, info)
+
+
+def _fit(model: StudentClassifier, rng: np.random.Generator, *, feats, names, ys, ya, ws, wa, head, tgt, alpha,
+         temperature, epochs, draw, log, t0) -> list[dict[str, float]]:
+    """The supervised stage of one student (train_student): AdamW with a one-cycle schedule, class-weighted
+    cross-entropy with label smoothing on both heads, the teacher's KL on the trained head when given."""
+    n, bs = len(ys), 128
+    steps = epochs * math.ceil(n / bs)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.02)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     hist = []
-    draw = capture_draw(list(train.pcap), capture_balance) if capture_balance else None
-    for e in range(ep):
+    for e in range(epochs):
         model.train()
         perm = torch.from_numpy(rng.permutation(n) if draw is None else rng.choice(n, n, p=draw))
         tot = 0.0
         for i in range(0, n, bs):
             b = perm[i:i + bs]
             s, a = model(*[feats[k][b] for k in names])
-            l_s = F.cross_entropy(s, ys_t[b], weight=ws, ignore_index=IGNORE, label_smoothing=0.05)
-            l_a = F.cross_entropy(a, ya_t[b], weight=wa, ignore_index=IGNORE, label_smoothing=0.05)
+            l_s = F.cross_entropy(s, ys[b], weight=ws, ignore_index=IGNORE, label_smoothing=0.05)
+            l_a = F.cross_entropy(a, ya[b], weight=wa, ignore_index=IGNORE, label_smoothing=0.05)
             l_s = torch.nan_to_num(l_s)  # a batch without any labelled flow for a head
             l_a = torch.nan_to_num(l_a)
             if tgt is not None:
@@ -236,11 +282,6 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
             sched.step()
             tot += float(loss.detach()) * len(b)
         hist.append({"epoch": e, "loss": tot / n})
-        if e == ep - 1 or e % max(1, ep // 5) == 0:
-            log(f"student: epoch {e + 1}/{ep} loss {tot / n:.4f} ({time.time() - t0:.0f}s)")
-    model.eval()
-    info = {"flows": n, "epochs": ep, "seconds": round(time.time() - t0, 1), "teacher": teacher is not None,
-            "ssl_init": ssl_init, "use_payload": use_payload, "use_ports": use_ports, "seed": seed,
-            "capture_balance": capture_balance,
-            "alpha": alpha if teacher is not None else 0.0, "temperature": temperature}
-    return Student(model, spec, label_sets, label_column, cfg, hist, info)
+        if e == epochs - 1 or e % max(1, epochs // 5) == 0:
+            log(f"student: epoch {e + 1}/{epochs} loss {tot / n:.4f} ({time.time() - t0:.0f}s)")
+    return hist
