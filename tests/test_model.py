@@ -196,9 +196,9 @@ def test_runtime_proba_matches_student(quick_package, real_flows):
 
 
 @needs_data
-def test_members_average_students_that_differ_only_in_their_seed(quick_package, real_flows, tmp_path, monkeypatch):
-    """train --members 2: one graph answering the mean log-softmax of two students; the first is the student
-    --members 1 trains with the same seed; the package runs it, and counts its cost twice."""
+def test_members_average_whole_trainings_with_successive_seeds(quick_package, real_flows, tmp_path, monkeypatch):
+    """train --members 2: one graph answering the mean log-softmax of two whole trainings; the first is the
+    student --members 1 trains with the same seed; the package runs it, and counts its cost twice."""
     import torch
 
     from etool_sensor.features import encode

@@ -104,8 +104,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="students also get the first F flights (direction-run byte and packet totals, "
                         "features.flights) in their meta token; 0 = off (the shipped features)")
     p.add_argument("--members", type=int, default=3, metavar="M",
-                   help="methods student_ensemble / hybrid_ensemble average M students that differ in their "
-                        "supervised seed (train --members; default 3)")
+                   help="methods student_ensemble / hybrid_ensemble average M whole trainings of the student "
+                        "(model seeds seed + i, self-supervised stage included; train --members; default 3)")
     p.add_argument("--capture-balance", type=float, default=0.5, metavar="POWER",
                    help="method student_capbal draws training flows with probability (flows of their capture) "
                         "** -POWER (default 0.5; 1 = every capture equally often)")

@@ -28,15 +28,14 @@ METHODS = ("rf", "rf_shape", "knn", "etool", "hybrid", "student_no_llm", "hybrid
            "teacher", "encoder_only")
 # student times the shape forest (train/forest.py)
 HYBRIDS = {"hybrid": "etool", "hybrid_no_llm": "student_no_llm", "hybrid_enc_teacher": "student_enc_teacher",
-           "hybrid_ensemble": "student_ensemble", "hybrid_ensemble_ssl": "student_ensemble_ssl"}
+           "hybrid_ensemble": "student_ensemble"}
 # paired comparisons a K-fold run reports when both methods ran: what the LLM adds over distillation alone
 # (the teacher's twin without the LLM, `encoder_only`, as the teacher) and what distillation adds at all
 PAIRS = (("hybrid", "hybrid_enc_teacher"), ("hybrid", "hybrid_no_llm"), ("hybrid_enc_teacher", "hybrid_no_llm"),
          ("etool", "student_enc_teacher"), ("etool", "student_no_llm"), ("student_enc_teacher", "student_no_llm"),
-         # what averaging `members` students (the first of them is student_no_llm's) adds
-         ("hybrid_ensemble", "hybrid_no_llm"), ("student_ensemble", "student_no_llm"),
-         ("hybrid_ensemble_ssl", "hybrid_no_llm"))
-EXTRA_METHODS = ("rf_hello", "student_capbal", "hybrid_ensemble_ssl")  # only when named (experiments)
+         # what averaging `members` whole trainings (the first is student_no_llm's) adds
+         ("hybrid_ensemble", "hybrid_no_llm"), ("student_ensemble", "student_no_llm"))
+EXTRA_METHODS = ("rf_hello", "student_capbal")  # only when named (experiments, docs/model-card.md)
 
 
 def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str], np.ndarray]:
@@ -60,7 +59,8 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
     """Every method trained on split["train"] and scored on split["test"]. `seed` seeds the teachers,
     `model_seed` (default `seed`) everything else: a repeat with another model seed keeps the teacher.
     `teachers` (variant -> teacher) is filled and reused, so repeats of one split train each teacher once.
-    `members`: how many students student_ensemble / hybrid_ensemble average (model seeds model_seed + i)."""
+    `members`: how many whole trainings student_ensemble / hybrid_ensemble average (model seeds model_seed + i,
+    self-supervised stage included; the first is student_no_llm's)."""
     col = split["label"] or column
     mseed = seed if model_seed is None else model_seed
     teachers = {} if teachers is None else teachers
@@ -101,17 +101,17 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         # SSL on the training flows plus the extra unlabelled ones, as the teacher's stage 1 does
         ssl = None if unlabelled is None else (list(tr.records) + list(unlabelled[0]),
                                                list(tr.contexts) + list(unlabelled[1]))
-        if m == "student_ensemble_ssl":  # `members` whole trainings (self-supervised stage included), averaged
+        if m == "student_ensemble":  # `members` whole trainings (self-supervised stage included), averaged
             first = students["student_no_llm"] if "student_no_llm" in students else student_for("student_no_llm")
             rest = [train_student(tr, label_column=col, quick=quick, seed=mseed + i, log=log, spec=spec,
                                   config=student_config, unlabelled=ssl) for i in range(1, members)]
             return ensemble_of([first, *rest])
-        kw = {"etool": {}, "student_no_llm": {}, "student_enc_teacher": {}, "student_ensemble": dict(members=members),
+        kw = {"etool": {}, "student_no_llm": {}, "student_enc_teacher": {},
               "student_no_payload": dict(use_payload=False), "student_ports": dict(use_ports=True),
               "student_capbal": dict(capture_balance=capture_balance)}[m]
         # ablations change one thing from etool: they keep its teacher (built only when needed);
         # student_enc_teacher changes the teacher to its twin without the LLM (the control for the LLM's share)
-        if m in ("student_no_llm", "student_capbal", "student_ensemble"):
+        if m in ("student_no_llm", "student_capbal"):
             t = None
         else:
             t = get_teacher("encoder_only" if m == "student_enc_teacher" else "teacher")

@@ -58,8 +58,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", default=None, help=f"package version (default {DEFAULTS['version']})")
     p.add_argument("--seed", type=int, default=None, help="seed of every stage (default 0)")
     p.add_argument("--members", type=int, default=None, metavar="M",
-                   help="the student is the mean of M students trained from the same self-supervised encoder with "
-                        "seeds seed .. seed + M - 1 (one graph, M times the student's CPU per flow; default 1)")
+                   help="the student is the mean of M whole trainings (self-supervised stage included) with seeds "
+                        "seed .. seed + M - 1: one graph, M times the student's CPU per flow (default 1)")
     p.add_argument("--teacher-cache", help="npz of teacher logits (lab.teacher_logits.save_teacher_logits format: ids, "
                    "logits, labels) for the training flows, instead of training a teacher here")
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
@@ -131,7 +131,7 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
     build_package = _import_export().build_package
 
     from .data import LabelsError, capture_files, check_labelled_inputs, load_labelled, load_unlabelled
-    from .student import train_student
+    from .student import ensemble_of, train_student
     from .threads import set_threads
 
     t0 = time.time()
@@ -184,11 +184,15 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
             files = [f for f in files if f.name in set(pcaps or [])][:args.quick_pcaps] or files[:10]
         recs, ctxs, names = load_unlabelled(files, params)
         cfg = EncoderConfig.from_spec(spec, use_payload=not args.no_payload, **(shape or {}))
-        enc = TrafficEncoder(cfg)
+
+        def ssl_encoder(seed: int) -> dict:
+            enc = TrafficEncoder(cfg)
+            pretrain(enc, recs, ctxs, spec, epochs=args.ssl_epochs, quick=args.quick, seed=seed, log=_log,
+                     groups=names)
+            return enc.state_dict()
+
         ts = time.time()
-        pretrain(enc, recs, ctxs, spec, epochs=args.ssl_epochs, quick=args.quick, seed=args.seed, log=_log,
-                 groups=names)
-        enc_state = enc.state_dict()
+        enc_state = ssl_encoder(args.seed)
         ssl_info = {"used": True, "flows": len(recs), "captures": len(set(names)), "seconds": round(time.time() - ts, 1)}
 
     # teacher (engineer T's SmolLM2 teacher) when available
@@ -211,10 +215,18 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
             teacher_info = {"used": True, "model": getattr(teacher, "name", "SmolLM2-135M"),
                             "seconds": round(time.time() - ts, 1), "device": args.device}
 
-    st = train_student(train, label_column=args.label_column, teacher=teacher, use_payload=not args.no_payload,
-                       use_ports=args.use_ports, ssl_init=enc_state is not None, quick=args.quick,
-                       seed=args.seed, log=_log, epochs=args.epochs, encoder_state=enc_state, spec=spec,
-                       config=shape, members=args.members)
+    sts = []
+    for i in range(args.members):  # member i: the whole training with seed + i (self-supervised stage included)
+        seed = args.seed + i
+        if i:
+            _log(f"train: ensemble member {i + 1}/{args.members} (seed {seed})")
+            torch.manual_seed(seed)
+            enc_state = None if args.no_ssl else ssl_encoder(seed)
+        sts.append(train_student(train, label_column=args.label_column, teacher=teacher,
+                                 use_payload=not args.no_payload, use_ports=args.use_ports,
+                                 ssl_init=enc_state is not None, quick=args.quick, seed=seed, log=_log,
+                                 epochs=args.epochs, encoder_state=enc_state, spec=spec, config=shape))
+    st = sts[0] if len(sts) == 1 else ensemble_of(sts)
     training = {
         "data": {"labelled": str(args.labels), "captures": str(data)},
         "flows": len(train),

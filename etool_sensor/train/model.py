@@ -283,10 +283,10 @@ class StudentClassifier(nn.Module):
 
 
 class StudentEnsemble(nn.Module):
-    """Students of one shape that differ in their supervised seed; answers the mean of their log-softmaxes
-    (a normalised geometric mean of their probabilities). One student's verdicts on new captures move a lot
-    with its initialisation; the mean of a few moves less. Same inputs and outputs as one StudentClassifier,
-    so the export and the runtime see one graph."""
+    """Students of one shape trained with different seeds; answers the mean of their log-softmaxes (a
+    normalised geometric mean of their probabilities). One student's verdicts on new captures move with its
+    seeds; the mean of a few moves less. Same inputs and outputs as one StudentClassifier, so the export and
+    the runtime see one graph."""
 
     def __init__(self, members: list[StudentClassifier]) -> None:
         super().__init__()

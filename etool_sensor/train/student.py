@@ -156,8 +156,7 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
                   log: Callable[[str], None] = print, epochs: int | None = None,
                   unlabelled: tuple[Sequence[FlowRecord], Sequence[Context]] | None = None,
                   encoder_state: dict | None = None, config: dict | None = None, alpha: float = 0.5,
-                  temperature: float = 2.0, spec: FeatureSpec | None = None, capture_balance: float = 0.0,
-                  members: int = 1) -> Student:
+                  temperature: float = 2.0, spec: FeatureSpec | None = None, capture_balance: float = 0.0) -> Student:
     """Train a student on a LabelledSet (records, contexts, labels, service, app).
 
     teacher: an object with `labels` and `predict_logits(records, contexts)`; distils into the
@@ -166,12 +165,7 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
     capture_balance: each epoch draws its n flows (with replacement) with probability proportional to
     (flows of the same capture) ** -capture_balance; 0 = every flow once per epoch. It keeps a few large
     captures from defining a class (an experiment for the by-capture split, docs/model-card.md).
-    members: M > 1 trains M students from the same self-supervised encoder with seeds seed .. seed + M - 1
-    (head initialisation, dropout, flow order) and answers their mean log-softmax (model.StudentEnsemble);
-    the first is the student `members=1` trains.
     """
-    if members < 1:
-        raise ValueError("members must be >= 1")
     t0 = time.time()
     set_threads()
     torch.manual_seed(seed)
@@ -222,48 +216,21 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
     wa = class_weights(ya, len(label_sets["app"]))
     ys_t, ya_t = torch.from_numpy(ys), torch.from_numpy(ya)
     ep = epochs or (4 if quick else 30)
-    draw = capture_draw(list(train.pcap), capture_balance) if capture_balance else None
-    fit = dict(feats=feats, names=names, ys=ys_t, ya=ya_t, ws=ws, wa=wa, head=head, tgt=tgt, alpha=alpha,
-               temperature=temperature, epochs=ep, draw=draw, log=log, t0=t0)
-    start = {k: v.clone() for k, v in model.encoder.state_dict().items()} if ssl_init else None
-    hist = _fit(model, rng, **fit)
-    if members > 1:
-        fitted = [model]
-        for i in range(1, members):
-            torch.manual_seed(seed + i)
-            m = StudentClassifier(cfg, len(label_sets["service"]), len(label_sets["app"]))
-            if start is not None:
-                m.encoder.load_state_dict(start)
-            log(f"student: ensemble member {i + 1}/{members} (seed {seed + i})")
-            _fit(m, np.random.default_rng(seed + i), **fit)
-            fitted.append(m.eval())
-        model = StudentEnsemble(fitted)
-    model.eval()
-    info = {"flows": n, "epochs": ep, "seconds": round(time.time() - t0, 1), "teacher": teacher is not None,
-            "ssl_init": ssl_init, "use_payload": use_payload, "use_ports": use_ports, "seed": seed,
-            "capture_balance": capture_balance, "members": members,
-            "alpha": alpha if teacher is not None else 0.0, "temperature": temperature}
-    return Student(model, spec, label_sets, label_column, cfg, hist, info)
-
-
-def _fit(model: StudentClassifier, rng: np.random.Generator, *, feats, names, ys, ya, ws, wa, head, tgt, alpha,
-         temperature, epochs, draw, log, t0) -> list[dict[str, float]]:
-    """The supervised stage of one student (train_student): AdamW with a one-cycle schedule, class-weighted
-    cross-entropy with label smoothing on both heads, the teacher's KL on the trained head when given."""
-    n, bs = len(ys), 128
-    steps = epochs * math.ceil(n / bs)
+    bs = 128
+    steps = ep * math.ceil(n / bs)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.02)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     hist = []
-    for e in range(epochs):
+    draw = capture_draw(list(train.pcap), capture_balance) if capture_balance else None
+    for e in range(ep):
         model.train()
         perm = torch.from_numpy(rng.permutation(n) if draw is None else rng.choice(n, n, p=draw))
         tot = 0.0
         for i in range(0, n, bs):
             b = perm[i:i + bs]
             s, a = model(*[feats[k][b] for k in names])
-            l_s = F.cross_entropy(s, ys[b], weight=ws, ignore_index=IGNORE, label_smoothing=0.05)
-            l_a = F.cross_entropy(a, ya[b], weight=wa, ignore_index=IGNORE, label_smoothing=0.05)
+            l_s = F.cross_entropy(s, ys_t[b], weight=ws, ignore_index=IGNORE, label_smoothing=0.05)
+            l_a = F.cross_entropy(a, ya_t[b], weight=wa, ignore_index=IGNORE, label_smoothing=0.05)
             l_s = torch.nan_to_num(l_s)  # a batch without any labelled flow for a head
             l_a = torch.nan_to_num(l_a)
             if tgt is not None:
@@ -282,6 +249,11 @@ def _fit(model: StudentClassifier, rng: np.random.Generator, *, feats, names, ys
             sched.step()
             tot += float(loss.detach()) * len(b)
         hist.append({"epoch": e, "loss": tot / n})
-        if e == epochs - 1 or e % max(1, epochs // 5) == 0:
-            log(f"student: epoch {e + 1}/{epochs} loss {tot / n:.4f} ({time.time() - t0:.0f}s)")
-    return hist
+        if e == ep - 1 or e % max(1, ep // 5) == 0:
+            log(f"student: epoch {e + 1}/{ep} loss {tot / n:.4f} ({time.time() - t0:.0f}s)")
+    model.eval()
+    info = {"flows": n, "epochs": ep, "seconds": round(time.time() - t0, 1), "teacher": teacher is not None,
+            "ssl_init": ssl_init, "use_payload": use_payload, "use_ports": use_ports, "seed": seed,
+            "capture_balance": capture_balance,
+            "alpha": alpha if teacher is not None else 0.0, "temperature": temperature}
+    return Student(model, spec, label_sets, label_column, cfg, hist, info)
