@@ -106,6 +106,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--members", type=int, default=3, metavar="M",
                    help="methods student_ensemble / hybrid_ensemble average M whole trainings of the student "
                         "(model seeds seed + i, self-supervised stage included; train --members; default 3)")
+    p.add_argument("--ssl-epochs", type=int, default=None, metavar="E",
+                   help="epochs of the students' self-supervised stage (train --ssl-epochs; default 6, quick 1)")
     p.add_argument("--capture-balance", type=float, default=0.5, metavar="POWER",
                    help="method student_capbal draws training flows with probability (flows of their capture) "
                         "** -POWER (default 0.5; 1 = every capture equally often)")
@@ -149,6 +151,10 @@ def eval_main(args: argparse.Namespace) -> int:
         log(f"eval: --repeats {repeats} must be >= 1")
         return 2
     args.members = getattr(args, "members", 3)
+    args.ssl_epochs = getattr(args, "ssl_epochs", None)
+    if args.ssl_epochs is not None and args.ssl_epochs < 1:
+        log(f"eval: --ssl-epochs {args.ssl_epochs} must be >= 1")
+        return 2
     if args.members < 1:
         log(f"eval: --members {args.members} must be >= 1")
         return 2
@@ -190,7 +196,7 @@ def eval_main(args: argparse.Namespace) -> int:
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
                  "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "repeats": repeats, "quick": bool(args.quick),
                  "student_config": student_config, "capture_balance": args.capture_balance,
-                 "near_hellos": args.near_hellos, "members": args.members,
+                 "near_hellos": args.near_hellos, "members": args.members, "ssl_epochs": args.ssl_epochs,
                  "unlabelled": None if unlabelled is None else {"dirs": list(args.unlabelled),
                                                                 "flows": len(unlabelled[0])}}
     out = Path(args.json)
@@ -252,7 +258,8 @@ def eval_main(args: argparse.Namespace) -> int:
                                                 teacher_cache=args.teacher_cache, device=args.device, spec=spec,
                                                 student_config=student_config, unlabelled=unlabelled,
                                                 capture_balance=args.capture_balance, hello_bytes=hello,
-                                                repeats=repeats, near_hellos=args.near_hellos, members=args.members)
+                                                repeats=repeats, near_hellos=args.near_hellos, members=args.members,
+                                                ssl_epochs=args.ssl_epochs)
                 out.write_text(json.dumps(res, indent=1))
                 continue
             sp = splits[name]
@@ -262,7 +269,8 @@ def eval_main(args: argparse.Namespace) -> int:
                                             png_dir=png_dir, split_name=name, spec=spec,
                                             student_config=student_config, unlabelled=unlabelled,
                                             capture_balance=args.capture_balance, hello_bytes=hello,
-                                            near_hellos=args.near_hellos, members=args.members)
+                                            near_hellos=args.near_hellos, members=args.members,
+                                            ssl_epochs=args.ssl_epochs)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=1))

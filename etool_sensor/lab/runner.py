@@ -55,7 +55,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
               split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False,
               student_config: dict | None = None, capture_balance: float = 0.5, hello_bytes: int = 0,
               model_seed: int | None = None, teachers: dict | None = None, near_hellos: int | None = None,
-              members: int = 3) -> dict:
+              members: int = 3, ssl_epochs: int | None = None) -> dict:
     """Every method trained on split["train"] and scored on split["test"]. `seed` seeds the teachers,
     `model_seed` (default `seed`) everything else: a repeat with another model seed keeps the teacher.
     `teachers` (variant -> teacher) is filled and reused, so repeats of one split train each teacher once.
@@ -104,7 +104,8 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         if m == "student_ensemble":  # `members` whole trainings (self-supervised stage included), averaged
             first = students["student_no_llm"] if "student_no_llm" in students else student_for("student_no_llm")
             rest = [train_student(tr, label_column=col, quick=quick, seed=mseed + i, log=log, spec=spec,
-                                  config=student_config, unlabelled=ssl) for i in range(1, members)]
+                                  config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs)
+                    for i in range(1, members)]
             return ensemble_of([first, *rest])
         kw = {"etool": {}, "student_no_llm": {}, "student_enc_teacher": {},
               "student_no_payload": dict(use_payload=False), "student_ports": dict(use_ports=True),
@@ -116,7 +117,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         else:
             t = get_teacher("encoder_only" if m == "student_enc_teacher" else "teacher")
         return train_student(tr, label_column=col, quick=quick, seed=mseed, teacher=t, log=log, spec=spec,
-                             config=student_config, unlabelled=ssl, **kw)
+                             config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs, **kw)
 
     for m in methods:
         t0 = time.time()

@@ -156,12 +156,14 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
                   log: Callable[[str], None] = print, epochs: int | None = None,
                   unlabelled: tuple[Sequence[FlowRecord], Sequence[Context]] | None = None,
                   encoder_state: dict | None = None, config: dict | None = None, alpha: float = 0.5,
-                  temperature: float = 2.0, spec: FeatureSpec | None = None, capture_balance: float = 0.0) -> Student:
+                  temperature: float = 2.0, spec: FeatureSpec | None = None, capture_balance: float = 0.0,
+                  ssl_epochs: int | None = None) -> Student:
     """Train a student on a LabelledSet (records, contexts, labels, service, app).
 
     teacher: an object with `labels` and `predict_logits(records, contexts)`; distils into the
     `label_column` head. ssl_init: start from `encoder_state` if given, else self-supervised pretraining
-    on `unlabelled` (records, contexts) or, without it, on the training flows themselves (labels unused).
+    on `unlabelled` (records, contexts) or, without it, on the training flows themselves (labels unused),
+    for `ssl_epochs` (default: ssl.pretrain's).
     capture_balance: each epoch draws its n flows (with replacement) with probability proportional to
     (flows of the same capture) ** -capture_balance; 0 = every flow once per epoch. It keeps a few large
     captures from defining a class (an experiment for the by-capture split, docs/model-card.md).
@@ -197,12 +199,12 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
         else:
             from .ssl import pretrain
             recs, ctxs = unlabelled if unlabelled is not None else (train.records, train.contexts)
-            key = (hash(tuple(r.uid for r in recs)), len(recs), repr(cfg), seed, quick)
+            key = (hash(tuple(r.uid for r in recs)), len(recs), repr(cfg), seed, quick, ssl_epochs)
             if key in _SSL_CACHE:  # eval trains several students on one split: pretrain once
                 model.encoder.load_state_dict(_SSL_CACHE[key])
                 log("student: SSL encoder from this process's cache")
             else:
-                pretrain(model.encoder, recs, ctxs, spec, epochs=None, quick=quick, seed=seed, log=log)
+                pretrain(model.encoder, recs, ctxs, spec, epochs=ssl_epochs, quick=quick, seed=seed, log=log)
                 _SSL_CACHE.clear()
                 _SSL_CACHE[key] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     tgt = None
