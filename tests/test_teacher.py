@@ -48,6 +48,19 @@ def test_logits_shape_and_labels(trained, data):
     assert t.predict_logits([], []).shape == (0, len(t.labels))
 
 
+def test_teacher_uses_the_kv_cache_api_of_the_installed_transformers(trained, data):
+    """The prompt prefix is computed once and passed as a KV cache under the argument name this transformers
+    takes (`cache` since 5.x, which deprecates `past_key_values`): no FutureWarning, and no fallback to
+    recomputing the prefix for every batch."""
+    import warnings
+
+    t, _, _ = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        z = t.predict_logits(data.records[:5], data.contexts[:5])
+    assert z.shape == (5, len(t.labels)) and not t.net.no_cache
+
+
 def test_llm_frozen_weights_unchanged(trained):
     t, before, _ = trained
     lm = t.net.lm
