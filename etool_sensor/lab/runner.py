@@ -102,11 +102,12 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         ssl = None if unlabelled is None else (list(tr.records) + list(unlabelled[0]),
                                                list(tr.contexts) + list(unlabelled[1]))
         if m == "student_ensemble":  # `members` whole trainings (self-supervised stage included), averaged
-            first = students["student_no_llm"] if "student_no_llm" in students else student_for("student_no_llm")
+            if "student_no_llm" not in students:  # the first member, kept for the methods that follow
+                students["student_no_llm"] = student_for("student_no_llm")
             rest = [train_student(tr, label_column=col, quick=quick, seed=mseed + i, log=log, spec=spec,
                                   config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs)
                     for i in range(1, members)]
-            return ensemble_of([first, *rest])
+            return ensemble_of([students["student_no_llm"], *rest])
         kw = {"etool": {}, "student_no_llm": {}, "student_enc_teacher": {},
               "student_no_payload": dict(use_payload=False), "student_ports": dict(use_ports=True),
               "student_capbal": dict(capture_balance=capture_balance)}[m]

@@ -25,6 +25,7 @@ LLM's contribution is measured, not assumed (lab/runner.py reports both).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import os
 import re
@@ -260,6 +261,10 @@ class TeacherNet(nn.Module):
             for t, names in self.tasks.items():
                 self.heads[t] = _Answers(answer_vectors(emb, tok, names))
             self._kv = None
+            # the forward argument that takes a KV cache: `cache` since transformers 5 (which deprecates
+            # `past_key_values`), `past_key_values` before
+            self._cache_arg = "cache" if "cache" in inspect.signature(lm.model.forward).parameters \
+                else "past_key_values"
         else:
             self.emb_rms = 0.1
             self.ln = nn.LayerNorm(LLM_HIDDEN)
@@ -292,20 +297,13 @@ class TeacherNet(nn.Module):
         self._kv = None
         return self
 
-    def _cache_arg(self) -> str:
-        """The forward argument that takes a KV cache: `cache` since transformers 5 (which deprecates
-        `past_key_values`), `past_key_values` before."""
-        import inspect
-
-        return "cache" if "cache" in inspect.signature(self.lm.model.forward).parameters else "past_key_values"
-
     def _prefix_cache(self, b: int):
         from transformers import DynamicCache
 
         if self._kv is None:
             with torch.no_grad():
                 o = self.lm.model(input_ids=self.prefix_ids.unsqueeze(0), use_cache=True)
-            pkv = getattr(o, "cache", None) or o.past_key_values  # transformers 5 names it `cache`
+            pkv = getattr(o, self._cache_arg)  # the output field has the argument's name
             if hasattr(pkv, "layers"):
                 self._kv = [(l.keys, l.values) for l in pkv.layers]
             else:
@@ -335,7 +333,7 @@ class TeacherNet(nn.Module):
         emb = torch.cat([z, sfx.to(z.dtype)], 1)
         if not self.no_cache:
             try:
-                out = self.lm.model(inputs_embeds=emb, use_cache=True, **{self._cache_arg(): self._prefix_cache(b)})
+                out = self.lm.model(inputs_embeds=emb, use_cache=True, **{self._cache_arg: self._prefix_cache(b)})
                 return out.last_hidden_state[:, -1]  # final norm applied by the model
             except (TypeError, AttributeError, RuntimeError, ValueError):
                 self.no_cache = True  # a transformers without this cache API: run the prefix every time
