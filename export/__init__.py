@@ -5,7 +5,7 @@ checks and packaging. export/ sits at the top of the checkout and installs as `e
 that `python -m etool_sensor.export.package` (or .simplify, .fuse, ...) runs its module only once.
 """
 
-_PACKAGE = ("add_export_arguments", "build_package", "export_main", "update_metrics")
+_PACKAGE = ("add_export_arguments", "build_package", "export_main")
 
 
 def __getattr__(name: str):

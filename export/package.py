@@ -8,7 +8,7 @@ manifest.json:
   simplified {rewrite: times applied} (export/simplify.py), fused {rewrite: times applied} (export/fuse.py),
   parity {fp32_vs_torch, int8_vs_torch, simplified_vs_previous, fused {previous_vs_reference,
   fused_vs_reference, fused_vs_previous}, cut_vs_full (the shipped graph, cut, simplified and fused, vs the
-  full int8 one)}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}, metrics {} (eval fills it)
+  full int8 one)}, training {data, flows, pcaps, hardware, seconds, teacher, date, ...}
 """
 
 from __future__ import annotations
@@ -80,8 +80,7 @@ def _fuse(simple: Path, dst: Path, gran: dict[str, int], check_feats: dict[str, 
 
 def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-student", version: str = "0.1.0",
                   training: dict[str, Any] | None = None, check_feats: dict[str, np.ndarray] | None = None,
-                  quantize: bool | str = "static", metrics: dict[str, Any] | None = None,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  quantize: bool | str = "static", extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export `student` (train.student.Student) to `out_dir`; return the manifest.
 
     check_feats: encoded real flows, used to calibrate static int8 and for the parity check (torch vs ONNX
@@ -152,20 +151,11 @@ def build_package(student: Any, out_dir: str | Path, *, name: str = "etool-stude
         "parity": par,
         "training": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                      "hardware": hardware(), **(training or {})},
-        "metrics": metrics or {},
     }
     if extra:
         manifest.update(extra)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def update_metrics(model_dir: str | Path, metrics: dict[str, Any]) -> None:
-    """Merge eval results into a package's manifest (model.onnx, hence sha256, is untouched)."""
-    p = Path(model_dir) / MANIFEST
-    m = json.loads(p.read_text())
-    m.setdefault("metrics", {}).update(metrics)
-    p.write_text(json.dumps(m, indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------------- etool-sensor export
