@@ -97,6 +97,32 @@ def test_an_adapted_package_adapts_again(adapted, tmp_path):
         load_model(first).label_sets["service"]
 
 
+def test_a_package_of_several_students_adapts(adapted, tmp_path, monkeypatch):
+    """train --members 2 writes one graph of two students; adapt rewrites that graph like a single student's:
+    the adapted package agrees with adapt's numpy computation, keeps both members and reaches the new label."""
+    from etool_sensor.cli import main
+    from etool_sensor.runtime import load_model, model_window
+    from etool_sensor.train.data import load_labelled
+    from tests.support import NDPI
+
+    pytest.importorskip("torch")
+    _, _, labels = adapted
+    monkeypatch.setenv("ETOOL_TORCH_THREADS", "1")
+    base, out = tmp_path / "two", tmp_path / "adapted"
+    assert main(["train", "--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--out", str(base),
+                 "--quick", "--no-teacher", "--quick-pcaps", "30", "--members", "2", "--name", "two",
+                 "--version", "0.0.1"]) == 0
+    assert main(["adapt", "--data", str(ZEEK_TRACES), "--labels", str(labels), "--model", str(base), "-o", str(out),
+                 "--quiet", "--holdout", "0"]) == 0
+    m = load_model(out)
+    assert m.manifest["architecture"]["members"] == 2 and m.manifest["lineage"]["base"] == load_model(base).id
+    assert m.manifest["parity"]["adapt"]["argmax_agreement_vs_numpy"] >= 0.99
+    ds = load_labelled(ZEEK_TRACES, labels, params=model_window(m.spec), pcaps=["ssh/ssh.pcap", "ssh/sshguess.pcap"])
+    ssh = [i for i, s in enumerate(ds.service) if s == NEW]
+    v = m.classify([ds.records[i] for i in ssh], [ds.contexts[i] for i in ssh])
+    assert sum(x.service == NEW for x in v) / len(v) >= 0.8
+
+
 def test_adapt_errors_are_one_line_before_any_capture_is_read(tmp_path, capsys):
     from etool_sensor.cli import main
 

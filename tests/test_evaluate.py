@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -325,13 +326,44 @@ def test_eval_unlabelled_captures_join_the_students_ssl(shared, tmp_path, capsys
     err = capsys.readouterr().err
     assert rc == 0, err
     r = json.loads(out.read_text())
-    assert r["unlabelled"] == {"dirs": [str(extra)], "flows": n_extra}
+    assert r["unlabelled"] == {"dirs": [str(extra)], "flows": n_extra, "transductive": False}
     split = r["splits"]["capture"]
     assert "error" not in split["methods"]["student_no_llm"]
     assert f"ssl: {split['train_flows'] + n_extra} flows" in err
     assert main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
                  "--no-model", "--splits", "capture", "--unlabelled", str(tmp_path / "empty-or-missing"),
                  "--pcaps", ",".join(PCAPS)]) == 2
+    assert main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
+                 "--no-model", "--splits", "capture", "--transductive", "--pcaps", ",".join(PCAPS)]) == 2
+    assert "name --unlabelled" in capsys.readouterr().err
+
+
+def test_ssl_extra_leaves_out_the_test_captures_unless_transductive(shared):
+    """--unlabelled may name --data itself: a split's self-supervised stage then reads every flow of its
+    training captures and of captures without labels, once, and none of its test captures' flows (all of
+    them with --transductive)."""
+    from etool_sensor.lab.runner import ssl_extra
+    from etool_sensor.train.data import load_labelled, load_unlabelled
+
+    ds = load_labelled(NDPI / "pcap", NDPI / "labels.csv", pcaps=PCAPS[:6], encrypted_only=True)
+    files = [NDPI / "pcap" / n for n in PCAPS[:6] + ["443-curl.pcap"]]
+    unl = load_unlabelled(files)
+    caps = sorted(set(ds.pcap))
+    tr = ds.subset([i for i, p in enumerate(ds.pcap) if p in caps[:3]])
+    te = ds.subset([i for i, p in enumerate(ds.pcap) if p not in caps[:3]])
+    by_cap = {}
+    for r, n in zip(unl[0], unl[2]):
+        by_cap.setdefault(Path(n).name, []).append(r.uid)
+    train_uids = {r.uid for r in tr.records}
+    want = {u for c, us in by_cap.items() if c not in set(te.pcap) for u in us} - train_uids
+    (recs, ctxs), info = ssl_extra(unl, tr, te)
+    assert {r.uid for r in recs} == want and len(recs) == len(want) == len(ctxs)
+    assert set(by_cap["443-curl.pcap"]) <= want and not train_uids & {r.uid for r in recs}
+    assert info == {"flows": len(want), "test_capture_flows_left_out": sum(len(by_cap[c]) for c in set(te.pcap)),
+                    "transductive": False} and info["test_capture_flows_left_out"] >= len(te)
+    (recs, _), info = ssl_extra(unl, tr, te, transductive=True)
+    assert {r.uid for r in recs} == {u for us in by_cap.values() for u in us} - train_uids
+    assert info["test_capture_flows_left_out"] == 0
 
 
 def test_eval_rf_hello_reads_whole_hellos(shared, tmp_path, capsys):
@@ -491,7 +523,6 @@ sys.exit(main(sys.argv[1:]))
 def test_eval_scores_the_model_without_the_train_extra(shared, tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
 
     root = str(Path(__file__).resolve().parents[1])
     base = [sys.executable, "-c", _NO_TRAIN_EXTRA, "eval", "--data", str(NDPI / "pcap"), "--labels",

@@ -51,6 +51,40 @@ def real_flows():
 
 
 # ---------------------------------------------------------------------------------------- training
+def test_augment_shifts_each_flows_gaps_and_drops_whole_contexts(real_flows):
+    import torch
+
+    from etool_sensor.features import IAT_BUCKETS, FeatureSpec, encode
+    from etool_sensor.train.student import Augment, to_tensors
+
+    recs, ctxs = real_flows
+    x = to_tensors(encode(recs, ctxs, FeatureSpec()))
+    before = {k: v.clone() for k, v in x.items()}
+    y = Augment(time_shift=2, context_drop=0.5).apply(x, torch.Generator().manual_seed(0))
+    assert all(torch.equal(x[k], before[k]) for k in x)  # the batch is copied, not changed
+    assert torch.equal(y["pkt"][:, :, [0, 1, 3]], x["pkt"][:, :, [0, 1, 3]])  # only the gap column moves
+    gap, new = x["pkt"][:, :, 2], y["pkt"][:, :, 2]
+    assert torch.equal(new[gap == 0], gap[gap == 0])  # first packets and padding keep "no gap"
+    shifts = set()
+    for g, h in zip(gap, new):
+        on = g > 0
+        inside = on & (g + 2 < IAT_BUCKETS) & (g > 2)  # no clamp possible at any shift
+        d = set((h[inside] - g[inside]).tolist())
+        assert len(d) <= 1 and d <= {-2, -1, 0, 1, 2}  # one scale per flow
+        assert bool(((h[on] >= 1) & (h[on] <= IAT_BUCKETS - 1)).all())
+        shifts |= d
+    assert len(shifts) >= 4
+    had = x["ctx"].abs().sum((1, 2)) > 0
+    dropped = y["ctx"].abs().sum((1, 2)) == 0
+    kept = torch.tensor([torch.equal(a, b) for a, b in zip(y["ctx"], x["ctx"])])
+    assert bool((dropped | kept).all())
+    assert 0.3 < float((had & dropped).sum()) / float(had.sum()) < 0.7
+    assert bool((y["meta"][dropped & had, 3] == 0).all()) and torch.equal(y["meta"][:, :3], x["meta"][:, :3])
+    with pytest.raises(ValueError):
+        Augment(context_drop=1.5)
+    assert not Augment() and Augment(time_shift=1)
+
+
 @needs_data
 def test_train_student_config_sets_the_exported_shape(tmp_path):
     """--student-config (how the bundled fast model was made) reaches SSL, student and export."""

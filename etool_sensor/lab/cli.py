@@ -79,9 +79,13 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="directory of precomputed teacher logits (teacher_<column>_<split>.npz)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--unlabelled", action="append", default=None, metavar="DIR",
-                   help="captures (repeatable) added to every split's training flows for the self-supervised "
-                        "stage of the students and the teacher; keep them apart from --data (e.g. the output of "
-                        "python -m etool_sensor.train.capture)")
+                   help="captures (repeatable) whose flows every split's self-supervised stages (students and "
+                        "teacher) read besides its training flows: other traffic, or --data itself (every flow of "
+                        "the training captures, labelled or not, as train pretrains); flows of a split's test "
+                        "captures are left out unless --transductive")
+    p.add_argument("--transductive", action="store_true",
+                   help="with --unlabelled: the self-supervised stages also read the test captures' flows "
+                        "(unlabelled), as a sensor pretraining on the network it classifies")
     p.add_argument("--no-model", action="store_true", help="skip the shipped model (splits only)")
     p.add_argument("--baselines-from", nargs=2, metavar=("DIR", "CSV"), default=None,
                    help="train the size forests (rf, rf_shape) on these labelled captures (the model's own training "
@@ -108,6 +112,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "(model seeds seed + i, self-supervised stage included; train --members; default 3)")
     p.add_argument("--ssl-epochs", type=int, default=None, metavar="E",
                    help="epochs of the students' self-supervised stage (train --ssl-epochs; default 6, quick 1)")
+    p.add_argument("--time-shift", type=int, default=0, metavar="K",
+                   help="students train on flows whose gaps are scaled by 2**k, k drawn per flow from -K..K "
+                        "(train.student.Augment; default 0: off)")
+    p.add_argument("--context-drop", type=float, default=0.0, metavar="P",
+                   help="students train without a flow's BURST context with probability P (default 0: off)")
     p.add_argument("--capture-balance", type=float, default=0.5, metavar="POWER",
                    help="method student_capbal draws training flows with probability (flows of their capture) "
                         "** -POWER (default 0.5; 1 = every capture equally often)")
@@ -158,6 +167,14 @@ def eval_main(args: argparse.Namespace) -> int:
     if args.members < 1:
         log(f"eval: --members {args.members} must be >= 1")
         return 2
+    augment = None
+    if getattr(args, "time_shift", 0) or getattr(args, "context_drop", 0.0):
+        from ..train.student import Augment
+        try:
+            augment = Augment(args.time_shift, args.context_drop)
+        except ValueError as e:
+            log(f"eval: --time-shift/--context-drop: {e}")
+            return 2
     if args.splits:
         lacking = []
         for mod in ("torch", "sklearn"):
@@ -183,6 +200,9 @@ def eval_main(args: argparse.Namespace) -> int:
         log("eval: no flow matched the labels")
         return 2
     unlabelled = None
+    if getattr(args, "transductive", False) and not getattr(args, "unlabelled", None):
+        log("eval: --transductive says which unlabelled flows the self-supervised stages read: name --unlabelled DIR")
+        return 2
     if getattr(args, "unlabelled", None):
         from ..train.data import capture_files, load_unlabelled
 
@@ -191,14 +211,17 @@ def eval_main(args: argparse.Namespace) -> int:
         if not recs:
             log(f"eval: --unlabelled {', '.join(args.unlabelled)}: no flows in {len(files)} capture files")
             return 2
-        unlabelled = (recs, ctxs)
+        unlabelled = (recs, ctxs, names)
         log(f"eval: {len(recs)} unlabelled flows from {len(set(names))} captures for self-supervised training")
+    transductive = bool(getattr(args, "transductive", False))
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
                  "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "repeats": repeats, "quick": bool(args.quick),
                  "student_config": student_config, "capture_balance": args.capture_balance,
                  "near_hellos": args.near_hellos, "members": args.members, "ssl_epochs": args.ssl_epochs,
+                 "augment": None if augment is None else dataclasses.asdict(augment),
                  "unlabelled": None if unlabelled is None else {"dirs": list(args.unlabelled),
-                                                                "flows": len(unlabelled[0])}}
+                                                                "flows": len(unlabelled[0]),
+                                                                "transductive": transductive}}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     png_dir = Path(args.report).parent if args.report else out.parent
@@ -259,7 +282,8 @@ def eval_main(args: argparse.Namespace) -> int:
                                                 student_config=student_config, unlabelled=unlabelled,
                                                 capture_balance=args.capture_balance, hello_bytes=hello,
                                                 repeats=repeats, near_hellos=args.near_hellos, members=args.members,
-                                                ssl_epochs=args.ssl_epochs)
+                                                ssl_epochs=args.ssl_epochs, augment=augment,
+                                                transductive=transductive)
                 out.write_text(json.dumps(res, indent=1))
                 continue
             sp = splits[name]
@@ -270,7 +294,8 @@ def eval_main(args: argparse.Namespace) -> int:
                                             student_config=student_config, unlabelled=unlabelled,
                                             capture_balance=args.capture_balance, hello_bytes=hello,
                                             near_hellos=args.near_hellos, members=args.members,
-                                            ssl_epochs=args.ssl_epochs)
+                                            ssl_epochs=args.ssl_epochs, augment=augment,
+                                            transductive=transductive)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=1))

@@ -50,17 +50,37 @@ def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str
     return [labels_attr[i] for i in p.argmax(1)], np.asarray(conf)
 
 
+def ssl_extra(unlabelled, tr, te, transductive: bool = False) -> tuple[tuple[list, list], dict]:
+    """The unlabelled (records, contexts) a split's self-supervised stages read besides its training flows:
+    none of the training flows again, and none of the test captures' flows unless `transductive` (a sensor
+    may pretrain on the traffic it classifies; a measurement of new captures must say that it did)."""
+    recs, ctxs, names = unlabelled
+    seen = {r.uid for r in tr.records}
+    test_caps = set() if transductive else set(te.pcap)
+    out_r, out_c, left_out = [], [], 0
+    for r, c, n in zip(recs, ctxs, names):
+        if Path(n).name in test_caps:
+            left_out += 1
+        elif r.uid not in seen:
+            out_r.append(r)
+            out_c.append(c)
+    return (out_r, out_c), {"flows": len(out_r), "test_capture_flows_left_out": left_out,
+                            "transductive": transductive}
+
+
 def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
               teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
               split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False,
               student_config: dict | None = None, capture_balance: float = 0.5, hello_bytes: int = 0,
               model_seed: int | None = None, teachers: dict | None = None, near_hellos: int | None = None,
-              members: int = 3, ssl_epochs: int | None = None) -> dict:
+              members: int = 3, ssl_epochs: int | None = None, augment=None, transductive: bool = False) -> dict:
     """Every method trained on split["train"] and scored on split["test"]. `seed` seeds the teachers,
     `model_seed` (default `seed`) everything else: a repeat with another model seed keeps the teacher.
     `teachers` (variant -> teacher) is filled and reused, so repeats of one split train each teacher once.
     `members`: how many whole trainings student_ensemble / hybrid_ensemble average (model seeds model_seed + i,
-    self-supervised stage included; the first is student_no_llm's)."""
+    self-supervised stage included; the first is student_no_llm's). `augment`: every student's (train.student.Augment).
+    `unlabelled`: (records, contexts, capture paths) that the self-supervised stages read besides the training
+    flows (ssl_extra: the test captures' flows only when `transductive`)."""
     col = split["label"] or column
     mseed = seed if model_seed is None else model_seed
     teachers = {} if teachers is None else teachers
@@ -70,6 +90,10 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                  "train_pcaps": len(set(tr.pcap)), "test_pcaps": len(set(te.pcap)), "methods": {}}
     if "held_out_apps" in split:
         res["held_out_apps"] = split["held_out_apps"]
+    if unlabelled is not None:
+        unlabelled, res["unlabelled"] = ssl_extra(unlabelled, tr, te, transductive)
+        log(f"eval[{split_name}]: the self-supervised stages also read {res['unlabelled']['flows']} unlabelled flows "
+            f"({res['unlabelled']['test_capture_flows_left_out']} of the test captures left out)")
 
     def get_teacher(variant: str = "teacher"):
         if variant in teachers:
@@ -105,7 +129,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
             if "student_no_llm" not in students:  # the first member, kept for the methods that follow
                 students["student_no_llm"] = student_for("student_no_llm")
             rest = [train_student(tr, label_column=col, quick=quick, seed=mseed + i, log=log, spec=spec,
-                                  config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs)
+                                  config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs, augment=augment)
                     for i in range(1, members)]
             return ensemble_of([students["student_no_llm"], *rest])
         kw = {"etool": {}, "student_no_llm": {}, "student_enc_teacher": {},
@@ -118,7 +142,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         else:
             t = get_teacher("encoder_only" if m == "student_enc_teacher" else "teacher")
         return train_student(tr, label_column=col, quick=quick, seed=mseed, teacher=t, log=log, spec=spec,
-                             config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs, **kw)
+                             config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs, augment=augment, **kw)
 
     for m in methods:
         t0 = time.time()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from etool_sensor.context import Context
-from etool_sensor.features import FeatureSpec, encode
+from etool_sensor.features import IAT_BUCKETS, FeatureSpec, encode
 from etool_sensor.flows import FlowRecord
 
 from .model import EncoderConfig, StudentClassifier, StudentEnsemble, input_names
@@ -117,6 +117,43 @@ def ensemble_of(students: Sequence[Student]) -> Student:
                    info={**first.info, "members": len(models)})
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Training-time perturbations of what differs between networks rather than between services.
+
+    time_shift K: every gap of a training flow is scaled by 2**k, k drawn per flow from -K..K (its gap
+    buckets, log2 of the gap, move by k): a path's round trip sets most gaps. context_drop P: a flow's BURST
+    context (its client's other connections, and its position among them) is dropped with probability P:
+    which other connections a client opens depends on the network and its other software."""
+
+    time_shift: int = 0
+    context_drop: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.time_shift < 0 or not 0.0 <= self.context_drop <= 1.0:
+            raise ValueError(f"augment: time_shift must be >= 0 and context_drop in [0, 1], not {self}")
+
+    def __bool__(self) -> bool:
+        return bool(self.time_shift or self.context_drop)
+
+    def apply(self, x: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """A perturbed copy of one batch of encode()'s tensors."""
+        x = dict(x)
+        if self.time_shift and "pkt" in x:
+            pkt = x["pkt"].clone()
+            k = torch.randint(-self.time_shift, self.time_shift + 1, (pkt.shape[0], 1), generator=gen)
+            gap = pkt[:, :, 2]
+            pkt[:, :, 2] = torch.where(gap > 0, (gap + k).clamp(1, IAT_BUCKETS - 1), gap)
+            x["pkt"] = pkt
+        if self.context_drop and "ctx" in x:
+            keep = (torch.rand(x["ctx"].shape[0], generator=gen) >= self.context_drop).float()
+            x["ctx"] = x["ctx"] * keep[:, None, None]
+            meta = x["meta"].clone()
+            meta[:, 3] *= keep  # the flow's position in its BURST
+            x["meta"] = meta
+        return x
+
+
 def class_weights(y: np.ndarray, n: int, power: float = 0.5) -> torch.Tensor:
     counts = np.bincount(y[y >= 0], minlength=n).astype(np.float64)
     w = np.where(counts > 0, np.maximum(counts, 1) ** -power, 0.0)
@@ -157,7 +194,7 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
                   unlabelled: tuple[Sequence[FlowRecord], Sequence[Context]] | None = None,
                   encoder_state: dict | None = None, config: dict | None = None, alpha: float = 0.5,
                   temperature: float = 2.0, spec: FeatureSpec | None = None, capture_balance: float = 0.0,
-                  ssl_epochs: int | None = None) -> Student:
+                  ssl_epochs: int | None = None, augment: Augment | None = None) -> Student:
     """Train a student on a LabelledSet (records, contexts, labels, service, app).
 
     teacher: an object with `labels` and `predict_logits(records, contexts)`; distils into the
@@ -167,6 +204,7 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
     capture_balance: each epoch draws its n flows (with replacement) with probability proportional to
     (flows of the same capture) ** -capture_balance; 0 = every flow once per epoch. It keeps a few large
     captures from defining a class (an experiment for the by-capture split, docs/model-card.md).
+    augment: perturbations of the supervised stage's batches (Augment); None = none.
     """
     t0 = time.time()
     set_threads()
@@ -224,13 +262,17 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     hist = []
     draw = capture_draw(list(train.pcap), capture_balance) if capture_balance else None
+    gen = torch.Generator().manual_seed(seed)
     for e in range(ep):
         model.train()
         perm = torch.from_numpy(rng.permutation(n) if draw is None else rng.choice(n, n, p=draw))
         tot = 0.0
         for i in range(0, n, bs):
             b = perm[i:i + bs]
-            s, a = model(*[feats[k][b] for k in names])
+            xb = {k: feats[k][b] for k in names}
+            if augment:
+                xb = augment.apply(xb, gen)
+            s, a = model(*[xb[k] for k in names])
             l_s = F.cross_entropy(s, ys_t[b], weight=ws, ignore_index=IGNORE, label_smoothing=0.05)
             l_a = F.cross_entropy(a, ya_t[b], weight=wa, ignore_index=IGNORE, label_smoothing=0.05)
             l_s = torch.nan_to_num(l_s)  # a batch without any labelled flow for a head
@@ -257,5 +299,6 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
     info = {"flows": n, "epochs": ep, "seconds": round(time.time() - t0, 1), "teacher": teacher is not None,
             "ssl_init": ssl_init, "use_payload": use_payload, "use_ports": use_ports, "seed": seed,
             "capture_balance": capture_balance,
+            **({"augment": asdict(augment)} if augment else {}),
             "alpha": alpha if teacher is not None else 0.0, "temperature": temperature}
     return Student(model, spec, label_sets, label_column, cfg, hist, info)
