@@ -307,7 +307,8 @@ def test_eval_no_model_needs_splits(shared, tmp_path, capsys):
 
 
 def test_eval_unlabelled_captures_join_the_students_ssl(shared, tmp_path, capsys):
-    """--unlabelled DIR: the student's self-supervised stage sees the split's training flows plus those captures."""
+    """--unlabelled DIR: the student's self-supervised stage sees the split's training flows plus those captures
+    (and --epochs sets its supervised epochs)."""
     import shutil
 
     from etool_sensor.lab.cli import main
@@ -322,9 +323,10 @@ def test_eval_unlabelled_captures_join_the_students_ssl(shared, tmp_path, capsys
     out = tmp_path / "r.json"
     rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
                "--no-model", "--encrypted-only", "--quick", "--splits", "capture", "--methods", "student_no_llm",
-               "--unlabelled", str(extra), "--pcaps", ",".join(PCAPS)])
+               "--unlabelled", str(extra), "--pcaps", ",".join(PCAPS), "--epochs", "2"])
     err = capsys.readouterr().err
     assert rc == 0, err
+    assert "student: epoch 2/2 " in err and "student: epoch 3/" not in err  # --epochs reaches every student
     r = json.loads(out.read_text())
     assert r["unlabelled"] == {"dirs": [str(extra)], "flows": n_extra, "transductive": False}
     split = r["splits"]["capture"]

@@ -110,6 +110,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--members", type=int, default=3, metavar="M",
                    help="methods student_ensemble / hybrid_ensemble average M whole trainings of the student "
                         "(model seeds seed + i, self-supervised stage included; train --members; default 3)")
+    p.add_argument("--epochs", type=int, default=None, metavar="E",
+                   help="supervised epochs of every student (train --epochs; default 30, quick 4)")
     p.add_argument("--ssl-epochs", type=int, default=None, metavar="E",
                    help="epochs of the students' self-supervised stage (train --ssl-epochs; default 6, quick 1)")
     p.add_argument("--time-shift", type=int, default=0, metavar="K",
@@ -161,6 +163,10 @@ def eval_main(args: argparse.Namespace) -> int:
         return 2
     args.members = getattr(args, "members", 3)
     args.ssl_epochs = getattr(args, "ssl_epochs", None)
+    args.epochs = getattr(args, "epochs", None)
+    if args.epochs is not None and args.epochs < 1:
+        log(f"eval: --epochs {args.epochs} must be >= 1")
+        return 2
     if args.ssl_epochs is not None and args.ssl_epochs < 1:
         log(f"eval: --ssl-epochs {args.ssl_epochs} must be >= 1")
         return 2
@@ -218,6 +224,7 @@ def eval_main(args: argparse.Namespace) -> int:
                  "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "repeats": repeats, "quick": bool(args.quick),
                  "student_config": student_config, "capture_balance": args.capture_balance,
                  "near_hellos": args.near_hellos, "members": args.members, "ssl_epochs": args.ssl_epochs,
+                 "epochs": args.epochs,
                  "augment": None if augment is None else dataclasses.asdict(augment),
                  "unlabelled": None if unlabelled is None else {"dirs": list(args.unlabelled),
                                                                 "flows": len(unlabelled[0]),
@@ -282,7 +289,7 @@ def eval_main(args: argparse.Namespace) -> int:
                                                 student_config=student_config, unlabelled=unlabelled,
                                                 capture_balance=args.capture_balance, hello_bytes=hello,
                                                 repeats=repeats, near_hellos=args.near_hellos, members=args.members,
-                                                ssl_epochs=args.ssl_epochs, augment=augment,
+                                                ssl_epochs=args.ssl_epochs, epochs=args.epochs, augment=augment,
                                                 transductive=transductive)
                 out.write_text(json.dumps(res, indent=1))
                 continue
@@ -294,7 +301,7 @@ def eval_main(args: argparse.Namespace) -> int:
                                             student_config=student_config, unlabelled=unlabelled,
                                             capture_balance=args.capture_balance, hello_bytes=hello,
                                             near_hellos=args.near_hellos, members=args.members,
-                                            ssl_epochs=args.ssl_epochs, augment=augment,
+                                            ssl_epochs=args.ssl_epochs, epochs=args.epochs, augment=augment,
                                             transductive=transductive)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)

@@ -73,7 +73,8 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
               split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False,
               student_config: dict | None = None, capture_balance: float = 0.5, hello_bytes: int = 0,
               model_seed: int | None = None, teachers: dict | None = None, near_hellos: int | None = None,
-              members: int = 3, ssl_epochs: int | None = None, augment=None, transductive: bool = False) -> dict:
+              members: int = 3, ssl_epochs: int | None = None, augment=None, transductive: bool = False,
+              epochs: int | None = None) -> dict:
     """Every method trained on split["train"] and scored on split["test"]. `seed` seeds the teachers,
     `model_seed` (default `seed`) everything else: a repeat with another model seed keeps the teacher.
     `teachers` (variant -> teacher) is filled and reused, so repeats of one split train each teacher once.
@@ -129,7 +130,8 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
             if "student_no_llm" not in students:  # the first member, kept for the methods that follow
                 students["student_no_llm"] = student_for("student_no_llm")
             rest = [train_student(tr, label_column=col, quick=quick, seed=mseed + i, log=log, spec=spec,
-                                  config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs, augment=augment)
+                                  config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs, augment=augment,
+                                  epochs=epochs)
                     for i in range(1, members)]
             return ensemble_of([students["student_no_llm"], *rest])
         kw = {"etool": {}, "student_no_llm": {}, "student_enc_teacher": {},
@@ -142,7 +144,8 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         else:
             t = get_teacher("encoder_only" if m == "student_enc_teacher" else "teacher")
         return train_student(tr, label_column=col, quick=quick, seed=mseed, teacher=t, log=log, spec=spec,
-                             config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs, augment=augment, **kw)
+                             config=student_config, unlabelled=ssl, ssl_epochs=ssl_epochs, augment=augment,
+                             epochs=epochs, **kw)
 
     for m in methods:
         t0 = time.time()
