@@ -427,6 +427,9 @@ def test_teacher_cache_is_reused_only_for_the_same_training_flows(shared, tmp_pa
     assert got is not None and got.labels == labels
     np.testing.assert_allclose(got.predict_logits(b.records), z[len(ds) // 2:].astype(np.float16), rtol=0, atol=0)
     assert TL.load_cached_teacher(ds, path, TL.training_key(b)) is None  # trained on other flows
+    # the same labelled flows with other self-supervised flows (eval --unlabelled): another teacher
+    assert TL.load_cached_teacher(ds, path, TL.training_key(a, b.records)) is None
+    assert TL.training_key(a, b.records) == TL.training_key(a, b.records[::-1]) != TL.training_key(a, b.records[1:])
     assert TL.load_cached_teacher(ds, path) is not None  # no key asked: the old contract (train --teacher-cache)
     old = tmp_path / "old.npz"  # a cache written before keys (the GPU run's files) still loads
     TL.save_teacher_logits(old, ds, teacher)

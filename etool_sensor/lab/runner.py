@@ -100,7 +100,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         if variant in teachers:
             return teachers[variant]
         t = None
-        key = training_key(tr) if teacher_cache else None
+        key = training_key(tr, unlabelled[0] if unlabelled is not None else None) if teacher_cache else None
         if teacher_cache:
             t = load_cached_teacher(full, teacher_cache_path(teacher_cache, split_name, col, variant), key)
             if t is not None:

@@ -5,6 +5,7 @@ keyed by flow identity, with a digest of the teacher's training flows."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -39,12 +40,16 @@ def teacher_cache_path(cache_dir: str | Path, split: str, column: str, variant: 
     return Path(cache_dir) / f"{variant}_{column}_{split}.npz"
 
 
-def training_key(ds) -> str:
+def training_key(ds, unlabelled: Sequence | None = None) -> str:
     """A digest of the flows a teacher was trained on: a cached teacher is reused only for the same ones
-    (folds of another seed share the file names, not the training flows)."""
+    (folds of another seed share the file names, not the training flows). `unlabelled`: the records its
+    self-supervised stage also read (eval --unlabelled), which change the teacher too."""
     import hashlib
 
-    return hashlib.sha256("\n".join(sorted(flow_id(ds, i) for i in range(len(ds)))).encode()).hexdigest()
+    ids = sorted(flow_id(ds, i) for i in range(len(ds)))
+    if unlabelled:
+        ids += ["unlabelled"] + sorted(r.uid for r in unlabelled)
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
 def load_cached_teacher(ds, path: Path, train_key: str | None = None) -> CachedTeacher | None:
