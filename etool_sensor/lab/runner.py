@@ -91,8 +91,10 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
                  "train_pcaps": len(set(tr.pcap)), "test_pcaps": len(set(te.pcap)), "methods": {}}
     if "held_out_apps" in split:
         res["held_out_apps"] = split["held_out_apps"]
+    extra = ssl = None  # unlabelled flows read besides the training flows; the students' whole SSL set
     if unlabelled is not None:
-        unlabelled, res["unlabelled"] = ssl_extra(unlabelled, tr, te, transductive)
+        extra, res["unlabelled"] = ssl_extra(unlabelled, tr, te, transductive)
+        ssl = (list(tr.records) + extra[0], list(tr.contexts) + extra[1])  # as the teacher's stage 1 reads them
         log(f"eval[{split_name}]: the self-supervised stages also read {res['unlabelled']['flows']} unlabelled flows "
             f"({res['unlabelled']['test_capture_flows_left_out']} of the test captures left out)")
 
@@ -100,7 +102,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
         if variant in teachers:
             return teachers[variant]
         t = None
-        key = training_key(tr, unlabelled[0] if unlabelled is not None else None) if teacher_cache else None
+        key = training_key(tr, extra[0] if extra is not None else None) if teacher_cache else None
         if teacher_cache:
             t = load_cached_teacher(full, teacher_cache_path(teacher_cache, split_name, col, variant), key)
             if t is not None:
@@ -109,7 +111,7 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
             from ..train.teacher import train_teacher
 
             t = train_teacher(tr, label_column=col, quick=quick, device=device, seed=seed,
-                              use_llm=variant == "teacher", unlabelled=unlabelled, log=log)
+                              use_llm=variant == "teacher", unlabelled=extra, log=log)
             if teacher_cache and not quick:  # write-through: the next run with this cache skips the training
                 path = teacher_cache_path(teacher_cache, split_name, col, variant)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,9 +125,6 @@ def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int
     def student_for(m: str):
         from ..train.student import ensemble_of, train_student
 
-        # SSL on the training flows plus the extra unlabelled ones, as the teacher's stage 1 does
-        ssl = None if unlabelled is None else (list(tr.records) + list(unlabelled[0]),
-                                               list(tr.contexts) + list(unlabelled[1]))
         if m == "student_ensemble":  # `members` whole trainings (self-supervised stage included), averaged
             if "student_no_llm" not in students:  # the first member, kept for the methods that follow
                 students["student_no_llm"] = student_for("student_no_llm")

@@ -80,7 +80,7 @@ class Student:
 
     def checkpoint(self) -> dict[str, Any]:
         """A plain-data checkpoint (tensors, str, numbers): loads with torch.load(weights_only=True)."""
-        members = len(self.model.members) if isinstance(self.model, StudentEnsemble) else 1
+        members = len(getattr(self.model, "members", [self.model]))  # as ensemble_of and the package count
         return {"state_dict": self.model.state_dict(), "config": self.config.to_dict(), "members": members,
                 "spec": self.spec.to_dict(), "label_sets": self.label_sets, "label_column": self.label_column,
                 "info": self.info}
