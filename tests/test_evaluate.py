@@ -439,7 +439,8 @@ def test_teacher_cache_is_reused_only_for_the_same_training_flows(shared, tmp_pa
 @pytest.mark.slow
 def test_kfold_repeats_keep_repeat_zero_and_share_the_teacher(shared, tmp_path, monkeypatch, capsys):
     """--repeats R retrains the students and forests with R model seeds on the same folds: repeat 0 is the
-    run without --repeats, the spread is reported, and each fold's teacher is trained once, not R times."""
+    run without --repeats, the spread is reported, and each fold's teacher is trained once, not R times.
+    --first-repeat S continues the seeds of an earlier run."""
     from etool_sensor.lab.cli import main
     import etool_sensor.train.teacher as T
 
@@ -488,8 +489,16 @@ def test_kfold_repeats_keep_repeat_zero_and_share_the_teacher(shared, tmp_path, 
     assert rp["methods"]["etool"]["ratio_of_means_to_rf"] == pytest.approx(
         rp["methods"]["etool"]["mean"] / rp["methods"]["rf"]["mean"], rel=1e-2)
     assert "model seeds 0, 100, 200" in (tmp_path / "three.md").read_text()
+    # --first-repeat adds seeds to an earlier run: repeats 1 and 2 of the run above, number for number
+    assert main(args + ["--json", str(tmp_path / "later.json"), "--repeats", "2", "--first-repeat", "1"]) == 0
+    later = json.loads((tmp_path / "later.json").read_text())["splits"]["capture_kfold"]["repeats"]
+    assert later["model_seeds"] == [100, 200]
+    for m in ("rf", "etool"):
+        assert later["methods"][m]["macro_f1_min5"] == rp["methods"][m]["macro_f1_min5"][1:], m
     assert main(args + ["--json", str(tmp_path / "bad.json"), "--repeats", "0"]) == 2
     assert "--repeats 0 must be >= 1" in capsys.readouterr().err
+    assert main(args + ["--json", str(tmp_path / "bad.json"), "--first-repeat", "-1"]) == 2
+    assert "--first-repeat -1 must be >= 0" in capsys.readouterr().err
 
 
 def test_numpy_metrics_match_sklearn_on_the_shipped_models_verdicts(shared):

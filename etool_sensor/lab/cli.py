@@ -71,6 +71,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=1, metavar="R",
                    help="K-fold splits: train every method R times on the same folds with model seeds "
                         "seed + 100 r (teachers shared) and report the spread (default 1)")
+    p.add_argument("--first-repeat", type=int, default=0, metavar="S",
+                   help="start the repeats' model seeds at seed + 100 S, to add seeds to an earlier run on the "
+                        "same folds (default 0)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--quick", action="store_true", help="small, fast training (tests)")
     p.add_argument("--seed", type=int, default=0)
@@ -161,6 +164,10 @@ def eval_main(args: argparse.Namespace) -> int:
     if repeats < 1:
         log(f"eval: --repeats {repeats} must be >= 1")
         return 2
+    first_repeat = getattr(args, "first_repeat", 0)
+    if first_repeat < 0:
+        log(f"eval: --first-repeat {first_repeat} must be >= 0")
+        return 2
     args.members = getattr(args, "members", 3)
     args.ssl_epochs = getattr(args, "ssl_epochs", None)
     args.epochs = getattr(args, "epochs", None)
@@ -221,7 +228,8 @@ def eval_main(args: argparse.Namespace) -> int:
         log(f"eval: {len(recs)} unlabelled flows from {len(set(names))} captures for self-supervised training")
     transductive = bool(getattr(args, "transductive", False))
     res: dict = {"features": spec.to_dict(), "data": str(args.data), "labels": str(args.labels), "label_column": args.label_column,
-                 "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "repeats": repeats, "quick": bool(args.quick),
+                 "encrypted_only": bool(args.encrypted_only), "seed": args.seed, "repeats": repeats,
+                 "first_repeat": first_repeat, "quick": bool(args.quick),
                  "student_config": student_config, "capture_balance": args.capture_balance,
                  "near_hellos": args.near_hellos, "members": args.members, "ssl_epochs": args.ssl_epochs,
                  "epochs": args.epochs,
@@ -288,8 +296,8 @@ def eval_main(args: argparse.Namespace) -> int:
                                                 teacher_cache=args.teacher_cache, device=args.device, spec=spec,
                                                 student_config=student_config, unlabelled=unlabelled,
                                                 capture_balance=args.capture_balance, hello_bytes=hello,
-                                                repeats=repeats, near_hellos=args.near_hellos, members=args.members,
-                                                ssl_epochs=args.ssl_epochs, epochs=args.epochs, augment=augment,
+                                                repeats=repeats, first_repeat=first_repeat, near_hellos=args.near_hellos,
+                                                members=args.members, ssl_epochs=args.ssl_epochs, epochs=args.epochs, augment=augment,
                                                 transductive=transductive)
                 out.write_text(json.dumps(res, indent=1))
                 continue

@@ -203,17 +203,19 @@ def app_seen_breakdown(y: Sequence[str], pred: Sequence[str], seen: np.ndarray) 
 
 
 def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int, log: Callable[[str], None],
-              png_dir: Path | None, kind: str = "capture_kfold", repeats: int = 1, **kw) -> dict:
+              png_dir: Path | None, kind: str = "capture_kfold", repeats: int = 1, first_repeat: int = 0,
+              **kw) -> dict:
     """Every method trained `folds` times (one per fold of `kind`); metrics over the pooled predictions.
     With `repeats` R > 1 the same folds are trained R times with model seeds seed + 100 r (teachers are
     trained once per fold and shared): the main numbers are repeat 0's, and "repeats" holds each method's
     pooled macro-F1 (>=5) per repeat, its mean and sd, because one student init moves the score by several
-    points (docs/model-card.md, "Results": the seed spread)."""
-    if repeats < 1:
-        raise ValueError("--repeats must be >= 1")
+    points (docs/model-card.md, "Results": the seed spread). `first_repeat` S starts the model seeds at
+    seed + 100 S, so a later run adds seeds to an earlier one on the same folds instead of repeating them."""
+    if repeats < 1 or first_repeat < 0:
+        raise ValueError("--repeats must be >= 1 and --first-repeat >= 0")
     n = len(ds)
     parts = KFOLDS[kind](ds, folds, seed)
-    seeds = [seed + 100 * r for r in range(repeats)]
+    seeds = [seed + 100 * (first_repeat + r) for r in range(repeats)]
     preds: list[dict[str, list]] = [{m: [None] * n for m in methods} for _ in seeds]
     conf: dict[str, list] = {m: [0.0] * n for m in methods}
     per_fold: dict[str, list] = {m: [] for m in methods}
