@@ -153,7 +153,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "threshold": Float(0.3, 0.0, 1.0, "a drift score at or above this: classify's summary suggests "
                            "`etool-sensor adapt`, serve logs a warning (Zeek's notice has ETooL::drift_threshold)"),
         "interval_s": Float(60, 0, 86400, "serve: publish an ETooL::drift event every interval_s seconds (s); "
-                            "0 = never (the metrics stay)"),
+                            "0 = never (the metrics and the threshold warning stay)"),
+        "topic": Str("etool/verdicts/drift", "serve: the topic of ETooL::drift events, the Zeek package's "
+                     "ETooL::verdict_topic + \"drift\"", check=_nonempty),
     },
     "log": {
         "dir": Str(".", "directory for etool.log / conn.log (classify -o overrides)", check=_nonempty),

@@ -466,6 +466,27 @@ def test_reload_keeps_restart_only_keys_and_applies_the_rest():
     d._pool.shutdown()
 
 
+def test_a_refused_reload_keeps_the_whole_reason(tmp_path):
+    """A config error names the allowed keys after the bad one; the refused reload's log line and /healthz's
+    last_reload carry all of it (a cut list would hide the key the user meant)."""
+    from etool_sensor.config import ConfigError, load_config
+
+    bad = tmp_path / "etool.yaml"
+    bad.write_text("serve:\n  bogus: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    whole = str(e.value)
+    assert len(whole) > 200 and whole.endswith("log_format, tls")  # the whole list, the serve section's last key
+
+    def reloader():
+        return load_config(bad), StubModel()
+
+    d = Daemon(Config().with_overrides({"serve.metrics_port": 0}), StubModel(), reloader=reloader)
+    asyncio.run(d._reload())
+    assert d.last_reload["ok"] is False and d.last_reload["error"] == whole.splitlines()[0]
+    d._pool.shutdown()
+
+
 # --------------------------------------------------------------------------------- subprocess daemon
 def daemon_cmd(tmp: Path, url: str, metrics_port: int, extra: dict | None = None, delay: float = 0.0) -> list[str]:
     serve = {"metrics_port": metrics_port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5}
@@ -522,6 +543,31 @@ def test_sigterm_during_a_batch_answers_what_is_in_hand(tmp_path, flows):
             assert len(peer.verdicts) == c["verdicts_out"] and len(set(uids(peer))) == len(peer.verdicts)
             assert c["flows_in"] > 0
             print("counts:", json.dumps(c, sort_keys=True))
+    run(main())
+
+
+def test_a_drain_that_times_out_counts_every_unanswered_flow_once(flows, caplog):
+    """A model too slow for serve.drain_timeout_s: the flows still queued, forming a batch or being inferred
+    at the timeout are counted as drops.shutdown, each once, and nothing is sent or counted after it."""
+    async def main():
+        async with ZeekPeer() as peer:
+            d = Daemon(serve_config(peer.url, batch_size=8, drain_timeout_s=0.5), StubModel(1.0))
+            task = asyncio.create_task(d.run())
+            assert await peer.wait_connected()
+            for r in flows[:100]:
+                await peer.publish_flow(r)
+            await peer.wait_for(lambda: d.counts()["flows_in"] >= 100, 10)
+            await asyncio.sleep(0.2)  # batches are being inferred, others wait in the queue
+            d.request_stop()
+            await asyncio.wait_for(task, 30)
+            c = d.counts()
+            await asyncio.sleep(1.5)  # an inference still running in its thread would finish by now
+            assert d.counts() == c, "counted after the daemon stopped"
+            assert c["flows_in"] == 100 and 0 < c["drops.shutdown"] < 100, c
+            assert c["verdicts_out"] + c["drops.shutdown"] == c["flows_in"], c
+            assert len(peer.verdicts) == c["verdicts_out"]
+            hit = [r for r in caplog.records if getattr(r, "event", None) == "drain_timeout"]
+            assert hit and hit[0].fields["flows"] == c["drops.shutdown"]
     run(main())
 
 

@@ -163,13 +163,14 @@ def test_worker_config_names_topics_ports_and_queue_share():
     from etool_sensor.sensor.process import worker_config
 
     cfg = Config().with_overrides({"serve.topics": ["etool/flows/", "other/"], "serve.metrics_port": 9464,
-                                   "serve.queue_size": 10001, "serve.workers": 3})
+                                   "serve.queue_size": 10001, "serve.workers": 3, "serve.max_flows_per_s": 900})
     ws = [worker_config(cfg, i).serve for i in range(3)]
     assert [w.app_name for w in ws] == ["etool-sensor-0", "etool-sensor-1", "etool-sensor-2"]
     assert ws[1].topics == ("etool/flows/etool-sensor-1/", "other/etool-sensor-1/")
     # each serves on a free loopback port the supervisor merges into metrics_port (workermetrics)
     assert all((w.metrics_addr, w.metrics_port) == ("127.0.0.1", 0) for w in ws)
     assert all(w.queue_size == 3333 and w.workers == 1 for w in ws)
+    assert all(w.max_flows_per_s == 300 for w in ws)  # together they admit what one daemon would
     # the topic is the one the Zeek script publishes to for that daemon name
     assert ws[2].topics[0] == daemon_topic("10.0.0.1", [ws[2].app_name])
     # nothing else of the configuration changes
@@ -237,3 +238,34 @@ def test_serve_workers_sighup_reloads_every_worker(tmp_path, model, flows):  # n
             assert peer.connections == 2
 
     run(main(), timeout=180)
+
+
+@pytest.mark.parametrize("addr, url_host", [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")])
+def test_the_workers_endpoint_listens_on_ipv4_and_ipv6(addr, url_host):
+    """serve.metrics_addr may be an IPv6 address with --workers as without (the single daemon's endpoint
+    takes both): the merged endpoint answers there, a worker it cannot reach reads as down."""
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from etool_sensor.sensor.workermetrics import WorkerMetrics, serve_endpoint
+
+    if ":" in addr:
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+    srv = serve_endpoint(WorkerMetrics(["etool-sensor-0"]), addr, 0)
+    try:
+        port = srv.server_address[1]
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://{url_host}:{port}/healthz", timeout=5)
+        assert e.value.code == 503
+        body = json.loads(e.value.read())
+        assert body["workers"]["etool-sensor-0"]["status"] == "unreachable"
+        with urllib.request.urlopen(f"http://{url_host}:{port}/metrics", timeout=5) as r:
+            assert b'etool_worker_up{worker="etool-sensor-0"} 0.0' in r.read()
+    finally:
+        srv.shutdown()

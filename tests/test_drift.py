@@ -312,6 +312,54 @@ def test_serve_without_a_reference_publishes_no_drift() -> None:
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_serve_drift_topic_interval_0_and_a_reload_of_the_same_package(monkeypatch, caplog) -> None:
+    """drift.topic is where the events go; with interval_s 0 nothing is published but the threshold warning
+    still comes (a stable event name); reloading the same package keeps the window, another one clears it."""
+    import logging
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from etool_sensor.config import DriftConfig
+
+    def pkg(version: str = "1") -> SimpleNamespace:
+        return SimpleNamespace(id=f"p@{version}", manifest={"sha256": version, "drift_reference": REF})
+
+    class Client:
+        connected = True
+
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def send(self, text: str) -> None:
+            self.sent.append(text)
+
+    log = logging.getLogger("test.drift")
+
+    async def run(interval_s: float) -> tuple[dr.ServeDrift, Client]:
+        cfg = DriftConfig(window=100, min_flows=2, threshold=0.3, interval_s=interval_s, topic="site/v/drift")
+        sd = dr.ServeDrift(cfg, "d", pkg(), CollectorRegistry(), log)
+        sd.observe_all([V("Game", 0.05)] * 4)  # a label the reference never predicted: score 1
+        client, stop = Client(), asyncio.Event()
+        task = asyncio.create_task(sd.run(client, stop))
+        await asyncio.sleep(0.3)
+        stop.set()
+        await task
+        return sd, client
+
+    monkeypatch.setattr(dr.ServeDrift, "CHECK_S", 0.05)
+    with caplog.at_level(logging.INFO, "test.drift"):
+        sd, client = asyncio.run(run(0))
+    assert client.sent == [] and sd.published == 0
+    assert [r.event for r in caplog.records if hasattr(r, "event")] == ["drift"]  # once per crossing
+    _, client = asyncio.run(run(0.05))
+    assert client.sent and {json.loads(t)["topic"] for t in client.sent} == {"site/v/drift"}
+    sd.set_model(pkg())  # a reload that loaded the same package
+    assert len(sd.monitor) == 4 and sd.current().score == 1.0
+    sd.set_model(pkg("2"))
+    assert len(sd.monitor) == 0 and sd.model_id == "p@2"
+
+
 def test_reference_command_adds_only_drift_reference(tmp_path) -> None:
     """`python -m etool_sensor.drift reference` on a copy of the fast package: the manifest gains the key and is
     otherwise the same text; the package still loads (its checksums do not cover the manifest)."""

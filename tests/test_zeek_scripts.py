@@ -131,17 +131,17 @@ def test_wire_records_match_docs():
     wire = (DOCS / "zeek-wire.md").read_text()
     version = int(re.search(r"const wire_version = (\d+);", types).group(1))
     assert re.search(rf"^# Zeek wire contract v{version}$", wire, re.M)
-    for rec in ("Packet", "Chunk", "Flow", "Verdict", "Drift"):
+    for rec in ("Packet", "Chunk", "Flow", "Verdict", "DriftReport"):
         fields = record_fields(types, rec)
         documented = [(f, t.replace("ETooL::", "")) for f, t in record_fields(wire, rec)]
         assert fields == documented, rec
-    for ev, arg in (("flow", "Flow"), ("verdict", "Verdict"), ("drift", "Drift")):
+    for ev, arg in (("flow", "Flow"), ("verdict", "Verdict"), ("drift", "DriftReport")):
         assert f"global {ev}: event(" in types and f"event ETooL::{ev}(" in wire, ev
     from etool_sensor.zeek import wire as contract
 
     assert contract.WIRE_VERSION == version, "the daemon and the Zeek package speak the same wire version"
     for rec, fields in (("Flow", contract.FLOW_FIELDS), ("Verdict", contract.VERDICT_FIELDS),
-                        ("Drift", contract.DRIFT_FIELDS)):
+                        ("DriftReport", contract.DRIFT_FIELDS)):
         assert [f for f, _ in record_fields(types, rec)] == list(fields), rec
 
 
@@ -153,7 +153,7 @@ def test_wire_examples_match_records():
     seen = set()
     for frame in frames:
         name = frame["data"][2]["data"][0]["data"]
-        record = {"ETooL::flow": "Flow", "ETooL::verdict": "Verdict", "ETooL::drift": "Drift"}[name]
+        record = {"ETooL::flow": "Flow", "ETooL::verdict": "Verdict", "ETooL::drift": "DriftReport"}[name]
         args = frame["data"][2]["data"][1]["data"]
         assert len(args) == 1
         values = args[0]["data"]
@@ -246,6 +246,23 @@ def test_btests_pass():
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_module_names_are_unique():
+    """Types, enum values and globals of module ETooL share one namespace in Zeek: a record type named like a
+    notice (both ETooL::X) stops Zeek at load ("conflicting definition of enum value"), which zeekscript's
+    parse check cannot see."""
+    seen: dict[str, str] = {}
+    for path in sorted(SCRIPTS.glob("*.zeek")):
+        text = re.sub(r"#[^\n]*", "", path.read_text())
+        names = re.findall(r"^\s*type (\w+):", text, re.M)
+        names += re.findall(r"^\s*(?:global|const|option) (\w+)\s*[:=]", text, re.M)
+        for block in re.findall(r"enum(?: Notice::Type \+=)? \{(.*?)\}", text, re.S):
+            names += re.findall(r"^\s*(\w+)\s*,?\s*$", block, re.M)
+        for name in names:
+            assert name not in seen, f"ETooL::{name} is declared in {seen.get(name)} and again in {path.name}"
+            seen[name] = path.name
+    assert {"Drift", "DriftReport", "Alert", "Flow", "flow"} <= set(seen)
 
 
 def test_notices_and_metrics_documented():

@@ -140,6 +140,8 @@ class Daemon:
         self._attempts = 0
         self._fill: asyncio.Future | None = None  # the batcher waits on it for a batch to fill
         self._fill_need = 0
+        self._in_hand = 0  # flows taken from the queue whose batch has not finished (forming or inferring)
+        self._running: set[asyncio.Task] = set()  # the batches being inferred and sent
         self.m.queue_depth.set_function(lambda: self.queue.qsize() if self.queue is not None else 0)
         self.m.connected.set_function(lambda: 1 if self.client.connected else 0)
         from ..drift import ServeDrift  # the verdicts' drift from the model's reference: gauges, ETooL::drift
@@ -183,9 +185,10 @@ class Daemon:
             except Exception as e:  # noqa: BLE001 - whatever fails to load is refused, the old one serves on
                 self.m.reloads.labels("refused").inc()
                 self.m.reload_ok.set(0)
-                self.last_reload = {"ok": False, "time": time.time(), "error": _why(e)}
-                log.error("reload refused: %s; still serving %s", _why(e), old,
-                          extra=ev("reload_refused", error=_why(e), model=old))
+                why = _why(e, limit=None)  # the whole reason: a config error lists the allowed keys
+                self.last_reload = {"ok": False, "time": time.time(), "error": why}
+                log.error("reload refused: %s; still serving %s", why, old,
+                          extra=ev("reload_refused", error=why, model=old))
             else:
                 self._apply(cfg, model)
             if not self._reload_again:
@@ -209,8 +212,7 @@ class Daemon:
             self.rate = TokenBucket(rate) if rate > 0 else None
         self.cfg = new
         self.serving = serving
-        if serving.model is not previous.model:
-            self.drift.set_model(serving.model)  # a fresh window against the new package's reference
+        self.drift.set_model(serving.model)  # another package: a fresh window against its reference
         self.m.reloads.labels("ok").inc()
         self.m.reload_ok.set(1)
         self.last_reload = {"ok": True, "time": time.time(), "model": serving.model_id,
@@ -234,12 +236,16 @@ class Daemon:
             try:
                 await asyncio.wait_for(self._finish(batcher), self.cfg.serve.drain_timeout_s)
             except (asyncio.TimeoutError, TimeoutError):
+                # what is still queued, forming a batch or being inferred gets no verdict: counted here, and
+                # the batches are cancelled so that none of them sends or counts anything after this line
+                left = sum(it is not _STOP for it in self.queue._queue) + self._in_hand  # type: ignore[attr-defined]
                 batcher.cancel()
-                left = self.queue.qsize()
+                for t in list(self._running):
+                    t.cancel()
                 if left:
                     self.m.drops.labels("shutdown").inc(left)
                 log.warning("drain timed out after %.1fs; %d flows unanswered", self.cfg.serve.drain_timeout_s,
-                            left)
+                            left, extra=ev("drain_timeout", flows=left))
             drift.cancel()
             await self.client.close(1000, "")
             if self._reload_task is not None and not self._reload_task.done():
@@ -377,7 +383,7 @@ class Daemon:
     # -------------------------------------------------------------- batch, infer, send
     async def _batcher(self) -> None:
         slots = asyncio.Semaphore(INFLIGHT)
-        running: set[asyncio.Task] = set()
+        running = self._running
         failed: list[BaseException] = []
         try:
             await self._batches(slots, running, failed)
@@ -411,6 +417,7 @@ class Daemon:
                 if q.empty():
                     return
                 continue
+            self._in_hand += 1
             batch = [first]
             t_end = first.t_recv + deadline
             while len(batch) < bs:
@@ -419,6 +426,7 @@ class Daemon:
                     if it is _STOP:
                         stop = True
                         continue
+                    self._in_hand += 1
                     batch.append(it)
                 if len(batch) >= bs or stop:
                     break
@@ -440,6 +448,7 @@ class Daemon:
                 while not q.empty():
                     it = q.get_nowait()
                     if it is not _STOP:
+                        self._in_hand += 1
                         batch.append(it)
             for i in range(0, len(batch), bs):
                 if i:  # the first piece has its slot already
@@ -452,6 +461,12 @@ class Daemon:
                 t.add_done_callback(lambda t: _task_done(t, running, slots, failed))
 
     async def _infer_and_send(self, batch: list[_Item]) -> None:
+        try:
+            await self._answer(batch)
+        finally:
+            self._in_hand -= len(batch)
+
+    async def _answer(self, batch: list[_Item]) -> None:
         m = self.m
         m.batch_size.observe(len(batch))
         loop = asyncio.get_running_loop()
@@ -538,8 +553,9 @@ def _set_done(f: asyncio.Future) -> None:
         f.set_result(None)
 
 
-def _why(e: Any) -> str:
-    s = str(e) or type(e).__name__
-    return s.splitlines()[0][:200]
+def _why(e: Any, limit: int | None = 200) -> str:
+    """The first line of an error, cut to `limit` characters (None: whole) for log lines repeated by peers."""
+    s = (str(e) or type(e).__name__).splitlines()[0]
+    return s if limit is None else s[:limit]
 
 

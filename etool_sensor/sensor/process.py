@@ -72,21 +72,23 @@ def worker_config(cfg: Config, i: int, n: int | None = None) -> Config:
     It subscribes to ``<topic><name>/`` for each of serve.topics (``etool/flows/etool-sensor-0/`` by
     default: what the Zeek package publishes to with ``ETooL::daemons`` listing the names), says its
     name in the handshake (cluster.log), serves its metrics on a free loopback port for the supervisor to
-    merge (workermetrics) and queues at most ``queue_size / N`` flows, so the N workers together hold no
-    more than one daemon would."""
+    merge (workermetrics), queues at most ``queue_size / N`` flows and admits at most ``max_flows_per_s / N``
+    flows a second, so the N workers together hold and admit no more than one daemon would."""
     s = cfg.serve
     n = n or s.workers
     name = f"{s.app_name or 'etool-sensor'}-{i}"
     return dataclasses.replace(cfg, serve=dataclasses.replace(
         s, topics=tuple(t + name + "/" for t in s.topics), app_name=name, metrics_addr="127.0.0.1", metrics_port=0,
-        workers=1, queue_size=max(1, s.queue_size // n)))
+        workers=1, queue_size=max(1, s.queue_size // n), max_flows_per_s=s.max_flows_per_s / n))
 
 
 def inference_threads(cfg: Config, workers: int) -> int:
     # null = one core for the event loop (decode, context, send), the others for inference; with
     # several workers, each gets its share of the cores
     threads = cfg.model.threads
-    return threads if threads is not None else max(1, (os.cpu_count() or 2) // workers - 1)
+    from ..parallel import usable_cores  # the cores this process may run on (taskset, cpusets), not the host's
+
+    return threads if threads is not None else max(1, usable_cores() // workers - 1)
 
 
 def make_reloader(args: argparse.Namespace | None, worker: tuple[int, int] | None = None) -> Reloader:

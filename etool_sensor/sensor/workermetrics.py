@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -120,7 +121,11 @@ def serve_endpoint(collector: WorkerMetrics, addr: str, port: int) -> ThreadingH
         def log_message(self, *args: Any) -> None:  # scrapes are not log lines
             pass
 
-    srv = ThreadingHTTPServer((addr, port), Handler)
+    class Server(ThreadingHTTPServer):
+        # IPv4 or IPv6 as serve.metrics_addr is (::1 too, as the single daemon's asyncio endpoint takes it)
+        address_family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+
+    srv = Server((addr, port), Handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, name="etool-metrics", daemon=True).start()
     log.info("metrics of %d workers on http://%s:%d/metrics", len(collector.names), addr, srv.server_address[1],

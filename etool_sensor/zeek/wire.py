@@ -23,7 +23,7 @@ WIRE_VERSION = 2  # 2: v1 + ETooL::drift (daemon -> Zeek)
 FLOW_EVENT = "ETooL::flow"
 VERDICT_EVENT = "ETooL::verdict"
 DRIFT_EVENT = "ETooL::drift"
-DRIFT_TOPIC = "etool/verdicts/drift"  # ETooL::verdict_topic + "drift": every node that handles verdicts subscribes
+DRIFT_TOPIC = "etool/verdicts/drift"  # the default ETooL::verdict_topic + "drift" (etool.yaml drift.topic)
 DEFAULT_TOPICS = ("etool/flows/",)  # the topic prefix Zeek publishes ETooL::flow on
 _HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})*\Z")
 
@@ -451,8 +451,8 @@ def drift_args(daemon: str, model: str, d: Any) -> list[Any]:
 
 
 def encode_drift(topic: str, daemon: str, model: str, d: Any) -> str:
-    """The frame the daemon publishes every drift.interval_s: ``ETooL::drift(d: ETooL::Drift)`` on `topic`
-    (DRIFT_TOPIC), Broker JSON laid out as encode_verdict's ETooL::verdict. Sent once a minute, so written
+    """The frame the daemon publishes every drift.interval_s: ``ETooL::drift(d: ETooL::DriftReport)`` on
+    `topic` (drift.topic), Broker JSON laid out as encode_verdict's ETooL::verdict. Sent once a minute, so written
     by the generic encoder."""
     return encode_event(topic, DRIFT_EVENT, drift_args(daemon, model, d))
 

@@ -50,6 +50,6 @@ hook flow_answered(v: Verdict, p: Pending)
 	    $msg=fmt("connection classified as %s (service=%s app=%s, confidence %.2f, model %s)",
 	        label, v$service, v$app, v$confidence, v$model),
 	    $sub=label,
-	    $identifier=cat(p$id$orig_h, p$id$resp_h, label),
+	    $identifier=cat_sep("/", "", p$id$orig_h, p$id$resp_h, label),
 	    $suppress_for=alert_notice_interval]);
 	}

@@ -38,7 +38,8 @@ function payload_offset(pkt: pcap_packet, hdr: raw_pkt_hdr, plen: count): int
 	if ( hdr$l2$encap == LINK_ETHERNET )
 		{
 		local off = 12;
-		local l3 = -1;
+		local l3 = 0;  # a count, as end_ is: an int assigned to a count is a warning at every start
+		local found = F;
 
 		while ( off + 2 <= |data| )
 			{
@@ -48,12 +49,15 @@ function payload_offset(pkt: pcap_packet, hdr: raw_pkt_hdr, plen: count): int
 			else
 				{
 				if ( etype == 0x0800 || etype == 0x86dd )
+					{
 					l3 = off + 2;
+					found = T;
+					}
 				break;
 				}
 			}
 
-		if ( l3 >= 0 && l3 + 6 <= |data| )
+		if ( found && l3 + 6 <= |data| )
 			{
 			local version = bytestring_to_count(data[l3]) / 16;
 			if ( version == 4 )

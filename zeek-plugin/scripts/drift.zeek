@@ -22,7 +22,7 @@ export {
 	};
 }
 
-event ETooL::drift(d: Drift)
+event ETooL::drift(d: DriftReport)
 	{
 	Telemetry::gauge_set(Telemetry::gauge_with(drift_gf, vector(d$daemon)), d$score);
 

@@ -53,8 +53,9 @@ export {
 
 	## How far a daemon's recent verdicts are from the reference statistics
 	## its model package carries (wire v2). Sent by the daemon now and then
-	## on verdict_topic + "drift".
-	type Drift: record {
+	## on verdict_topic + "drift". (Not named Drift: that is the notice
+	## type ETooL::Drift, and a type and an enum value cannot share a name.)
+	type DriftReport: record {
 		daemon: string; ##< The daemon's app_name (<app_name>-i with --workers).
 		model: string; ##< name@version of the package that answered the window.
 		score: double; ##< Overall drift score 0..1 (0 = the reference, 1 = disjoint).
@@ -72,5 +73,5 @@ export {
 	## Daemon -> Zeek, on the flow's reply_topic.
 	global verdict: event(v: Verdict);
 	## Daemon -> Zeek, on verdict_topic + "drift" (wire v2).
-	global drift: event(d: Drift);
+	global drift: event(d: DriftReport);
 }

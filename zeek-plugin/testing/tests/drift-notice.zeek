@@ -11,9 +11,9 @@ redef ETooL::listen_websocket = F;
 
 global raise_threshold: event();
 
-function mk_drift(daemon: string, score: double, table_hit: double): ETooL::Drift
+function mk_drift(daemon: string, score: double, table_hit: double): ETooL::DriftReport
 	{
-	return ETooL::Drift($daemon=daemon, $model="etool-default@0.8.1", $score=score,
+	return ETooL::DriftReport($daemon=daemon, $model="etool-default@0.8.1", $score=score,
 	    $label_shift=score, $confidence_shift=0.12, $unknown_rate=0.45,
 	    $unknown_rate_ref=0.31, $table_hit_rate=table_hit,
 	    $table_hit_rate_ref=table_hit < 0.0 ? -1.0 : 0.42, $flows=500);
