@@ -51,14 +51,18 @@ def _verdict_row(rec: Any, v: Any, model_id: str, top_k: int, uid: str | None = 
 
 
 def _conn_row(c: Any, uid: str | None = None) -> list[Any]:
-    """conn.log's row for one connection summary, in CONN_FIELDS order; `uid` as in _verdict_row."""
+    """conn.log's row for one connection summary, in CONN_FIELDS order; `uid` as in _verdict_row. As Zeek's
+    Conn::set_conn: duration and the byte counts only for a duration above 0, history only when not empty."""
     g = getattr
+    duration = g(c, "duration", None)
+    timed = duration is not None and duration > 0
     return [
         c.ts, c.uid if uid is None else uid, c.orig_h, c.orig_p, c.resp_h, c.resp_p, c.proto,
-        g(c, "service", None) or None, g(c, "duration", None), g(c, "orig_bytes", None), g(c, "resp_bytes", None),
-        g(c, "conn_state", None), g(c, "local_orig", None), g(c, "local_resp", None), g(c, "missed_bytes", 0),
-        g(c, "history", None), g(c, "orig_pkts", None), g(c, "orig_ip_bytes", None), g(c, "resp_pkts", None),
-        g(c, "resp_ip_bytes", None), g(c, "tunnel_parents", None),
+        g(c, "service", None) or None, duration if timed else None, g(c, "orig_bytes", None) if timed else None,
+        g(c, "resp_bytes", None) if timed else None, g(c, "conn_state", None), g(c, "local_orig", None),
+        g(c, "local_resp", None), g(c, "missed_bytes", 0), g(c, "history", None) or None, g(c, "orig_pkts", None),
+        g(c, "orig_ip_bytes", None), g(c, "resp_pkts", None), g(c, "resp_ip_bytes", None),
+        g(c, "tunnel_parents", None),
     ]
 
 

@@ -212,7 +212,15 @@ def test_a_stray_file_in_a_list_stops_the_run_before_any_capture_is_read(tmp_pat
     gz.write_bytes(gzip.compress(SAMPLE.read_bytes()))
     bad_gz = tmp_path / "bad.pcap.gz"
     bad_gz.write_bytes(b"\x1f\x8b\x08" + b"garbage" * 4)
-    for bad, what in ((stray, "not a pcap or pcapng capture"), (bad_gz, "corrupt gzip")):
+    short = tmp_path / "short.pcap"  # a pcap magic, then the file header ends
+    short.write_bytes(SAMPLE.read_bytes()[:10])
+    short_ng = tmp_path / "short.pcapng"
+    short_ng.write_bytes(b"\x0a\x0d\x0d\x0a\x1c\x00\x00\x00")
+    bad_bom = tmp_path / "bom.pcapng"
+    bad_bom.write_bytes(b"\x0a\x0d\x0d\x0a\x1c\x00\x00\x00" + b"\x00" * 20)
+    for bad, what in ((stray, "not a pcap or pcapng capture"), (bad_gz, "corrupt gzip"),
+                      (short, "truncated pcap header"), (short_ng, "truncated pcapng header"),
+                      (bad_bom, "bad byte-order magic")):
         out = tmp_path / f"o_{bad.name}"
         rc, _, err = run(["classify", SAMPLE, gz, bad, "-o", out], capsys)
         assert rc == EXIT_INPUT
@@ -222,6 +230,38 @@ def test_a_stray_file_in_a_list_stops_the_run_before_any_capture_is_read(tmp_pat
     assert rc == 0, err
     _, rows = read_ascii_log(tmp_path / "ok" / "etool.log")
     assert len(rows) == 18
+
+
+def test_a_pipe_is_refused_with_a_clear_error(tmp_path: Path, capsys) -> None:
+    fifo = tmp_path / "fifo.pcap"
+    os.mkfifo(fifo)
+    rc, _, err = run(["classify", fifo, "-o", tmp_path / "o"], capsys)
+    assert rc == EXIT_INPUT
+    assert_one_line_error(err, "fifo.pcap", "not a regular file")
+    assert not (tmp_path / "o").exists()
+
+
+@needs_shared
+def test_a_cut_gzip_capture_keeps_every_packet_before_the_cut(tmp_path: Path, capsys) -> None:
+    """A .gz cut mid-stream: every whole packet that decompresses before the cut is read (gzip's read() of a
+    block drops what it decompressed when the stream ends early), by the compiled and the Python reader."""
+    import gzip
+    import zlib
+
+    gz = gzip.compress((PCAPS / "1kxun.pcap").read_bytes())
+    cut = tmp_path / "cut.pcap.gz"
+    cut.write_bytes(gz[: len(gz) // 2])
+    data = zlib.decompressobj(31).decompress(cut.read_bytes())
+    pos, whole = 24, 0
+    while pos + 16 <= len(data):
+        pos += 16 + int.from_bytes(data[pos + 8:pos + 12], "little")
+        whole += pos <= len(data)
+    for pure in ("0", "1"):
+        out = subprocess.run([sys.executable, "-m", "etool_sensor", "classify", str(cut), "-o", str(tmp_path / pure)],
+                             capture_output=True, text=True, env={**os.environ, "ETOOL_PURE_PYTHON": pure},
+                             timeout=120)
+        assert out.returncode == EXIT_TRUNCATED, out.stderr
+        assert f"1 file, {whole} packets," in out.stderr, (whole, out.stderr)
 
 
 def test_truncated_capture_classifies_what_was_read(tmp_path: Path, capsys) -> None:
@@ -378,6 +418,7 @@ def test_config_from_environment(tmp_path: Path, capsys, monkeypatch) -> None:
     assert_one_line_error(err, "env.yaml", "log.formt")
 
 
+@needs_shared
 def test_classify_every_ndpi_capture_row_per_flow(tmp_path: Path, capsys) -> None:
     """Done-when of the foundation issue: a row for every TCP/UDP flow of every nDPI capture."""
     paths = sorted(PCAPS.iterdir())

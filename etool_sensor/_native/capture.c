@@ -316,8 +316,10 @@ static long long tcp_size(const Conn *c, int orig) {
 
 static const char *conn_state(const Conn *c) {
     int os_ = c->o_state, rs = c->r_state;
+    /* a PARTIAL endpoint (seen mid-stream) is inactive to Zeek's conn_state() */
     if (os_ == INACTIVE) {
         if (rs == INACTIVE) return "OTH";
+        if (rs == CLOSED) return "SHR";
         return (rs == SYN_SENT || rs == SYN_ACK_SENT) ? "SHR" : (rs != RESET ? "OTH" : "RSTRH");
     }
     if (rs == INACTIVE) {
@@ -332,11 +334,11 @@ static const char *conn_state(const Conn *c) {
     }
     if (rs == RESET) {
         if (os_ == SYN_SENT) return "REJ";
-        return "RSTR";
+        return os_ == PARTIAL ? "RSTRH" : "RSTR";
     }
     if (os_ == CLOSED && rs == CLOSED) return "SF";
-    if (os_ == CLOSED) return "S2";
-    if (rs == CLOSED) return "S3";
+    if (os_ == CLOSED) return rs == PARTIAL ? "SH" : "S2";
+    if (rs == CLOSED) return os_ == PARTIAL ? "SHR" : "S3";
     if ((os_ == SYN_SENT && rs == SYN_ACK_SENT) || (rs == ESTABLISHED && os_ == ESTABLISHED)) return "S1";
     return "OTH";
 }
@@ -422,6 +424,13 @@ static Conn *new_conn(Engine *e, const uint8_t *key, const uint8_t *rkey, int kl
         memcpy(c->rh, dst, alen); c->rp = dp;
     }
     c->o_state = c->r_state = c->o_prev = c->r_prev = INACTIVE;
+    /* Zeek creates a connection whose first packet came from the server side flipped (FlipRoles), which
+       writes '^' to its history */
+    if (flip && hist_add(c, '^') < 0) {
+        conn_free(c);
+        PyErr_NoMemory();
+        return NULL;
+    }
     c->active = 1;
     c->attempt_at = NONE;
     c->expire_at = tcp ? ts + TCP_SYN_TIMEOUT : NONE;

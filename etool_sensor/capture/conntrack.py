@@ -118,7 +118,7 @@ class _Tracker(_IPLayer, _TCPEndpoints):
             c.okey = key
             c.oh, c.op, c.rh, c.rp = _ip_str(src), sp, _ip_str(dst), dp
         c.o_pkts = c.o_ipb = c.r_pkts = c.r_ipb = c.o_pl = c.r_pl = 0
-        c.hist = []
+        c.hist = ["^"] if flip else []  # Zeek creates it flipped (FlipRoles), which writes '^' to history
         c.hist_o = c.hist_r = 0
         c.coll = FlowCollector(ts, self.params)
         c.emitted = False

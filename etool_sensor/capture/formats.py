@@ -56,11 +56,27 @@ class _Source:
         self.error = False  # decompression error: treated as truncation
 
     def read(self, n: int) -> bytes:
+        """Up to n bytes; fewer at the end of the file. A gzip stream that is cut short or corrupt sets
+        `error` and still returns what decompressed before the damage (GzipFile.read would drop it: up to a
+        whole block of good packets)."""
+        if not self.gz:
+            try:
+                return self.stream.read(n)
+            except OSError:
+                self.error = True
+                return b""
+        parts: list[bytes] = []
+        got = 0
         try:
-            return self.stream.read(n)
+            while got < n:
+                b = self.stream.read1(n - got)
+                if not b:
+                    break
+                parts.append(b)
+                got += len(b)
         except (EOFError, OSError, zlib.error):
             self.error = True
-            return b""
+        return b"".join(parts)
 
     def consumed(self) -> int:
         """Raw bytes consumed since the last call (for the progress callback)."""
@@ -261,6 +277,25 @@ def _iter_pcapng(src: _Source, stats: ReadStats, progress):
             else:
                 stats.malformed += 1
         pos = end
+
+
+_PCAPNG_BOMS = (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d")
+
+
+def check_header(src: _Source) -> None:
+    """PcapError unless an opened capture starts with a whole pcap file header (24 bytes) or a pcapng
+    section header's type, length and byte-order magic: what the readers need before the first packet."""
+    path = src.path
+    head = _magic(src)
+    if head in _PCAP_MAGIC:
+        if len(src.read(20)) < 20:
+            raise PcapError(f"{path}: not a capture file (truncated pcap header)")
+        return
+    rest = src.read(8)
+    if len(rest) < 8:
+        raise PcapError(f"{path}: not a capture file (truncated pcapng header)")
+    if rest[4:8] not in _PCAPNG_BOMS:
+        raise PcapError(f"{path}: not a pcapng file (bad byte-order magic)")
 
 
 def _magic(src: _Source) -> bytes:

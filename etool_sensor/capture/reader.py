@@ -16,6 +16,7 @@ bounded by the number of live connections, not by the file size.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ from zlib import crc32
 
 from ..flows import FlowParams, FlowRecord
 from .conntrack import LIKELY_SERVER_PORTS, ConnSummary, _Tracker
-from .formats import PcapError, _file_identity, _magic, _open_records, _progress_rest, _Source
+from .formats import PcapError, _file_identity, _open_records, _progress_rest, _Source, check_header
 from .linklayer import LT_EN10MB, _dispatch
 from .native import _fast_header, _read_one_fast, _read_shard_fast
 from .shard import EV_CONN, EV_NEW, EV_RECORD, EV_TICK, _finished_events
@@ -60,12 +61,12 @@ def read_flows(paths: str | Path | Sequence[str | Path], params: FlowParams = Fl
 
 
 def check_capture(path: str | os.PathLike) -> None:
-    """Raise PcapError with read_flows' message unless `path` opens and starts as a pcap or pcapng capture
-    (gzip-compressed or not). `classify` checks every capture this way before it reads any, so that a
-    stray file in a long list stops the run at once instead of after the captures before it."""
+    """Raise PcapError with read_flows' message unless `path` opens and starts with a whole pcap or pcapng
+    file header (gzip-compressed or not). `classify` checks every capture this way before it reads any, so
+    that a stray file in a long list stops the run at once instead of after the captures before it."""
     src = _Source(Path(path))
     try:
-        _magic(src)
+        check_header(src)
     finally:
         src.close()
 
@@ -81,6 +82,8 @@ def check_captures(paths: Sequence[str | os.PathLike]) -> None:
             raise PcapError(f"{p}: is a directory, not a capture")
         if not os.access(p, os.R_OK):
             raise PcapError(f"{p}: permission denied")
+        if not stat.S_ISREG(os.stat(p).st_mode):
+            raise PcapError(f"{p}: not a regular file (a pipe or a device); write the capture to a file first")
     for p in paths:
         try:
             check_capture(p)

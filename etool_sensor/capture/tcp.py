@@ -74,12 +74,14 @@ class _TCPEndpoints:
 
     @staticmethod
     def _conn_state(c: _Conn) -> str:
-        # base/protocols/conn/main.zeek conn_state()
+        # base/protocols/conn/main.zeek conn_state(); a PARTIAL endpoint (seen mid-stream) is inactive to it
         os_, rs = c.o_state, c.r_state
         hist = "".join(c.hist)
         if os_ == INACTIVE:
             if rs == INACTIVE:
                 return "OTH"
+            if rs == CLOSED:
+                return "SHR"
             return "SHR" if rs in (SYN_SENT, SYN_ACK_SENT) else "OTH" if rs != RESET else "RSTRH"
         if rs == INACTIVE:
             if os_ == SYN_SENT:
@@ -96,13 +98,13 @@ class _TCPEndpoints:
         if rs == RESET:
             if os_ == SYN_SENT:
                 return "REJ"
-            return "RSTR"
+            return "RSTRH" if os_ == PARTIAL else "RSTR"
         if os_ == CLOSED and rs == CLOSED:
             return "SF"
         if os_ == CLOSED:
-            return "S2"
+            return "SH" if rs == PARTIAL else "S2"
         if rs == CLOSED:
-            return "S3"
+            return "SHR" if os_ == PARTIAL else "S3"
         if os_ == SYN_SENT and rs == SYN_ACK_SENT or rs == ESTABLISHED and os_ == ESTABLISHED:
             return "S1"
         return "OTH"
