@@ -60,10 +60,6 @@ def total_variation(p: Mapping[Any, float], q: Mapping[Any, float]) -> float:
     return min(1.0, 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys))
 
 
-def _rate(x: Any) -> float | None:
-    return None if x is None or (isinstance(x, (int, float)) and x < 0) else float(x)
-
-
 @dataclass(frozen=True)
 class DriftScore:
     """A window compared with the reference. Rates are shares in [0, 1]; the table rates are None where the

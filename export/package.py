@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -165,7 +166,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="etool-student")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--quantize", choices=QUANT_MODES, default="static",
-                   help="int8 static (calibrated, default), int8 dynamic, or none (fp32)")
+                   help="int8 static (calibrated on the --check-data flows, default), int8 dynamic, or none (fp32)")
     p.add_argument("--check-data", help="capture directory whose flows are used for the parity check")
     p.add_argument("--check-labels", help="labels.csv naming the captures for the parity check")
 
@@ -174,6 +175,13 @@ def export_main(args: argparse.Namespace) -> int:
     from etool_sensor.features import encode
     from etool_sensor.train.student import Student
 
+    if args.quantize == "static" and not (args.check_data and args.check_labels):
+        print("export: --quantize static calibrates on real flows: give --check-data and --check-labels, or "
+              "choose --quantize dynamic or none", file=sys.stderr)
+        return 2
+    if bool(args.check_data) != bool(args.check_labels):
+        print("export: --check-data and --check-labels go together", file=sys.stderr)
+        return 2
     st = Student.load(args.checkpoint)
     feats = None
     if args.check_data and args.check_labels:

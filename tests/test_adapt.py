@@ -137,3 +137,36 @@ def test_adapt_errors_are_one_line_before_any_capture_is_read(tmp_path, capsys):
         assert main(["adapt", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and want in err[0], err
+
+
+def test_adapt_from_captures_keeps_the_labels_it_wrote(tmp_path):
+    """`adapt CAPTURE...` labels the captures with nDPI first; those labels go into the package
+    (local_labels.csv, named in lineage.local_labels) so that lineage.local_sha256 can be checked again,
+    and nothing is left in the temporary directory they were written to."""
+    from etool_sensor.cli import main
+    from etool_sensor.labeling import LabelError, default_root, find_engine
+    from etool_sensor.train.adapted_package import digest
+    from etool_sensor.train.data import load_labelled
+    from etool_sensor.runtime import model_window
+    from etool_sensor.runtime import load_model
+
+    try:
+        find_engine("auto")
+    except LabelError as e:
+        pytest.skip(str(e))
+    caps = sorted((ZEEK_TRACES / "tls").glob("*.pcap"))[:40] + sorted((ZEEK_TRACES / "ssh").glob("*.pcap"))[:20]
+    if len(caps) < 20:
+        pytest.skip("shared/data/zeek-traces not present")
+    out = tmp_path / "pkg"
+    rc = main(["adapt", *map(str, caps), "-o", str(out), "--quiet", "--holdout", "0"])
+    assert rc in (0, 3), rc  # 3: a truncated capture among them, labelled up to the cut
+    m = load_model(out)
+    lin = m.manifest["lineage"]
+    assert lin["local_labels"] == "local_labels.csv"
+    text = (out / "local_labels.csv").read_bytes()
+    assert text.startswith(b"pcap,") and text.count(b"\n") > 10
+    # checked again: the kept labels and the bytes of the captures they name give the recorded digest
+    base = load_model()
+    ds = load_labelled(default_root(caps), out / "local_labels.csv", params=model_window(base.spec))
+    assert lin["local_sha256"] == digest(out / "local_labels.csv", default_root(caps), ds.pcap)
+    assert lin["local_sha256"][:8] in m.version

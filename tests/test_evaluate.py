@@ -368,6 +368,23 @@ def test_ssl_extra_leaves_out_the_test_captures_unless_transductive(shared):
     assert info["test_capture_flows_left_out"] == 0
 
 
+def test_ssl_extra_finds_test_captures_in_subfolders():
+    """labels.csv names captures relative to --data (ssh/ssh.pcap in the other-network sets); the unlabelled
+    flows carry full paths. A test capture in a subfolder is left out all the same, and only it."""
+    from etool_sensor.lab.runner import ssl_extra
+    from etool_sensor.train.data import in_captures
+
+    assert in_captures("/d/zeek-traces/ssh/ssh.pcap", {"ssh/ssh.pcap"})
+    assert in_captures("/d/ndpi/pcap/tls.pcap", {"tls.pcap"})
+    assert not in_captures("/d/zeek-traces/tls/ssh.pcap", {"ssh/ssh.pcap"})
+    recs = [SimpleNamespace(uid=u) for u in ("a", "b", "c")]
+    names = ["/d/x/ssh/ssh.pcap", "/d/x/tls/ssh.pcap", "/d/x/ssh/ssh.pcap"]
+    tr = SimpleNamespace(records=[])
+    te = SimpleNamespace(pcap=["ssh/ssh.pcap"])
+    (kept, _), info = ssl_extra((recs, [None] * 3, names), tr, te)
+    assert [r.uid for r in kept] == ["b"] and info["test_capture_flows_left_out"] == 2
+
+
 def test_eval_rf_hello_reads_whole_hellos(shared, tmp_path, capsys):
     """rf_hello (the forest with the TLS handshake structure) runs beside rf on flows read with whole hellos
     (--hello-bytes, 1024 by default); a hello size outside 0..65535 is refused."""
@@ -456,13 +473,8 @@ def test_kfold_repeats_keep_repeat_zero_and_share_the_teacher(shared, tmp_path, 
         return SimpleNamespace(labels=labels, predict_logits=logits)
 
     monkeypatch.setattr(T, "train_teacher", fake_teacher)
-    # number for number needs one torch thread count in both runs (student.set_threads follows the load), and
-    # no SSL encoder cached by an earlier test: a student whose encoder comes from the cache draws its random
-    # numbers from another point of torch's stream than one that pretrains (train_student)
-    import etool_sensor.train.student as S
-
+    # number for number needs one torch thread count in both runs (student.set_threads follows the load)
     monkeypatch.setenv("ETOOL_TORCH_THREADS", "1")
-    monkeypatch.setattr(S, "_SSL_CACHE", {})
     args = ["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--no-model", "--encrypted-only",
             "--quick", "--splits", "capture_kfold", "--folds", "3", "--methods", "rf,knn,etool",
             "--pcaps", ",".join(PCAPS)]

@@ -403,3 +403,7 @@ def test_recipe_fills_only_the_options_the_command_line_left_out():
     assert (args.version, args.hello_bytes) == ("0.1.0", 0)  # given: kept although 0.1.0 is train's default
     assert (args.name, args.no_teacher, args.epochs, args.torch_threads) == (
         recipe["name"], True, recipe["epochs"], recipe["torch_threads"])
+    # a recipe's true switches are turned off from the command line too
+    args = p.parse_args(["--recipe", "fast", "--data", "d", "--labels", "l", "--out", "o", "--teacher", "--forest"])
+    apply_recipe(args)
+    assert (args.no_teacher, args.no_forest) == (False, False)

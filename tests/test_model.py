@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -85,6 +86,42 @@ def test_augment_shifts_each_flows_gaps_and_drops_whole_contexts(real_flows):
     assert not Augment() and Augment(time_shift=1)
 
 
+def test_a_cached_ssl_encoder_trains_the_same_student_as_a_fresh_pretrain(real_flows, monkeypatch):
+    """eval trains several students on one split and pretrains their encoder once; the student that takes
+    the cached encoder must be the one a fresh pretrain gives, or a method's score would depend on which
+    methods ran before it in the same eval."""
+    import torch
+
+    import etool_sensor.train.student as S
+
+    monkeypatch.setenv("ETOOL_TORCH_THREADS", "1")
+    monkeypatch.setattr(S, "_SSL_CACHE", {})
+    recs, ctxs = real_flows
+    recs, ctxs = recs[:120], ctxs[:120]
+    labels = ["TLS" if r.resp_p == 443 else "DNS" if r.resp_p == 53 else "other" for r in recs]
+    ds = SimpleNamespace(records=recs, contexts=ctxs, labels=labels, service=labels, app=labels,
+                         pcap=[r.uid[:4] for r in recs])
+    quiet = dict(quick=True, seed=5, epochs=2, ssl_epochs=1, log=lambda s: None)
+    fresh = S.train_student(ds, **quiet).model.state_dict()
+    assert S._SSL_CACHE  # the encoder is cached now
+    torch.rand(1000)  # whatever ran in between moved torch's random stream
+    cached = S.train_student(ds, **quiet).model.state_dict()
+    assert all(torch.equal(fresh[k], cached[k]) for k in fresh)
+
+
+def test_parse_shape_takes_integers_and_a_dropout_in_0_1():
+    pytest.importorskip("torch")
+    from etool_sensor.train.model import parse_shape
+
+    assert parse_shape('{"layers": 1, "dropout": 0}') == {"layers": 1, "dropout": 0}
+    assert parse_shape('{"dropout": 0.3, "pkt_stride": 4}') == {"dropout": 0.3, "pkt_stride": 4}
+    for bad, why in (('{"layers": 1.5}', "layers must be a positive integer"), ('{"d": 0}', "d must be"),
+                     ('{"dropout": 1}', "dropout must be"), ('{"heads": true}', "heads must be"),
+                     ('{"width": 3}', "keys from"), ("[1]", "keys from"), ("{", "not JSON")):
+        with pytest.raises(ValueError, match=why):
+            parse_shape(bad)
+
+
 @needs_data
 def test_train_student_config_sets_the_exported_shape(tmp_path):
     """--student-config (how the bundled fast model was made) reaches SSL, student and export."""
@@ -103,6 +140,23 @@ def test_train_student_config_sets_the_exported_shape(tmp_path):
     assert m.predict_proba(*_flows(["tls_verylong_certificate.pcap"])).shape[1] == len(m.label_sets["service"])
     assert main(["--data", str(PCAPS), "--labels", str(LABELS), "--out", str(tmp_path / "x"),
                  "--student-config", "[1]"]) == 2
+
+
+def test_export_reexports_a_checkpoint_and_refuses_static_int8_without_flows(quick_package, tmp_path, capsys):
+    """`etool-sensor export` from train's student.pt: static int8 needs labelled flows to calibrate on and is
+    refused (exit 2, one line) without them, rather than silently quantised another way."""
+    from etool_sensor.cli import main
+    from etool_sensor.runtime import load_model
+
+    ckpt = str(quick_package / "student.pt")
+    assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "s")]) == 2
+    assert "--check-data" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "s"), "--check-data", str(PCAPS),
+                 "--check-labels", str(LABELS)]) == 0
+    m = load_model(tmp_path / "s")
+    assert m.manifest["quantization"].startswith("int8-static") and m.manifest["parity"]
+    assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "d"), "--quantize", "dynamic"]) == 0
+    assert load_model(tmp_path / "d").manifest["quantization"].startswith("int8-dynamic")
 
 
 @needs_data

@@ -79,7 +79,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pcaps", default=None, help="comma list: restrict to these captures")
     p.add_argument("--teacher-cache", default=None,
-                   help="directory of precomputed teacher logits (teacher_<column>_<split>.npz)")
+                   help="directory of teacher logits (teacher_<column>_<split>.npz; K-fold: "
+                        "teacher_<column>_<split><fold>_seed<seed>.npz), written after training and reused")
     p.add_argument("--device", default="cpu")
     p.add_argument("--unlabelled", action="append", default=None, metavar="DIR",
                    help="captures (repeatable) whose flows every split's self-supervised stages (students and "
@@ -279,6 +280,10 @@ def eval_main(args: argparse.Namespace) -> int:
         bad = [s for s in names if s not in SPLITS + EXTRA_SPLITS]
         if bad:
             log(f"eval: unknown splits {bad}; choose from {', '.join(SPLITS + EXTRA_SPLITS)}")
+            return 2
+        if (repeats > 1 or first_repeat) and not any(s in KFOLDS for s in names):
+            log(f"eval: --repeats and --first-repeat apply to the K-fold splits ({', '.join(KFOLDS)}); "
+                f"none is named")
             return 2
         splits = make_splits(ds, [s for s in names if s in SPLITS], args.seed)
         res["splits"] = {}

@@ -54,12 +54,15 @@ def ssl_extra(unlabelled, tr, te, transductive: bool = False) -> tuple[tuple[lis
     """The unlabelled (records, contexts) a split's self-supervised stages read besides its training flows:
     none of the training flows again, and none of the test captures' flows unless `transductive` (a sensor
     may pretrain on the traffic it classifies; a measurement of new captures must say that it did)."""
+    from ..train.data import in_captures
+
     recs, ctxs, names = unlabelled
     seen = {r.uid for r in tr.records}
     test_caps = set() if transductive else set(te.pcap)
+    is_test = {n: in_captures(n, test_caps) for n in set(names)}
     out_r, out_c, left_out = [], [], 0
     for r, c, n in zip(recs, ctxs, names):
-        if Path(n).name in test_caps:
+        if is_test[n]:
             left_out += 1
         elif r.uid not in seen:
             out_r.append(r)
@@ -229,7 +232,7 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
         seen[te] = [apps[i] in train_apps for i in te]
         teachers: dict = {}  # one teacher per fold, whatever the repeat
         for r, mseed in enumerate(seeds):
-            rep = f", model seed {mseed} (repeat {r + 1}/{repeats})" if repeats > 1 else ""
+            rep = f", model seed {mseed} (repeat {r + 1}/{repeats})" if len(seeds) > 1 or mseed != seed else ""
             log(f"eval[{kind}]: fold {k + 1}/{folds}: train {len(tr)} / test {len(te)} flows{rep}")
             res = run_split(ds, {"train": tr, "test": te, "label": None}, column, methods, seed=seed, log=log,
                             png_dir=None, split_name=f"{kind}{k}_seed{seed}", keep_predictions=True,
@@ -247,7 +250,8 @@ def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int,
                     fit_s[m] += rm["fit_s"]
     pred = preds[0]
     y = list(ds.labels)
-    out: dict = {"label": column, "folds": folds, "train_flows": n - min(map(len, parts)), "test_flows": n,
+    out: dict = {"label": column, "folds": folds, "model_seeds": seeds, "train_flows": n - min(map(len, parts)),
+                 "test_flows": n,
                  "train_pcaps": len(set(ds.pcap)) - min(len({ds.pcap[i] for i in p}) for p in parts),
                  "test_pcaps": len(set(ds.pcap)), "methods": {}}
     if kind == "capture_kfold":

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import shutil
 import sys
 import tempfile
@@ -137,6 +138,9 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no report (warnings stay)")
 
 
+LOCAL_LABELS = "local_labels.csv"  # in the package: the labels `adapt CAPTURE...` wrote with nDPI
+
+
 def adapt_main(args: argparse.Namespace) -> int:
     prog = "etool-sensor"
     quiet = args.quiet
@@ -169,6 +173,10 @@ def adapt_main(args: argparse.Namespace) -> int:
             data, labels = Path(args.data), Path(args.labels)
         rep = adapt(args.model, data, labels, args.output, holdout=args.holdout, seed=args.seed, name=args.name,
                     version=args.version, progress=progress, log=log)
+        if tmpdir:  # the labels it wrote go with the package, so that lineage.local_sha256 can be checked again
+            shutil.copyfile(labels, Path(args.output) / LOCAL_LABELS)
+            rep.manifest["lineage"]["local_labels"] = LOCAL_LABELS
+            (Path(args.output) / "manifest.json").write_text(json.dumps(rep.manifest, indent=1) + "\n")
     except AdaptError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_INPUT

@@ -36,6 +36,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "capture in it, labelled or not). Keep traffic you will evaluate on out of it")
     p.add_argument("--quick", action="store_true", help="a few epochs on a sample (tests, smoke runs)")
     p.add_argument("--no-teacher", action="store_true", default=None, help="skip the LLM teacher (CE only)")
+    p.add_argument("--teacher", dest="no_teacher", action="store_false", default=None,
+                   help="distil from the LLM teacher even where the recipe says no_teacher")
     p.add_argument("--no-ssl", action="store_true", help="skip self-supervised pretraining")
     p.add_argument("--no-payload", action="store_true", help="ablation: no datagram tokens")
     p.add_argument("--use-ports", action="store_true", help="ablation: responder port as a feature")
@@ -54,6 +56,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-forest", action="store_true", default=None,
                    help="a student package only: do not join the shape forest to its service head "
                         "(train/forest.py, export/hybrid.py; the bundled default model has it)")
+    p.add_argument("--forest", dest="no_forest", action="store_false", default=None,
+                   help="join the shape forest even where the recipe says no_forest")
     p.add_argument("--name", default=None, help=f"package name (default {DEFAULTS['name']})")
     p.add_argument("--version", default=None, help=f"package version (default {DEFAULTS['version']})")
     p.add_argument("--seed", type=int, default=None, help="seed of every stage (default 0)")
@@ -130,7 +134,7 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
     from etool_sensor.flows import FlowParams
     build_package = _import_export().build_package
 
-    from .data import LabelsError, capture_files, check_labelled_inputs, load_labelled, load_unlabelled
+    from .data import LabelsError, capture_files, check_labelled_inputs, in_captures, load_labelled, load_unlabelled
     from .student import ensemble_of, train_student
     from .threads import set_threads
 
@@ -146,6 +150,10 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
     if args.members < 1:
         _log(f"train: --members {args.members} must be >= 1")
         return 2
+    for opt, v in (("--epochs", args.epochs), ("--ssl-epochs", args.ssl_epochs)):
+        if v is not None and v < 1:
+            _log(f"train: {opt} {v} must be >= 1")
+            return 2
     try:
         check_labelled_inputs(args.data, args.labels, args.label_column)
     except LabelsError as e:
@@ -181,7 +189,7 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
         roots = args.unlabelled or [str(data)]  # never the sets kept apart for evaluation
         files = capture_files(*roots)
         if args.quick:
-            files = [f for f in files if f.name in set(pcaps or [])][:args.quick_pcaps] or files[:10]
+            files = [f for f in files if in_captures(f, set(pcaps or []))][:args.quick_pcaps] or files[:10]
         recs, ctxs, names = load_unlabelled(files, params)
         cfg = EncoderConfig.from_spec(spec, use_payload=not args.no_payload, **(shape or {}))
 
@@ -281,8 +289,10 @@ def _drift_reference(pkg: Path, data: Path, pcaps) -> None:
     from etool_sensor.drift import captures_in, reference_of, write_reference
     from etool_sensor.runtime import load_model
 
+    from .data import in_captures
+
     keep = None if pcaps is None else set(pcaps)
-    caps = [p for p in captures_in(data) if keep is None or p.name in keep]
+    caps = [p for p in captures_in(data) if keep is None or in_captures(p, keep)]
     ref = reference_of(load_model(pkg, threads=1), caps, Config(),
                        f"training captures ({data}), {len(caps)} captures, every TCP/UDP flow")
     write_reference(pkg, ref)

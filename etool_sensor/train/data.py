@@ -164,6 +164,14 @@ def load_labelled(data_dir: str | Path, labels_csv: str | Path, *, label_column:
     return out
 
 
+def in_captures(path: str | Path, names: set[str]) -> bool:
+    """Whether the capture at `path` is one of `names`, capture paths as labels.csv writes them (relative to
+    its data directory: a file name, or sub/dir/file.pcap). Matched on the path's trailing components, so a
+    capture in a subfolder is found whatever directory `path` starts from."""
+    parts = Path(path).parts
+    return any("/".join(parts[i:]) in names for i in range(len(parts)))
+
+
 def capture_files(*roots: str | Path) -> list[Path]:
     """Every capture-looking file under the given directories (pcap, pcapng, cap, gz), sorted."""
     exts = {".pcap", ".pcapng", ".cap", ".gz", ".trace", ".dump"}

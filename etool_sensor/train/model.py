@@ -95,9 +95,12 @@ def parse_shape(text: str) -> dict:
         raise ValueError(f"not JSON ({e})") from None
     if not isinstance(shape, dict) or set(shape) - set(SHAPE_KEYS):
         raise ValueError(f"must be an object with keys from {list(SHAPE_KEYS)}")
-    bad = [k for k, v in shape.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0]
-    if bad:
-        raise ValueError(f"values must be positive numbers: {bad}")
+    for k, v in shape.items():
+        if k == "dropout":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"dropout must be a number in [0, 1), got {v!r}")
+        elif isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{k} must be a positive integer, got {v!r}")
     return shape
 
 

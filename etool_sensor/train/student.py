@@ -239,12 +239,17 @@ def train_student(train: Any, *, label_column: str = "category", teacher: Any = 
             recs, ctxs = unlabelled if unlabelled is not None else (train.records, train.contexts)
             key = (hash(tuple(r.uid for r in recs)), len(recs), repr(cfg), seed, quick, ssl_epochs)
             if key in _SSL_CACHE:  # eval trains several students on one split: pretrain once
-                model.encoder.load_state_dict(_SSL_CACHE[key])
+                state, rng_after = _SSL_CACHE[key]
+                model.encoder.load_state_dict(state)
+                # torch's random stream where pretraining left it: the supervised stage draws the same
+                # numbers as after a real pretrain, so a method scores the same whichever ran before it
+                torch.set_rng_state(rng_after)
                 log("student: SSL encoder from this process's cache")
             else:
                 pretrain(model.encoder, recs, ctxs, spec, epochs=ssl_epochs, quick=quick, seed=seed, log=log)
                 _SSL_CACHE.clear()
-                _SSL_CACHE[key] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+                _SSL_CACHE[key] = ({k: v.clone() for k, v in model.encoder.state_dict().items()},
+                                   torch.get_rng_state())
     tgt = None
     if teacher is not None:
         tl = label_sets[head]

@@ -456,27 +456,6 @@ class Teacher:
         e = np.exp(z)
         return e / e.sum(1, keepdims=True)
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
-
-    def save(self, path: str | Path) -> None:
-        torch.save({"config": self.net.cfg.to_dict(), "spec": self.spec.to_dict(), "labels": self.labels,
-                    "label_column": self.label_column, "tasks": self.net.tasks, "state": self.trainable_state(),
-                    "history": self.history}, path)
-
-
-def load_teacher(path: str | Path, device: str = "cpu", log: Callable[[str], None] = print) -> Teacher:
-    d = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = TeacherConfig(**d["config"])
-    spec = FeatureSpec.from_dict(d["spec"])
-    lm = tok = None
-    if cfg.use_llm:
-        lm, tok = load_llm(cfg.llm_layers, log)
-    net = TeacherNet(cfg, spec, d["tasks"], lm, tok)
-    net.load_state_dict(d["state"], strict=False)
-    net.to(device)
-    return Teacher(net, d["labels"], spec, d["label_column"], device, d.get("history", {}))
-
 
 def _trainable(net: TeacherNet) -> list[nn.Parameter]:
     return [p for p in net.parameters() if p.requires_grad]

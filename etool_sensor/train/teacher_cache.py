@@ -10,7 +10,7 @@ Meant for one run on an accelerator (the full-depth SmolLM2 teacher is slow on C
 encrypted flows exactly as lab.splits.make_splits makes them from the same seed. Writes
 teacher_<column>_<split>.npz and encoder_only_<column>_<split>.npz (logits on every flow of the data set,
 keyed by flow identity), teacher_<column>_all.npz (a teacher trained on every flow, for the shipped
-student), state dicts of the `all` teachers' trainable parts, and summary.json (times, device, settings).
+student) and summary.json (times, device, settings).
 """
 
 from __future__ import annotations
@@ -60,8 +60,7 @@ def main(argv=None) -> int:
         return TeacherConfig(llm_layers=a.layers, epochs=epochs, ssl_epochs=a.ssl_epochs, use_llm=use_llm,
                              ssl_max_flows=8000)
 
-    def one(name: str, train, everything, column: str, use_llm: bool, save_state: bool = False,
-            epochs: int | None = None) -> None:
+    def one(name: str, train, everything, column: str, use_llm: bool, epochs: int | None = None) -> None:
         if time.time() - t_start > a.budget:
             summary["runs"][name] = {"skipped": "budget"}
             log(f"cache: {name} skipped (budget)")
@@ -70,8 +69,6 @@ def main(argv=None) -> int:
         try:
             t = train_teacher(train, label_column=column, device=a.device, seed=a.seed, config=cfg(use_llm, epochs or a.epochs), log=log)
             save_teacher_logits(out / f"{name}.npz", everything, t, training_key(train))
-            if save_state:
-                t.save(out / f"{name}.pt")
             h = t.history
             summary["runs"][name] = {"train_flows": len(train), "seconds": round(time.time() - t0, 1),
                                      "epoch_s": h.get("epoch_s"), "ssl_epoch_s": h.get("ssl_epoch_s"),
@@ -96,7 +93,7 @@ def main(argv=None) -> int:
                 one(f"{v}_{col}_{sname}", d.subset(sp["train"]), d, col, v == "teacher")
     for column in a.columns.split(","):
         d = relabel(full, column)
-        one(f"teacher_{column}_all", d, d, column, True, save_state=True, epochs=a.all_epochs)
+        one(f"teacher_{column}_all", d, d, column, True, epochs=a.all_epochs)
     summary["total_s"] = round(time.time() - t_start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0
