@@ -166,7 +166,7 @@ def classify_main(args: argparse.Namespace, cfg: Any) -> int:
         reader, runtime = offline.prepare(args, cfg)
         workers = getattr(args, "workers", None) or cfg.classify.workers
         if workers is None:
-            from .parallel import usable_cores
+            from .runtime import usable_cores
 
             workers = usable_cores()
         if workers > 1:

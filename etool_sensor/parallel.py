@@ -42,13 +42,6 @@ _INF = (float("inf"),)
 _key = itemgetter(0)
 
 
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker needs, picklable (for 'spawn'): the validated configuration as it is, and what the

@@ -33,6 +33,15 @@ DEFAULT_MODEL_DIR = BUNDLED_DIR / "default"
 # Bundled packages, selectable by name (model.path: fast): "default" is the accurate one, "fast" the
 # 1-layer variant at about half the CPU per flow and lower accuracy on unseen captures (docs/model-card.md).
 BUNDLED = ("default", "fast")
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity: taskset, systemd's CPUAffinity, cpusets), not
+    the host's: what sizes classify's worker processes and serve's onnxruntime threads."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 BATCH = 256  # flows per onnxruntime call: activations stay in cache (faster than 1024 on 2 cores)
 HEADS = ("service", "app")
 SMALL_BATCH = 64  # token_groups groups batches up to this size in a dict (one numpy call fewer per input)

@@ -6,8 +6,8 @@ that attention masks out but the graph still computes. After this rewrite the gr
 to any multiple of its merge stride (`granules`), and `runtime.Model` runs groups of flows cut to their
 longest member. In fp32 a cut flow's outputs equal the padded run's to float rounding; with static int8 the
 different summation order at another length can tip a rounding by one step, which moves a few flows'
-scores a little (not the padding's exp(-20) of attention: zeroing that exactly changed nothing; see
-docs/performance.md, "Fixed runtime settings and why"). tests/test_token_axes.py compares both on real flows.
+scores a little (not the padding's exp(-20) of attention, which is below float32's resolution of the
+scores; see docs/performance.md, "Fixed runtime settings and why"). tests/test_token_axes.py compares both on real flows.
 
 Three edits; a graph without a position table raises ValueError, and with the granules given the result
 must run with every token input one granule long:

@@ -321,6 +321,7 @@ def test_serve_drift_topic_interval_0_and_a_reload_of_the_same_package(monkeypat
     from prometheus_client import CollectorRegistry
 
     from etool_sensor.config import DriftConfig
+    from etool_sensor.sensor.drift import ServeDrift
 
     def pkg(version: str = "1") -> SimpleNamespace:
         return SimpleNamespace(id=f"p@{version}", manifest={"sha256": version, "drift_reference": REF})
@@ -336,9 +337,9 @@ def test_serve_drift_topic_interval_0_and_a_reload_of_the_same_package(monkeypat
 
     log = logging.getLogger("test.drift")
 
-    async def run(interval_s: float) -> tuple[dr.ServeDrift, Client]:
+    async def run(interval_s: float) -> tuple[ServeDrift, Client]:
         cfg = DriftConfig(window=100, min_flows=2, threshold=0.3, interval_s=interval_s, topic="site/v/drift")
-        sd = dr.ServeDrift(cfg, "d", pkg(), CollectorRegistry(), log)
+        sd = ServeDrift(cfg, "d", pkg(), CollectorRegistry(), log)
         sd.observe_all([V("Game", 0.05)] * 4)  # a label the reference never predicted: score 1
         client, stop = Client(), asyncio.Event()
         task = asyncio.create_task(sd.run(client, stop))
@@ -347,7 +348,7 @@ def test_serve_drift_topic_interval_0_and_a_reload_of_the_same_package(monkeypat
         await task
         return sd, client
 
-    monkeypatch.setattr(dr.ServeDrift, "CHECK_S", 0.05)
+    monkeypatch.setattr(ServeDrift, "CHECK_S", 0.05)
     with caplog.at_level(logging.INFO, "test.drift"):
         sd, client = asyncio.run(run(0))
     assert client.sent == [] and sd.published == 0

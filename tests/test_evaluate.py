@@ -14,7 +14,7 @@ from tests.support import NDPI
 from etool_sensor.lab import runner as R
 from etool_sensor.lab import scoring as S
 from etool_sensor.lab import splits as SP
-from etool_sensor.lab import teacher_logits as TL
+from etool_sensor.train import teacher_logits as TL
 
 PCAPS = ["whatsapp.pcap", "discord.pcap", "avast_securedns.pcapng", "avast.pcap", "alicloud.pcap",
          "softether.pcap", "tunnelbear.pcap", "telegram.pcap", "signal.pcap", "viber.pcap", "webex.pcap"]

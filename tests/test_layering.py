@@ -72,6 +72,22 @@ def test_runtime_never_imports_the_lab() -> None:
             assert not [d for d in deps if _is_lab(d)], f"{m} imports the lab: {sorted(d for d in deps if _is_lab(d))}"
 
 
+def _in(m: str, pkg: str) -> bool:
+    return m == pkg or m.startswith(pkg + ".")
+
+
+def test_package_arrows_point_one_way() -> None:
+    """Between packages, not only modules: evaluation (lab/) uses training (train/), never the reverse; the
+    core modules beside them do not reach into the daemon (sensor/)."""
+    graph = import_graph()
+    for m, deps in graph.items():
+        if _in(m, "etool_sensor.train"):
+            assert not [d for d in deps if _in(d, "etool_sensor.lab")], f"{m} imports lab/"
+        entry = m in ("etool_sensor.cli", "etool_sensor.bench")  # the commands start the daemon
+        if not _in(m, "etool_sensor.sensor") and not _is_lab(m) and not entry:
+            assert not [d for d in deps if _in(d, "etool_sensor.sensor")], f"{m} imports sensor/"
+
+
 def test_the_check_sees_function_local_imports(tmp_path) -> None:
     """The graph holds imports inside functions too (they are how cycles hide)."""
     graph = import_graph()

@@ -21,7 +21,7 @@ from .headroom import dataset_headroom
 from .report import fmt
 from .scoring import bootstrap_vs, confusion_png, metrics
 from .splits import KFOLDS, capture_groups, label_of, relabel
-from .teacher_logits import load_cached_teacher, save_teacher_logits, teacher_cache_path, training_key
+from ..train.teacher_logits import load_cached_teacher, save_teacher_logits, teacher_cache_path, training_key
 
 METHODS = ("rf", "rf_shape", "knn", "etool", "hybrid", "student_no_llm", "hybrid_no_llm", "student_enc_teacher",
            "hybrid_enc_teacher", "student_ensemble", "hybrid_ensemble", "student_no_payload", "student_ports",

@@ -8,7 +8,7 @@ zero-shot: does a held-out label ever beat the trained ones?). A new name's bias
 training flows, as the teacher centres its own answers before training (TeacherNet.init_bias).
 
     python -m etool_sensor.lab.zero_shot --data ../shared/data/ndpi/pcap --labels ../shared/data/ndpi/labels.csv \\
-        --held-out Chat,VPN,Game,Download --held-out Cloud,Media,SocialNetwork,Email --json zero_shot.json
+        --held-out Chat,VPN,Game,Media --held-out Cloud,Download,SocialNetwork,Email --json zero_shot.json
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ class Daemon:
         self._running: set[asyncio.Task] = set()  # the batches being inferred and sent
         self.m.queue_depth.set_function(lambda: self.queue.qsize() if self.queue is not None else 0)
         self.m.connected.set_function(lambda: 1 if self.client.connected else 0)
-        from ..drift import ServeDrift  # the verdicts' drift from the model's reference: gauges, ETooL::drift
+        from .drift import ServeDrift  # the verdicts' drift from the model's reference: gauges, ETooL::drift
 
         self.drift = ServeDrift(cfg.drift, serve.app_name, model, self.m.registry, log)
 

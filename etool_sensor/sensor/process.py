@@ -86,7 +86,7 @@ def inference_threads(cfg: Config, workers: int) -> int:
     # null = one core for the event loop (decode, context, send), the others for inference; with
     # several workers, each gets its share of the cores
     threads = cfg.model.threads
-    from ..parallel import usable_cores  # the cores this process may run on (taskset, cpusets), not the host's
+    from ..runtime import usable_cores
 
     return threads if threads is not None else max(1, usable_cores() // workers - 1)
 

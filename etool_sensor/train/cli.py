@@ -64,7 +64,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--members", type=int, default=None, metavar="M",
                    help="the student is the mean of M whole trainings (self-supervised stage included) with seeds "
                         "seed .. seed + M - 1: one graph, M times the student's CPU per flow (default 1)")
-    p.add_argument("--teacher-cache", help="npz of teacher logits (lab.teacher_logits.save_teacher_logits format: ids, "
+    p.add_argument("--teacher-cache", help="npz of teacher logits (train.teacher_logits.save_teacher_logits format: ids, "
                    "logits, labels) for the training flows, instead of training a teacher here")
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
 
@@ -206,7 +206,7 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
     # teacher (engineer T's SmolLM2 teacher) when available
     teacher, teacher_info = None, {"used": False}
     if args.teacher_cache:
-        from etool_sensor.lab.teacher_logits import load_cached_teacher
+        from .teacher_logits import load_cached_teacher
         teacher = load_cached_teacher(train, Path(args.teacher_cache))
         if teacher is None:
             _log(f"train: {args.teacher_cache} does not cover these training flows")

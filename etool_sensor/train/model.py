@@ -13,7 +13,7 @@ One sequence per flow, built from features.encode() arrays:
 
 Padding tokens (direction 0, no payload, all-zero neighbour) are masked out of attention with an additive
 bias; CLS and META are always present, so no attention row is empty. Attention is written out with plain
-matmuls so the graph exports to ONNX (opset 17) and quantises with dynamic int8 without custom ops.
+matmuls so the graph exports to ONNX (opset 17) and quantises to int8 (static by default) without custom ops.
 """
 
 from __future__ import annotations

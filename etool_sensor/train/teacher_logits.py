@@ -1,4 +1,4 @@
-"""Teacher logits computed once (e.g. on an accelerator by `python -m etool_sensor.train.teacher_cache`) and
+"""Teacher logits computed once (e.g. on an accelerator by `python -m etool_sensor.lab.teacher_cache`) and
 reused by `eval --teacher-cache DIR` and `train --teacher-cache`: an npz per split of logits on every flow,
 keyed by flow identity, with a digest of the teacher's training flows."""
 

@@ -3,7 +3,7 @@
 Meant for one run on an accelerator (the full-depth SmolLM2 teacher is slow on CPU); `etool-sensor eval
 --teacher-cache DIR` and the student's distillation then read the logits instead of retraining:
 
-    python -m etool_sensor.train.teacher_cache --dataset flows.pkl --out DIR [--device cuda]
+    python -m etool_sensor.lab.teacher_cache --dataset flows.pkl --out DIR [--device cuda]
            [--columns category,app] [--splits iid,capture,unseen_app,shifted] [--layers 30]
 
 `flows.pkl` is a pickled LabelledSet (train/data.py) of every matched flow; the splits are made on its
@@ -26,9 +26,9 @@ import torch
 
 
 def main(argv=None) -> int:
-    from ..lab.splits import SPLITS, make_splits, relabel
-    from ..lab.teacher_logits import save_teacher_logits, training_key
-    from .teacher import TeacherConfig, train_teacher
+    from ..train.teacher import TeacherConfig, train_teacher
+    from ..train.teacher_logits import save_teacher_logits, training_key
+    from .splits import SPLITS, make_splits, relabel
 
     p = argparse.ArgumentParser()
     p.add_argument("--dataset", required=True)
