@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -128,20 +129,22 @@ def main() -> None:
             sys.path.insert(0, str(ROOT))
         child(a)
         return
-    res: dict[str, list[float]] = {r: [] for r in a.roots}
+    res: list[list[float]] = [[] for _ in a.roots]  # by position: `--roots .,.` is an A/A check
     print(f"# load average at start {os.getloadavg()[0]:.2f}")
     for _ in range(a.rounds):
-        for r in a.roots:
+        for i, r in enumerate(a.roots):
             root = Path(r).resolve()
             out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--flows", str(a.flows),
                                   "--burst", str(a.burst), "--repeat", str(a.repeat)] + ["--drift"] * a.drift, cwd=root,
                                  env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, check=True)
             v = json.loads(out.stdout.strip().splitlines()[-1])["cpu_us_per_flow"]
-            res[r].append(v)
+            res[i].append(v)
             print(f"{str(root):40s} {v:7.1f} us/flow", flush=True)
     print(f"# load average at end {os.getloadavg()[0]:.2f}")
-    for r, v in res.items():
-        print(f"# {r}: best {min(v):.1f} us/flow, median {sorted(v)[len(v) // 2]:.1f}")
+    base = statistics.median(res[0])
+    for r, v in zip(a.roots, res):
+        med = statistics.median(v)
+        print(f"# {r}: best {min(v):.1f} us/flow, median {med:.1f}, {med / base:.3f}x the first root's median")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,13 @@ def build(target: int) -> int:
 
     n = 0
     t = 1_600_000_000.0
-    with open(OUT, "wb") as w:
+    part = OUT.with_name(OUT.name + ".part")  # renamed when whole: a killed build leaves no short capture
+    with open(part, "wb") as w:
         w.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
         files = sorted((SHARED / "data" / "ndpi" / "pcap").glob("*.pcap*")) + sorted(
             (SHARED / "data" / "zeek-traces").rglob("*.pcap"))
         while n < target:
+            before = n
             for f in files:
                 try:
                     with open(f, "rb") as fh:
@@ -48,6 +50,11 @@ def build(target: int) -> int:
                     continue
                 if n >= target:
                     break
+            if n == before:
+                part.unlink()
+                raise SystemExit(f"bench_ingest: no readable Ethernet captures under {SHARED / 'data'}; cannot "
+                                 f"build {OUT}")
+    part.replace(OUT)
     return n
 
 

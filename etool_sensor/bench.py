@@ -36,6 +36,8 @@ def bench_main(args: argparse.Namespace) -> int:
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as e:
+        if isinstance(e.code, str):  # a bench's own one-line error (sys.exit("...")): say it
+            print(e.code, file=sys.stderr)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv = argv
