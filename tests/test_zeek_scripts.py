@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTING = ROOT / "zeek-plugin" / "testing"
 SCRIPTS = ROOT / "zeek-plugin" / "scripts"
 DOCS = ROOT / "docs"
-SKIP_DIRS = {".git", ".tmp", "node_modules", "build", ".pytest_cache"}
+SKIP_DIRS = {".git", ".tmp", "node_modules", "build", ".pytest_cache", ".venv"}  # .venv: the README commands make it
 
 
 def zeek_files() -> list[Path]:
