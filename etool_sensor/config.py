@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import yaml
 
@@ -424,7 +424,7 @@ def load_config(path: str | Path | None = None) -> Config:
     return _build(raw, src)
 
 
-def iter_options(schema: dict[str, Any] | None = None, path: str = ""):
+def iter_options(schema: dict[str, Any] | None = None, path: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted key, Opt) for every key, in schema order (used by docs and tests)."""
     for k, opt in (schema or SCHEMA).items():
         sub = f"{path}.{k}" if path else k

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 UID_PLACEHOLDER = "@UID@"  # printable, no separator: formatted verbatim in TSV and JSON rows
 _INF = (float("inf"),)
@@ -268,7 +268,8 @@ class ShardedClassify:
                 pass
 
     # -- merging ----------------------------------------------------------------------------------
-    def run(self, write_etool, write_conn, on_progress) -> tuple[list, list, tuple | None]:
+    def run(self, write_etool: Callable[..., Any], write_conn: Callable[..., Any],
+            on_progress: Callable[[int], None] | None) -> tuple[list, list, tuple | None]:
         """Merge until every worker has ended. Returns (stats, shard_stats, input_error)."""
         msgs = self._pending
         self._pending = []

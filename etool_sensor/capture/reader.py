@@ -136,7 +136,7 @@ _eth_ip4_ports = struct.Struct(">12xHBxH2xHxB2x4s4sHH").unpack_from
 def read_shard(paths: str | Path | Sequence[str | Path], shard: tuple[int, int], params: FlowParams = FlowParams(),
                *, stats: ReadStats | None = None, shard_stats: ReadStats | None = None,
                progress: Callable[[int], None] | None = None, checksums: bool = True,
-               likely_server_ports: dict[str, set[int]] | None = None, tick: int = 8192):
+               likely_server_ports: dict[str, set[int]] | None = None, tick: int = 8192) -> Iterator[tuple]:
     """read_flows for shard i of n (shard=(n, i)), as ordered events; for `classify --workers`.
 
     Every shard reads every packet of every file. A packet whose shard key (shard_owner) belongs to

@@ -4,6 +4,7 @@ the events a timer sweep or the end of a file finishes."""
 
 from __future__ import annotations
 
+from typing import Container
 from zlib import crc32
 
 
@@ -18,7 +19,7 @@ def _private(a: bytes) -> bool:
     return a[0] & 0xFE == 0xFC or (a[0] == 0xFE and a[1] & 0xC0 == 0x80)
 
 
-def shard_owner(src: bytes, dst: bytes, sp: int, dp: int, lsp, n: int) -> int:
+def shard_owner(src: bytes, dst: bytes, sp: int, dp: int, lsp: Container[int], n: int) -> int:
     """The shard (0..n-1) of a packet; the same for both directions of a connection.
 
     TCP/UDP: the address of the client-looking endpoint, so that a client's connections stay together

@@ -5,17 +5,19 @@ bits), the feature-matched baseline. sklearn is imported when one is built (the 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 
 import numpy as np
 
 from ..features import flights
+from ..flows import FlowRecord
 from ..tls import parse_hello
 
 N_SIZES = 20
 N_FLIGHTS = 12  # rf_shape
 
 
-def signed_sizes(records, n: int = N_SIZES) -> np.ndarray:
+def signed_sizes(records: Sequence[FlowRecord], n: int = N_SIZES) -> np.ndarray:
     """First n packets' IP lengths, + from the originator, - from the responder, 0 padded."""
     x = np.zeros((len(records), n), np.float32)
     for i, r in enumerate(records):
@@ -73,7 +75,7 @@ class SizeBaseline:
                         h[i, 4 + j] = 1.0
         return np.hstack([x, h])
 
-    def fit(self, records, labels) -> "SizeBaseline":
+    def fit(self, records: Sequence[FlowRecord], labels: Sequence[str]) -> "SizeBaseline":
         if self.kind in ("rf_hello", "rf_shape"):
             cnt: Counter = Counter()
             for r in records:
@@ -88,5 +90,5 @@ class SizeBaseline:
         self.labels = [str(c) for c in self.m.classes_]
         return self
 
-    def predict_proba(self, records, contexts=None) -> np.ndarray:
+    def predict_proba(self, records: Sequence[FlowRecord], contexts: Sequence | None = None) -> np.ndarray:
         return self.m.predict_proba(self._x(records))

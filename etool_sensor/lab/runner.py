@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -22,6 +22,12 @@ from .report import fmt
 from .scoring import bootstrap_vs, confusion_png, metrics
 from .splits import KFOLDS, capture_groups, label_of, relabel
 from ..train.teacher_logits import load_cached_teacher, save_teacher_logits, teacher_cache_path, training_key
+
+if TYPE_CHECKING:  # for annotations only
+    from ..train.data import LabelledSet
+    from ..train.student import Augment
+
+Unlabelled = tuple[list, list, list]  # load_unlabelled: records, contexts, capture paths
 
 METHODS = ("rf", "rf_shape", "knn", "etool", "hybrid", "student_no_llm", "hybrid_no_llm", "student_enc_teacher",
            "hybrid_enc_teacher", "student_ensemble", "hybrid_ensemble", "student_no_payload", "student_ports",
@@ -50,7 +56,8 @@ def _predict(model, records, contexts, labels_attr: list[str]) -> tuple[list[str
     return [labels_attr[i] for i in p.argmax(1)], np.asarray(conf)
 
 
-def ssl_extra(unlabelled, tr, te, transductive: bool = False) -> tuple[tuple[list, list], dict]:
+def ssl_extra(unlabelled: Unlabelled, tr: LabelledSet, te: LabelledSet,
+              transductive: bool = False) -> tuple[tuple[list, list], dict]:
     """The unlabelled (records, contexts) a split's self-supervised stages read besides its training flows:
     none of the training flows again, and none of the test captures' flows unless `transductive` (a sensor
     may pretrain on the traffic it classifies; a measurement of new captures must say that it did)."""
@@ -71,13 +78,13 @@ def ssl_extra(unlabelled, tr, te, transductive: bool = False) -> tuple[tuple[lis
                             "transductive": transductive}
 
 
-def run_split(ds, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
+def run_split(ds: LabelledSet, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
               teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
-              split_name: str, unlabelled=None, spec=None, keep_predictions: bool = False,
-              student_config: dict | None = None, capture_balance: float = 0.5, hello_bytes: int = 0,
-              model_seed: int | None = None, teachers: dict | None = None, near_hellos: int | None = None,
-              members: int = 3, ssl_epochs: int | None = None, augment=None, transductive: bool = False,
-              epochs: int | None = None) -> dict:
+              split_name: str, unlabelled: Unlabelled | None = None, spec: FeatureSpec | None = None,
+              keep_predictions: bool = False, student_config: dict | None = None, capture_balance: float = 0.5,
+              hello_bytes: int = 0, model_seed: int | None = None, teachers: dict | None = None,
+              near_hellos: int | None = None, members: int = 3, ssl_epochs: int | None = None,
+              augment: Augment | None = None, transductive: bool = False, epochs: int | None = None) -> dict:
     """Every method trained on split["train"] and scored on split["test"]. `seed` seeds the teachers,
     `model_seed` (default `seed`) everything else: a repeat with another model seed keeps the teacher.
     `teachers` (variant -> teacher) is filled and reused, so repeats of one split train each teacher once.
@@ -205,7 +212,8 @@ def app_seen_breakdown(y: Sequence[str], pred: Sequence[str], seen: np.ndarray) 
     return out
 
 
-def run_kfold(ds, column: str, methods: Sequence[str], *, folds: int, seed: int, log: Callable[[str], None],
+def run_kfold(ds: LabelledSet, column: str, methods: Sequence[str], *, folds: int, seed: int,
+              log: Callable[[str], None],
               png_dir: Path | None, kind: str = "capture_kfold", repeats: int = 1, first_repeat: int = 0,
               **kw) -> dict:
     """Every method trained `folds` times (one per fold of `kind`); metrics over the pooled predictions.
@@ -339,7 +347,7 @@ def repeat_summary(y: Sequence[str], preds: list[dict[str, list]], seeds: Sequen
     return out
 
 
-def evaluate_model(ds, model_path: str | None, column: str) -> dict:
+def evaluate_model(ds: LabelledSet, model_path: str | None, column: str) -> dict:
     """The shipped (or given) model on every matched flow."""
     model = load_model(model_path)
     head = "service" if column == "category" else "app"

@@ -6,20 +6,23 @@ shared recordings and file names leak sessions (capture_groups)."""
 from __future__ import annotations
 
 import ipaddress
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # for annotations only
+    from ..train.data import LabelledSet
 
 SPLITS = ("iid", "capture", "unseen_app", "shifted")
 EXTRA_SPLITS = ("capture_kfold", "iid_kfold")  # run only when named: K trainings per method
 
 
-def label_of(ds, column: str) -> list[str]:
+def label_of(ds: LabelledSet, column: str) -> list[str]:
     """Per flow, its label in `column` (category: the service; app; else the set's current labels)."""
     return list(ds.service) if column == "category" else list(ds.app) if column == "app" else list(ds.labels)
 
 
-def relabel(ds, column: str):
+def relabel(ds: LabelledSet, column: str) -> LabelledSet:
     """A copy of `ds` labelled by `column` (label_of)."""
     sub = ds.subset(range(len(ds)))
     sub.labels = label_of(ds, column)
@@ -27,7 +30,7 @@ def relabel(ds, column: str):
     return sub
 
 
-def make_splits(ds, names: Sequence[str], seed: int = 0, test_size: float = 0.3) -> dict[str, dict]:
+def make_splits(ds: LabelledSet, names: Sequence[str], seed: int = 0, test_size: float = 0.3) -> dict[str, dict]:
     """{split: {"train": idx, "test": idx, "label": column or None}} (label None: the run's label column)."""
     rng = np.random.default_rng(seed)
     n = len(ds)
@@ -124,7 +127,7 @@ def _identifies(addr: str) -> bool:
                 or addr == "255.255.255.255")
 
 
-def capture_groups(ds, client_window: float = CLIENT_WINDOW) -> list[str]:
+def capture_groups(ds: LabelledSet, client_window: float = CLIENT_WINDOW) -> list[str]:
     """Per flow, its capture group: the connected component of captures linked by a shared server endpoint
     (address, port, protocol) or by a shared client address recorded within `client_window` seconds (both
     captures' clocks usable: starting after 2000, within 30 days; two captures without a usable clock that
@@ -179,7 +182,7 @@ def capture_groups(ds, client_window: float = CLIENT_WINDOW) -> list[str]:
     return [root(p) for p in pcaps]
 
 
-def capture_folds(ds, folds: int, seed: int = 0) -> list[np.ndarray]:
+def capture_folds(ds: LabelledSet, folds: int, seed: int = 0) -> list[np.ndarray]:
     """Test indices of `folds` group folds on capture groups (capture_groups: captures that share a server
     or a client stay together), balanced by flow count (greedy, biggest group first, ties broken by a
     seeded shuffle)."""
@@ -203,7 +206,7 @@ def capture_folds(ds, folds: int, seed: int = 0) -> list[np.ndarray]:
     return [np.array([i for i in range(len(ds)) if fold_of[group[i]] == k], int) for k in range(folds)]
 
 
-def iid_folds(ds, folds: int, seed: int = 0) -> list[np.ndarray]:
+def iid_folds(ds: LabelledSet, folds: int, seed: int = 0) -> list[np.ndarray]:
     """Test indices of `folds` random folds stratified by label (the IID twin of capture_folds)."""
     import warnings
 

@@ -18,11 +18,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from .splits import capture_groups
+
+if TYPE_CHECKING:  # for annotations only
+    from ..train.data import LabelledSet
 
 
 def balanced_accuracy(y: Sequence[str], pred: Sequence[str], classes: Sequence[str]) -> float:
@@ -31,7 +34,7 @@ def balanced_accuracy(y: Sequence[str], pred: Sequence[str], classes: Sequence[s
     return float(np.mean(rec)) if rec else 0.0
 
 
-def zero_shot_run(ds, held_out: Sequence[str], *, seed: int = 0, quick: bool = False, device: str = "cpu",
+def zero_shot_run(ds: LabelledSet, held_out: Sequence[str], *, seed: int = 0, quick: bool = False, device: str = "cpu",
                   log: Callable[[str], None] = print, boot: int = 1000) -> dict:
     """Train the LLM teacher without the flows of `held_out` and name those flows; see the module doc."""
     import torch

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -99,11 +100,11 @@ class Student:
         m.eval()
         return cls(m, FeatureSpec.from_dict(ck["spec"]), ls, ck.get("label_column", "category"), cfg, info=ck.get("info", {}))
 
-    def save(self, path) -> None:
+    def save(self, path: str | Path) -> None:
         torch.save(self.checkpoint(), str(path))
 
     @classmethod
-    def load(cls, path) -> "Student":
+    def load(cls, path: str | Path) -> "Student":
         return cls.from_checkpoint(torch.load(str(path), map_location="cpu", weights_only=True))
 
 
@@ -174,7 +175,8 @@ def _label_index(values: Sequence[str], labels: list[str]) -> np.ndarray:
     return np.array([pos.get(v, IGNORE) for v in values], np.int64)
 
 
-def teacher_targets(teacher: Any, records, contexts, labels: list[str]) -> np.ndarray:
+def teacher_targets(teacher: Any, records: Sequence[FlowRecord], contexts: Sequence[Context | None] | None,
+                    labels: list[str]) -> np.ndarray:
     """Teacher logits re-ordered to `labels`; labels the teacher lacks get a very low logit."""
     t = np.asarray(teacher.predict_logits(records, contexts), np.float32)
     tl = list(teacher.labels)

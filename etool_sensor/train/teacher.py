@@ -39,7 +39,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..context import Context
 from ..features import FeatureSpec, encode
+from ..flows import FlowRecord
+from .data import LabelledSet
 from .model import EncoderConfig, TrafficEncoder
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -461,8 +464,9 @@ def _trainable(net: TeacherNet) -> list[nn.Parameter]:
     return [p for p in net.parameters() if p.requires_grad]
 
 
-def train_teacher(train, *, label_column: str = "category", quick: bool = False, device: str = "cpu",
-                  unlabelled=None, seed: int = 0, log: Callable[[str], None] = print,
+def train_teacher(train: LabelledSet, *, label_column: str = "category", quick: bool = False, device: str = "cpu",
+                  unlabelled: tuple[Sequence[FlowRecord], Sequence[Context]] | None = None, seed: int = 0,
+                  log: Callable[[str], None] = print,
                   config: TeacherConfig | None = None, use_llm: bool = True,
                   time_budget: float | None = None) -> Teacher:
     """Train the teacher on a LabelledSet (train/data.py). `unlabelled`: (records, contexts) for stage 1

@@ -5,12 +5,15 @@ keyed by flow identity, with a digest of the teacher's training flows."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+if TYPE_CHECKING:  # for annotations only
+    from .data import LabelledSet
 
-def flow_id(ds, i: int) -> str:
+
+def flow_id(ds: LabelledSet, i: int) -> str:
     r = ds.records[i]
     return f"{ds.pcap[i]}|{r.proto}|{r.orig_h}|{r.orig_p}|{r.resp_h}|{r.resp_p}|{r.ts:.6f}"
 
@@ -23,14 +26,14 @@ class CachedTeacher:
         self.table = table
         self._pcap_of = pcap_of  # id(record) -> capture name
 
-    def predict_logits(self, records, contexts=None) -> np.ndarray:
+    def predict_logits(self, records: Sequence[Any], contexts: Sequence[Any] | None = None) -> np.ndarray:
         out = np.zeros((len(records), len(self.labels)), np.float32)
         for i, r in enumerate(records):
             key = f"{self._pcap_of.get(id(r), '')}|{r.proto}|{r.orig_h}|{r.orig_p}|{r.resp_h}|{r.resp_p}|{r.ts:.6f}"
             out[i] = self.table[key]
         return out
 
-    def predict_proba(self, records, contexts=None) -> np.ndarray:
+    def predict_proba(self, records: Sequence[Any], contexts: Sequence[Any] | None = None) -> np.ndarray:
         z = self.predict_logits(records, contexts)
         e = np.exp(z - z.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
@@ -40,7 +43,7 @@ def teacher_cache_path(cache_dir: str | Path, split: str, column: str, variant: 
     return Path(cache_dir) / f"{variant}_{column}_{split}.npz"
 
 
-def training_key(ds, unlabelled: Sequence | None = None) -> str:
+def training_key(ds: LabelledSet, unlabelled: Sequence | None = None) -> str:
     """A digest of the flows a teacher was trained on: a cached teacher is reused only for the same ones
     (folds of another seed share the file names, not the training flows). `unlabelled`: the records its
     self-supervised stage also read (eval --unlabelled), which change the teacher too."""
@@ -52,7 +55,7 @@ def training_key(ds, unlabelled: Sequence | None = None) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-def load_cached_teacher(ds, path: Path, train_key: str | None = None) -> CachedTeacher | None:
+def load_cached_teacher(ds: LabelledSet, path: Path, train_key: str | None = None) -> CachedTeacher | None:
     """The cached logits at `path` if they cover every flow of `ds` and, when `train_key` is given and the
     file records one, came from a teacher trained on those flows; else None (retrain rather than guess)."""
     if not path.exists():
@@ -67,7 +70,7 @@ def load_cached_teacher(ds, path: Path, train_key: str | None = None) -> CachedT
     return CachedTeacher([str(x) for x in z["labels"]], table, {id(r): p for r, p in zip(ds.records, ds.pcap)})
 
 
-def save_teacher_logits(path: Path, ds, teacher, train_key: str | None = None) -> None:
+def save_teacher_logits(path: Path, ds: LabelledSet, teacher: Any, train_key: str | None = None) -> None:
     """Logits of `teacher` on every flow of `ds` (train and test), keyed by flow identity; `train_key`
     (training_key of its training flows) is stored when given."""
     logits = teacher.predict_logits(ds.records, ds.contexts)
