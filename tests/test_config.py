@@ -178,7 +178,7 @@ def test_readme_config_table_lists_every_key() -> None:
 def test_serve_takes_classify_keys(tmp_path: Path) -> None:
     """The daemon answers with the same top_k, thresholds and alert labels as classify."""
     from etool_sensor.sensor.pipeline import Daemon
-    from tests.support.stub_daemon import StubModel
+    from bench.stub_daemon import StubModel
 
     p = tmp_path / "etool.yaml"
     p.write_text("classify: {top_k: 5, threshold: 0.7, alert_labels: [VPN]}\nserve: {max_flows_per_s: 100}\n")

@@ -1,7 +1,7 @@
 """The serve daemon against the Zeek-like peer (tests/support/zeek_peer.py) on loopback.
 
 Tests that need a model use the real one (``runtime.load_model()``) and skip with the reason when it
-cannot be loaded; ETOOL_E2E_STUB=1 runs them with a fixed-answer stand-in (tests/support/stub_daemon.py)
+cannot be loaded; ETOOL_E2E_STUB=1 runs them with a fixed-answer stand-in (bench/stub_daemon.py)
 instead, for work on the daemon while no model package is installed. The pipeline-mechanics tests
 (slow model, failing model) always use a stand-in: they are about queues, not answers.
 """
@@ -30,7 +30,7 @@ from etool_sensor.flows import Verdict
 from etool_sensor.sensor.pipeline import Daemon
 from bench.loadgen import LeanPeer
 from bench.replay import flows_from_captures
-from tests.support.stub_daemon import StubModel
+from bench.stub_daemon import StubModel
 from tests.support.zeek_peer import ERR_BAD_URI, ZeekPeer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -496,7 +496,7 @@ def daemon_cmd(tmp: Path, url: str, metrics_port: int, extra: dict | None = None
     if _real_model() is not None:
         return [sys.executable, "-m", "etool_sensor", "serve", "--config", str(cfg), "--zeek-url", url]
     if STUB:
-        return [sys.executable, "-m", "tests.support.stub_daemon", "--config", str(cfg), "--zeek-url", url,
+        return [sys.executable, "-m", "bench.stub_daemon", "--config", str(cfg), "--zeek-url", url,
                 "--delay", str(delay)]
     pytest.skip(f"no model: load_model() failed ({_model_cache['why']}); set ETOOL_E2E_STUB=1 to use a stand-in")
 

@@ -289,7 +289,7 @@ def test_serve_publishes_drift_events_and_gauges(default_model) -> None:
 def test_serve_without_a_reference_publishes_no_drift() -> None:
     """A package without drift_reference (the stand-in model): gauges NaN, no ETooL::drift, verdicts as ever."""
     from etool_sensor.config import DriftConfig
-    from tests.support.stub_daemon import StubModel
+    from bench.stub_daemon import StubModel
     from tests.test_daemon_e2e import http_get, serving
     from tests.support.zeek_peer import ZeekPeer
     from bench.replay import flows_from_captures

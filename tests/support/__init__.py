@@ -1,5 +1,5 @@
-"""Helpers the tests share: where ../shared lives (CI clones the repository beside it), the Zeek-like
-WebSocket peer (zeek_peer), and the daemon with a stand-in model (stub_daemon)."""
+"""Helpers the tests share: where ../shared lives (CI clones the repository beside it) and the Zeek-like
+WebSocket peer (zeek_peer). The daemon with a stand-in model is bench/stub_daemon.py, shared with the bench."""
 
 from __future__ import annotations
 

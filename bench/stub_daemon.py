@@ -1,9 +1,9 @@
-"""`python -m tests.support.stub_daemon [serve args]` (from the repository root): the real daemon entry
-point with a stand-in model.
+"""`python -m bench.stub_daemon [serve args]` (from the repository root): the real daemon entry point with a
+stand-in model.
 
-Only for the daemon's own tests when no model package is installed (ETOOL_E2E_STUB=1): it exercises
-signal handling, draining and metrics exactly as `python -m etool_sensor serve`, with a model whose
-answers are fixed. ``--delay S`` makes each batch take S seconds.
+For `bench daemon --stub` (the transport alone) and the daemon's tests when no model package is installed
+(ETOOL_E2E_STUB=1): it exercises signal handling, draining and metrics exactly as `python -m etool_sensor
+serve`, with a model whose answers are fixed. ``--delay S`` makes each batch take S seconds.
 """
 
 from __future__ import annotations
