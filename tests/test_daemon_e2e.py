@@ -277,6 +277,20 @@ def test_hostile_input_is_counted_and_serving_goes_on(model, flows):
             # peer answers with error messages (as Zeek does for what it cannot use)
             await peer.send_error_all("deserialization_failed", "failed to create Zeek event")
             await prove_alive()
+            # what a peer could grow without bound: error codes (a lone surrogate, many distinct ones), a uid or
+            # a reply topic as long as a frame
+            await peer.send_raw('{"type":"error","code":"\\ud800","context":"x"}')
+            for i in range(40):
+                await peer.send_raw(json.dumps({"type": "error", "code": f"code_{i}", "context": "x"}))
+            for uid, topic in (("C" + "u" * 100, "etool/verdicts/"), ("Clongtopic", "etool/verdicts/" + "t" * 300)):
+                rec = dataclasses.replace(flows[1], uid=uid)
+                await peer.send_raw(wire.encode_flow("etool/flows/", rec, topic, network_time=time.time()))
+            await prove_alive()
+            st, body = await http_get(d.metrics_port, "/metrics")
+            assert st == 200 and b"etool_server_errors_total" in body
+            labels = [k for k in d.counts() if k.startswith("server_errors.")]
+            assert len(labels) <= 17 and "server_errors.other" in labels, labels
+            assert d.counts()["decode_errors.flow"] >= 2
             c = d.counts()
             for reason in ("type", "foreign_event", "json", "envelope", "encoding", "binary"):
                 assert c.get(f"decode_errors.{reason}", 0) >= 1, (reason, c)

@@ -635,3 +635,15 @@ def test_json_nesting_counts_structure_not_strings():
     assert bj.json_nesting('{"a":[{"b":"[[[["}]}') == 3
     assert bj.json_nesting('["\\\\"]') == 1  # an escaped backslash ends before the closing quote
     assert bj.json_nesting('["\\"[["]') == 1  # an escaped quote does not end the string
+
+
+def test_json_nesting_takes_an_unterminated_string_to_the_end():
+    """A string that never closes ends the text (the frame then fails to parse): its brackets do not count,
+    and the scan does not restart at each of its escaped quotes (that made a 48 KB frame block for seconds)."""
+    assert bj.json_nesting('[[["abc') == 3
+    assert bj.json_nesting('[[["ab\\"[[[[\\') == 3
+    frame = "[" * 70 + '"\\' * 20000
+    assert bj.json_nesting(frame) == 70
+    with pytest.raises(bj.WireError) as e:
+        bj.loads(frame)
+    assert e.value.reason == "depth"

@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ log = logging.getLogger(DAEMON_LOGGER)
 
 #: Settings a reload cannot change: they shape the WebSocket session, the listening socket, the queue or
 #: the process set. A reload that changes one keeps the running value and says so in the log.
+MAX_ERROR_CODES = 16
+_ERROR_CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,47}")
+
 RESTART_ONLY = ("serve.zeek_url", "serve.topics", "serve.app_name", "serve.tls.ca_file", "serve.tls.verify",
                 "serve.max_message_bytes", "serve.reconnect_min_s", "serve.reconnect_max_s", "serve.metrics_addr",
                 "serve.metrics_port", "serve.queue_size", "serve.workers", "serve.log_format", "drift")
@@ -140,6 +144,7 @@ class Daemon:
         self._attempts = 0
         self._fill: asyncio.Future | None = None  # the batcher waits on it for a batch to fill
         self._fill_need = 0
+        self._error_codes: set[str] = set()  # the labels etool_server_errors_total has used (_error_label)
         self._in_hand = 0  # flows taken from the queue whose batch has not finished (forming or inferring)
         self._running: set[asyncio.Task] = set()  # the batches being inferred and sent
         self.m.queue_depth.set_function(lambda: self.queue.qsize() if self.queue is not None else 0)
@@ -290,7 +295,7 @@ class Daemon:
         elif event == "connect_failed":
             self._count_attempt()
             if isinstance(info, ZeekError):
-                self.m.server_errors.labels(info.code[:64]).inc()
+                self.m.server_errors.labels(self._error_label(info.code)).inc()
             self.warn.warn("connect", "cannot connect to %s: %s", serve.zeek_url, _why(info))
         elif event == "disconnected":
             self._count_attempt()
@@ -305,6 +310,17 @@ class Daemon:
             else:
                 self.warn.warn("disconnected", "connection to Zeek lost: %s", _why(info))
 
+    def _error_label(self, code: str) -> str:
+        """etool_server_errors_total's label for an error code: Zeek's and Broker's codes are short snake_case
+        names (deserialization_failed, invalid_uri, ...); anything else, and any code past the first
+        MAX_ERROR_CODES, is "other", so a peer cannot grow the series or the log without bound."""
+        if code in self._error_codes:
+            return code
+        if len(self._error_codes) < MAX_ERROR_CODES and _ERROR_CODE_RE.fullmatch(code):
+            self._error_codes.add(code)
+            return code
+        return "other"
+
     def _count_attempt(self) -> None:
         self.m.reconnects.inc()
 
@@ -317,15 +333,12 @@ class Daemon:
         if self.stop_event.is_set():
             m.drops.labels("shutdown").inc()
             return
-        if self.rate is not None and not self.rate.take():
-            m.drops.labels("rate_limited").inc()
-            self.warn.warn("rate", "more than %.0f flows/s: dropping", serve.max_flows_per_s)
-            return
         try:
             fe = parse_flow(frame, serve.max_message_bytes)
         except ZeekError as e:
-            m.server_errors.labels(e.code[:64]).inc()
-            self.warn.warn("server_error:" + e.code[:64], "Zeek answered with an error: %s: %s", e.code, e.context[:200])
+            label = self._error_label(e.code)
+            m.server_errors.labels(label).inc()
+            self.warn.warn("server_error:" + label, "Zeek answered with an error: %s: %s", e.code[:64], e.context[:200])
             return
         except WireError as e:
             m.decode_errors.labels(e.reason).inc()
@@ -334,6 +347,11 @@ class Daemon:
         except Exception as e:  # noqa: BLE001 - a decoder bug must not take the daemon down
             m.decode_errors.labels("internal").inc()
             self.warn.warn("decode:internal", "decoder failed: %r", e)
+            return
+        # the limit counts flows, after decoding: refused frames and Zeek's errors are counted as such
+        if self.rate is not None and not self.rate.take():
+            m.drops.labels("rate_limited").inc()
+            self.warn.warn("rate", "more than %.0f flows/s: dropping", serve.max_flows_per_s)
             return
         rec = fe.record
         n_pk = len(rec.packets)

@@ -423,7 +423,9 @@ def _reject_constant(name: str) -> Any:
 #: an array, plus the message object itself. The decoder checks this itself, before any parser runs, so the
 #: reason for a deep frame is the same whichever JSON library is installed.
 MAX_JSON_NESTING = 2 * MAX_DEPTH + 2
-_JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
+# a string runs to its closing quote, or to the end of an unterminated frame (which then fails to parse):
+# without the end as a way out, every quote of an unterminated string would rescan the rest (quadratic)
+_JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)')
 _NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
 
 

@@ -112,7 +112,7 @@ def message_from_json(msg: Any) -> Ack | ErrorMessage | DataMessage:
         code, ctx = msg.get("code"), msg.get("context", msg.get("message"))
         if type(code) is not str or type(ctx) is not str:
             raise WireError("envelope", "error message without string code/context")
-        return ErrorMessage(code, ctx)
+        return ErrorMessage(check_str(code), check_str(ctx))
     if ty == "ack":
         ep, ver = msg.get("endpoint"), msg.get("version")
         if type(ep) is not str or type(ver) is not str:

@@ -180,13 +180,28 @@ def parse_flow(frame: str | bytes, max_bytes: int | None = None) -> FlowEvent:
         except Exception:  # noqa: BLE001 - any surprise: the generic decoder gives the verdict and the error
             fe = None
         if fe is not None:
-            return fe
+            return _bounded(fe)
     m = message_from_json(loads(frame, max_bytes))
     if isinstance(m, ErrorMessage):
         raise ZeekError(m.code, m.context)
     if isinstance(m, Ack):
         raise WireError("envelope", "unexpected ack")
-    return flow_from_event(event_from_data(m))
+    return _bounded(flow_from_event(event_from_data(m)))
+
+
+#: Longest uid and reply topic a flow may carry. Zeek's uids are ~18 characters and its reply topics the
+#: verdict prefix plus a node name; the daemon keeps uids (duplicate check) and topics (queued flows, the
+#: verdict's topic), so a peer must not be able to make either as large as a frame.
+MAX_UID = 64
+MAX_TOPIC = 256
+
+
+def _bounded(fe: FlowEvent) -> FlowEvent:
+    if len(fe.record.uid) > MAX_UID:
+        raise WireError("flow", f"uid of {len(fe.record.uid)} characters (at most {MAX_UID})")
+    if len(fe.reply_topic) > MAX_TOPIC:
+        raise WireError("flow", f"reply_topic of {len(fe.reply_topic)} characters (at most {MAX_TOPIC})")
+    return fe
 
 
 # Caches of already-validated wire strings (bounded; cleared when full). Values are what the strict
