@@ -324,10 +324,11 @@ async def main(a: argparse.Namespace) -> None:
                 results.append(await run_config(a, n, tmpls, root))
                 await asyncio.sleep(1.0)
     print("# summary: daemons, highest step kept up with (offered/s), most answered/s, p99 ms at the first rate, "
-          "daemon checkout")
+          "most answered/s as a ratio to the first run's (the baseline of this run), daemon checkout")
+    base = results[0]["answered_max"] or float("nan")
     for r in results:
         print(f"#   {r['daemons']:>2}  {r['max_ok_rate']:8.0f}  {r['answered_max']:8.0f}  {r['p99_at_first']:8.2f}  "
-              f"{r['root']}")
+              f"{r['answered_max'] / base:6.2f}x  {r['root']}")
 
 
 if __name__ == "__main__":
