@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -70,6 +71,36 @@ class CaptureResult:
     warning: str = ""
 
 
+class _Plain:
+    """The capture as a plain file an nDPI engine can open: gzip decompressed to a temporary file (libpcap
+    and nfstream read no gzip), keeping everything before a cut in the stream (`cut`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.tmp, self.cut = path, None, False
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        if not gz:
+            return
+        fd, self.tmp = tempfile.mkstemp(suffix=".pcap")
+        self.path = Path(self.tmp)
+        with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as inp:
+            try:
+                while True:
+                    block = inp.read1(1 << 16)  # read1: a cut stream keeps what decompressed before it
+                    if not block:
+                        break
+                    out.write(block)
+            except (EOFError, OSError, zlib.error):
+                self.cut = True
+
+    def __enter__(self) -> "_Plain":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.tmp:
+            os.unlink(self.tmp)
+
+
 def _split_label(label: str) -> tuple[str, str]:
     """'TLS.Google' -> ('TLS', 'Google'); 'OpenVPN' -> ('OpenVPN', 'OpenVPN')."""
     master, _, app = label.partition(".")
@@ -96,24 +127,9 @@ class NdpiReader:
         self.version = m.group(1) if m else "?"
 
     def label(self, path: Path, rel: str) -> CaptureResult:
-        tmp = None
-        src = path
-        with open(path, "rb") as f:
-            gz = f.read(2) == b"\x1f\x8b"
-        try:
-            if gz:  # libpcap reads no gzip: decompress to a temporary file first
-                fd, tmp = tempfile.mkstemp(suffix=".pcap")
-                with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as inp:
-                    try:
-                        shutil.copyfileobj(inp, out)
-                    except (EOFError, OSError):
-                        pass  # a cut gzip stream: label what was decompressed, libpcap reports the cut
-                src = Path(tmp)
-            p = subprocess.run([self.exe, "-i", str(src), "-v", "2"], capture_output=True, text=True,
+        with _Plain(path) as plain:
+            p = subprocess.run([self.exe, "-i", str(plain.path), "-v", "2"], capture_output=True, text=True,
                                errors="replace")
-        finally:
-            if tmp:
-                os.unlink(tmp)
         rows = []
         for line in p.stdout.splitlines():
             m = _FLOW.match(line)
@@ -126,9 +142,11 @@ class NdpiReader:
                          "app": app, "category": m[10] or "", "encrypted": m[8], "confidence": m[9],
                          "sni": sni[1] if sni else "", "c2s_pkts": m[11], "c2s_bytes": m[12], "s2c_pkts": m[13],
                          "s2c_bytes": m[14]})
-        # libpcap's read error ("truncated dump file; ...") comes on stdout or stderr depending on the build
-        err = next((l for l in (p.stderr + "\n" + p.stdout).splitlines() if "Error while reading" in l), "")
-        return CaptureResult(rows, "truncated" in err, err.strip())
+        # libpcap's errors ("Error while reading ...: truncated dump file", "ERROR: could not open pcap file:
+        # ...") come on stdout or stderr depending on the build
+        err = next((l for l in (p.stderr + "\n" + p.stdout).splitlines()
+                    if "Error while reading" in l or l.startswith("ERROR")), "")
+        return CaptureResult(rows, plain.cut or "truncated" in err, err.strip())
 
 
 class Nfstream:
@@ -151,15 +169,16 @@ class Nfstream:
     def label(self, path: Path, rel: str) -> CaptureResult:
         rows = []
         warning = ""
+        plain = _Plain(path)
         try:
-            for f in self.nfstream.NFStreamer(source=str(path), n_dissections=255, statistical_analysis=False,
+            for f in self.nfstream.NFStreamer(source=str(plain.path), n_dissections=255, statistical_analysis=False,
                                               n_meters=1, decode_tunnels=True):
                 if f.protocol not in (6, 17):
                     continue
                 label = f.application_name or "Unknown"
                 master, app = _split_label(label)
                 cat = f.application_category_name or ""
-                conf = {0: "Unknown", 1: "Match by port", 6: "DPI"}.get(f.application_confidence, "DPI (partial)")
+                conf = NFSTREAM_CONFIDENCE.get(f.application_confidence, "DPI (partial)")
                 rows.append({"pcap": rel, "l4": "TCP" if f.protocol == 6 else "UDP", "src": f.src_ip,
                              "sport": f.src_port, "dst": f.dst_ip, "dport": f.dst_port,
                              "bidirectional": int(f.dst2src_packets > 0), "label": label, "master": master,
@@ -171,7 +190,29 @@ class Nfstream:
                              "s2c_pkts": f.dst2src_packets, "s2c_bytes": f.dst2src_bytes})
         except Exception as e:  # noqa: BLE001 - nfstream raises plain exceptions on a bad capture
             warning = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return CaptureResult(rows, bool(warning), warning)
+        finally:
+            plain.__exit__()
+        # nfstream reads a capture cut mid-packet without a word: the cut is found as classify finds it
+        return CaptureResult(rows, plain.cut or "truncat" in warning.lower() or _cut_short(path), warning)
+
+
+#: nDPI's ndpi_confidence_t as nfstream reports it -> the names ndpiReader prints (nDPI 4.2's labels.csv)
+NFSTREAM_CONFIDENCE = {0: "Unknown", 1: "Match by port", 2: "nBPF", 3: "DPI (partial)", 4: "DPI (partial cache)",
+                       5: "DPI (cache)", 6: "DPI", 7: "Match by IP", 8: "DPI (aggressive)",
+                       9: "Match by custom rule"}
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether the capture ends inside a record, as etool's reader (classify) sees it."""
+    from .capture.reader import PcapError, ReadStats, read_flows
+
+    st = ReadStats()
+    try:
+        for _ in read_flows(path, stats=st, checksums=False):
+            pass
+    except PcapError:
+        return False
+    return bool(st.truncated)
 
 
 def find_engine(name: str = "auto") -> Any:
@@ -211,6 +252,7 @@ class LabelStats:
     encrypted: int = 0
     unknown: int = 0
     truncated: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # "CAPTURE: what the engine said", other read errors
 
 
 def label_rows(paths: Sequence[str | Path], root: str | Path, engine: Any, *, progress: bool = False,
@@ -235,6 +277,8 @@ def label_rows(paths: Sequence[str | Path], root: str | Path, engine: Any, *, pr
             stats.captures += 1
             if res.truncated:
                 stats.truncated.append(str(p))
+            elif res.warning:
+                stats.warnings.append(f"{p}: {res.warning}")
             for r in res.rows:
                 stats.flows += 1
                 stats.encrypted += r["encrypted"] == "Encrypted"
@@ -256,6 +300,10 @@ def write_labels(paths: Sequence[str | Path], out: str | Path, root: str | Path 
     if not root.is_dir():
         raise LabelError(f"{root}: --root is not a directory")
     out = Path(out)
+    if out.is_dir():
+        raise LabelError(f"{out}: is a directory; -o names the labels CSV to write")
+    if not out.resolve().parent.is_dir():
+        raise LabelError(f"{out.parent}: no such directory (it holds the labels CSV -o {out})")
     tmp = out.with_name(out.name + ".tmp")
     stats = LabelStats()
     try:
@@ -294,7 +342,9 @@ def label_main(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{prog}: {stats.captures} captures, {stats.flows} flows ({stats.encrypted} encrypted, "
               f"{stats.unknown} unknown) labelled by {engine.name} (nDPI {engine.version}) -> {args.output} "
-              f"(pcap relative to {root})", file=sys.stderr)
+              f"(pcap relative to {root.resolve()})", file=sys.stderr)
+    for w in stats.warnings:
+        print(f"{prog}: warning: {w}", file=sys.stderr)
     if stats.truncated:
         print(f"{prog}: warning: truncated capture{'s' if len(stats.truncated) > 1 else ''} "
               f"({', '.join(stats.truncated)}): labelled up to the cut", file=sys.stderr)

@@ -139,10 +139,52 @@ def test_adapt_errors_are_one_line_before_any_capture_is_read(tmp_path, capsys):
         assert len(err) == 1 and want in err[0], err
 
 
+def test_verdict_not_better_is_one_score_lower_and_the_other_not_higher():
+    from etool_sensor.train.adapt import verdict
+
+    def s(f1: float, acc: float, classes: int = 2) -> dict:
+        return {"macro_f1_min5": f1, "accuracy": acc, "classes_min5": classes}
+
+    assert verdict(s(0.5, 0.5), s(0.5, 0.5)) is True  # a tie is not worse
+    assert verdict(s(0.5, 0.5), s(0.6, 0.4)) is True  # one up, one down: not "not better"
+    assert verdict(s(0.5, 0.5), s(0.4, 0.5)) is False
+    assert verdict(s(0.5, 0.5), s(0.5, 0.4)) is False
+    assert verdict(s(0.5, 0.5), s(0.6, 0.6)) is True
+    assert verdict(s(0.0, 1.0, 0), s(0.0, 1.0, 0)) is None  # no class of >= 5 held-back flows: no verdict
+
+
+def test_one_step_adapt_checks_before_labelling_and_keeps_labels_it_cannot_use(tmp_path, capsys):
+    """`adapt CAPTURE...` refuses a bad -o or base package before nDPI runs (one error line, nothing
+    labelled); when it fails after labelling, the labels stay in PKG.labels.csv."""
+    from etool_sensor.cli import main
+    from etool_sensor.labeling import LabelError, find_engine
+
+    try:
+        find_engine("auto")
+    except LabelError as e:
+        pytest.skip(str(e))
+    caps = sorted((ZEEK_TRACES / "tls").glob("*.pcap"))[:3]
+    if not caps:
+        pytest.skip("shared/data/zeek-traces not present")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    for argv, want in ((["-o", str(full)], "exists and is not an empty directory"),
+                       (["-o", str(tmp_path / "p"), "--model", str(tmp_path / "nomodel")], "nomodel")):
+        assert main(["adapt", *map(str, caps), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and want in err[0], err  # no "adapt: labelled ..." line: nDPI never ran
+    out = tmp_path / "few"
+    assert main(["adapt", str(caps[0]), "-o", str(out)]) == 2  # one capture: too few flows to adapt
+    err = capsys.readouterr().err
+    assert "adapt: labelled" in err and "adapt needs at least 10" in err and "few.labels.csv" in err
+    kept = (tmp_path / "few.labels.csv").read_text()
+    assert kept.startswith("pcap,") and not out.exists()
+
+
 def test_adapt_from_captures_keeps_the_labels_it_wrote(tmp_path):
     """`adapt CAPTURE...` labels the captures with nDPI first; those labels go into the package
-    (local_labels.csv, named in lineage.local_labels) so that lineage.local_sha256 can be checked again,
-    and nothing is left in the temporary directory they were written to."""
+    (local_labels.csv, named in lineage.local_labels) so that lineage.local_sha256 can be checked again."""
     from etool_sensor.cli import main
     from etool_sensor.labeling import LabelError, default_root, find_engine
     from etool_sensor.train.adapted_package import digest

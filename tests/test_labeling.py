@@ -75,8 +75,8 @@ def test_label_cli_writes_the_labels_csv_schema(tmp_path):
     assert r.stderr == ""
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    with open(ZEEK_TRACES / "labels.csv", newline="") as f:
-        assert next(csv.reader(f)) == list(COLUMNS)
+    with open(out, newline="") as f:
+        assert next(csv.reader(f)) == list(COLUMNS)  # the CSV it wrote has the documented columns
     assert {x["pcap"] for x in rows} == {"ssh/ssh.pcap", "tls/ecdhe.pcap"}
     ssh = [x for x in rows if x["pcap"] == "ssh/ssh.pcap"]
     assert len(ssh) == len(ref)
@@ -93,21 +93,40 @@ def test_label_cli_errors(tmp_path):
     bad.write_text("not a capture\n")
     r = run(ZEEK_TRACES / "ssh" / "ssh.pcap", bad, "-o", tmp_path / "x.csv")
     assert r.returncode == 2 and "notes.pcap" in r.stderr and not (tmp_path / "x.csv").exists()
+    r = run(ZEEK_TRACES / "ssh" / "ssh.pcap", "-o", tmp_path)  # -o a directory: refused before labelling
+    assert r.returncode == 2 and "is a directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_label_cli_truncated_capture_is_labelled_up_to_the_cut(tmp_path):
-    engine_or_skip("auto")
+@pytest.mark.parametrize("engine", ["ndpireader", "nfstream"])
+def test_label_cli_truncated_capture_is_labelled_up_to_the_cut(tmp_path, engine):
+    """Both engines: a capture cut mid-record, and a gzip capture whole or cut, are labelled up to the cut
+    with a warning and exit 3; a whole gzip capture is labelled as the plain one."""
+    import gzip
+
+    engine_or_skip(engine)
     src = (ZEEK_TRACES / "ssh" / "ssh.pcap").read_bytes()
     cut = tmp_path / "cut.pcap"
     cut.write_bytes(src[: len(src) // 2 + 7])
     out = tmp_path / "labels.csv"
-    r = run(cut, ZEEK_TRACES / "tls" / "ecdhe.pcap", "-o", out, "--root", "/")
+    r = run(cut, ZEEK_TRACES / "tls" / "ecdhe.pcap", "-o", out, "--root", "/", "--engine", engine)
     assert r.returncode == 3, r.stderr
     assert "truncated" in r.stderr and "cut.pcap" in r.stderr
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert any(x["pcap"].endswith("cut.pcap") for x in rows)  # labelled up to the cut
     assert any(x["pcap"].endswith("ecdhe.pcap") for x in rows)  # and the run went on
+    gz = gzip.compress(src)
+    (tmp_path / "whole.pcap.gz").write_bytes(gz)
+    (tmp_path / "cutgz.pcap.gz").write_bytes(gz[: len(gz) // 2])
+    r = run(ZEEK_TRACES / "ssh" / "ssh.pcap", tmp_path / "whole.pcap.gz", "-o", out, "--root", "/", "--engine", engine)
+    assert r.returncode == 0, r.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    plain = [x for x in rows if x["pcap"].endswith("ssh.pcap")]
+    whole = [x for x in rows if x["pcap"].endswith("whole.pcap.gz")]
+    assert len(whole) == len(plain) > 10
+    r = run(tmp_path / "cutgz.pcap.gz", "-o", out, "--root", "/", "--engine", engine)
+    assert r.returncode == 3 and "cutgz.pcap.gz" in r.stderr, r.stderr
 
 
 def test_label_without_ndpi_says_what_to_install(tmp_path):

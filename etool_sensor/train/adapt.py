@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib
 import json
 import shutil
 import sys
@@ -71,20 +72,15 @@ def held_scores(model: Any, lf: LocalFlows, kept: np.ndarray, held: np.ndarray, 
 
 def adapt(base: str | Path | None, data_dir: str | Path, labels_csv: str | Path, out: str | Path, *,
           holdout: float = HOLDOUT, seed: int = 0, name: str | None = None, version: str | None = None,
-          progress: bool = False, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Report:
-    """Adapt `base` to the labelled local flows of `data_dir`/`labels_csv` and write the package `out`."""
-    from ..runtime import ModelError, load_model, model_window
+          progress: bool = False, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+          one_step: bool = False) -> Report:
+    """Adapt `base` to the labelled local flows of `data_dir`/`labels_csv` and write the package `out`
+    (`one_step`: the labels are the ones `adapt CAPTURE...` just wrote)."""
+    from ..runtime import model_window
     from .data import LabelsError, load_labelled
 
     out = Path(out)
-    if not out.resolve().parent.is_dir():
-        raise AdaptError(f"{out.parent}: no such directory (it holds the new package -o {out})")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise AdaptError(f"{out}: exists and is not an empty directory (give a new one)")
-    try:
-        model = load_model(base, threads=2)
-    except ModelError as e:
-        raise AdaptError(str(e)) from None
+    model = preflight(base, out)
     errors: list[str] = []
     try:
         ds = load_labelled(data_dir, labels_csv, label_column="category", params=model_window(model.spec),
@@ -93,6 +89,8 @@ def adapt(base: str | Path | None, data_dir: str | Path, labels_csv: str | Path,
         raise AdaptError(str(e)) from None
     for e in errors:
         log(f"etool-sensor: warning: skipped {e}")
+    if len(ds) < 10 and one_step:
+        raise AdaptError(f"nDPI labelled only {len(ds)} flows of the captures; adapt needs at least 10")
     if len(ds) < 10:
         raise AdaptError(f"{labels_csv}: only {len(ds)} labelled flows matched captures under {data_dir}; "
                          "adapt needs local flows (is --data the --root the labels were written with?)")
@@ -106,8 +104,10 @@ def adapt(base: str | Path | None, data_dir: str | Path, labels_csv: str | Path,
         kept = np.array([i for i, p in enumerate(lf.pcap) if p in kept_caps], np.int64)
         held = np.array([i for i, p in enumerate(lf.pcap) if p in held_caps], np.int64)
         before, after, scope = held_scores(model, lf, kept, held, seed, log)
-    else:
+    elif holdout > 0:
         log("adapt: warning: a single local capture: nothing to hold back, no before/after")
+    else:
+        log("adapt: --holdout 0: nothing held back, no before/after")
     parts = fit_parts(model, lf, np.arange(len(lf)), seed=seed, log=log)
     lineage = {"base": model.id, "base_sha256": model.manifest["sha256"],
                "local_sha256": digest(labels_csv, data_dir, ds.pcap), "local_labels": str(labels_csv),
@@ -116,11 +116,35 @@ def adapt(base: str | Path | None, data_dir: str | Path, labels_csv: str | Path,
     if before is not None:
         lineage["held_back"] = {"captures": len(held_caps), "scope": scope, "before": before, "after": after}
     man = write_package(model, parts, lf, out, lineage=lineage, name=name, version=version)
-    better = None
-    if before is not None:
-        better = (after["macro_f1_min5"] > before["macro_f1_min5"] and after["accuracy"] >= before["accuracy"]) or \
-                 (after["macro_f1_min5"] >= before["macro_f1_min5"] and after["accuracy"] > before["accuracy"])
+    better = None if before is None else verdict(before, after)
     return Report(before, after, scope, len(held_caps), better, man)
+
+
+def verdict(before: dict[str, Any], after: dict[str, Any]) -> bool | None:
+    """Whether the adapted package did no worse on the held-back captures: False when one score (macro-F1
+    over classes with >= 5 flows, accuracy) is lower and the other not higher (docs/adapt.md; a tie is no
+    worse); None without a class of >= 5 held-back flows, where there is nothing to judge."""
+    if min(before["classes_min5"], after["classes_min5"]) == 0:
+        return None
+    f1, f1_0, acc, acc_0 = after["macro_f1_min5"], before["macro_f1_min5"], after["accuracy"], before["accuracy"]
+    return not ((f1 < f1_0 or acc < acc_0) and f1 <= f1_0 and acc <= acc_0)
+
+
+def preflight(base: str | Path | None, out: Path) -> Any:
+    """What adapt needs before any work: a place for the new package and a base package that loads (the
+    base, loaded). `adapt CAPTURE...` runs it before labelling, so a bad -o or --model costs no nDPI run."""
+    from ..runtime import ModelError, load_model
+
+    if not out.resolve().parent.is_dir():
+        raise AdaptError(f"{out.parent}: no such directory (it holds the new package -o {out})")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AdaptError(f"{out}: exists and is not an empty directory (give a new one)")
+    for module in ("sklearn", "skl2onnx", "onnx"):  # the adapt extra, checked before the work that needs it
+        importlib.import_module(module)
+    try:
+        return load_model(base, threads=2)
+    except ModelError as e:
+        raise AdaptError(str(e)) from None
 
 
 def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
@@ -158,6 +182,7 @@ def adapt_main(args: argparse.Namespace) -> int:
         if args.captures:
             from ..labeling import LabelError, default_root, write_labels
 
+            preflight(args.model, Path(args.output))
             tmpdir = tempfile.mkdtemp(prefix="etool-adapt-")
             data, labels = default_root(args.captures), Path(tmpdir) / "labels.csv"
             try:
@@ -168,11 +193,22 @@ def adapt_main(args: argparse.Namespace) -> int:
             if truncated:
                 print(f"{prog}: warning: truncated capture(s) ({', '.join(st.truncated)}): labelled up to the cut",
                       file=sys.stderr)
+            for w in st.warnings:
+                print(f"{prog}: warning: {w}", file=sys.stderr)
             log(f"adapt: labelled {st.flows} flows of {st.captures} captures ({st.encrypted} encrypted)")
         else:
             data, labels = Path(args.data), Path(args.labels)
-        rep = adapt(args.model, data, labels, args.output, holdout=args.holdout, seed=args.seed, name=args.name,
-                    version=args.version, progress=progress, log=log)
+        try:
+            rep = adapt(args.model, data, labels, args.output, holdout=args.holdout, seed=args.seed,
+                        name=args.name, version=args.version, progress=progress, log=log,
+                        one_step=bool(args.captures))
+        except AdaptError as e:
+            if tmpdir:  # the nDPI run is not lost: its labels stay beside where the package would be
+                kept = Path(str(args.output).rstrip("/") + ".labels.csv")
+                shutil.copyfile(labels, kept)
+                raise AdaptError(f"{e}; the labels written stay in {kept} (adapt --data {data} --labels "
+                                 f"{kept} reuses them)") from None
+            raise
         if tmpdir:  # the labels it wrote go with the package, so that lineage.local_sha256 can be checked again
             shutil.copyfile(labels, Path(args.output) / LOCAL_LABELS)
             rep.manifest["lineage"]["local_labels"] = LOCAL_LABELS
@@ -194,6 +230,9 @@ def adapt_main(args: argparse.Namespace) -> int:
     if rep.before is not None and not quiet:
         print(f"held-back captures: {rep.held_captures}, {rep.scope}:\n{score_line('before', rep.before)}\n"
               f"{score_line('after', rep.after)}", file=sys.stderr)
+        if rep.better is None:
+            print(f"{prog}: note: no class has 5 held-back flows: no before/after verdict (label more captures)",
+                  file=sys.stderr)
     if not quiet:
         new = m["adapt"]["new_service_labels"]
         print(f"{prog}: wrote {args.output}: {m['name']}@{m['version']} from {m['lineage']['base']}, "

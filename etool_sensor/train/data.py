@@ -125,13 +125,24 @@ def load_labelled(data_dir: str | Path, labels_csv: str | Path, *, label_column:
     check_labelled_inputs(data_dir, labels_csv, label_column)
     rows_by_pcap: dict[str, dict[Key, dict]] = defaultdict(dict)
     with open(labels_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            if pcaps is not None and row["pcap"] not in pcaps:
-                continue
-            if row["l4"].upper() not in ("TCP", "UDP"):
-                continue
-            k = flow_key(row["l4"], row["src"], row["sport"], row["dst"], row["dport"])
-            rows_by_pcap[row["pcap"]].setdefault(k, row)
+        reader = csv.DictReader(f)
+        try:
+            for row in reader:
+                if pcaps is not None and row["pcap"] not in pcaps:
+                    continue
+                if (row["l4"] or "").upper() not in ("TCP", "UDP"):
+                    continue
+                if None in (row["src"], row["sport"], row["dst"], row["dport"]):
+                    raise LabelsError(f"{labels_csv}: line {reader.line_num}: too few columns")
+                try:
+                    k = flow_key(row["l4"], row["src"], row["sport"], row["dst"], row["dport"])
+                except (TypeError, ValueError) as e:  # a short row (None) or a port or address that is not one
+                    raise LabelsError(f"{labels_csv}: line {reader.line_num}: not a flow row ({e})") from None
+                rows_by_pcap[row["pcap"]].setdefault(k, row)
+        except UnicodeDecodeError:
+            raise LabelsError(f"{labels_csv}: line {reader.line_num + 1}: not UTF-8 text") from None
+        except csv.Error as e:
+            raise LabelsError(f"{labels_csv}: line {reader.line_num}: {e}") from None
     out = LabelledSet(label_column=label_column)
     data_dir = Path(data_dir)
     for name in _progress(sorted(rows_by_pcap), progress, "captures"):
