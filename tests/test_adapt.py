@@ -212,3 +212,33 @@ def test_adapt_from_captures_keeps_the_labels_it_wrote(tmp_path):
     ds = load_labelled(default_root(caps), out / "local_labels.csv", params=model_window(base.spec))
     assert lin["local_sha256"] == digest(out / "local_labels.csv", default_root(caps), ds.pcap)
     assert lin["local_sha256"][:8] in m.version
+
+
+def test_adapt_from_labels_says_which_captures_were_cut(tmp_path, capsys):
+    """adapt --data/--labels on a capture that ends mid-record: its flows up to the cut are used, a warning
+    names it and the exit is 3, as classify and label do."""
+    import shutil
+
+    from etool_sensor.cli import main
+
+    if not (ZEEK_TRACES / "labels.csv").is_file():
+        pytest.skip("shared/data/zeek-traces not present")
+    data = tmp_path / "data"
+    (data / "ssh").mkdir(parents=True)
+    src = (ZEEK_TRACES / "ssh" / "ssh.pcap").read_bytes()
+    (data / "ssh" / "ssh.pcap").write_bytes(src[: len(src) * 2 // 3 + 7])
+    for name in ("sshguess.pcap", "ssh-on-port-80.trace"):
+        if (ZEEK_TRACES / "ssh" / name).is_file():
+            shutil.copy(ZEEK_TRACES / "ssh" / name, data / "ssh" / name)
+    labels = tmp_path / "labels.csv"
+    with open(ZEEK_TRACES / "labels.csv", newline="") as f, open(labels, "w", newline="") as g:
+        r = csv.DictReader(f)
+        w = csv.DictWriter(g, r.fieldnames)
+        w.writeheader()
+        for row in r:
+            if (data / row["pcap"]).is_file():
+                w.writerow(row)
+    rc = main(["adapt", "--data", str(data), "--labels", str(labels), "-o", str(tmp_path / "pkg"), "--holdout", "0"])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "truncated capture" in err and "ssh/ssh.pcap" in err

@@ -32,7 +32,7 @@ import json
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,6 +54,7 @@ class Report:
     held_captures: int
     better: bool | None
     manifest: dict[str, Any]
+    truncated: list[str] = field(default_factory=list)  # local captures read up to a cut
 
 
 def held_scores(model: Any, lf: LocalFlows, kept: np.ndarray, held: np.ndarray, seed: int,
@@ -89,6 +90,9 @@ def adapt(base: str | Path | None, data_dir: str | Path, labels_csv: str | Path,
         raise AdaptError(str(e)) from None
     for e in errors:
         log(f"etool-sensor: warning: skipped {e}")
+    if ds.truncated and not one_step:  # adapt CAPTURE... said so when it labelled them
+        log(f"etool-sensor: warning: truncated capture{'s' if len(ds.truncated) > 1 else ''} "
+            f"({', '.join(ds.truncated)}): their flows up to the cut were used")
     if len(ds) < 10 and one_step:
         raise AdaptError(f"nDPI labelled only {len(ds)} flows of the captures; adapt needs at least 10")
     if len(ds) < 10:
@@ -117,7 +121,7 @@ def adapt(base: str | Path | None, data_dir: str | Path, labels_csv: str | Path,
         lineage["held_back"] = {"captures": len(held_caps), "scope": scope, "before": before, "after": after}
     man = write_package(model, parts, lf, out, lineage=lineage, name=name, version=version)
     better = None if before is None else verdict(before, after)
-    return Report(before, after, scope, len(held_caps), better, man)
+    return Report(before, after, scope, len(held_caps), better, man, list(ds.truncated))
 
 
 def verdict(before: dict[str, Any], after: dict[str, Any]) -> bool | None:
@@ -244,4 +248,4 @@ def adapt_main(args: argparse.Namespace) -> int:
               f"{rep.before['accuracy']:.3f} -> {rep.after['accuracy']:.3f}); check before deploying it",
               file=sys.stderr)
         return EXIT_NOT_BETTER
-    return EXIT_TRUNCATED if truncated else EXIT_OK
+    return EXIT_TRUNCATED if truncated or rep.truncated else EXIT_OK

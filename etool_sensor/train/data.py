@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 from ..context import Context, ContextTracker
 from ..flows import FlowParams, FlowRecord
-from ..capture.reader import PcapError, read_flows
+from ..capture.reader import PcapError, ReadStats, read_flows
 
 Key = tuple[str, frozenset]
 
@@ -47,6 +47,7 @@ class LabelledSet:
     encrypted: list[bool] = field(default_factory=list)
     label_column: str = "category"
     unmatched_rows: int = 0  # CSV rows with no flow in the capture
+    truncated: list[str] = field(default_factory=list)  # captures that end mid-record: read up to the cut
 
     def __len__(self) -> int:
         return len(self.records)
@@ -60,16 +61,17 @@ class LabelledSet:
         return out
 
 
-def read_with_context(path: str | Path, params: FlowParams, window: float = 1.0, bursts: int = 3
-                      ) -> tuple[list[FlowRecord], list[Context]]:
-    """All flow records of one capture and their BURST contexts, in arrival order.
+def read_with_context(path: str | Path, params: FlowParams, window: float = 1.0, bursts: int = 3,
+                      stats: ReadStats | None = None) -> tuple[list[FlowRecord], list[Context]]:
+    """All flow records of one capture and their BURST contexts, in arrival order (`stats`: what the read
+    counted, a cut capture included).
 
     Checksums are not verified (zeek -C): many corpus captures were taken on hosts with checksum
     offload, and Zeek's default would drop nearly half of nDPI's labelled flows.
     """
     tracker = ContextTracker(window=window, bursts=bursts)
     records, contexts = [], []
-    for r in read_flows(path, params, checksums=False):
+    for r in read_flows(path, params, checksums=False, stats=stats):
         contexts.append(tracker.observe(r))
         records.append(r)
     return records, contexts
@@ -147,8 +149,11 @@ def load_labelled(data_dir: str | Path, labels_csv: str | Path, *, label_column:
     data_dir = Path(data_dir)
     for name in _progress(sorted(rows_by_pcap), progress, "captures"):
         rows = rows_by_pcap[name]
+        st = ReadStats()
         try:
-            records, contexts = read_with_context(data_dir / name, params, window, bursts)
+            records, contexts = read_with_context(data_dir / name, params, window, bursts, stats=st)
+            if st.truncated:
+                out.truncated.append(name)
         except (PcapError, OSError) as e:
             (on_error or (lambda n, e: print(f"etool: skipping {n}: {e}", file=sys.stderr)))(name, e)
             out.unmatched_rows += len(rows)
