@@ -18,6 +18,26 @@ pytest.importorskip("onnx")
 NEW = "SecureShell"  # not a label of the bundled package: the SSH flows of the local labels get it
 
 
+def subset_labels(out, keep) -> None:
+    """zeek-traces' labels.csv cut to the rows keep(row) returns (possibly changed), written to `out`."""
+    with open(ZEEK_TRACES / "labels.csv", newline="") as f, open(out, "w", newline="") as g:
+        r = csv.DictReader(f)
+        w = csv.DictWriter(g, r.fieldnames)
+        w.writeheader()
+        for row in r:
+            row = keep(row)
+            if row is not None:
+                w.writerow(row)
+
+
+def _ssh_tls_with_new_label(row: dict) -> dict | None:
+    if not row["pcap"].startswith(("ssh/", "tls/")):
+        return None
+    if row["master"] == "SSH":
+        row["category"] = NEW
+    return row
+
+
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory):
     if not (ZEEK_TRACES / "labels.csv").is_file():
@@ -26,15 +46,7 @@ def adapted(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("adapt")
     labels = d / "labels.csv"
-    with open(ZEEK_TRACES / "labels.csv", newline="") as f, open(labels, "w", newline="") as g:
-        r = csv.DictReader(f)
-        w = csv.DictWriter(g, r.fieldnames)
-        w.writeheader()
-        for row in r:
-            if row["pcap"].startswith(("ssh/", "tls/")):
-                if row["master"] == "SSH":
-                    row["category"] = NEW
-                w.writerow(row)
+    subset_labels(labels, _ssh_tls_with_new_label)
     out = d / "pkg"
     rc = main(["adapt", "--data", str(ZEEK_TRACES), "--labels", str(labels), "-o", str(out), "--quiet"])
     return rc, out, labels
@@ -231,13 +243,7 @@ def test_adapt_from_labels_says_which_captures_were_cut(tmp_path, capsys):
         if (ZEEK_TRACES / "ssh" / name).is_file():
             shutil.copy(ZEEK_TRACES / "ssh" / name, data / "ssh" / name)
     labels = tmp_path / "labels.csv"
-    with open(ZEEK_TRACES / "labels.csv", newline="") as f, open(labels, "w", newline="") as g:
-        r = csv.DictReader(f)
-        w = csv.DictWriter(g, r.fieldnames)
-        w.writeheader()
-        for row in r:
-            if (data / row["pcap"]).is_file():
-                w.writerow(row)
+    subset_labels(labels, lambda row: row if (data / row["pcap"]).is_file() else None)
     rc = main(["adapt", "--data", str(data), "--labels", str(labels), "-o", str(tmp_path / "pkg"), "--holdout", "0"])
     err = capsys.readouterr().err
     assert rc == 3, err
