@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
-import json
 import shutil
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from .local_fit import AdaptError, LocalFlows, fit_parts, local_flows, score, sc
 
 EXIT_OK, EXIT_INPUT, EXIT_TRUNCATED, EXIT_NOT_BETTER = 0, 2, 3, 5
 
+LOCAL_LABELS = "local_labels.csv"  # in the package: the labels `adapt CAPTURE...` wrote with nDPI
 HOLDOUT = 0.25  # share of the local captures held back for the before/after check
 
 
@@ -74,14 +74,15 @@ def held_scores(model: Any, lf: LocalFlows, kept: np.ndarray, held: np.ndarray, 
 def adapt(base: str | Path | None, data_dir: str | Path, labels_csv: str | Path, out: str | Path, *,
           holdout: float = HOLDOUT, seed: int = 0, name: str | None = None, version: str | None = None,
           progress: bool = False, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
-          one_step: bool = False) -> Report:
+          one_step: bool = False, base_model: Any = None) -> Report:
     """Adapt `base` to the labelled local flows of `data_dir`/`labels_csv` and write the package `out`
-    (`one_step`: the labels are the ones `adapt CAPTURE...` just wrote)."""
+    (`one_step`: the labels are the ones `adapt CAPTURE...` just wrote, and go into the package;
+    `base_model`: `base` already loaded by preflight)."""
     from ..runtime import model_window
     from .data import LabelsError, load_labelled
 
     out = Path(out)
-    model = preflight(base, out)
+    model = base_model if base_model is not None else preflight(base, out)
     errors: list[str] = []
     try:
         ds = load_labelled(data_dir, labels_csv, label_column="category", params=model_window(model.spec),
@@ -114,12 +115,16 @@ def adapt(base: str | Path | None, data_dir: str | Path, labels_csv: str | Path,
         log("adapt: --holdout 0: nothing held back, no before/after")
     parts = fit_parts(model, lf, np.arange(len(lf)), seed=seed, log=log)
     lineage = {"base": model.id, "base_sha256": model.manifest["sha256"],
-               "local_sha256": digest(labels_csv, data_dir, ds.pcap), "local_labels": str(labels_csv),
+               "local_sha256": digest(labels_csv, data_dir, ds.pcap),
+               # one step: the labels go with the package, so that local_sha256 can be checked again
+               "local_labels": LOCAL_LABELS if one_step else str(labels_csv),
                "flows": len(lf), "captures": len(set(lf.pcap)),
                "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
     if before is not None:
         lineage["held_back"] = {"captures": len(held_caps), "scope": scope, "before": before, "after": after}
     man = write_package(model, parts, lf, out, lineage=lineage, name=name, version=version)
+    if one_step:
+        shutil.copyfile(labels_csv, out / LOCAL_LABELS)
     better = None if before is None else verdict(before, after)
     return Report(before, after, scope, len(held_caps), better, man, list(ds.truncated))
 
@@ -166,15 +171,12 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no report (warnings stay)")
 
 
-LOCAL_LABELS = "local_labels.csv"  # in the package: the labels `adapt CAPTURE...` wrote with nDPI
-
-
 def adapt_main(args: argparse.Namespace) -> int:
     prog = "etool-sensor"
     quiet = args.quiet
     log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     progress = not quiet and sys.stderr.isatty()
-    tmpdir = None
+    tmpdir = base_model = None
     truncated = False
     try:
         if args.captures and (args.data or args.labels):
@@ -186,7 +188,7 @@ def adapt_main(args: argparse.Namespace) -> int:
         if args.captures:
             from ..labeling import LabelError, default_root, write_labels
 
-            preflight(args.model, Path(args.output))
+            base_model = preflight(args.model, Path(args.output))
             tmpdir = tempfile.mkdtemp(prefix="etool-adapt-")
             data, labels = default_root(args.captures), Path(tmpdir) / "labels.csv"
             try:
@@ -205,7 +207,7 @@ def adapt_main(args: argparse.Namespace) -> int:
         try:
             rep = adapt(args.model, data, labels, args.output, holdout=args.holdout, seed=args.seed,
                         name=args.name, version=args.version, progress=progress, log=log,
-                        one_step=bool(args.captures))
+                        one_step=bool(args.captures), base_model=base_model)
         except AdaptError as e:
             if tmpdir:  # the nDPI run is not lost: its labels stay beside where the package would be
                 kept = Path(str(args.output).rstrip("/") + ".labels.csv")
@@ -213,10 +215,6 @@ def adapt_main(args: argparse.Namespace) -> int:
                 raise AdaptError(f"{e}; the labels written stay in {kept} (adapt --data {data} --labels "
                                  f"{kept} reuses them)") from None
             raise
-        if tmpdir:  # the labels it wrote go with the package, so that lineage.local_sha256 can be checked again
-            shutil.copyfile(labels, Path(args.output) / LOCAL_LABELS)
-            rep.manifest["lineage"]["local_labels"] = LOCAL_LABELS
-            (Path(args.output) / "manifest.json").write_text(json.dumps(rep.manifest, indent=1) + "\n")
     except AdaptError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_INPUT
