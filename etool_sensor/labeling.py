@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -81,17 +79,12 @@ class _Plain:
             gz = f.read(2) == b"\x1f\x8b"
         if not gz:
             return
+        from .capture.formats import copy_decompressed
+
         fd, self.tmp = tempfile.mkstemp(suffix=".pcap")
         self.path = Path(self.tmp)
-        with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as inp:
-            try:
-                while True:
-                    block = inp.read1(1 << 16)  # read1: a cut stream keeps what decompressed before it
-                    if not block:
-                        break
-                    out.write(block)
-            except (EOFError, OSError, zlib.error):
-                self.cut = True
+        with os.fdopen(fd, "wb") as out:
+            self.cut = copy_decompressed(path, out)
 
     def __enter__(self) -> "_Plain":
         return self
@@ -169,31 +162,33 @@ class Nfstream:
     def label(self, path: Path, rel: str) -> CaptureResult:
         rows = []
         warning = ""
-        plain = _Plain(path)
-        try:
-            for f in self.nfstream.NFStreamer(source=str(plain.path), n_dissections=255, statistical_analysis=False,
-                                              n_meters=1, decode_tunnels=True):
-                if f.protocol not in (6, 17):
-                    continue
-                label = f.application_name or "Unknown"
-                master, app = _split_label(label)
-                cat = f.application_category_name or ""
-                conf = NFSTREAM_CONFIDENCE.get(f.application_confidence, "DPI (partial)")
-                rows.append({"pcap": rel, "l4": "TCP" if f.protocol == 6 else "UDP", "src": f.src_ip,
-                             "sport": f.src_port, "dst": f.dst_ip, "dport": f.dst_port,
-                             "bidirectional": int(f.dst2src_packets > 0), "label": label, "master": master,
-                             "app": app,
-                             "category": NFSTREAM_APP_CATEGORIES.get(app, NFSTREAM_CATEGORIES.get(cat, cat)),
-                             "encrypted": "Encrypted" if master in ENCRYPTED_MASTERS else "ClearText",
-                             "confidence": conf, "sni": f.requested_server_name or "",
-                             "c2s_pkts": f.src2dst_packets, "c2s_bytes": f.src2dst_bytes,
-                             "s2c_pkts": f.dst2src_packets, "s2c_bytes": f.dst2src_bytes})
-        except Exception as e:  # noqa: BLE001 - nfstream raises plain exceptions on a bad capture
-            warning = str(e).splitlines()[0] if str(e) else type(e).__name__
-        finally:
-            plain.__exit__()
+        with _Plain(path) as plain:
+            try:
+                self._stream(plain.path, rel, rows)
+            except Exception as e:  # noqa: BLE001 - nfstream raises plain exceptions on a bad capture
+                warning = str(e).splitlines()[0] if str(e) else type(e).__name__
         # nfstream reads a capture cut mid-packet without a word: the cut is found as classify finds it
         return CaptureResult(rows, plain.cut or "truncat" in warning.lower() or _cut_short(path), warning)
+
+    def _stream(self, path: Path, rel: str, rows: list[dict[str, Any]]) -> None:
+        """Append the rows of the capture at `path` (a plain file) to `rows`, flow by flow."""
+        for f in self.nfstream.NFStreamer(source=str(path), n_dissections=255, statistical_analysis=False,
+                                          n_meters=1, decode_tunnels=True):
+            if f.protocol not in (6, 17):
+                continue
+            label = f.application_name or "Unknown"
+            master, app = _split_label(label)
+            cat = f.application_category_name or ""
+            conf = NFSTREAM_CONFIDENCE.get(f.application_confidence, "DPI (partial)")
+            rows.append({"pcap": rel, "l4": "TCP" if f.protocol == 6 else "UDP", "src": f.src_ip,
+                         "sport": f.src_port, "dst": f.dst_ip, "dport": f.dst_port,
+                         "bidirectional": int(f.dst2src_packets > 0), "label": label, "master": master,
+                         "app": app,
+                         "category": NFSTREAM_APP_CATEGORIES.get(app, NFSTREAM_CATEGORIES.get(cat, cat)),
+                         "encrypted": "Encrypted" if master in ENCRYPTED_MASTERS else "ClearText",
+                         "confidence": conf, "sni": f.requested_server_name or "",
+                         "c2s_pkts": f.src2dst_packets, "c2s_bytes": f.src2dst_bytes,
+                         "s2c_pkts": f.dst2src_packets, "s2c_bytes": f.dst2src_bytes})
 
 
 #: nDPI's ndpi_confidence_t as nfstream reports it -> the names ndpiReader prints (nDPI 4.2's labels.csv)

@@ -10,7 +10,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from .linklayer import SUPPORTED_LINKTYPES
 
@@ -324,6 +324,18 @@ def _open_records(src: _Source, st: ReadStats, progress):
         it = _iter_pcapng(_Prefixed(src, head + rest), st, progress)
     st.files += 1
     return it
+
+
+def copy_decompressed(path: Path, out: BinaryIO) -> bool:
+    """Copy a capture's bytes to `out`, gzip decompressed (for tools that read no gzip); True when the gzip
+    stream is cut short or corrupt: what decompressed before the damage is copied all the same."""
+    src = _Source(path)
+    try:
+        while block := src.read(_BLOCK):
+            out.write(block)
+        return src.error
+    finally:
+        src.close()
 
 
 def _progress_rest(src: _Source, progress) -> None:
