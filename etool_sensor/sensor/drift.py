@@ -9,6 +9,7 @@ import math
 from typing import Any, Sequence
 
 from ..drift import PARTS, DriftError, DriftMonitor, DriftScore, model_reference
+from ..zeek import wire as z
 from .logfmt import ev
 
 
@@ -42,7 +43,7 @@ class ServeDrift:
         already answering (the same manifest, which holds model.onnx's checksum, the priors and the
         reference), as after a reload that changed only settings; no monitoring when it has no reference."""
         key = json.dumps(getattr(model, "manifest", None), sort_keys=True, default=str)
-        if self._key is not None and key == self._key and model.id == self.model_id:
+        if key == self._key:  # the manifest names the package too (name, version)
             return
         self._key = key
         self.model_id = model.id
@@ -90,8 +91,6 @@ class ServeDrift:
         """Every interval_s until `stop` (an asyncio.Event) is set: publish the window's ETooL::drift to Zeek
         (drift.topic) when there is a score and a session, and log when the score crosses drift.threshold;
         with interval_s 0 only the latter, every CHECK_S. Never raises for a lost connection."""
-        from ..zeek import wire as z
-
         publish = self.interval_s > 0
         period = self.interval_s if publish else self.CHECK_S
         while not stop.is_set():

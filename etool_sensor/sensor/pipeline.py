@@ -45,11 +45,12 @@ from .metrics import Metrics, start_endpoint
 log = logging.getLogger(DAEMON_LOGGER)
 
 
-#: Settings a reload cannot change: they shape the WebSocket session, the listening socket, the queue or
-#: the process set. A reload that changes one keeps the running value and says so in the log.
+#: etool_server_errors_total labels: Zeek's and Broker's error codes are short snake_case names
 MAX_ERROR_CODES = 16
 _ERROR_CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,47}")
 
+#: Settings a reload cannot change: they shape the WebSocket session, the listening socket, the queue or
+#: the process set. A reload that changes one keeps the running value and says so in the log.
 RESTART_ONLY = ("serve.zeek_url", "serve.topics", "serve.app_name", "serve.tls.ca_file", "serve.tls.verify",
                 "serve.max_message_bytes", "serve.reconnect_min_s", "serve.reconnect_max_s", "serve.metrics_addr",
                 "serve.metrics_port", "serve.queue_size", "serve.workers", "serve.log_format", "drift")
