@@ -35,7 +35,7 @@ def child(a: argparse.Namespace) -> None:
     from etool_sensor.zeek import wire
     try:
         from etool_sensor.config import Config
-        from etool_sensor.sensor.pipeline import Daemon
+        from etool_sensor.sensor.daemon import Daemon
 
         def new_daemon(model):  # (the daemon, its queue size)
             d = Daemon(Config().with_overrides({"serve.metrics_port": 0}), model)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import EXIT_OK, EXIT_OUTPUT, EXIT_TRUNCATED, PROG, CliError
-from .pipeline import Session, Tally
+from .session import Session, Tally
 
 BATCH = 512  # flows per model call in classify
 PIPELINE = 2  # batches queued to the model thread before classify waits for the oldest

@@ -69,7 +69,7 @@ def _worker(conn: Any, spec: WorkerSpec) -> None:
         from .capture import reader
         from .errors import EXIT_INPUT
         from .offline import _conn_row, _verdict_row
-        from .pipeline import Session
+        from .session import Session
         from .zeeklog import CONN_FIELDS, ETOOL_FIELDS, row_formatter
 
         try:

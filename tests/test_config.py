@@ -177,7 +177,7 @@ def test_readme_config_table_lists_every_key() -> None:
 
 def test_serve_takes_classify_keys(tmp_path: Path) -> None:
     """The daemon answers with the same top_k, thresholds and alert labels as classify."""
-    from etool_sensor.sensor.pipeline import Daemon
+    from etool_sensor.sensor.daemon import Daemon
     from bench.stub_daemon import StubModel
 
     p = tmp_path / "etool.yaml"

@@ -27,7 +27,7 @@ import pytest
 from etool_sensor.zeek import broker_json as bj, messages, wire
 from etool_sensor.config import Config
 from etool_sensor.flows import Verdict
-from etool_sensor.sensor.pipeline import Daemon
+from etool_sensor.sensor.daemon import Daemon
 from bench.loadgen import LeanPeer
 from bench.replay import flows_from_captures
 from bench.stub_daemon import StubModel
@@ -461,7 +461,7 @@ def test_reload_keeps_restart_only_keys_and_applies_the_rest():
     """Daemon._apply on two validated configurations: every restart-only key is a real etool.yaml key and keeps
     its running value (named in last_reload), the others answer the flows that arrive next."""
     from etool_sensor.config import iter_options
-    from etool_sensor.sensor.pipeline import RESTART_ONLY
+    from etool_sensor.sensor.daemon import RESTART_ONLY
 
     keys = {k for k, _ in iter_options()}
     assert all(k in keys or k == "drift" for k in RESTART_ONLY)

@@ -1,4 +1,4 @@
-"""pipeline.Session and Tally on real captures: records are cut to the model's window, and the two ways a run
+"""session.Session and Tally on real captures: records are cut to the model's window, and the two ways a run
 tallies its verdicts (one process: Tally.add; --workers: Session.entry sent to the parent, Tally.add_entry)
 count the same."""
 
@@ -10,7 +10,7 @@ from etool_sensor import runtime
 from etool_sensor.capture import reader
 from etool_sensor.config import Config
 from etool_sensor.drift import DriftMonitor, package_reference
-from etool_sensor.pipeline import Session, Tally
+from etool_sensor.session import Session, Tally
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURES = sorted((ROOT.parent / "shared" / "data" / "ndpi" / "pcap").glob("*.pcap"))[:60]

@@ -6,7 +6,7 @@ Data flows down this list; nothing imports a module above it:
 * ``supervisor``: ``serve --workers N``, N forked daemons and their merged metrics (``workermetrics``);
 * ``process``: one daemon process: its configuration (etool.yaml, command-line overrides, a worker's
   share), model, event loop, signals and what SIGHUP reloads;
-* ``pipeline``: the daemon: decode -> context -> micro-batch -> infer -> publish, reload, drift;
+* ``daemon``: the daemon: decode -> context -> micro-batch -> infer -> publish, reload, drift;
 * ``metrics``: its Prometheus series and the /metrics, /healthz endpoint;
 * ``limits``: its rate limits (incoming flows, warnings);
 * ``logfmt``: its log lines (text or JSON).

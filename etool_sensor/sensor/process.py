@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ..config import Config
 from . import logfmt
 from .logfmt import DAEMON_LOGGER, ev
-from .pipeline import Daemon, Reloader
+from .daemon import Daemon, Reloader
 
 log = logging.getLogger(DAEMON_LOGGER)
 

@@ -1,4 +1,4 @@
-"""train/capture.py: real client/server traffic in two network namespaces (needs root, ip, ethtool, curl, wget,
+"""train/traffic.py: real client/server traffic in two network namespaces (needs root, ip, ethtool, curl, wget,
 openssl and dumpcap or tcpdump; skipped where the machine cannot run it)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from etool_sensor.capture import reader
-from etool_sensor.train import capture as C
+from etool_sensor.train import traffic as C
 
 
 @pytest.mark.slow

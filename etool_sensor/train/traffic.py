@@ -6,7 +6,7 @@ software only (no packet generator): curl, wget and openssl s_client against Pyt
 openssl s_server, with keep-alive, parallel connections (BURSTs) and idle gaps, captured by dumpcap or
 tcpdump on the client side of a veth pair. Nothing touches the host's own interfaces.
 
-    sudo python -m etool_sensor.train.capture --out captures/ [--seconds 120] [--seed 0]
+    sudo python -m etool_sensor.train.traffic --out captures/ [--seconds 120] [--seed 0]
     etool-sensor train ... --unlabelled ../shared/data --unlabelled captures/
     etool-sensor eval ... --unlabelled captures/      # SSL on the training flows plus these
 

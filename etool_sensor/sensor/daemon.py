@@ -36,7 +36,7 @@ from ..zeek.messages import ZeekError
 from ..zeek.wire import encode_verdict, parse_flow
 from ..config import Config
 from ..context import ContextTracker
-from ..pipeline import Session
+from ..session import Session
 from ..flows import FlowRecord, Verdict
 from .limits import RateLimitedLog, TokenBucket
 from .logfmt import DAEMON_LOGGER, ev
