@@ -25,7 +25,8 @@ exit codes:
   0    success
   1    internal error (set ETOOL_DEBUG=1 for a traceback)
   2    bad input: usage, missing file, not a capture, bad config, bad model, missing component
-  3    a capture was truncated: what was read was classified and logged
+  3    a capture was truncated: what was read was classified and logged (label: also a
+       capture the nDPI engine could not read: its rows are missing)
   4    the output could not be written (e.g. disk full); the message counts the rows not written
   5    adapt: the package was written but is not better than its base on the held-back captures
   130  interrupted
@@ -121,7 +122,9 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
         description="Classify every TCP/UDP connection of the captures. Several captures give one\n"
                     "etool.log and one conn.log (Zeek format) in the output directory.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng file(s)")
+    c.add_argument("captures", nargs="+", metavar="CAPTURE",
+                   help="pcap or pcapng file(s), gzipped or not, or directories: a directory stands for every "
+                        "*.pcap, *.pcapng, *.cap, *.gz, *.trace and *.dump file under it (recursively, sorted)")
     c.add_argument("-o", "--output", metavar="DIR", help="output directory (default: log.dir of the config, '.')")
     c.add_argument("--config", metavar="FILE", help="etool.yaml (default: built-in defaults, or $ETOOL_CONFIG)")
     c.add_argument("--format", choices=("tsv", "json"), help="log format (default: log.format of the config, tsv)")

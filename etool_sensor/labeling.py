@@ -343,5 +343,6 @@ def label_main(args: argparse.Namespace) -> int:
     if stats.truncated:
         print(f"{prog}: warning: truncated capture{'s' if len(stats.truncated) > 1 else ''} "
               f"({', '.join(stats.truncated)}): labelled up to the cut", file=sys.stderr)
-        return EXIT_TRUNCATED
-    return EXIT_OK
+    # a capture without all its rows is a partial result, whatever the reason: a script that labels and then
+    # adapts must not take it for a whole one
+    return EXIT_TRUNCATED if stats.truncated or stats.warnings else EXIT_OK

@@ -113,14 +113,17 @@ def _warn_collection(runtime: Any, model_path: Any, params: Any) -> None:
         print(f"{PROG}: warning: {gap}; verdicts are less accurate than the model card measured", file=sys.stderr)
 
 
-def _check_inputs(paths: Sequence[str]) -> None:
-    """capture.reader.check_captures as classify's one-line input error (exit 2)."""
+def _check_inputs(paths: Sequence[str]) -> list[str]:
+    """The captures classify reads (capture.reader.expand_captures: a directory stands for the capture files
+    under it), each checked (check_captures); a PcapError is classify's one-line input error (exit 2)."""
     from .capture import reader
 
     try:
-        reader.check_captures(paths)
+        files = reader.expand_captures(paths)
+        reader.check_captures(files)
     except reader.PcapError as e:
         raise CliError(str(e)) from None
+    return files
 
 
 def _summary(counts: Counts, stats: Any, outputs: Sequence[Path], drift: Any = None) -> str:
@@ -174,8 +177,9 @@ def _drift_of(counts: Counts, cfg: Any) -> Any:
 def prepare(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
     """What both classify paths do first: check every capture, import the runtime, warn about a collection
     that is smaller than the model reads, and set the collector (before --workers fork: they inherit it).
-    Returns (reader, runtime): reader is etool_sensor.capture.reader."""
-    _check_inputs(args.captures)
+    args.captures becomes the list of files read (directories expanded). Returns (reader, runtime): reader is
+    etool_sensor.capture.reader."""
+    args.captures = _check_inputs(args.captures)
     reader, runtime = _import_runtime_parts()
     _warn_collection(runtime, args.model or cfg.model.path, cfg.flow_params)
     runtime.tune_gc()

@@ -184,10 +184,13 @@ def test_missing_file(tmp_path: Path, capsys) -> None:
     assert_one_line_error(err, "nope.pcap", "no such file")
 
 
-def test_directory_instead_of_capture(tmp_path: Path, capsys) -> None:
+def test_a_directory_without_captures_is_an_input_error(tmp_path: Path, capsys) -> None:
+    """A mistyped directory is not a silent run over nothing: exit 2, one line, nothing written."""
+    (tmp_path / "notes.txt").write_text("x\n")
     rc, _, err = run(["classify", tmp_path, "-o", tmp_path / "o"], capsys)
     assert rc == EXIT_INPUT
-    assert_one_line_error(err, "directory")
+    assert_one_line_error(err, "directory with no capture files")
+    assert not (tmp_path / "o").exists()
 
 
 def test_not_a_capture(tmp_path: Path, capsys) -> None:
@@ -519,3 +522,24 @@ def test_a_longer_collection_than_the_model_reads_is_cut_to_its_window(tmp_path:
     if workers == 1:
         assert len(seen) > 20 and all(n <= 32 and m <= 3 and b <= 64 for n, m, b in seen), seen
         assert max(n for n, _, _ in seen) == 32 and max(b for _, _, b in seen) == 64  # cuts were needed
+
+
+@needs_shared
+def test_a_directory_stands_for_the_captures_under_it(tmp_path: Path, capsys) -> None:
+    """classify DIR reads every capture file under DIR, recursively and sorted, as if they were listed: the
+    same rows and uids; files with other suffixes are not read."""
+    import shutil
+
+    root = tmp_path / "caps"
+    (root / "b").mkdir(parents=True)
+    shutil.copy(PCAPS / "signal.pcap", root / "b" / "signal.pcap")
+    shutil.copy(PCAPS / "chrome.pcap", root / "a.pcap")
+    (root / "README.txt").write_text("not a capture, and not read\n")
+    rc, _, err = run(["classify", root, "-o", tmp_path / "dir"], capsys)
+    assert rc == 0, err
+    rc, _, err = run(["classify", root / "a.pcap", root / "b" / "signal.pcap", "-o", tmp_path / "list"], capsys)
+    assert rc == 0, err
+    _, by_dir = read_ascii_log(tmp_path / "dir" / "etool.log")
+    _, by_list = read_ascii_log(tmp_path / "list" / "etool.log")
+    keys = ("uid", "id.orig_h", "id.resp_h", "service", "app", "confidence")
+    assert len(by_dir) > 2 and [[r[k] for k in keys] for r in by_dir] == [[r[k] for k in keys] for r in by_list]

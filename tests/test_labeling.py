@@ -3,6 +3,7 @@ shared zeek-traces set, the labels.csv schema, and the errors (missing file, not
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import subprocess
@@ -136,3 +137,27 @@ def test_label_without_ndpi_says_what_to_install(tmp_path):
     assert r.returncode == 2
     want = "etool-sensor: error: ndpiReader is not on PATH: apt-get install libndpi-bin"
     assert r.stderr.strip().splitlines() == [want]
+
+
+def test_label_exits_3_when_the_engine_cannot_read_a_capture(tmp_path, monkeypatch, capsys):
+    """A capture the engine refuses (not a cut: ndpiReader on some multi-interface pcapng) leaves its rows out
+    of the CSV: the run goes on, a warning names the capture, and the exit code says the result is partial."""
+    from etool_sensor import labeling as L
+
+    class Refuses:
+        name, version = "stub", "0"
+
+        def label(self, path, rel):
+            if path.name == "ecdhe.pcap":
+                return L.CaptureResult([], False, "cannot read this capture")
+            return L.CaptureResult([{c: "" for c in L.COLUMNS} | {"pcap": rel}])
+
+    monkeypatch.setattr(L, "find_engine", lambda name="auto": Refuses())
+    out = tmp_path / "labels.csv"
+    caps = [str(ZEEK_TRACES / "ssh" / "ssh.pcap"), str(ZEEK_TRACES / "tls" / "ecdhe.pcap")]
+    ns = argparse.Namespace(captures=caps, output=str(out), root="/", engine="auto", quiet=True)
+    assert L.label_main(ns) == 3
+    err = capsys.readouterr().err
+    assert "ecdhe.pcap" in err and "cannot read this capture" in err
+    with open(out, newline="") as f:
+        assert [r["pcap"].rsplit("/", 1)[-1] for r in csv.DictReader(f)] == ["ssh.pcap"]

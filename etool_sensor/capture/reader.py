@@ -32,7 +32,7 @@ from .stats import ReadStats
 from .tcp import ZeekTimeouts
 
 __all__ = ["PcapError", "ConnSummary", "ReadStats", "read_flows", "read_shard", "check_capture",
-           "LIKELY_SERVER_PORTS", "ZeekTimeouts", "EV_NEW", "EV_RECORD", "EV_CONN", "EV_TICK"]
+           "capture_files", "expand_captures", "CAPTURE_SUFFIXES", "LIKELY_SERVER_PORTS", "ZeekTimeouts", "EV_NEW", "EV_RECORD", "EV_CONN", "EV_TICK"]
 
 
 def read_flows(paths: str | Path | Sequence[str | Path], params: FlowParams = FlowParams(), *,
@@ -58,6 +58,34 @@ def read_flows(paths: str | Path | Sequence[str | Path], params: FlowParams = Fl
                                       likely_server_ports)
         else:
             yield from _read_one(Path(p), idx, params, st, on_conn, progress, checksums, likely_server_ports)
+
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".gz", ".trace", ".dump")  # what a directory is searched for
+
+
+def capture_files(*roots: str | Path) -> list[Path]:
+    """Every file under the given directories whose name ends in one of CAPTURE_SUFFIXES, sorted."""
+    files: list[Path] = []
+    for root in roots:
+        files += [p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in CAPTURE_SUFFIXES]
+    return sorted(files)
+
+
+def expand_captures(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """`paths` with every directory replaced by its capture files (capture_files: recursive, sorted), in the
+    order given: what `classify` reads. PcapError for a directory that holds none, so that a mistyped
+    directory is not a silent run over nothing."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = capture_files(p)
+            if not found:
+                raise PcapError(f"{p}: a directory with no capture files in it (looked for "
+                                f"{', '.join('*' + s for s in CAPTURE_SUFFIXES)}, recursively)")
+            out += [str(f) for f in found]
+        else:
+            out.append(os.fspath(p))
+    return out
 
 
 def check_capture(path: str | os.PathLike) -> None:

@@ -218,7 +218,8 @@ def eval_main(args: argparse.Namespace) -> int:
         log("eval: --transductive says which unlabelled flows the self-supervised stages read: name --unlabelled DIR")
         return 2
     if getattr(args, "unlabelled", None):
-        from ..train.data import capture_files, load_unlabelled
+        from ..capture.reader import capture_files
+        from ..train.data import load_unlabelled
 
         files = capture_files(*args.unlabelled)
         recs, ctxs, names = load_unlabelled(files, params)

@@ -134,7 +134,8 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
     from etool_sensor.flows import FlowParams
     build_package = _import_export().build_package
 
-    from .data import LabelsError, capture_files, check_labelled_inputs, in_captures, load_labelled, load_unlabelled
+    from ..capture.reader import capture_files
+    from .data import LabelsError, check_labelled_inputs, in_captures, load_labelled, load_unlabelled
     from .student import ensemble_of, train_student
     from .threads import set_threads
 

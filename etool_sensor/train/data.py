@@ -188,16 +188,6 @@ def in_captures(path: str | Path, names: set[str]) -> bool:
     return any("/".join(parts[i:]) in names for i in range(len(parts)))
 
 
-def capture_files(*roots: str | Path) -> list[Path]:
-    """Every capture-looking file under the given directories (pcap, pcapng, cap, gz), sorted."""
-    exts = {".pcap", ".pcapng", ".cap", ".gz", ".trace", ".dump"}
-    files: list[Path] = []
-    for root in roots:
-        root = Path(root)
-        files += [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts]
-    return sorted(files)
-
-
 def load_unlabelled(paths: Iterable[str | Path], params: FlowParams = FlowParams(), *, window: float = 1.0,
                     bursts: int = 3, progress: bool = False
                     ) -> tuple[list[FlowRecord], list[Context], list[str]]:
