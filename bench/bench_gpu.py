@@ -4,7 +4,8 @@ The device's onnxruntime has no CUDA provider and onnxruntime-gpu is too large t
 the same architecture (config from the shipped manifest, random weights: throughput does not depend on
 the values) in torch, fp32 and bf16 autocast, forward pass only, batch 1k..64k. For scale it also times
 the anchors of the issue (4x256 and 2x128 encoders at 64 tokens) with torch's nn.TransformerEncoder.
-Prints a table; not a test. Usage: python bench/bench_gpu.py [--seconds 2] [--json OUT]
+Prints a table, each row also as a ratio to the first (the student, fp32, the first batch size) measured in the
+same run; not a test. Usage: python bench/bench_gpu.py [--seconds 2] [--json OUT]
 
 `--device cpu --batches 64 --seconds 0.2` is a dry run of the same code on the CPU (what to try before
 spending device time; the numbers mean nothing).
@@ -75,7 +76,8 @@ def main() -> None:
     print(f"device: {name}  torch {torch.__version__}")
     print(f"student {c.layers}x{c.d}, {fl['tokens']} tokens, {fl['flops'] / 1e6:.2f} MFLOPs/flow")
     rows = []
-    print(f"{'model':<22}{'batch':>8}{'dtype':>7}{'flows/s':>14}{'ms/batch':>10}")
+    print(f"{'model':<22}{'batch':>8}{'dtype':>7}{'flows/s':>14}{'ms/batch':>10}{'x base':>8}")
+    base = None  # the first row (the student, fp32, the first batch size): every row is a ratio to it too
     with torch.inference_mode():
         for b in a.batches:
             x = inputs(c, b, dev)
@@ -84,8 +86,10 @@ def main() -> None:
                     with torch.autocast(dev, torch.bfloat16, enabled=dtype == "bf16"):
                         model(*x)
                 per, _ = timeit(run, a.seconds, dev)
-                rows.append({"model": "etool-student", "batch": b, "dtype": dtype, "flows_s": b / per})
-                print(f"{'etool-student':<22}{b:>8}{dtype:>7}{b / per:>14,.0f}{per * 1e3:>10.2f}")
+                base = base or b / per
+                rows.append({"model": "etool-student", "batch": b, "dtype": dtype, "flows_s": b / per,
+                             "x_base": b / per / base})
+                print(f"{'etool-student':<22}{b:>8}{dtype:>7}{b / per:>14,.0f}{per * 1e3:>10.2f}{b / per / base:>8.2f}")
         for name, layers, d in (("anchor 4x256 @64tok", 4, 256), ("anchor 2x128 @64tok", 2, 128)):
             enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(d, 4, 4 * d, batch_first=True),
                                               layers).to(dev).eval()
@@ -95,8 +99,8 @@ def main() -> None:
                 with torch.autocast(dev, torch.bfloat16):
                     enc(x)
             per, _ = timeit(run2, a.seconds, dev)
-            rows.append({"model": name, "batch": b, "dtype": "bf16", "flows_s": b / per})
-            print(f"{name:<22}{b:>8}{'bf16':>7}{b / per:>14,.0f}{per * 1e3:>10.2f}")
+            rows.append({"model": name, "batch": b, "dtype": "bf16", "flows_s": b / per, "x_base": b / per / base})
+            print(f"{name:<22}{b:>8}{'bf16':>7}{b / per:>14,.0f}{per * 1e3:>10.2f}{b / per / base:>8.2f}")
     if a.json:
         a.json.write_text(json.dumps({"device": name, "rows": rows}, indent=1))
 

@@ -5,7 +5,9 @@
 Times the ONNX session alone over full-length arrays ("model"), the runtime's inference with each flow's
 padding cut off ("cut": runtime.token_groups, for packages with token_granules) and encode + inference
 ("end-to-end": Model.classify, features.encode of the flow records plus inference; reading the capture is
-not included). Also prints how many tokens the cut leaves per flow against the full sequence. The fp32 graph is rebuilt from the
+not included). Also prints how many tokens the cut leaves per flow against the full sequence. Every row's
+end-to-end rate is also a ratio to the first row's ("x base"), measured in the same run: compare ratios, not
+absolute rates, across machines. The fp32 graph is rebuilt from the
 student checkpoint (--checkpoint, or student.pt in the package dir) when given (else only the shipped graph is timed). Not a test.
 """
 
@@ -102,7 +104,9 @@ def main(argv=None) -> int:
         tok = sum(len(rows) * (2 + sum(cut[k] // g for k, g in per.items() if g and k in cut)) for rows, cut in runs)
         print(f"cut: {tok / len(recs):.1f} of {arch.get('tokens')} tokens per flow on average, "
               f"{len(runs)} runs for {len(recs)} flows")
-    print(f"{'graph':6} {'threads':>7} {'batch':>6} {'model flows/s':>14} {'cut flows/s':>12} {'end-to-end flows/s':>19}")
+    print(f"{'graph':6} {'threads':>7} {'batch':>6} {'model flows/s':>14} {'cut flows/s':>12} {'end-to-end flows/s':>19}"
+          f" {'x base':>7}")
+    base = None  # the first row's end-to-end rate: every row is also given as a ratio to it, measured in this run
     for name, d in variants.items():
         for th in a.threads:
             m = load_model(d, threads=th)
@@ -119,14 +123,17 @@ def main(argv=None) -> int:
                 runtime.BATCH = bs
                 e2e = time_it(lambda: m.classify(r2, c2), n_e2e, a.seconds)
                 runtime.BATCH = keep
-                print(f"{name:6} {th:>7} {bs:>6} {model_fps:>14,.0f} {cut} {e2e:>19,.0f}")
+                base = base or e2e
+                print(f"{name:6} {th:>7} {bs:>6} {model_fps:>14,.0f} {cut} {e2e:>19,.0f} {e2e / base:>7.2f}")
     from etool_sensor import features
 
     spec = load_model(a.model).spec  # loaded before the clock starts
     t0 = time.perf_counter()
     features.encode(recs[:2048], ctxs[:2048], spec)
     which = "C" if features._encode_c is not None else "Python"
-    print(f"features.encode alone: {2048 / (time.perf_counter() - t0):,.0f} flows/s (1 thread, {which} arrays)")
+    enc = 2048 / (time.perf_counter() - t0)
+    print(f"features.encode alone: {enc:,.0f} flows/s (1 thread, {which} arrays), {enc / base:.2f}x the first row's "
+          "end-to-end rate")
     return 0
 
 
