@@ -697,3 +697,56 @@ def test_eval_scores_size_forests_beside_the_model(shared, tmp_path):
         if b[kind]["macro_f1_min5"]:
             assert b[kind]["model_ratio_macro_f1_min5"] == pytest.approx(r["macro_f1_min5"] / b[kind]["macro_f1_min5"],
                                                                          rel=1e-2)
+
+
+def test_one_sided_keeps_one_direction_and_the_copies_keep_their_labels(shared):
+    """train.data.one_sided is what a sensor behind asymmetric routing collects of a flow: one direction's
+    packets and chunks, times from its first packet; with_one_sided adds such copies to a training set with the
+    flow's label, capture and context, and leaves the original flows as they were."""
+    from etool_sensor.train.data import load_labelled, one_sided, with_one_sided
+
+    ds = load_labelled(NDPI / "pcap", NDPI / "labels.csv", encrypted_only=True, pcaps=PCAPS)
+    rec = next(r for r in ds.records if {p.is_orig for p in r.packets} == {True, False} and len(r.payload) > 1)
+    for orig in (True, False):
+        o = one_sided(rec, orig)
+        assert o is not None and o.uid != rec.uid
+        assert o.packets and all(p.is_orig == orig for p in o.packets) and o.packets[0].dt == 0.0
+        assert [p.ip_len for p in o.packets] == [p.ip_len for p in rec.packets if p.is_orig == orig]
+        assert [c.data for c in o.payload] == [c.data for c in rec.payload if c.is_orig == orig]
+        o.validate()
+    lone = next((r for r in ds.records if sum(p.is_orig for p in r.packets) < 2), None)
+    if lone is not None:
+        assert one_sided(lone, True) is None  # fewer than 2 packets on that side: no record, as classify
+    before = [r.uid for r in ds.records]
+    aug = with_one_sided(ds, 0.5, seed=0)
+    n = len(ds)
+    assert [r.uid for r in ds.records] == before and [r.uid for r in aug.records[:n]] == before
+    assert n < len(aug) <= n + n * 0.7
+    for r, y, cap, ctx in zip(aug.records[n:], aug.labels[n:], aug.pcap[n:], aug.contexts[n:]):
+        src = ds.records.index(next(x for x in ds.records if x.uid == r.uid[:-1]))
+        assert r.uid[-1] in "<>" and len({p.is_orig for p in r.packets}) == 1
+        assert (y, cap, ctx) == (ds.labels[src], ds.pcap[src], ds.contexts[src])
+    assert [r.uid for r in with_one_sided(ds, 0.5, seed=0).records] == [r.uid for r in aug.records]
+    assert with_one_sided(ds, 0.0, seed=0) is ds
+    with pytest.raises(ValueError):
+        with_one_sided(ds, 1.5, seed=0)
+
+
+def test_eval_views_score_every_method_on_one_sided_test_flows(shared, tmp_path, capsys):
+    """eval --views adds M@client_only and M@server_only: the same trained method scored on the test flows
+    seen from one side, the same trained models answering; --one-sided recorded in the result."""
+    from etool_sensor.lab.cli import main
+
+    out = tmp_path / "v.json"
+    rc = main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(out),
+               "--no-model", "--encrypted-only", "--quick", "--splits", "capture_kfold", "--folds", "3",
+               "--methods", "rf_shape", "--views", "--one-sided", "0.5", "--pcaps", ",".join(PCAPS)])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["one_sided"] == 0.5 and res["views"] is True
+    m = res["splits"]["capture_kfold"]["methods"]
+    assert set(m) == {"rf_shape", "rf_shape@client_only", "rf_shape@server_only"}
+    for k in m:
+        assert "error" not in m[k] and 0.0 <= m[k]["accuracy"] <= 1.0
+    preds = res["splits"]["capture_kfold"]["pooled_predictions"]["methods"]
+    assert preds["rf_shape@client_only"] != preds["rf_shape"]

@@ -365,6 +365,8 @@ def test_train_recipe_builds_every_part_the_bundled_package_has(tmp_path, capsys
     assert m["name"] == recipe["name"] and m["version"] == "9.9.9" and m["training"]["student"]["epochs"] == 1
     assert m["training"]["recipe"]["recipe"] == "default.yaml" and m["training"]["teacher"] == {"used": False}
     assert m["training"]["torch_threads"] == recipe["torch_threads"] and m["training"]["ssl"]["used"]
+    # one-sided copies join the training flows; the training prior is the labelled flows' own
+    assert recipe["one_sided"] > 0 and 0 < m["training"]["one_sided_copies"] < m["training"]["flows"]
     bundled = load_model("default", threads=1).manifest
     missing = set(bundled) - set(m) - {"metrics", "notes"}  # eval and people fill those
     assert not missing, f"the recipe does not build {missing}"

@@ -32,7 +32,8 @@ from .stats import ReadStats
 from .tcp import ZeekTimeouts
 
 __all__ = ["PcapError", "ConnSummary", "ReadStats", "read_flows", "read_shard", "check_capture",
-           "capture_files", "expand_captures", "CAPTURE_SUFFIXES", "LIKELY_SERVER_PORTS", "ZeekTimeouts", "EV_NEW", "EV_RECORD", "EV_CONN", "EV_TICK"]
+           "capture_files", "expand_captures", "CAPTURE_SUFFIXES", "LIKELY_SERVER_PORTS", "ZeekTimeouts",
+           "EV_NEW", "EV_RECORD", "EV_CONN", "EV_TICK"]
 
 
 def read_flows(paths: str | Path | Sequence[str | Path], params: FlowParams = FlowParams(), *,

@@ -123,6 +123,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "(train.student.Augment; default 0: off)")
     p.add_argument("--context-drop", type=float, default=0.0, metavar="P",
                    help="students train without a flow's BURST context with probability P (default 0: off)")
+    p.add_argument("--one-sided", type=float, default=0.0, metavar="P",
+                   help="every method also trains on copies of a share P of its training flows seen from one side "
+                        "only (train --one-sided; default 0: off)")
+    p.add_argument("--views", action="store_true",
+                   help="also score every method on the test flows seen from one side, as methods "
+                        "M@client_only and M@server_only (a sensor behind asymmetric routing)")
     p.add_argument("--capture-balance", type=float, default=0.5, metavar="POWER",
                    help="method student_capbal draws training flows with probability (flows of their capture) "
                         "** -POWER (default 0.5; 1 = every capture equally often)")
@@ -181,6 +187,9 @@ def eval_main(args: argparse.Namespace) -> int:
     if args.members < 1:
         log(f"eval: --members {args.members} must be >= 1")
         return 2
+    if not 0.0 <= args.one_sided <= 1.0:
+        log(f"eval: --one-sided {args.one_sided} must be in [0, 1]")
+        return 2
     augment = None
     if getattr(args, "time_shift", 0) or getattr(args, "context_drop", 0.0):
         from ..train.student import Augment
@@ -236,6 +245,7 @@ def eval_main(args: argparse.Namespace) -> int:
                  "near_hellos": args.near_hellos, "members": args.members, "ssl_epochs": args.ssl_epochs,
                  "epochs": args.epochs,
                  "augment": None if augment is None else dataclasses.asdict(augment),
+                 "one_sided": args.one_sided, "views": bool(args.views),
                  "unlabelled": None if unlabelled is None else {"dirs": list(args.unlabelled),
                                                                 "flows": len(unlabelled[0]),
                                                                 "transductive": transductive}}
@@ -304,7 +314,8 @@ def eval_main(args: argparse.Namespace) -> int:
                                                 capture_balance=args.capture_balance, hello_bytes=hello,
                                                 repeats=repeats, first_repeat=first_repeat, near_hellos=args.near_hellos,
                                                 members=args.members, ssl_epochs=args.ssl_epochs, epochs=args.epochs, augment=augment,
-                                                transductive=transductive)
+                                                transductive=transductive, one_sided=args.one_sided,
+                                                views=args.views)
                 out.write_text(json.dumps(res, indent=1))
                 continue
             sp = splits[name]
@@ -316,7 +327,8 @@ def eval_main(args: argparse.Namespace) -> int:
                                             capture_balance=args.capture_balance, hello_bytes=hello,
                                             near_hellos=args.near_hellos, members=args.members,
                                             ssl_epochs=args.ssl_epochs, epochs=args.epochs, augment=augment,
-                                            transductive=transductive)
+                                            transductive=transductive, one_sided=args.one_sided,
+                                            views=args.views)
             out.write_text(json.dumps(res, indent=1))  # partial results survive an interrupted run
     res["elapsed_s"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(res, indent=1))

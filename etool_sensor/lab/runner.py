@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from .headroom import dataset_headroom
 from .report import fmt
 from .scoring import bootstrap_vs, confusion_png, metrics
 from .splits import KFOLDS, capture_groups, label_of, relabel
+from ..train.data import one_sided, with_one_sided
 from ..train.teacher_logits import load_cached_teacher, save_teacher_logits, teacher_cache_path, training_key
 
 if TYPE_CHECKING:  # for annotations only
@@ -78,25 +79,50 @@ def ssl_extra(unlabelled: Unlabelled, tr: LabelledSet, te: LabelledSet,
                             "transductive": transductive}
 
 
+VIEWS = {"client_only": True, "server_only": False}  # eval --views: the test flows seen from one side
+
+
+def view_scores(model: Any, te: LabelledSet, orig: bool) -> dict:
+    """metrics (with _pred and _conf) of `model` on the flows of `te` seen from one side (train.data.one_sided:
+    the originator's packets when `orig`); a flow whose side sent fewer than 2 packets is answered '-', a miss,
+    as a sensor would give it no verdict."""
+    seen = [one_sided(r, orig) for r in te.records]
+    ok = [i for i, r in enumerate(seen) if r is not None]
+    pred, conf = ["-"] * len(te), np.zeros(len(te))
+    if ok:
+        p, c = _predict(model, [seen[i] for i in ok], [te.contexts[i] for i in ok], list(model.labels))
+        for j, i in enumerate(ok):
+            pred[i], conf[i] = p[j], c[j]
+    r = metrics(te.labels, pred, conf)
+    r["_pred"], r["_conf"] = pred, [float(c) for c in conf]
+    return r
+
+
 def run_split(ds: LabelledSet, split: dict, column: str, methods: Sequence[str], *, seed: int, quick: bool,
               teacher_cache: str | None, device: str, log: Callable[[str], None], png_dir: Path | None,
               split_name: str, unlabelled: Unlabelled | None = None, spec: FeatureSpec | None = None,
               keep_predictions: bool = False, student_config: dict | None = None, capture_balance: float = 0.5,
               hello_bytes: int = 0, model_seed: int | None = None, teachers: dict | None = None,
               near_hellos: int | None = None, members: int = 3, ssl_epochs: int | None = None,
-              augment: Augment | None = None, transductive: bool = False, epochs: int | None = None) -> dict:
+              augment: Augment | None = None, transductive: bool = False, epochs: int | None = None,
+              one_sided: float = 0.0, views: bool = False) -> dict:
     """Every method trained on split["train"] and scored on split["test"]. `seed` seeds the teachers,
     `model_seed` (default `seed`) everything else: a repeat with another model seed keeps the teacher.
     `teachers` (variant -> teacher) is filled and reused, so repeats of one split train each teacher once.
     `members`: how many whole trainings student_ensemble / hybrid_ensemble average (model seeds model_seed + i,
     self-supervised stage included; the first is student_no_llm's). `augment`: every student's (train.student.Augment).
     `unlabelled`: (records, contexts, capture paths) that the self-supervised stages read besides the training
-    flows (ssl_extra: the test captures' flows only when `transductive`)."""
+    flows (ssl_extra: the test captures' flows only when `transductive`). `one_sided` P: every method also
+    trains on one-sided copies of a share P of its training flows (train.data.with_one_sided). `views`: every
+    method is also scored on the test flows seen from one side, as methods "M@client_only" and "M@server_only"
+    (VIEWS; a flow whose side sent fewer than 2 packets counts as a miss)."""
     col = split["label"] or column
     mseed = seed if model_seed is None else model_seed
     teachers = {} if teachers is None else teachers
     full = relabel(ds, col)
     tr, te = full.subset(split["train"]), full.subset(split["test"])
+    if one_sided:
+        tr = with_one_sided(tr, one_sided, mseed)
     res: dict = {"label": col, "train_flows": len(tr), "test_flows": len(te),
                  "train_pcaps": len(set(tr.pcap)), "test_pcaps": len(set(te.pcap)), "methods": {}}
     if "held_out_apps" in split:
@@ -187,6 +213,14 @@ def run_split(ds: LabelledSet, split: dict, column: str, methods: Sequence[str],
             if keep_predictions:
                 r["_pred"], r["_conf"] = list(pred), [float(c) for c in conf]
             res["methods"][m] = r
+            if views:
+                for view, orig in VIEWS.items():
+                    rv = view_scores(model, te, orig)
+                    if not keep_predictions:
+                        rv.pop("_pred"), rv.pop("_conf")
+                    res["methods"][f"{m}@{view}"] = rv
+                    log(f"eval[{split_name}] {m + '@' + view:18s} macroF1 {rv['macro_f1']:.3f} "
+                        f"min5 {rv['macro_f1_min5']:.3f} acc {rv['accuracy']:.3f}")
             if png_dir is not None and m in ("etool", "hybrid", "teacher", "rf") and len(te):
                 png = png_dir / f"confusion_{col}_{split_name}_{m}.png"
                 if confusion_png(te.labels, pred, png, f"{m}, {split_name} split, {col}"):
@@ -227,6 +261,9 @@ def run_kfold(ds: LabelledSet, column: str, methods: Sequence[str], *, folds: in
     n = len(ds)
     parts = KFOLDS[kind](ds, folds, seed)
     seeds = [seed + 100 * (first_repeat + r) for r in range(repeats)]
+    base_methods = list(methods)
+    if kw.get("views"):  # each method's scores on the one-sided test flows are methods of their own here
+        methods = base_methods + [f"{m}@{v}" for m in base_methods for v in VIEWS]
     preds: list[dict[str, list]] = [{m: [None] * n for m in methods} for _ in seeds]
     conf: dict[str, list] = {m: [0.0] * n for m in methods}
     per_fold: dict[str, list] = {m: [] for m in methods}
@@ -242,7 +279,7 @@ def run_kfold(ds: LabelledSet, column: str, methods: Sequence[str], *, folds: in
         for r, mseed in enumerate(seeds):
             rep = f", model seed {mseed} (repeat {r + 1}/{repeats})" if len(seeds) > 1 or mseed != seed else ""
             log(f"eval[{kind}]: fold {k + 1}/{folds}: train {len(tr)} / test {len(te)} flows{rep}")
-            res = run_split(ds, {"train": tr, "test": te, "label": None}, column, methods, seed=seed, log=log,
+            res = run_split(ds, {"train": tr, "test": te, "label": None}, column, base_methods, seed=seed, log=log,
                             png_dir=None, split_name=f"{kind}{k}_seed{seed}", keep_predictions=True,
                             model_seed=mseed, teachers=teachers, **kw)
             for m, rm in res["methods"].items():
@@ -255,7 +292,7 @@ def run_kfold(ds: LabelledSet, column: str, methods: Sequence[str], *, folds: in
                         conf[m][i] = rm["_conf"][j]
                 if r == 0:
                     per_fold[m].append(rm["macro_f1_min5"])
-                    fit_s[m] += rm["fit_s"]
+                    fit_s[m] += rm.get("fit_s", 0.0)
     pred = preds[0]
     y = list(ds.labels)
     out: dict = {"label": column, "folds": folds, "model_seeds": seeds, "train_flows": n - min(map(len, parts)),

@@ -18,7 +18,7 @@ RECIPES = Path(__file__).parent / "recipes"
 # the options a recipe may set: parsed as None when not given, so that a recipe fills exactly those left out
 DEFAULTS = {"name": "etool-student", "version": "0.1.0", "no_teacher": False, "student_config": None,
             "hello_bytes": DEFAULT_HELLO_BYTES, "no_forest": False, "epochs": None, "ssl_epochs": None,
-            "quantize": "static", "seed": 0, "members": 1}
+            "quantize": "static", "seed": 0, "members": 1, "one_sided": 0.0}
 RECIPE_KEYS = (*DEFAULTS, "torch_threads")
 
 
@@ -64,6 +64,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--members", type=int, default=None, metavar="M",
                    help="the student is the mean of M whole trainings (self-supervised stage included) with seeds "
                         "seed .. seed + M - 1: one graph, M times the student's CPU per flow (default 1)")
+    p.add_argument("--one-sided", type=float, default=None, metavar="P",
+                   help="also train on copies of a share P of the labelled flows seen from one side only (the "
+                        "side drawn per flow), for sensors behind asymmetric routing (default 0; the default "
+                        "recipe: 0.5)")
     p.add_argument("--teacher-cache", help="npz of teacher logits (train.teacher_logits.save_teacher_logits format: ids, "
                    "logits, labels) for the training flows, instead of training a teacher here")
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
@@ -135,7 +139,8 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
     build_package = _import_export().build_package
 
     from ..capture.reader import capture_files
-    from .data import LabelsError, check_labelled_inputs, in_captures, load_labelled, load_unlabelled
+    from .data import (LabelsError, check_labelled_inputs, in_captures, load_labelled, load_unlabelled,
+                       with_one_sided)
     from .student import ensemble_of, train_student
     from .threads import set_threads
 
@@ -155,6 +160,9 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
         if v is not None and v < 1:
             _log(f"train: {opt} {v} must be >= 1")
             return 2
+    if not 0.0 <= args.one_sided <= 1.0:
+        _log(f"train: --one-sided {args.one_sided} must be in [0, 1]")
+        return 2
     try:
         check_labelled_inputs(args.data, args.labels, args.label_column)
     except LabelsError as e:
@@ -179,6 +187,10 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
         _log("train: no labelled flows found")
         return 2
     _log(f"train: {len(train)} labelled flows from {len(set(train.pcap))} captures ({time.time() - t0:.0f}s)")
+    labelled = train  # the flows as labelled: the training prior is theirs, not the copies'
+    if args.one_sided:
+        train = with_one_sided(train, args.one_sided, args.seed)
+        _log(f"train: + {len(train) - len(labelled)} copies seen from one side (--one-sided {args.one_sided})")
     spec = FeatureSpec.from_params(params, use_ports=args.use_ports)
 
     # stage 1: self-supervised pretraining of the encoder on every capture we have
@@ -238,7 +250,8 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
     st = sts[0] if len(sts) == 1 else ensemble_of(sts)
     training = {
         "data": {"labelled": str(args.labels), "captures": str(data)},
-        "flows": len(train),
+        "flows": len(labelled),
+        "one_sided_copies": len(train) - len(labelled),
         "pcaps": len(set(train.pcap)),
         "label_column": args.label_column,
         "seconds": round(time.time() - t0, 1),
@@ -274,7 +287,7 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
                        dataclasses.replace(fspec, hello_bytes=params.hello_bytes))
         hy = _import_export("hybrid")
         m = hy.attach_forest(out, forest, check, tables=tables, hello_bytes=params.hello_bytes, log=_log,
-                             priors=hy.priors_entry(train.service, m["label_sets"]["service"]))
+                             priors=hy.priors_entry(labelled.service, m["label_sets"]["service"]))
         m["training"]["forest_seconds"] = round(time.time() - ts, 1)
         (out / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
     _drift_reference(out, data, pcaps)

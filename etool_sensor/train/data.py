@@ -8,12 +8,15 @@ reader splits from one nDPI flow (port reuse, UDP timeouts) inherits that flow's
 from __future__ import annotations
 
 import csv
+import dataclasses
 import ipaddress
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+import numpy as np
 
 from ..context import Context, ContextTracker
 from ..flows import FlowParams, FlowRecord
@@ -205,3 +208,41 @@ def load_unlabelled(paths: Iterable[str | Path], params: FlowParams = FlowParams
         contexts += cs
         names += [str(p)] * len(rs)
     return records, contexts, names
+
+
+def one_sided(rec: FlowRecord, orig: bool) -> FlowRecord | None:
+    """`rec` as a sensor sees it when only one direction of the connection passes it (asymmetric routing, a
+    half-duplex tap): the originator's packets and chunks (`orig`) or the responder's, times from the first of
+    them. The BURST context is the caller's. None when that side sent fewer than 2 packets (classify answers
+    such a flow without the model). An approximation: a real one-sided collection holds that side's first N
+    packets, this holds those among the connection's first N."""
+    pk = [p for p in rec.packets if p.is_orig == orig]
+    if len(pk) < 2:
+        return None
+    t0 = pk[0].dt
+    return dataclasses.replace(
+        rec, uid=f"{rec.uid}{'>' if orig else '<'}",
+        packets=[dataclasses.replace(p, dt=p.dt - t0) for p in pk],
+        payload=[c for c in rec.payload if c.is_orig == orig])
+
+
+def with_one_sided(ds: LabelledSet, share: float, seed: int) -> LabelledSet:
+    """`ds` plus, for a random `share` of its flows, a copy seen from one side (one_sided; the side drawn per
+    flow), with the flow's label and context: training data for a sensor that sees some connections from one
+    side only. `share` 0 gives `ds` itself."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"one_sided share must be in [0, 1], not {share}")
+    if not share:
+        return ds
+    rng = np.random.default_rng(seed)
+    pick = np.flatnonzero(rng.random(len(ds)) < share)
+    sides = rng.random(len(pick)) < 0.5
+    idx, copies = [], []
+    for i, orig in zip(pick.tolist(), sides.tolist()):
+        r = one_sided(ds.records[i], bool(orig))
+        if r is not None:
+            idx.append(i)
+            copies.append(r)
+    out = ds.subset(list(range(len(ds))) + idx)
+    out.records[len(ds):] = copies
+    return out
