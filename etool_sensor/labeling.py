@@ -225,14 +225,17 @@ def find_engine(name: str = "auto") -> Any:
                          "pip install '.[label]'") from None
 
 
-def check_captures(paths: Sequence[str | Path]) -> None:
-    """capture.reader.check_captures as a LabelError (exit 2)."""
-    from .capture.reader import PcapError, check_captures as check
+def check_captures(paths: Sequence[str | Path]) -> list[str]:
+    """The captures to label: capture.reader.expand_captures (a directory stands for the capture files under
+    it, as for classify), each checked by capture.reader.check_captures; a PcapError is a LabelError (exit 2)."""
+    from .capture.reader import PcapError, check_captures as check, expand_captures
 
     try:
-        check(paths)
+        files = expand_captures(paths)
+        check(files)
     except PcapError as e:
         raise LabelError(str(e)) from None
+    return files
 
 
 def default_root(paths: Sequence[str | Path]) -> Path:
@@ -289,7 +292,7 @@ def label_rows(paths: Sequence[str | Path], root: str | Path, engine: Any, *, pr
 def write_labels(paths: Sequence[str | Path], out: str | Path, root: str | Path | None = None, *,
                  engine: Any = None, progress: bool = False) -> LabelStats:
     """Label `paths` into the CSV `out` (written to OUT.tmp, then renamed); the stats of the run."""
-    check_captures(paths)
+    paths = check_captures(paths)
     engine = engine or find_engine()
     root = Path(root) if root is not None else default_root(paths)
     if not root.is_dir():
@@ -314,7 +317,8 @@ def write_labels(paths: Sequence[str | Path], out: str | Path, root: str | Path 
 
 
 def add_label_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng file(s)")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE",
+                   help="pcap or pcapng file(s), or directories of them (every capture file under it, as classify)")
     p.add_argument("-o", "--output", required=True, metavar="CSV", help="labels CSV to write (docs/labels.md)")
     p.add_argument("--root", metavar="DIR", help="the `pcap` column is relative to DIR (default: the deepest "
                                                  "directory holding every capture); pass it as --data to adapt")
@@ -326,7 +330,7 @@ def add_label_arguments(p: argparse.ArgumentParser) -> None:
 def label_main(args: argparse.Namespace) -> int:
     prog = "etool-sensor"
     try:
-        check_captures(args.captures)
+        args.captures = check_captures(args.captures)
         engine = find_engine(args.engine)
         root = Path(args.root) if args.root else default_root(args.captures)
         stats = write_labels(args.captures, args.output, root, engine=engine,

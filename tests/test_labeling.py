@@ -161,3 +161,36 @@ def test_label_exits_3_when_the_engine_cannot_read_a_capture(tmp_path, monkeypat
     assert "ecdhe.pcap" in err and "cannot read this capture" in err
     with open(out, newline="") as f:
         assert [r["pcap"].rsplit("/", 1)[-1] for r in csv.DictReader(f)] == ["ssh.pcap"]
+
+
+def test_label_reads_the_captures_under_a_directory(tmp_path, monkeypatch, capsys):
+    """label DIR labels every capture file under DIR (as classify DIR reads them), with paths relative to DIR;
+    a directory without captures is an input error."""
+    import shutil
+
+    from etool_sensor import labeling as L
+
+    seen = []
+
+    class Stub:
+        name, version = "stub", "0"
+
+        def label(self, path, rel):
+            seen.append(rel)
+            return L.CaptureResult([{c: "" for c in L.COLUMNS} | {"pcap": rel}])
+
+    monkeypatch.setattr(L, "find_engine", lambda name="auto": Stub())
+    caps = tmp_path / "caps"
+    (caps / "tls").mkdir(parents=True)
+    shutil.copy(ZEEK_TRACES / "ssh" / "ssh.pcap", caps / "ssh.pcap")
+    shutil.copy(ZEEK_TRACES / "tls" / "ecdhe.pcap", caps / "tls" / "ecdhe.pcap")
+    (caps / "notes.txt").write_text("not read\n")
+    out = tmp_path / "labels.csv"
+    ns = argparse.Namespace(captures=[str(caps)], output=str(out), root=None, engine="auto", quiet=True)
+    assert L.label_main(ns) == 0
+    assert seen == ["ssh.pcap", "tls/ecdhe.pcap"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ns = argparse.Namespace(captures=[str(empty)], output=str(out), root=None, engine="auto", quiet=True)
+    assert L.label_main(ns) == 2
+    assert "no capture files" in capsys.readouterr().err

@@ -158,7 +158,8 @@ def preflight(base: str | Path | None, out: Path) -> Any:
 
 def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("captures", nargs="*", metavar="CAPTURE",
-                   help="captures to label with nDPI (labeling.py) and adapt to; or give --data and --labels")
+                   help="captures (files, or directories of them) to label with nDPI (labeling.py) and adapt to; "
+                        "or give --data and --labels")
     p.add_argument("--data", metavar="DIR", help="directory the labels CSV's `pcap` paths are relative to")
     p.add_argument("--labels", metavar="CSV", help="labels CSV (docs/labels.md), e.g. from `etool-sensor label`")
     p.add_argument("-o", "--output", required=True, metavar="PKG", help="new model package directory")
@@ -186,8 +187,12 @@ def adapt_main(args: argparse.Namespace) -> int:
         if not 0 <= args.holdout < 1:
             raise AdaptError(f"--holdout {args.holdout}: must be in [0, 1)")
         if args.captures:
-            from ..labeling import LabelError, default_root, write_labels
+            from ..labeling import LabelError, check_captures, default_root, write_labels
 
+            try:
+                args.captures = check_captures(args.captures)  # directories expanded, every file checked
+            except LabelError as e:
+                raise AdaptError(str(e)) from None
             base_model = preflight(args.model, Path(args.output))
             tmpdir = tempfile.mkdtemp(prefix="etool-adapt-")
             data, labels = default_root(args.captures), Path(tmpdir) / "labels.csv"
