@@ -40,7 +40,6 @@ CONF_BINS = 10  # confidence histogram: [0, 0.1), ..., [0.9, 1.0]
 DEFAULT_WINDOW = 5000
 REFERENCE_KEY = "drift_reference"
 PARTS = ("label", "confidence", "unknown", "table")
-CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz")
 
 
 class DriftError(ValueError):
@@ -294,7 +293,9 @@ def captures_in(data: str | Path) -> list[Path]:
     root = d / "pcap" if (d / "pcap").is_dir() else d
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(CAPTURE_SUFFIXES))
+    from .capture.reader import capture_files  # the files classify DIR reads
+
+    return capture_files(root)
 
 
 def classify_captures(model: Any, captures: Sequence[str | Path], cfg: Any = None, *,

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 #: labels.csv columns, in order (docs/labels.md)
 COLUMNS = ("pcap", "l4", "src", "sport", "dst", "dport", "bidirectional", "label", "master", "app", "category",
@@ -225,22 +225,28 @@ def find_engine(name: str = "auto") -> Any:
                          "pip install '.[label]'") from None
 
 
-def check_captures(paths: Sequence[str | Path]) -> list[str]:
-    """The captures to label: capture.reader.expand_captures (a directory stands for the capture files under
-    it, as for classify), each checked by capture.reader.check_captures; a PcapError is a LabelError (exit 2)."""
-    from .capture.reader import PcapError, check_captures as check, expand_captures
+def check_captures(paths: Sequence[str | Path], warn: Callable[[str], None] | None = None) -> list[str]:
+    """The captures to label: capture.reader.select_captures (a directory stands for the capture files under
+    it, as for classify), each checked by capture.reader.check_captures; a PcapError is a LabelError (exit 2).
+    A file found under a directory that is no capture is skipped and handed to `warn`."""
+    from .capture.reader import PcapError, check_captures as check, select_captures
 
     try:
-        files = expand_captures(paths)
+        files, skipped = select_captures(paths)
         check(files)
     except PcapError as e:
         raise LabelError(str(e)) from None
+    for why in skipped:
+        if warn is not None:
+            warn(f"skipped {why}")
     return files
 
 
 def default_root(paths: Sequence[str | Path]) -> Path:
-    """The deepest directory that holds every capture."""
-    return Path(os.path.commonpath([os.path.abspath(os.path.dirname(os.path.abspath(p))) for p in paths]))
+    """The deepest directory that holds every capture named; a directory named holds itself, so that `label
+    DIR` writes paths relative to DIR (what `adapt --data DIR` reads)."""
+    return Path(os.path.commonpath([os.path.abspath(p) if os.path.isdir(p) else os.path.dirname(os.path.abspath(p))
+                                    for p in paths]))
 
 
 @dataclass
@@ -292,9 +298,9 @@ def label_rows(paths: Sequence[str | Path], root: str | Path, engine: Any, *, pr
 def write_labels(paths: Sequence[str | Path], out: str | Path, root: str | Path | None = None, *,
                  engine: Any = None, progress: bool = False) -> LabelStats:
     """Label `paths` into the CSV `out` (written to OUT.tmp, then renamed); the stats of the run."""
+    root = Path(root) if root is not None else default_root(paths)
     paths = check_captures(paths)
     engine = engine or find_engine()
-    root = Path(root) if root is not None else default_root(paths)
     if not root.is_dir():
         raise LabelError(f"{root}: --root is not a directory")
     out = Path(out)
@@ -330,9 +336,9 @@ def add_label_arguments(p: argparse.ArgumentParser) -> None:
 def label_main(args: argparse.Namespace) -> int:
     prog = "etool-sensor"
     try:
-        args.captures = check_captures(args.captures)
-        engine = find_engine(args.engine)
         root = Path(args.root) if args.root else default_root(args.captures)
+        args.captures = check_captures(args.captures, warn=lambda w: print(f"{prog}: warning: {w}", file=sys.stderr))
+        engine = find_engine(args.engine)
         stats = write_labels(args.captures, args.output, root, engine=engine,
                              progress=not args.quiet and sys.stderr.isatty())
     except LabelError as e:

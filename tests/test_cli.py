@@ -543,3 +543,18 @@ def test_a_directory_stands_for_the_captures_under_it(tmp_path: Path, capsys) ->
     _, by_list = read_ascii_log(tmp_path / "list" / "etool.log")
     keys = ("uid", "id.orig_h", "id.resp_h", "service", "app", "confidence")
     assert len(by_dir) > 2 and [[r[k] for k in keys] for r in by_dir] == [[r[k] for k in keys] for r in by_list]
+    # a ring buffer's numbered files are captures; a half-written one, a labels.csv.gz, hidden files and a
+    # second path to the same file are not read twice or at all, and do not stop the run
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    shutil.copy(PCAPS / "chrome.pcap", ring / "ring.pcap00")
+    shutil.copy(PCAPS / "signal.pcap", ring / "ring.pcap01")
+    (ring / "ring.pcap02").write_bytes(b"")  # tcpdump is still writing it
+    (ring / "labels.csv.gz").write_bytes(b"\x1f\x8b\x08")
+    (ring / "._ring.pcap00").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble
+    (ring / "alias.pcap").symlink_to(ring / "ring.pcap00")
+    rc, _, err = run(["classify", ring, ring / "ring.pcap01", "-o", tmp_path / "ring_out"], capsys)
+    assert rc == 0, err
+    assert "skipped" in err and "ring.pcap02" in err and "labels.csv" not in err and "._ring" not in err
+    _, by_ring = read_ascii_log(tmp_path / "ring_out" / "etool.log")
+    assert sorted(r["uid"] for r in by_ring) != [] and len(by_ring) == len(by_dir)  # chrome and signal, once each

@@ -16,6 +16,7 @@ bounded by the number of live connections, not by the file size.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 from pathlib import Path
@@ -32,7 +33,7 @@ from .stats import ReadStats
 from .tcp import ZeekTimeouts
 
 __all__ = ["PcapError", "ConnSummary", "ReadStats", "read_flows", "read_shard", "check_capture",
-           "capture_files", "expand_captures", "CAPTURE_SUFFIXES", "LIKELY_SERVER_PORTS", "ZeekTimeouts",
+           "capture_files", "select_captures", "CAPTURE_NAMES", "LIKELY_SERVER_PORTS", "ZeekTimeouts",
            "EV_NEW", "EV_RECORD", "EV_CONN", "EV_TICK"]
 
 
@@ -61,32 +62,62 @@ def read_flows(paths: str | Path | Sequence[str | Path], params: FlowParams = Fl
             yield from _read_one(Path(p), idx, params, st, on_conn, progress, checksums, likely_server_ports)
 
 
-CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".gz", ".trace", ".dump")  # what a directory is searched for
+CAPTURE_NAMES = re.compile(r"\.(pcap|pcapng|cap|trace|dump)(\d+|\.\d+)?(\.gz)?$", re.IGNORECASE)
+CAPTURE_NAMES_HELP = ("*.pcap, *.pcapng, *.cap, *.trace, *.dump, each also gzipped (.gz) or numbered as tcpdump -C "
+                      "and ring buffers number them (ring.pcap00, x.pcap.1700000000)")
 
 
 def capture_files(*roots: str | Path) -> list[Path]:
-    """Every file under the given directories whose name ends in one of CAPTURE_SUFFIXES, sorted."""
+    """Every file under the given directories whose name reads as a capture's (CAPTURE_NAMES), sorted; names
+    starting with '.' (editor and AppleDouble files, hidden folders) are left out and links to directories
+    are not followed. PcapError (one line) for a directory that cannot be listed: a tree read in part would
+    look whole."""
+    def refuse(e: OSError) -> None:
+        raise PcapError(f"{e.filename}: cannot list the directory: {e.strerror or e}")
+
     files: list[Path] = []
     for root in roots:
-        files += [p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in CAPTURE_SUFFIXES]
+        for top, dirs, names in os.walk(root, onerror=refuse):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            files += [Path(top, n) for n in names if not n.startswith(".") and CAPTURE_NAMES.search(n)
+                      and os.path.isfile(os.path.join(top, n))]
     return sorted(files)
 
 
-def expand_captures(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """`paths` with every directory replaced by its capture files (capture_files: recursive, sorted), in the
-    order given: what `classify` reads. PcapError for a directory that holds none, so that a mistyped
-    directory is not a silent run over nothing."""
+def select_captures(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[str]]:
+    """What `classify` and `label` read of their arguments: (files, skipped). A file named is read as it is
+    (check_captures refuses it later if it is no capture); a directory stands for its capture files
+    (capture_files), and one of those that does not start like a capture (a labels.csv.gz, a capture still
+    being written) is skipped, with "FILE: reason" in `skipped`, instead of stopping the run. A file reached
+    twice (named and found, or through a link) is read once. PcapError for a directory without capture files,
+    so that a mistyped directory is not a silent run over nothing."""
     out: list[str] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+
+    def add(f: str) -> None:
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            out.append(f)
+
     for p in paths:
-        if os.path.isdir(p):
-            found = capture_files(p)
-            if not found:
-                raise PcapError(f"{p}: a directory with no capture files in it (looked for "
-                                f"{', '.join('*' + s for s in CAPTURE_SUFFIXES)}, recursively)")
-            out += [str(f) for f in found]
-        else:
-            out.append(os.fspath(p))
-    return out
+        if not os.path.isdir(p):
+            add(os.fspath(p))
+            continue
+        found = capture_files(p)
+        if not found:
+            raise PcapError(f"{p}: a directory with no capture files in it (looked for {CAPTURE_NAMES_HELP})")
+        for f in map(str, found):
+            try:
+                if not os.access(f, os.R_OK):
+                    raise PcapError(f"{f}: permission denied")
+                check_capture(f)
+            except PcapError as e:
+                skipped.append(str(e).splitlines()[0])
+                continue
+            add(f)
+    return out, skipped
 
 
 def check_capture(path: str | os.PathLike) -> None:

@@ -189,19 +189,21 @@ def adapt_main(args: argparse.Namespace) -> int:
         if args.captures:
             from ..labeling import LabelError, check_captures, default_root, write_labels
 
-            try:
-                args.captures = check_captures(args.captures)  # directories expanded, every file checked
+            data = default_root(args.captures)  # a directory named is the root of the labels' paths
+            try:  # directories expanded, every file checked
+                args.captures = check_captures(args.captures, warn=lambda w: print(f"{prog}: warning: {w}",
+                                                                                   file=sys.stderr))
             except LabelError as e:
                 raise AdaptError(str(e)) from None
             base_model = preflight(args.model, Path(args.output))
             tmpdir = tempfile.mkdtemp(prefix="etool-adapt-")
-            data, labels = default_root(args.captures), Path(tmpdir) / "labels.csv"
+            labels = Path(tmpdir) / "labels.csv"
             try:
                 st = write_labels(args.captures, labels, data, progress=progress)
             except LabelError as e:
                 raise AdaptError(str(e)) from None
-            truncated = bool(st.truncated)
-            if truncated:
+            truncated = bool(st.truncated or st.warnings)  # partial labels: exit 3, as label gives
+            if st.truncated:
                 print(f"{prog}: warning: truncated capture(s) ({', '.join(st.truncated)}): labelled up to the cut",
                       file=sys.stderr)
             for w in st.warnings:
