@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -703,16 +705,22 @@ def test_one_sided_keeps_one_direction_and_the_copies_keep_their_labels(shared):
     """train.data.one_sided is what a sensor behind asymmetric routing collects of a flow: one direction's
     packets and chunks, times from its first packet; with_one_sided adds such copies to a training set with the
     flow's label, capture and context, and leaves the original flows as they were."""
+    from etool_sensor.capture.reader import LIKELY_SERVER_PORTS
     from etool_sensor.train.data import load_labelled, one_sided, with_one_sided
 
     ds = load_labelled(NDPI / "pcap", NDPI / "labels.csv", encrypted_only=True, pcaps=PCAPS)
-    rec = next(r for r in ds.records if {p.is_orig for p in r.packets} == {True, False} and len(r.payload) > 1)
+    rec = next(r for r in ds.records if {p.is_orig for p in r.packets} == {True, False} and len(r.payload) > 1
+               and r.proto == "tcp" and r.packets[0].tcp_flags == 0x02)  # a whole TCP connection, from its SYN
     for orig in (True, False):
         o = one_sided(rec, orig)
         assert o is not None and o.uid != rec.uid
-        assert o.packets and all(p.is_orig == orig for p in o.packets) and o.packets[0].dt == 0.0
+        assert o.packets and len({p.is_orig for p in o.packets}) == 1 and o.packets[0].dt == 0.0
         assert [p.ip_len for p in o.packets] == [p.ip_len for p in rec.packets if p.is_orig == orig]
         assert [c.data for c in o.payload] == [c.data for c in rec.payload if c.is_orig == orig]
+        # the side seen is the originator unless Zeek flips it (it sends from a likely server port)
+        swapped = o.packets[0].is_orig != orig
+        assert (o.orig_h, o.orig_p) == ((rec.resp_h, rec.resp_p) if swapped else (rec.orig_h, rec.orig_p))
+        assert swapped == (not orig and rec.resp_p not in LIKELY_SERVER_PORTS[rec.proto])
         o.validate()
     lone = next((r for r in ds.records if sum(p.is_orig for p in r.packets) < 2), None)
     if lone is not None:
@@ -744,9 +752,53 @@ def test_eval_views_score_every_method_on_one_sided_test_flows(shared, tmp_path,
     assert rc == 0, capsys.readouterr().err
     res = json.loads(out.read_text())
     assert res["one_sided"] == 0.5 and res["views"] is True
+    plain = tmp_path / "p.json"
+    assert main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(plain),
+                 "--no-model", "--encrypted-only", "--quick", "--splits", "capture", "--methods", "rf_shape",
+                 "--pcaps", ",".join(PCAPS)]) == 0
+    with_copies = tmp_path / "c.json"
+    assert main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(with_copies),
+                 "--no-model", "--encrypted-only", "--quick", "--splits", "capture", "--methods", "rf_shape",
+                 "--one-sided", "0.5", "--pcaps", ",".join(PCAPS)]) == 0
+    n0 = json.loads(plain.read_text())["splits"]["capture"]["train_flows"]
+    assert n0 < json.loads(with_copies.read_text())["splits"]["capture"]["train_flows"]  # the copies train too
+    assert main(["--data", str(NDPI / "pcap"), "--labels", str(NDPI / "labels.csv"), "--json", str(plain),
+                 "--views"]) == 2  # views of what? no split trains a model
     m = res["splits"]["capture_kfold"]["methods"]
     assert set(m) == {"rf_shape", "rf_shape@client_only", "rf_shape@server_only"}
     for k in m:
         assert "error" not in m[k] and 0.0 <= m[k]["accuracy"] <= 1.0
     preds = res["splits"]["capture_kfold"]["pooled_predictions"]["methods"]
     assert preds["rf_shape@client_only"] != preds["rf_shape"]
+
+
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump is not installed")
+def test_one_sided_is_what_the_reader_makes_of_one_direction(shared, tmp_path):
+    """A capture cut down to one direction with tcpdump and read by the capture reader gives the records that
+    one_sided makes of the whole capture's: the same endpoints (Zeek's flip from a likely server port, and
+    none from another port), directions, sizes and times (a TLS server on 443, a WireGuard peer on 51820)."""
+    from etool_sensor.capture.reader import read_flows
+    from etool_sensor.train.data import one_sided
+
+    checked = 0
+    for name, side in (("signal.pcap", "tcp src port 443"), ("wireguard.pcap", "udp src port 51820")):
+        cut = tmp_path / name
+        subprocess.run(["tcpdump", "-r", str(NDPI / "pcap" / name), "-w", str(cut), side], check=True,
+                       capture_output=True)
+        whole = list(read_flows(NDPI / "pcap" / name, checksums=False))
+        port = int(side.split()[-1])
+        for seen in read_flows(cut, checksums=False):
+            # the whole connection: the same endpoints, the latest to start before this side's first packet
+            src = max((r for r in whole if {(r.orig_h, r.orig_p), (r.resp_h, r.resp_p)} ==
+                       {(seen.orig_h, seen.orig_p), (seen.resp_h, seen.resp_p)} and r.ts <= seen.ts + 1e-6),
+                      key=lambda r: r.ts)
+            o = one_sided(src, src.orig_p == port)
+            if o is None:
+                continue
+            n = min(len(o.packets), len(seen.packets))
+            assert (o.orig_h, o.orig_p, o.resp_h, o.resp_p) == (seen.orig_h, seen.orig_p, seen.resp_h, seen.resp_p)
+            assert abs(o.ts - seen.ts) < 1e-5
+            assert [(p.is_orig, p.ip_len) for p in o.packets[:n]] == [(p.is_orig, p.ip_len) for p in seen.packets[:n]]
+            assert np.allclose([p.dt for p in o.packets[:n]], [p.dt for p in seen.packets[:n]], atol=1e-5)
+            checked += 1
+    assert checked >= 15

@@ -268,6 +268,17 @@ def test_train_joins_the_forest_unless_told_not_to(tmp_path):
                  "--no-ssl", "--quick-pcaps", "12", "--epochs", "1"]) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["hybrid"]["forest"]["flows"] == m["training"]["flows"] and m["inputs"][-1] == "flt"
+    # --one-sided: copies seen from one side join the forest's (and student's) flows; the prior stays the
+    # labelled flows' own
+    sided = tmp_path / "sided"
+    assert main(["--data", str(PCAPS), "--labels", str(LABELS), "--out", str(sided), "--quick", "--no-teacher",
+                 "--no-ssl", "--quick-pcaps", "12", "--epochs", "1", "--one-sided", "0.5"]) == 0
+    ms = json.loads((sided / "manifest.json").read_text())
+    copies = ms["training"]["one_sided_copies"]
+    assert ms["training"]["flows"] == m["training"]["flows"] and 0 < copies < ms["training"]["flows"]
+    assert ms["hybrid"]["forest"]["flows"] == m["hybrid"]["forest"]["flows"] + copies
+    assert ms["priors"]["train"] == m["priors"]["train"]
+    assert main(["--data", str(PCAPS), "--labels", str(LABELS), "--out", str(sided), "--one-sided", "2"]) == 2
     assert m["parity"]["hybrid"]["hybrid_argmax_agreement_vs_sklearn"] == 1.0
     model = load_model(out, threads=1)
     assert model.spec.flights == m["features"]["flights"] > 0
@@ -365,8 +376,7 @@ def test_train_recipe_builds_every_part_the_bundled_package_has(tmp_path, capsys
     assert m["name"] == recipe["name"] and m["version"] == "9.9.9" and m["training"]["student"]["epochs"] == 1
     assert m["training"]["recipe"]["recipe"] == "default.yaml" and m["training"]["teacher"] == {"used": False}
     assert m["training"]["torch_threads"] == recipe["torch_threads"] and m["training"]["ssl"]["used"]
-    # one-sided copies join the training flows; the training prior is the labelled flows' own
-    assert recipe["one_sided"] > 0 and 0 < m["training"]["one_sided_copies"] < m["training"]["flows"]
+    assert m["training"]["one_sided_copies"] == 0  # the bundled recipe trains on flows as captured
     bundled = load_model("default", threads=1).manifest
     missing = set(bundled) - set(m) - {"metrics", "notes"}  # eval and people fill those
     assert not missing, f"the recipe does not build {missing}"

@@ -73,6 +73,8 @@ def capture_files(*roots: str | Path) -> list[Path]:
     are not followed. PcapError (one line) for a directory that cannot be listed: a tree read in part would
     look whole."""
     def refuse(e: OSError) -> None:
+        if isinstance(e, FileNotFoundError):  # a root that does not exist holds no captures: the caller says so
+            return
         raise PcapError(f"{e.filename}: cannot list the directory: {e.strerror or e}")
 
     files: list[Path] = []

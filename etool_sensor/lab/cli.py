@@ -190,6 +190,13 @@ def eval_main(args: argparse.Namespace) -> int:
     if not 0.0 <= args.one_sided <= 1.0:
         log(f"eval: --one-sided {args.one_sided} must be in [0, 1]")
         return 2
+    if args.one_sided and args.teacher_cache:
+        log("eval: --one-sided and --teacher-cache do not go together: cached logits are looked up by flow, and a "
+            "one-sided copy is a flow of its own")
+        return 2
+    if (args.one_sided or args.views) and not args.splits:
+        log("eval: --one-sided and --views apply to the models the splits train: name --splits")
+        return 2
     augment = None
     if getattr(args, "time_shift", 0) or getattr(args, "context_drop", 0.0):
         from ..train.student import Augment

@@ -121,6 +121,7 @@ def run_split(ds: LabelledSet, split: dict, column: str, methods: Sequence[str],
     teachers = {} if teachers is None else teachers
     full = relabel(ds, col)
     tr, te = full.subset(split["train"]), full.subset(split["test"])
+    labelled = tr  # the teachers train on these (one teacher per split, whatever the model seed)
     if one_sided:
         tr = with_one_sided(tr, one_sided, mseed)
     res: dict = {"label": col, "train_flows": len(tr), "test_flows": len(te),
@@ -129,16 +130,18 @@ def run_split(ds: LabelledSet, split: dict, column: str, methods: Sequence[str],
         res["held_out_apps"] = split["held_out_apps"]
     extra = ssl = None  # unlabelled flows read besides the training flows; the students' whole SSL set
     if unlabelled is not None:
-        extra, res["unlabelled"] = ssl_extra(unlabelled, tr, te, transductive)
-        ssl = (list(tr.records) + extra[0], list(tr.contexts) + extra[1])  # as the teacher's stage 1 reads them
+        extra, res["unlabelled"] = ssl_extra(unlabelled, labelled, te, transductive)
+        ssl = (list(labelled.records) + extra[0], list(labelled.contexts) + extra[1])  # as the teacher's stage 1
         log(f"eval[{split_name}]: the self-supervised stages also read {res['unlabelled']['flows']} unlabelled flows "
             f"({res['unlabelled']['test_capture_flows_left_out']} of the test captures left out)")
+    elif one_sided:  # the self-supervised stage reads flows as captured, as train's does: no copies
+        ssl = (list(labelled.records), list(labelled.contexts))
 
     def get_teacher(variant: str = "teacher"):
         if variant in teachers:
             return teachers[variant]
         t = None
-        key = training_key(tr, extra[0] if extra is not None else None) if teacher_cache else None
+        key = training_key(labelled, extra[0] if extra is not None else None) if teacher_cache else None
         if teacher_cache:
             t = load_cached_teacher(full, teacher_cache_path(teacher_cache, split_name, col, variant), key)
             if t is not None:
@@ -146,7 +149,7 @@ def run_split(ds: LabelledSet, split: dict, column: str, methods: Sequence[str],
         if t is None:
             from ..train.teacher import train_teacher
 
-            t = train_teacher(tr, label_column=col, quick=quick, device=device, seed=seed,
+            t = train_teacher(labelled, label_column=col, quick=quick, device=device, seed=seed,
                               use_llm=variant == "teacher", unlabelled=extra, log=log)
             if teacher_cache and not quick:  # write-through: the next run with this cache skips the training
                 path = teacher_cache_path(teacher_cache, split_name, col, variant)
@@ -282,6 +285,9 @@ def run_kfold(ds: LabelledSet, column: str, methods: Sequence[str], *, folds: in
             res = run_split(ds, {"train": tr, "test": te, "label": None}, column, base_methods, seed=seed, log=log,
                             png_dir=None, split_name=f"{kind}{k}_seed{seed}", keep_predictions=True,
                             model_seed=mseed, teachers=teachers, **kw)
+            for m in methods:  # a view of a method that failed was never scored: it failed too
+                if m not in res["methods"]:
+                    errors.setdefault(m, f"not scored: {m.split('@')[0]} failed")
             for m, rm in res["methods"].items():
                 if "error" in rm:
                     errors.setdefault(m, rm["error"])

@@ -160,8 +160,15 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
         if v is not None and v < 1:
             _log(f"train: {opt} {v} must be >= 1")
             return 2
+    try:
+        args.one_sided = float(args.one_sided)  # a recipe may hold it as text
+    except (TypeError, ValueError):
+        args.one_sided = float("nan")
     if not 0.0 <= args.one_sided <= 1.0:
-        _log(f"train: --one-sided {args.one_sided} must be in [0, 1]")
+        _log(f"train: --one-sided {args.one_sided} must be a share in [0, 1]")
+        return 2
+    if args.one_sided and args.teacher_cache:
+        _log("train: --one-sided and --teacher-cache do not go together (cached logits are looked up by flow)")
         return 2
     try:
         check_labelled_inputs(args.data, args.labels, args.label_column)
@@ -232,7 +239,7 @@ def _train(args: argparse.Namespace, recipe: dict | None) -> int:
             _log(f"train: teacher unavailable ({e}); continuing without distillation")
         else:
             ts = time.time()
-            teacher = train_teacher(train, args.label_column, quick=args.quick, device=args.device)
+            teacher = train_teacher(labelled, args.label_column, quick=args.quick, device=args.device)
             teacher_info = {"used": True, "model": getattr(teacher, "name", "SmolLM2-135M"),
                             "seconds": round(time.time() - ts, 1), "device": args.device}
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..context import Context, ContextTracker
 from ..flows import FlowParams, FlowRecord
-from ..capture.reader import PcapError, ReadStats, read_flows
+from ..capture.reader import LIKELY_SERVER_PORTS, PcapError, ReadStats, read_flows
 
 Key = tuple[str, frozenset]
 
@@ -213,17 +213,34 @@ def load_unlabelled(paths: Iterable[str | Path], params: FlowParams = FlowParams
 def one_sided(rec: FlowRecord, orig: bool) -> FlowRecord | None:
     """`rec` as a sensor sees it when only one direction of the connection passes it (asymmetric routing, a
     half-duplex tap): the originator's packets and chunks (`orig`) or the responder's, times from the first of
-    them. The BURST context is the caller's. None when that side sent fewer than 2 packets (classify answers
-    such a flow without the model). An approximation: a real one-sided collection holds that side's first N
-    packets, this holds those among the connection's first N."""
+    them. Zeek's rule for a connection whose first packet is not a SYN (capture.conntrack): its sender is the
+    originator unless it sends from a likely server port, so a responder seen alone from any other port
+    becomes the originator, endpoints swapped. The BURST context is the caller's. None when that side sent
+    fewer than 2 packets (classify answers such a flow without the model). An approximation: a real one-sided
+    collection holds that side's first N packets, this holds those among the connection's first N (and keeps
+    the record's `final`)."""
     pk = [p for p in rec.packets if p.is_orig == orig]
     if len(pk) < 2:
         return None
-    t0 = pk[0].dt
-    return dataclasses.replace(
-        rec, uid=f"{rec.uid}{'>' if orig else '<'}",
-        packets=[dataclasses.replace(p, dt=p.dt - t0) for p in pk],
-        payload=[c for c in rec.payload if c.is_orig == orig])
+    first = pk[0]
+    sp, dp = (rec.orig_p, rec.resp_p) if orig else (rec.resp_p, rec.orig_p)
+    lsp = LIKELY_SERVER_PORTS.get(rec.proto, frozenset())
+    if rec.proto == "tcp":
+        syn, ack = first.tcp_flags & 0x02, first.tcp_flags & 0x10
+        flip = (not syn or ack) and sp in lsp and ((not syn and sp < dp) if dp in lsp else True)
+    else:
+        flip = sp in lsp and dp not in lsp
+    # the sender of the first packet is the originator unless Zeek flips it
+    sender_is_orig = not flip
+    swap = sender_is_orig != orig
+    t0 = first.dt
+    out = dataclasses.replace(
+        rec, uid=f"{rec.uid}{'>' if orig else '<'}", ts=rec.ts + t0,
+        packets=[dataclasses.replace(p, dt=p.dt - t0, is_orig=p.is_orig != swap) for p in pk],
+        payload=[dataclasses.replace(c, is_orig=c.is_orig != swap) for c in rec.payload if c.is_orig == orig])
+    if swap:
+        out.orig_h, out.orig_p, out.resp_h, out.resp_p = rec.resp_h, rec.resp_p, rec.orig_h, rec.orig_p
+    return out
 
 
 def with_one_sided(ds: LabelledSet, share: float, seed: int) -> LabelledSet:
