@@ -802,3 +802,40 @@ def test_one_sided_is_what_the_reader_makes_of_one_direction(shared, tmp_path):
             assert np.allclose([p.dt for p in o.packets[:n]], [p.dt for p in seen.packets[:n]], atol=1e-5)
             checked += 1
     assert checked >= 15
+
+
+def test_a_method_that_fails_in_one_fold_takes_its_views_with_it(monkeypatch):
+    """eval --views: when a method fails in a fold, its one-sided views were never scored there; the K-fold
+    result reports the method and its views as failed and keeps the other methods' numbers."""
+    from etool_sensor.flows import FlowRecord, Packet
+    from etool_sensor.train.data import LabelledSet
+
+    n = 20
+    recs = [FlowRecord(f"C{i}", 0.0, "1.1.1.1", 1000 + i, "2.2.2.2", 443, "tcp",
+                       [Packet(0.0, True, 60, 0, 2), Packet(0.1, False, 60, 0, 18)]) for i in range(n)]
+    ds = LabelledSet(records=recs, contexts=[None] * n, labels=["A", "B"] * 10, service=["A", "B"] * 10,
+                     app=["a", "b"] * 10, pcap=[f"p{i % 4}.pcap" for i in range(n)], encrypted=[True] * n)
+    calls = {"k": 0}
+
+    def split_scores(ds, split, column, methods, **kw):  # rf_shape fails in the second fold
+        calls["k"] += 1
+        p = [ds.labels[i] for i in split["test"]]
+        res: dict = {"methods": {}}
+        for m in methods:
+            if m == "rf_shape" and calls["k"] == 2:
+                res["methods"][m] = {"error": "boom"}
+                continue
+            res["methods"][m] = {"_pred": p, "_conf": [1.0] * len(p), "macro_f1_min5": 1.0, "fit_s": 0.0}
+            for v in R.VIEWS:
+                res["methods"][f"{m}@{v}"] = {"_pred": ["-"] * len(p), "_conf": [0.0] * len(p), "macro_f1_min5": 0.0}
+        return res
+
+    monkeypatch.setattr(R, "run_split", split_scores)
+    monkeypatch.setitem(R.KFOLDS, "two_folds", lambda ds, f, s: [np.arange(i, n, 2) for i in range(2)])
+    monkeypatch.setattr(R, "dataset_headroom", lambda ds, parts: {})
+    out = R.run_kfold(ds, "category", ["rf_shape", "rf"], folds=2, seed=0, log=lambda s: None, png_dir=None,
+                      kind="two_folds", views=True)
+    m = out["methods"]
+    assert m["rf_shape"] == {"error": "boom"}
+    assert all("error" in m[f"rf_shape@{v}"] for v in R.VIEWS)
+    assert m["rf"]["accuracy"] == 1.0 and all(m[f"rf@{v}"]["accuracy"] == 0.0 for v in R.VIEWS)

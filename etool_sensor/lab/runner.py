@@ -113,7 +113,8 @@ def run_split(ds: LabelledSet, split: dict, column: str, methods: Sequence[str],
     self-supervised stage included; the first is student_no_llm's). `augment`: every student's (train.student.Augment).
     `unlabelled`: (records, contexts, capture paths) that the self-supervised stages read besides the training
     flows (ssl_extra: the test captures' flows only when `transductive`). `one_sided` P: every method also
-    trains on one-sided copies of a share P of its training flows (train.data.with_one_sided). `views`: every
+    trains on one-sided copies of a share P of its training flows (train.data.with_one_sided, drawn with the
+    model seed); the teachers and the self-supervised stage read the flows as captured. `views`: every
     method is also scored on the test flows seen from one side, as methods "M@client_only" and "M@server_only"
     (VIEWS; a flow whose side sent fewer than 2 packets counts as a miss)."""
     col = split["label"] or column
