@@ -226,14 +226,13 @@ def find_engine(name: str = "auto") -> Any:
 
 
 def check_captures(paths: Sequence[str | Path], warn: Callable[[str], None] | None = None) -> list[str]:
-    """The captures to label: capture.reader.select_captures (a directory stands for the capture files under
-    it, as for classify), each checked by capture.reader.check_captures; a PcapError is a LabelError (exit 2).
-    A file found under a directory that is no capture is skipped and handed to `warn`."""
-    from .capture.reader import PcapError, check_captures as check, select_captures
+    """The captures to label, checked: capture.reader.select_captures (a directory stands for the capture files
+    under it, as for classify); a PcapError is a LabelError (exit 2). A file found under a directory that is
+    no capture is skipped and handed to `warn`."""
+    from .capture.reader import PcapError, select_captures
 
     try:
         files, skipped = select_captures(paths)
-        check(files)
     except PcapError as e:
         raise LabelError(str(e)) from None
     for why in skipped:

@@ -114,14 +114,13 @@ def _warn_collection(runtime: Any, model_path: Any, params: Any) -> None:
 
 
 def _check_inputs(paths: Sequence[str]) -> list[str]:
-    """The captures classify reads (capture.reader.select_captures: a directory stands for the capture files
-    under it), each checked (check_captures); a PcapError is classify's one-line input error (exit 2). A file
-    found under a directory that is no capture is skipped with a warning."""
+    """The captures classify reads, checked (capture.reader.select_captures: a directory stands for the capture
+    files under it); a PcapError is classify's one-line input error (exit 2). A file found under a directory
+    that is no capture is skipped with a warning."""
     from .capture import reader
 
     try:
         files, skipped = reader.select_captures(paths)
-        reader.check_captures(files)
     except reader.PcapError as e:
         raise CliError(str(e)) from None
     for why in skipped:

@@ -57,6 +57,17 @@ _LSP_UDP = {
 LIKELY_SERVER_PORTS = {"tcp": frozenset(_LSP_TCP), "udp": frozenset(_LSP_UDP)}
 
 
+def zeek_flips(tcp: bool, flags: int, sp: int, dp: int, lsp: frozenset) -> bool:
+    """Whether Zeek makes the receiver of a connection's first packet (from port `sp` to `dp`, TCP `flags`) its
+    originator: only when the sender uses a likely server port (`lsp`) and, for TCP, the packet is not a
+    plain SYN (Zeek's WantConnection / flip rule)."""
+    if tcp:
+        if flags & SYN and not flags & ACK:
+            return False
+        return sp in lsp and ((not flags & SYN and sp < dp) if dp in lsp else True)
+    return sp in lsp and dp not in lsp
+
+
 def _ip_str(b: bytes) -> str:
     if len(b) == 4:
         return f"{b[0]}.{b[1]}.{b[2]}.{b[3]}"
@@ -263,14 +274,9 @@ class _Tracker(_IPLayer, _TCPEndpoints):
         if c is None:
             rkey = dst + src + dp.to_bytes(2, "big") + sp.to_bytes(2, "big") + key[-1:]
             if proto == 6:
-                lsp_tcp = self.lsp_tcp
-                flip = False
-                if not (flags & SYN) or flags & ACK:
-                    if sp in lsp_tcp:
-                        flip = (not (flags & SYN) and sp < dp) if dp in lsp_tcp else True
-                c = self._new(key, rkey, "tcp", ts, src, sp, dst, dp, flip)
+                c = self._new(key, rkey, "tcp", ts, src, sp, dst, dp, zeek_flips(True, flags, sp, dp, self.lsp_tcp))
             else:
-                c = self._new(key, rkey, "udp", ts, src, sp, dst, dp, sp in self.lsp_udp and dp not in self.lsp_udp)
+                c = self._new(key, rkey, "udp", ts, src, sp, dst, dp, zeek_flips(False, 0, sp, dp, self.lsp_udp))
         is_orig = key == c.okey
         if proto == 6 and (hl < 20 or hl > seg_len or t + hl > cap_end):
             st.malformed += 1  # bad_TCP_header_len / truncated_header: connection exists, packet not counted

@@ -87,14 +87,15 @@ def capture_files(*roots: str | Path) -> list[Path]:
 
 
 def select_captures(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[str]]:
-    """What `classify` and `label` read of their arguments: (files, skipped). A file named is read as it is
-    (check_captures refuses it later if it is no capture); a directory stands for its capture files
-    (capture_files), and one of those that does not start like a capture (a labels.csv.gz, a capture still
-    being written) is skipped, with "FILE: reason" in `skipped`, instead of stopping the run. A file reached
-    twice (named and found, or through a link) is read once. PcapError for a directory without capture files,
-    so that a mistyped directory is not a silent run over nothing."""
+    """What `classify` and `label` read of their arguments, checked: (files, skipped). The files named must be
+    captures (check_captures: PcapError, one line, for the first that is not); a directory stands for its
+    capture files (capture_files), and one of those that does not start like a capture (a half-written one)
+    is skipped, with "FILE: reason" in `skipped`, instead of stopping the run. A file reached twice (named and
+    found, or through a link) is read once. PcapError for a directory without capture files, so that a
+    mistyped directory is not a silent run over nothing."""
     out: list[str] = []
     skipped: list[str] = []
+    named: list[str] = []
     seen: set[str] = set()
 
     def add(f: str) -> None:
@@ -105,7 +106,8 @@ def select_captures(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list
 
     for p in paths:
         if not os.path.isdir(p):
-            add(os.fspath(p))
+            named.append(os.fspath(p))
+            add(named[-1])
             continue
         found = capture_files(p)
         if not found:
@@ -119,6 +121,7 @@ def select_captures(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list
                 skipped.append(str(e).splitlines()[0])
                 continue
             add(f)
+    check_captures(named)
     return out, skipped
 
 

@@ -178,7 +178,7 @@ def adapt_main(args: argparse.Namespace) -> int:
     log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     progress = not quiet and sys.stderr.isatty()
     tmpdir = base_model = None
-    truncated = False
+    partial = False  # labels missing for part of the captures (cut, or unreadable to nDPI)
     try:
         if args.captures and (args.data or args.labels):
             raise AdaptError("give captures, or --data and --labels, not both")
@@ -202,7 +202,7 @@ def adapt_main(args: argparse.Namespace) -> int:
                 st = write_labels(args.captures, labels, data, progress=progress)
             except LabelError as e:
                 raise AdaptError(str(e)) from None
-            truncated = bool(st.truncated or st.warnings)  # partial labels: exit 3, as label gives
+            partial = bool(st.truncated or st.warnings)  # exit 3, as label gives
             if st.truncated:
                 print(f"{prog}: warning: truncated capture(s) ({', '.join(st.truncated)}): labelled up to the cut",
                       file=sys.stderr)
@@ -253,4 +253,4 @@ def adapt_main(args: argparse.Namespace) -> int:
               f"{rep.before['accuracy']:.3f} -> {rep.after['accuracy']:.3f}); check before deploying it",
               file=sys.stderr)
         return EXIT_NOT_BETTER
-    return EXIT_TRUNCATED if truncated or rep.truncated else EXIT_OK
+    return EXIT_TRUNCATED if partial or rep.truncated else EXIT_OK

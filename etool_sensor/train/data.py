@@ -20,6 +20,7 @@ import numpy as np
 
 from ..context import Context, ContextTracker
 from ..flows import FlowParams, FlowRecord
+from ..capture.conntrack import zeek_flips
 from ..capture.reader import LIKELY_SERVER_PORTS, PcapError, ReadStats, read_flows
 
 Key = tuple[str, frozenset]
@@ -224,15 +225,10 @@ def one_sided(rec: FlowRecord, orig: bool) -> FlowRecord | None:
         return None
     first = pk[0]
     sp, dp = (rec.orig_p, rec.resp_p) if orig else (rec.resp_p, rec.orig_p)
-    lsp = LIKELY_SERVER_PORTS.get(rec.proto, frozenset())
-    if rec.proto == "tcp":
-        syn, ack = first.tcp_flags & 0x02, first.tcp_flags & 0x10
-        flip = (not syn or ack) and sp in lsp and ((not syn and sp < dp) if dp in lsp else True)
-    else:
-        flip = sp in lsp and dp not in lsp
-    # the sender of the first packet is the originator unless Zeek flips it
-    sender_is_orig = not flip
-    swap = sender_is_orig != orig
+    # the side seen becomes the originator unless Zeek flips it: the record's sides swap when the originator
+    # seen flipped, or the responder seen did not
+    flips = zeek_flips(rec.proto == "tcp", first.tcp_flags, sp, dp, LIKELY_SERVER_PORTS.get(rec.proto, frozenset()))
+    swap = flips == orig
     t0 = first.dt
     out = dataclasses.replace(
         rec, uid=f"{rec.uid}{'>' if orig else '<'}", ts=rec.ts + t0,
