@@ -123,8 +123,9 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
                     "etool.log and one conn.log (Zeek format) in the output directory.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("captures", nargs="+", metavar="CAPTURE",
-                   help="pcap or pcapng file(s), gzipped or not, or directories: a directory stands for every "
-                        "*.pcap, *.pcapng, *.cap, *.gz, *.trace and *.dump file under it (recursively, sorted)")
+                   help="pcap or pcapng file(s), gzipped or not, or directories: a directory stands for the "
+                        "capture files under it (recursively, sorted; *.pcap, *.pcapng, *.cap, *.trace, *.dump, "
+                        "gzipped or numbered as ring buffers number them, e.g. ring.pcap00)")
     c.add_argument("-o", "--output", metavar="DIR", help="output directory (default: log.dir of the config, '.')")
     c.add_argument("--config", metavar="FILE", help="etool.yaml (default: built-in defaults, or $ETOOL_CONFIG)")
     c.add_argument("--format", choices=("tsv", "json"), help="log format (default: log.format of the config, tsv)")

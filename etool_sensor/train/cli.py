@@ -66,8 +66,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "seed .. seed + M - 1: one graph, M times the student's CPU per flow (default 1)")
     p.add_argument("--one-sided", type=float, default=None, metavar="P",
                    help="also train on copies of a share P of the labelled flows seen from one side only (the "
-                        "side drawn per flow), for sensors behind asymmetric routing (default 0; the default "
-                        "recipe: 0.5)")
+                        "side drawn per flow), for sensors behind asymmetric routing (default 0, as in the "
+                        "bundled recipes)")
     p.add_argument("--teacher-cache", help="npz of teacher logits (train.teacher_logits.save_teacher_logits format: ids, "
                    "logits, labels) for the training flows, instead of training a teacher here")
     p.add_argument("--quick-pcaps", type=int, default=40, help="captures used by --quick")
